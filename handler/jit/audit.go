@@ -1,0 +1,40 @@
+package jit
+
+import "time"
+
+// Audit actions.
+const (
+	AuditPolicyPut    = "policy.put"
+	AuditPolicyDelete = "policy.delete"
+	AuditLockdown     = "lockdown" // deny rules written
+	AuditUnlock       = "unlock"   // deny rules removed
+	AuditRequest      = "request"  // access requested and accepted
+	AuditRefused      = "refused"  // access request refused
+	AuditOpen         = "open"     // allow rule written
+	AuditClose        = "close"    // allow rule removed
+	AuditRevoke       = "revoke"   // request revoked
+	AuditFailure      = "failure"  // an operation failed
+)
+
+// Audit results.
+const (
+	ResultSuccess = "success"
+	ResultFailure = "failure"
+)
+
+// AuditEvent is one line of the audit trail. Events are never changed.
+type AuditEvent struct {
+	ID       string // unique; the same work audited twice has the same ID
+	Time     time.Time
+	Action   string
+	Actor    string // principal id, or "jitaccess" for the service itself
+	Policy   string
+	Request  string
+	VM       string
+	NSG      string
+	Protocol string
+	Ports    []int
+	Sources  []string
+	Result   string
+	Detail   string
+}

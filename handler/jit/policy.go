@@ -1,0 +1,191 @@
+package jit
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Protocols a port rule may name.
+const (
+	ProtocolTCP = "TCP"
+	ProtocolUDP = "UDP"
+	ProtocolAny = "*"
+)
+
+// Duration bounds of a port rule's maximum request time.
+const (
+	DefaultMinDuration = 5 * time.Minute
+	MaxDuration        = 24 * time.Hour
+	// DefaultMaxRequest is Defender's default maximum for its default ports.
+	DefaultMaxRequest = 3 * time.Hour
+)
+
+// DefaultPorts are the ports a VM gets when its policy names none, as in
+// Defender for Cloud: SSH, RDP and WinRM.
+var DefaultPorts = []int{22, 3389, 5985, 5986}
+
+// Policy says which ports of which VMs may be opened, from where and for how
+// long. Enabling a policy locks the ports down with deny rules.
+type Policy struct {
+	Name      string
+	VMs       []VMPolicy
+	ETag      string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	UpdatedBy string
+}
+
+// VMPolicy is one VM of a policy: its ports, and the network path to it as
+// resolved when the policy was last written (so that requests need no ARM read).
+type VMPolicy struct {
+	ID         string // canonical ARM id (see ParseVMID)
+	Ports      []PortRule
+	Name       string
+	PrivateIPs []string
+	NSGs       []NSGRef
+}
+
+// PortRule is one port of a VM that may be requested.
+type PortRule struct {
+	Number         int
+	Protocol       string        // ProtocolTCP, ProtocolUDP or ProtocolAny
+	AllowedSources []string      // canonical prefixes; ["*"] allows any
+	MaxDuration    time.Duration // longest request, between the minimum and MaxDuration
+}
+
+// ValidatePolicyName checks a policy name: letters, digits, '-', '_' and '.',
+// 1 to 64 characters, starting with a letter or digit.
+func ValidatePolicyName(name string) error {
+	if name == "" || len(name) > 64 {
+		return Errorf(EINVALID, "policy name must be 1 to 64 characters long")
+	}
+	for i, c := range name {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			i > 0 && (c == '-' || c == '_' || c == '.')
+		if !ok {
+			return Errorf(EINVALID, "policy name %q may contain only letters, digits, '-', '_' and '.', and must start with a letter or digit", name)
+		}
+	}
+	return nil
+}
+
+// Normalise validates p in place and brings it into canonical form: VM ids
+// canonical, protocols upper case, prefixes canonical, default ports filled
+// in. minDuration is the shortest maximum a port may have.
+func (p *Policy) Normalise(minDuration time.Duration) error {
+	if err := ValidatePolicyName(p.Name); err != nil {
+		return err
+	}
+	if len(p.VMs) == 0 {
+		return Errorf(EINVALID, "properties.virtualMachines must name at least one VM")
+	}
+	seen := map[string]bool{}
+	for i := range p.VMs {
+		vm := &p.VMs[i]
+		where := fmt.Sprintf("properties.virtualMachines[%d]", i)
+		id, err := ParseVMID(vm.ID)
+		if err != nil {
+			return Errorf(EINVALID, "%s.id: %s", where, ErrorMessage(err))
+		}
+		vm.ID = id.String()
+		if seen[id.Key()] {
+			return Errorf(EINVALID, "%s.id: VM %s is listed twice", where, vm.ID)
+		}
+		seen[id.Key()] = true
+		if len(vm.Ports) == 0 {
+			for _, n := range DefaultPorts {
+				vm.Ports = append(vm.Ports, PortRule{Number: n, Protocol: ProtocolTCP, AllowedSources: []string{"*"}, MaxDuration: DefaultMaxRequest})
+			}
+		}
+		for j := range vm.Ports {
+			if err := vm.Ports[j].normalise(minDuration); err != nil {
+				return Errorf(EINVALID, "%s.ports[%d]: %s", where, j, ErrorMessage(err))
+			}
+			for k := range j {
+				if vm.Ports[k].Number == vm.Ports[j].Number && protocolsOverlap(vm.Ports[k].Protocol, vm.Ports[j].Protocol) {
+					return Errorf(EINVALID, "%s.ports[%d]: port %d is listed twice", where, j, vm.Ports[j].Number)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (r *PortRule) normalise(minDuration time.Duration) error {
+	if r.Number < 1 || r.Number > 65535 {
+		return Errorf(EINVALID, "port number %d is out of range: it must be between 1 and 65535", r.Number)
+	}
+	proto, err := ParseProtocol(r.Protocol)
+	if err != nil {
+		return err
+	}
+	r.Protocol = proto
+	if len(r.AllowedSources) == 0 {
+		r.AllowedSources = []string{"*"}
+	}
+	srcs, err := CanonicalPrefixes(r.AllowedSources)
+	if err != nil {
+		return err
+	}
+	r.AllowedSources = srcs
+	if r.MaxDuration == 0 {
+		r.MaxDuration = DefaultMaxRequest
+	}
+	if r.MaxDuration < minDuration || r.MaxDuration > MaxDuration {
+		return Errorf(EINVALID, "maxRequestAccessDuration %s is out of range: it must be between %s and %s",
+			FormatDuration(r.MaxDuration), FormatDuration(minDuration), FormatDuration(MaxDuration))
+	}
+	return nil
+}
+
+// ParseProtocol accepts TCP, UDP and * in any case. An empty protocol is TCP.
+func ParseProtocol(s string) (string, error) {
+	switch strings.ToUpper(s) {
+	case "", ProtocolTCP:
+		return ProtocolTCP, nil
+	case ProtocolUDP:
+		return ProtocolUDP, nil
+	case ProtocolAny:
+		return ProtocolAny, nil
+	}
+	return "", Errorf(EINVALID, "protocol %q is not supported: use TCP, UDP or *", s)
+}
+
+func protocolsOverlap(a, b string) bool {
+	return a == b || a == ProtocolAny || b == ProtocolAny
+}
+
+// VM returns the policy's entry for the VM with the given id.
+func (p *Policy) VM(id string) (*VMPolicy, bool) {
+	key := strings.ToLower(id)
+	for i := range p.VMs {
+		if strings.ToLower(p.VMs[i].ID) == key {
+			return &p.VMs[i], true
+		}
+	}
+	return nil, false
+}
+
+// Port returns the VM's rule for port number and protocol. A rule for "*"
+// serves requests for TCP and UDP.
+func (v *VMPolicy) Port(number int, protocol string) (*PortRule, bool) {
+	for i := range v.Ports {
+		r := &v.Ports[i]
+		if r.Number == number && (protocol == "" || r.Protocol == protocol || r.Protocol == ProtocolAny) {
+			return r, true
+		}
+	}
+	return nil, false
+}
+
+// PortNumbers returns the VM's policy ports in ascending order, without duplicates.
+func (v *VMPolicy) PortNumbers() []int {
+	var ns []int
+	for _, r := range v.Ports {
+		ns = append(ns, r.Number)
+	}
+	slices.Sort(ns)
+	return slices.Compact(ns)
+}

@@ -1,0 +1,37 @@
+package jit
+
+import "slices"
+
+// App roles. JIT.Admin may do everything the others may.
+const (
+	RoleAdmin     = "JIT.Admin"
+	RoleApprover  = "JIT.Approver"
+	RoleRequester = "JIT.Requester"
+	RoleReader    = "JIT.Reader"
+)
+
+// Principal is the caller of a use case.
+type Principal struct {
+	ID      string   // stable id (object id of a user or app)
+	Name    string   // display name or UPN, for people
+	Roles   []string // app roles
+	Address string   // the caller's IP address, for "My IP"
+}
+
+// Has reports whether p holds role, or JIT.Admin.
+func (p Principal) Has(role string) bool {
+	return slices.Contains(p.Roles, RoleAdmin) || slices.Contains(p.Roles, role)
+}
+
+// System is the principal of the service's own actions (expiry, sweeps).
+var System = Principal{ID: "jitaccess", Name: "jitaccess", Roles: []string{RoleAdmin}}
+
+func requireRole(p Principal, role, doing string) error {
+	if p.ID == "" {
+		return Errorf(EUNAUTHORIZED, "sign in to %s", doing)
+	}
+	if !p.Has(role) {
+		return Errorf(EFORBIDDEN, "%s needs the %s role", doing, role)
+	}
+	return nil
+}

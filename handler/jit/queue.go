@@ -1,0 +1,47 @@
+package jit
+
+import (
+	"context"
+	"time"
+)
+
+// Operation kinds.
+const (
+	OpOpen  = "open"
+	OpClose = "close"
+)
+
+// Operation asks the worker to open or close one grant's allow rule in one
+// NSG. Operations are idempotent: each may run twice, late, or out of order.
+type Operation struct {
+	ID        string    // deterministic: the same work always has the same ID
+	Kind      string    // OpOpen or OpClose
+	RequestID string    // the request the grant belongs to
+	Grant     int       // index of the grant in the request
+	NSG       string    // ARM id of the NSG
+	Due       time.Time // when to run it; zero means now
+}
+
+// Queue carries operations to the worker. Operations for one NSG run one at a
+// time (so writes to an NSG never race each other); different NSGs run in
+// parallel. A failed operation is delivered again later.
+type Queue interface {
+	// Enqueue puts ops on the queue, each to run at its Due time. It returns
+	// one ticket per op, in order, that Cancel accepts.
+	Enqueue(ctx context.Context, ops []Operation) ([]string, error)
+	// Cancel removes scheduled operations that have not run yet. Tickets of
+	// operations that already ran or are unknown are ignored.
+	Cancel(ctx context.Context, tickets []string) error
+}
+
+// Worker is what a Queue delivers operations to.
+type Worker interface {
+	// ApplyOperation does op. An error means it should be delivered again.
+	ApplyOperation(ctx context.Context, op Operation) error
+}
+
+// OperationID is the deterministic ID of an operation, so duplicate sends
+// are recognisable.
+func OperationID(kind, requestID string, grant int, nsgID string, due time.Time) string {
+	return kind + "-" + requestID + "-" + itoa(grant) + "-" + ShortHash(nsgID) + "-" + itoa(int(due.Unix()))
+}

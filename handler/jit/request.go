@@ -1,0 +1,142 @@
+package jit
+
+import (
+	"strings"
+	"time"
+)
+
+// Request statuses.
+const (
+	// RequestActive: accepted; some grant is not yet closed everywhere.
+	RequestActive = "Active"
+	// RequestClosed: every grant's rules are gone from every NSG.
+	RequestClosed = "Closed"
+)
+
+// Grant statuses, as Defender names a requested port's status, plus Closed.
+const (
+	GrantInitiating = "Initiating" // accepted, rules not yet open in every NSG
+	GrantInitiated  = "Initiated"  // open in every NSG
+	GrantRevoked    = "Revoked"    // ended early; see StatusReason
+	GrantClosed     = "Closed"     // ended at its end time (StatusReason Expired)
+	GrantFailed     = "Failed"     // could not be opened; see Detail
+)
+
+// Reasons a grant ended, as Defender names them, plus ours.
+const (
+	ReasonExpired       = "Expired"
+	ReasonUserRequested = "UserRequested"
+	ReasonPolicyChanged = "PolicyChanged"
+)
+
+// States of a grant's allow rule in one NSG.
+const (
+	RulePending = "pending" // not yet written
+	RuleOpen    = "open"    // present
+	RuleClosed  = "closed"  // removed (or never written because the grant ended first)
+)
+
+// Request is one ask for access: some ports of some VMs, from some sources,
+// until some time. Its grants are the units that open and close together.
+type Request struct {
+	ID            string
+	Policy        string
+	Requestor     string // principal id
+	RequestorName string // display name, for people
+	Justification string
+	StartTime     time.Time
+	Status        string
+	Grants        []Grant
+	ETag          string
+}
+
+// Grant is the part of a request that one allow rule per NSG carries: one VM,
+// one protocol, the ports and sources asked for, one end time.
+type Grant struct {
+	VM           string // canonical VM id
+	Protocol     string // ProtocolTCP, ProtocolUDP or ProtocolAny
+	Ports        []int
+	Sources      []string // canonical prefixes
+	Destinations []string // the VM's private IPs when the request was made
+	End          time.Time
+	Status       string
+	StatusReason string
+	ClosedAt     time.Time
+	NSGs         []GrantNSG
+}
+
+// GrantNSG is the state of a grant's allow rule in one NSG.
+type GrantNSG struct {
+	ID          string // ARM id of the NSG
+	State       string // RulePending, RuleOpen or RuleClosed
+	OpenedAt    time.Time
+	ClosedAt    time.Time
+	CloseTicket string // the queue's ticket of the scheduled close
+	Error       string // last failure, for people
+}
+
+// Ended reports whether the grant should no longer be open at now: revoked,
+// failed, closed, or past its end time.
+func (g *Grant) Ended(now time.Time) bool {
+	switch g.Status {
+	case GrantRevoked, GrantClosed, GrantFailed:
+		return true
+	}
+	return !now.Before(g.End)
+}
+
+// Done reports whether the grant's rule is gone from every NSG.
+func (g *Grant) Done() bool {
+	for _, n := range g.NSGs {
+		if n.State != RuleClosed {
+			return false
+		}
+	}
+	return true
+}
+
+// NSG returns the grant's state for the NSG with the given id.
+func (g *Grant) NSG(id string) (*GrantNSG, bool) {
+	for i := range g.NSGs {
+		if SameID(g.NSGs[i].ID, id) {
+			return &g.NSGs[i], true
+		}
+	}
+	return nil, false
+}
+
+// RuleName is the name of the allow rule of grant index i of request id.
+func RuleName(requestID string, i int) string {
+	return RulePrefix + "allow-" + requestID + "-" + itoa(i)
+}
+
+// DenyRuleName is the name of the lockdown rule of a VM in each NSG that
+// guards it. It stays within ARM's 80 characters for any VM name.
+func DenyRuleName(vmID string) string {
+	name := ResourceName(vmID)
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	return RulePrefix + "deny-" + strings.ToLower(name) + "-" + ShortHash(vmID)
+}
+
+// updateStatus recomputes the request's status from its grants.
+func (r *Request) updateStatus() {
+	for i := range r.Grants {
+		if !r.Grants[i].Done() {
+			r.Status = RequestActive
+			return
+		}
+	}
+	r.Status = RequestClosed
+}
+
+// HasVM reports whether the request asks for access to the VM.
+func (r *Request) HasVM(vmID string) bool {
+	for _, g := range r.Grants {
+		if SameID(g.VM, vmID) {
+			return true
+		}
+	}
+	return false
+}

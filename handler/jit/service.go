@@ -1,0 +1,351 @@
+package jit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Config holds the service's settings.
+type Config struct {
+	// MinDuration is the shortest maximum a policy port may have and the
+	// shortest request; DefaultMinDuration when zero.
+	MinDuration time.Duration
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	Log zerolog.Logger
+}
+
+// Service holds the use cases. Its methods are safe for concurrent use.
+type Service struct {
+	store Store
+	queue Queue
+	net   Network
+	cfg   Config
+}
+
+// NewService returns a Service over the given adapters.
+func NewService(store Store, queue Queue, net Network, cfg Config) *Service {
+	if cfg.MinDuration == 0 {
+		cfg.MinDuration = DefaultMinDuration
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Service{store: store, queue: queue, net: net, cfg: cfg}
+}
+
+func (s *Service) now() time.Time { return s.cfg.Now().UTC() }
+
+// MinDuration is the shortest maximum a policy port may have.
+func (s *Service) MinDuration() time.Duration { return s.cfg.MinDuration }
+
+// GetPolicy returns the named policy.
+func (s *Service) GetPolicy(ctx context.Context, p Principal, name string) (Policy, error) {
+	if err := requireRole(p, RoleReader, "reading policies"); err != nil {
+		return Policy{}, err
+	}
+	if err := ValidatePolicyName(name); err != nil {
+		return Policy{}, err
+	}
+	return s.store.GetPolicy(ctx, name)
+}
+
+// ListPolicies returns every policy.
+func (s *Service) ListPolicies(ctx context.Context, p Principal) ([]Policy, error) {
+	if err := requireRole(p, RoleReader, "listing policies"); err != nil {
+		return nil, err
+	}
+	return s.store.ListPolicies(ctx)
+}
+
+// PutPolicy creates or replaces a policy and locks its VMs' ports down with
+// deny rules in every NSG that guards them. ifMatch, when not empty, must be
+// the stored policy's ETag ("*" matches any existing policy). Nothing is
+// stored unless every deny rule was written.
+func (s *Service) PutPolicy(ctx context.Context, p Principal, pol Policy, ifMatch string) (Policy, error) {
+	if err := requireRole(p, RoleAdmin, "changing policies"); err != nil {
+		return Policy{}, err
+	}
+	if err := pol.Normalise(s.cfg.MinDuration); err != nil {
+		return Policy{}, err
+	}
+	old, err := s.store.GetPolicy(ctx, pol.Name)
+	exists := err == nil
+	if err != nil && ErrorCode(err) != ENOTFOUND {
+		return Policy{}, fmt.Errorf("reading policy: %w", err)
+	}
+	if ifMatch != "" && (!exists || ifMatch != "*" && ifMatch != old.ETag) {
+		return Policy{}, Errorf(ECONFLICT, "policy %s has changed since it was read (If-Match does not match its etag)", pol.Name)
+	}
+	if err := s.checkVMsFree(ctx, pol); err != nil {
+		return Policy{}, err
+	}
+	for i := range pol.VMs {
+		vm := &pol.VMs[i]
+		info, err := s.net.ResolveVM(ctx, vm.ID)
+		if err != nil {
+			if ErrorCode(err) == ENOTFOUND {
+				return Policy{}, Errorf(EINVALID, "properties.virtualMachines[%d].id: VM %s does not exist", i, vm.ID)
+			}
+			return Policy{}, fmt.Errorf("resolving VM %s: %w", vm.ID, err)
+		}
+		if info.Unsupported != "" {
+			return Policy{}, Errorf(EINVALID, "properties.virtualMachines[%d].id: VM %s cannot be protected: %s", i, vm.ID, info.Unsupported)
+		}
+		vm.Name, vm.PrivateIPs, vm.NSGs = info.Name, info.PrivateIPs, info.NSGs
+	}
+
+	// Lock down first; undo on failure what this call added.
+	var written []denyTarget
+	for _, vm := range pol.VMs {
+		for _, n := range vm.NSGs {
+			if err := s.net.PutRule(ctx, n.ID, denyRule(pol.Name, vm)); err != nil {
+				s.undoLockdown(ctx, old, exists, written)
+				s.auditFailure(ctx, p, AuditLockdown, pol.Name, "", vm.ID, n.ID, err)
+				return Policy{}, Wrap(EUNAVAILABLE, err, fmt.Sprintf("writing the deny rule for VM %s in NSG %s failed; nothing was changed, try again", vm.Name, ResourceName(n.ID)))
+			}
+			written = append(written, denyTarget{vm: vm.ID, nsg: n.ID})
+		}
+	}
+
+	now := s.now()
+	pol.UpdatedAt, pol.UpdatedBy = now, p.ID
+	var saved Policy
+	if exists {
+		pol.CreatedAt = old.CreatedAt
+		pol.ETag = old.ETag
+		saved, err = s.store.UpdatePolicy(ctx, pol)
+	} else {
+		pol.CreatedAt = now
+		saved, err = s.store.CreatePolicy(ctx, pol)
+	}
+	if err != nil {
+		s.undoLockdown(ctx, old, exists, written)
+		if ErrorCode(err) == ECONFLICT {
+			return Policy{}, Errorf(ECONFLICT, "policy %s was changed by someone else at the same time; read it and try again", pol.Name)
+		}
+		return Policy{}, fmt.Errorf("storing policy: %w", err)
+	}
+	if err := s.audit(ctx, AuditEvent{Action: AuditPolicyPut, Actor: p.ID, Policy: pol.Name, Result: ResultSuccess,
+		Detail: fmt.Sprintf("%d VMs", len(pol.VMs))}); err != nil {
+		return Policy{}, err
+	}
+	for _, w := range written {
+		vm, _ := saved.VM(w.vm)
+		if err := s.audit(ctx, AuditEvent{Action: AuditLockdown, Actor: p.ID, Policy: pol.Name, VM: w.vm, NSG: w.nsg,
+			Ports: vm.PortNumbers(), Sources: []string{AnySource}, Result: ResultSuccess}); err != nil {
+			return Policy{}, err
+		}
+	}
+	if exists {
+		for _, vm := range old.VMs {
+			if _, still := saved.VM(vm.ID); !still {
+				if err := s.releaseVM(ctx, p, old.Name, vm); err != nil {
+					return saved, err
+				}
+			}
+		}
+	}
+	s.cfg.Log.Info().Str("policy", pol.Name).Int("vms", len(pol.VMs)).Str("actor", p.ID).Msg("policy written")
+	return saved, nil
+}
+
+type denyTarget struct{ vm, nsg string }
+
+// undoLockdown removes deny rules written by a failed PutPolicy for VMs that
+// were not already locked down by the previous version of the policy.
+func (s *Service) undoLockdown(ctx context.Context, old Policy, existed bool, written []denyTarget) {
+	for _, w := range written {
+		if existed {
+			if _, was := old.VM(w.vm); was {
+				continue
+			}
+		}
+		if err := s.net.DeleteRule(ctx, w.nsg, DenyRuleName(w.vm)); err != nil {
+			s.cfg.Log.Error().Err(err).Str("vm", w.vm).Str("nsg", w.nsg).Msg("undoing deny rule failed")
+		}
+	}
+}
+
+// checkVMsFree refuses a VM that another policy already protects.
+func (s *Service) checkVMsFree(ctx context.Context, pol Policy) error {
+	all, err := s.store.ListPolicies(ctx)
+	if err != nil {
+		return fmt.Errorf("listing policies: %w", err)
+	}
+	for _, other := range all {
+		if strings.EqualFold(other.Name, pol.Name) {
+			continue
+		}
+		for _, vm := range pol.VMs {
+			if _, ok := other.VM(vm.ID); ok {
+				return Errorf(ECONFLICT, "VM %s is already in policy %s; a VM can be in one policy only", vm.ID, other.Name)
+			}
+		}
+	}
+	return nil
+}
+
+// DeletePolicy revokes the policy's live grants, removes its deny rules and
+// deletes it.
+func (s *Service) DeletePolicy(ctx context.Context, p Principal, name, ifMatch string) error {
+	if err := requireRole(p, RoleAdmin, "deleting policies"); err != nil {
+		return err
+	}
+	if err := ValidatePolicyName(name); err != nil {
+		return err
+	}
+	pol, err := s.store.GetPolicy(ctx, name)
+	if err != nil {
+		return err
+	}
+	if ifMatch != "" && ifMatch != "*" && ifMatch != pol.ETag {
+		return Errorf(ECONFLICT, "policy %s has changed since it was read (If-Match does not match its etag)", name)
+	}
+	for _, vm := range pol.VMs {
+		if err := s.releaseVM(ctx, p, pol.Name, vm); err != nil {
+			return err
+		}
+	}
+	if err := s.store.DeletePolicy(ctx, pol.Name, pol.ETag); err != nil {
+		if ErrorCode(err) == ECONFLICT {
+			return Errorf(ECONFLICT, "policy %s was changed by someone else at the same time; try again", name)
+		}
+		return fmt.Errorf("deleting policy: %w", err)
+	}
+	s.cfg.Log.Info().Str("policy", pol.Name).Str("actor", p.ID).Msg("policy deleted")
+	return s.audit(ctx, AuditEvent{Action: AuditPolicyDelete, Actor: p.ID, Policy: pol.Name, Result: ResultSuccess})
+}
+
+// releaseVM ends a VM's protection by a policy: its live grants are revoked
+// and its deny rules removed.
+func (s *Service) releaseVM(ctx context.Context, p Principal, policy string, vm VMPolicy) error {
+	reqs, err := s.store.ListRequests(ctx, RequestFilter{VM: vm.ID, Statuses: []string{RequestActive}})
+	if err != nil {
+		return fmt.Errorf("listing requests of VM %s: %w", vm.ID, err)
+	}
+	for _, r := range reqs {
+		if _, err := s.revoke(ctx, p, r.ID, vm.ID, ReasonPolicyChanged); err != nil && ErrorCode(err) != ECONFLICT {
+			return err
+		}
+	}
+	for _, n := range vm.NSGs {
+		if err := s.net.DeleteRule(ctx, n.ID, DenyRuleName(vm.ID)); err != nil {
+			s.auditFailure(ctx, p, AuditUnlock, policy, "", vm.ID, n.ID, err)
+			return Wrap(EUNAVAILABLE, err, fmt.Sprintf("removing the deny rule of VM %s from NSG %s failed; try again", vm.Name, ResourceName(n.ID)))
+		}
+		if err := s.audit(ctx, AuditEvent{Action: AuditUnlock, Actor: p.ID, Policy: policy, VM: vm.ID, NSG: n.ID,
+			Ports: vm.PortNumbers(), Result: ResultSuccess}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// denyRule is the lockdown rule of a VM in each NSG that guards it.
+func denyRule(policy string, vm VMPolicy) SecurityRule {
+	proto := vm.Ports[0].Protocol
+	for _, r := range vm.Ports {
+		if r.Protocol != proto {
+			proto = ProtocolAny
+		}
+	}
+	return SecurityRule{
+		Name:         DenyRuleName(vm.ID),
+		Description:  clip(fmt.Sprintf("Managed by jitaccess: lockdown of VM %s (policy %s). Do not edit.", vm.Name, policy), 140),
+		Access:       AccessDeny,
+		Protocol:     armProtocol(proto),
+		Ports:        portStrings(vm.PortNumbers()),
+		Sources:      []string{AnySource},
+		Destinations: vm.PrivateIPs,
+	}
+}
+
+// allowRule is the rule that opens grant i of request r.
+func allowRule(r Request, i int) SecurityRule {
+	g := r.Grants[i]
+	return SecurityRule{
+		Name: RuleName(r.ID, i),
+		Description: clip(fmt.Sprintf("Managed by jitaccess: grant %s-%d for VM %s until %s. Do not edit.",
+			r.ID, i, ResourceName(g.VM), g.End.UTC().Format(time.RFC3339)), 140),
+		Access:       AccessAllow,
+		Protocol:     armProtocol(g.Protocol),
+		Ports:        portStrings(g.Ports),
+		Sources:      g.Sources,
+		Destinations: g.Destinations,
+	}
+}
+
+func armProtocol(p string) string {
+	switch p {
+	case ProtocolTCP:
+		return "Tcp"
+	case ProtocolUDP:
+		return "Udp"
+	}
+	return "*"
+}
+
+func portStrings(ns []int) []string {
+	out := make([]string, len(ns))
+	for i, n := range ns {
+		out[i] = strconv.Itoa(n)
+	}
+	return out
+}
+
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// audit appends ev, filling in its ID and time when unset.
+func (s *Service) audit(ctx context.Context, ev AuditEvent) error {
+	if ev.Time.IsZero() {
+		ev.Time = s.now()
+	}
+	if ev.ID == "" {
+		ev.ID = ev.Time.Format("20060102T150405.000000000") + "-" + ev.Action + "-" + NewRequestID()[:10]
+	}
+	if err := s.store.AppendAudit(ctx, ev); err != nil {
+		s.cfg.Log.Error().Err(err).Str("action", ev.Action).Str("request", ev.Request).Msg("audit write failed")
+		return fmt.Errorf("writing audit event: %w", err)
+	}
+	return nil
+}
+
+// auditFailure records a failed step. A failure to audit is logged only: the
+// caller is already returning an error.
+func (s *Service) auditFailure(ctx context.Context, p Principal, action, policy, request, vm, nsg string, cause error) {
+	s.cfg.Log.Warn().Err(cause).Str("action", action).Str("vm", vm).Str("nsg", nsg).Str("request", request).Msg("step failed")
+	_ = s.audit(ctx, AuditEvent{Action: AuditFailure, Actor: p.ID, Policy: policy, Request: request, VM: vm, NSG: nsg,
+		Result: ResultFailure, Detail: clip(action+": "+ErrorMessage(cause)+": "+errorText(cause), 500)})
+}
+
+func errorText(err error) string {
+	var e *Error
+	msg := err.Error()
+	if errors.As(err, &e) && e.Err != nil {
+		msg = e.Err.Error()
+	}
+	// Keep the first line only: SDK errors carry whole response dumps.
+	if i := strings.IndexByte(msg, '\n'); i >= 0 {
+		msg = msg[:i]
+	}
+	return msg
+}
+
+func sortedCopy(ns []int) []int {
+	out := slices.Clone(ns)
+	slices.Sort(out)
+	return slices.Compact(out)
+}

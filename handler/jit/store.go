@@ -1,0 +1,51 @@
+package jit
+
+import (
+	"context"
+	"time"
+)
+
+// Store keeps policies, requests and the audit trail.
+//
+// Policies and requests carry an ETag. Create fails with ECONFLICT when the
+// key exists; Update and Delete with a non-empty ETag fail with ECONFLICT when
+// the stored ETag differs, so a lost update is impossible. Every successful
+// write sets a new ETag on the returned value. Missing keys are ENOTFOUND.
+type Store interface {
+	GetPolicy(ctx context.Context, name string) (Policy, error)
+	ListPolicies(ctx context.Context) ([]Policy, error)
+	CreatePolicy(ctx context.Context, p Policy) (Policy, error)
+	UpdatePolicy(ctx context.Context, p Policy) (Policy, error)
+	DeletePolicy(ctx context.Context, name, etag string) error
+
+	GetRequest(ctx context.Context, id string) (Request, error)
+	CreateRequest(ctx context.Context, r Request) (Request, error)
+	UpdateRequest(ctx context.Context, r Request) (Request, error)
+	// ListRequests returns the requests that match f, newest first.
+	ListRequests(ctx context.Context, f RequestFilter) ([]Request, error)
+
+	// AppendAudit stores ev. Appending an event whose ID is already stored
+	// changes nothing and succeeds, so redelivered work can audit again.
+	AppendAudit(ctx context.Context, ev AuditEvent) error
+	// ScanAudit calls fn for each event that matches f, newest first, until
+	// fn returns an error (which ScanAudit returns) or the events run out.
+	ScanAudit(ctx context.Context, f AuditFilter, fn func(AuditEvent) error) error
+}
+
+// RequestFilter selects requests. Zero fields match everything.
+type RequestFilter struct {
+	VM        string    // VM id, compared case-insensitively
+	Policy    string    // policy name
+	Requestor string    // principal id
+	Statuses  []string  // any of these request statuses
+	Since     time.Time // StartTime at or after
+	Limit     int       // at most this many; 0 = no limit
+}
+
+// AuditFilter selects audit events. Zero fields match everything.
+type AuditFilter struct {
+	VM    string    // VM id, compared case-insensitively
+	From  time.Time // at or after
+	To    time.Time // before
+	Limit int       // at most this many; 0 = no limit
+}

@@ -1,0 +1,218 @@
+// Command handler is jitaccess: just-in-time network access to Azure VMs.
+//
+//	handler local   runs everything in one process on embedded defaults: a
+//	                bbolt state file, a durable local queue and the ARM
+//	                simulator with a demo estate (see README.md).
+//
+// main only wires: it reads the settings once, builds the adapters, hands them
+// to the service and serves.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/rs/zerolog"
+
+	"jitaccess/handler/armsim"
+	"jitaccess/handler/azurenet"
+	"jitaccess/handler/boltstore"
+	"jitaccess/handler/httpapi"
+	"jitaccess/handler/jit"
+	"jitaccess/handler/localqueue"
+)
+
+func main() {
+	mode := "local"
+	if len(os.Args) > 1 {
+		mode = os.Args[1]
+	}
+	log := zerolog.New(os.Stderr).With().Timestamp().Logger()
+	var err error
+	switch mode {
+	case "local":
+		err = runLocal(log)
+	case "help", "-h", "--help":
+		fmt.Println("usage: handler local    run jitaccess on this machine with embedded defaults (see README.md)")
+		return
+	default:
+		err = fmt.Errorf("unknown mode %q: use `handler local`", mode)
+	}
+	if err != nil {
+		log.Error().Err(err).Msg("handler stopped")
+		os.Exit(1)
+	}
+}
+
+// runLocal runs the API, the worker, the sweeper and the ARM simulator in
+// this process until SIGINT or SIGTERM.
+func runLocal(log zerolog.Logger) error {
+	cfg, err := readSettings(os.Getenv)
+	if err != nil {
+		return err
+	}
+	if lvl, err := zerolog.ParseLevel(cfg.LogLevel); err == nil {
+		log = log.Level(lvl)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("creating data directory: %w", err)
+	}
+	db, err := boltstore.Open(filepath.Join(cfg.DataDir, "jitaccess.db"))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	store, err := boltstore.New(db.Bolt())
+	if err != nil {
+		return err
+	}
+
+	sim, err := startSimulator(cfg, log)
+	if err != nil {
+		return err
+	}
+	armHandler := http.StripPrefix("/_arm", sim)
+	network, err := azurenet.New(azurenet.Config{
+		Subscriptions: cfg.Subscriptions,
+		AllowBand:     azurenet.Band{Min: cfg.AllowBand[0], Max: cfg.AllowBand[1]},
+		DenyBand:      azurenet.Band{Min: cfg.DenyBand[0], Max: cfg.DenyBand[1]},
+		Log:           log,
+	}, localCredential{}, &arm.ClientOptions{ClientOptions: azcore.ClientOptions{
+		Cloud: cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
+			cloud.ResourceManager: {Endpoint: "http://arm.local/_arm", Audience: "https://management.azure.com"},
+		}},
+		Transport:                       inProcess{armHandler},
+		InsecureAllowCredentialWithHTTP: true,
+	}})
+	if err != nil {
+		return err
+	}
+
+	var svc *jit.Service
+	queue, err := localqueue.New(db.Bolt(), jit.WorkerFunc(func(ctx context.Context, op jit.Operation) error {
+		return svc.ApplyOperation(ctx, op)
+	}), localqueue.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	svc = jit.NewService(store, queue, network, jit.Config{MinDuration: cfg.MinDuration, Log: log})
+
+	// Overdue closes run before anything else: access ends even when the
+	// process was down at the end time.
+	if n, err := svc.Sweep(ctx); err != nil {
+		log.Warn().Err(err).Int("closed", n).Msg("start-up sweep incomplete; the next sweep retries")
+	}
+	go queue.Start(ctx)
+	go sweepEvery(ctx, svc, cfg.SweepInterval, log)
+
+	api := httpapi.New(svc, httpapi.Config{Local: true, Log: log})
+	api.Handle("/_arm/", armHandler)
+	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s (JIT_LISTEN): %w", cfg.Listen, err)
+	}
+	log.Info().Str("listen", "http://"+ln.Addr().String()).Str("data", cfg.DataDir).Msg("jitaccess local mode is up")
+	fmt.Fprintf(os.Stderr, "\njitaccess is running on http://%s (local mode, state in %s)\n"+
+		"Try:\n  curl -s http://%s/api/v1/vms\n  see README.md for the walk-through\n\n", ln.Addr(), cfg.DataDir, ln.Addr())
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutdown)
+	queue.Close()
+	if err := sim.Save(filepath.Join(cfg.DataDir, "arm-estate.json")); err != nil {
+		log.Error().Err(err).Msg("saving the simulator's estate")
+	}
+	log.Info().Msg("stopped")
+	return nil
+}
+
+// startSimulator loads the ARM simulator's estate: the saved one from the
+// data directory, else JIT_ARM_ESTATE, else the embedded demo estate. Every
+// change is saved at once, so a crash loses no rule.
+func startSimulator(cfg settings, log zerolog.Logger) (*armsim.Server, error) {
+	path := filepath.Join(cfg.DataDir, "arm-estate.json")
+	var sim *armsim.Server
+	save := func(armsim.Change) {
+		if err := sim.Save(path); err != nil {
+			log.Error().Err(err).Msg("saving the simulator's estate")
+		}
+	}
+	sim = armsim.New(armsim.Options{PathPrefix: "/_arm", WriteLatency: cfg.ARMLatency, OnChange: save})
+	from := ""
+	if _, err := os.Stat(path); err == nil {
+		from = path
+	} else if cfg.Estate != "" {
+		from = cfg.Estate
+	}
+	if from != "" {
+		if err := sim.LoadFile(from); err != nil {
+			return nil, fmt.Errorf("loading ARM simulator estate %s: %w", from, err)
+		}
+	}
+	if err := sim.Save(path); err != nil {
+		return nil, err
+	}
+	return sim, nil
+}
+
+func sweepEvery(ctx context.Context, svc *jit.Service, every time.Duration, log zerolog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := svc.Sweep(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				log.Warn().Err(err).Msg("sweep incomplete; the next sweep retries")
+			}
+		}
+	}
+}
+
+// localCredential hands the SDK a placeholder token: the simulator checks
+// no tokens.
+type localCredential struct{}
+
+func (localCredential) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	return azcore.AccessToken{Token: "local-simulator", ExpiresOn: time.Now().Add(time.Hour)}, nil
+}
+
+// inProcess serves the SDK's requests with an http.Handler in this process,
+// without a socket.
+type inProcess struct{ h http.Handler }
+
+func (t inProcess) Do(req *http.Request) (*http.Response, error) {
+	in := req.Clone(req.Context())
+	if in.Host == "" {
+		in.Host = req.URL.Host // servers read the host from here, not the URL
+	}
+	in.RemoteAddr = "127.0.0.1:0"
+	in.RequestURI = req.URL.RequestURI()
+	rec := newRecorder()
+	t.h.ServeHTTP(rec, in)
+	return rec.result(req), nil
+}
