@@ -117,7 +117,9 @@ func runLocal(log zerolog.Logger) error {
 	if n, err := svc.Sweep(ctx); err != nil {
 		log.Warn().Err(err).Int("closed", n).Msg("start-up sweep incomplete; the next sweep retries")
 	}
-	go queue.Start(ctx)
+	if err := queue.Start(ctx); err != nil {
+		return err
+	}
 	go sweepEvery(ctx, svc, cfg.SweepInterval, log)
 
 	api := httpapi.New(svc, httpapi.Config{Local: true, Log: log})
@@ -141,7 +143,7 @@ func runLocal(log zerolog.Logger) error {
 	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shutdown)
-	queue.Close()
+	_ = queue.Close(shutdown)
 	if err := sim.Save(filepath.Join(cfg.DataDir, "arm-estate.json")); err != nil {
 		log.Error().Err(err).Msg("saving the simulator's estate")
 	}

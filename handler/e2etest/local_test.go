@@ -212,7 +212,13 @@ func TestLocalEndToEnd(t *testing.T) {
 	}
 	var open requestRec
 	p.must(202, "POST", "/api/v1/policies/demo/initiate", initiateBody("vm-both-nsg", 3389, map[string]any{"duration": "PT30M", "allowedSourceAddressPrefix": "192.0.2.1"}), &open)
-	waitFor(t, 5*time.Second, "3389 open on vm-both-nsg", func() bool { _, ok := p.nsgRules("nsg-vm-both")[open.Grants[0].RuleName]; return ok })
+	waitFor(t, 5*time.Second, "3389 open on vm-both-nsg", func() bool {
+		p.must(200, "GET", "/api/v1/requests/"+open.ID, nil, &open)
+		return open.VirtualMachines[0].Ports[0].Status == "Initiated"
+	})
+	if _, ok := p.nsgRules("nsg-vm-both")[open.Grants[0].RuleName]; !ok {
+		t.Fatalf("request says Initiated but the rule is not in nsg-vm-both")
+	}
 	p.must(200, "GET", "/api/v1/vms", nil, &vms)
 	states := map[string]string{}
 	for _, v := range vms.Value {

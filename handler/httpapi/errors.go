@@ -55,6 +55,10 @@ func writeError(w http.ResponseWriter, err error) {
 // fail logs err (with its internal cause) and writes it.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	code := jit.ErrorCode(err)
+	var he *httpError
+	if errors.As(err, &he) {
+		code = he.code
+	}
 	ev := s.cfg.Log.Info()
 	if code == jit.EINTERNAL || code == jit.EUNAVAILABLE {
 		ev = s.cfg.Log.Error()

@@ -44,7 +44,7 @@ func (s *Service) Initiate(ctx context.Context, p Principal, policyName string, 
 	if err := ValidatePolicyName(policyName); err != nil {
 		return Request{}, err
 	}
-	pol, err := s.store.GetPolicy(ctx, policyName)
+	pol, err := s.getPolicy(ctx, policyName)
 	if err != nil {
 		return Request{}, err
 	}
@@ -151,9 +151,15 @@ func (s *Service) grantFor(p Principal, policy string, vm *VMPolicy, ip Initiate
 	if !end.After(now) {
 		return Grant{}, Errorf(EINVALID, "endTimeUtc %s is in the past", end.Format(time.RFC3339))
 	}
-	if d := end.Sub(now); d > rule.MaxDuration+endSlack {
+	// An end time computed on the caller's clock gets some slack; a
+	// duration is exact.
+	slack := endSlack
+	if ip.Duration != 0 {
+		slack = 0
+	}
+	if d := end.Sub(now); d > rule.MaxDuration+slack {
 		return Grant{}, Errorf(EINVALID, "requested time %s is longer than the maximum %s for port %d", FormatDuration(d.Round(time.Second)), FormatDuration(rule.MaxDuration), ip.Number)
-	} else if d+endSlack < s.cfg.MinDuration {
+	} else if d+min(slack, s.cfg.MinDuration/2) < s.cfg.MinDuration {
 		return Grant{}, Errorf(EINVALID, "requested time %s is shorter than the minimum %s", FormatDuration(d.Round(time.Second)), FormatDuration(s.cfg.MinDuration))
 	}
 	srcs := ip.Sources

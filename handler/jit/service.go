@@ -54,7 +54,28 @@ func (s *Service) GetPolicy(ctx context.Context, p Principal, name string) (Poli
 	if err := ValidatePolicyName(name); err != nil {
 		return Policy{}, err
 	}
-	return s.store.GetPolicy(ctx, name)
+	return s.getPolicy(ctx, name)
+}
+
+// getPolicy reads a policy, saying in words when it does not exist.
+func (s *Service) getPolicy(ctx context.Context, name string) (Policy, error) {
+	pol, err := s.store.GetPolicy(ctx, name)
+	if ErrorCode(err) == ENOTFOUND {
+		return Policy{}, Errorf(ENOTFOUND, "policy %s does not exist", name)
+	}
+	return pol, err
+}
+
+// getRequest reads a request, saying in words when it does not exist.
+func (s *Service) getRequest(ctx context.Context, id string) (Request, error) {
+	if !ValidRequestID(id) {
+		return Request{}, Errorf(ENOTFOUND, "request %q does not exist", clip(id, 64))
+	}
+	r, err := s.store.GetRequest(ctx, id)
+	if ErrorCode(err) == ENOTFOUND {
+		return Request{}, Errorf(ENOTFOUND, "request %s does not exist", id)
+	}
+	return r, err
 }
 
 // ListPolicies returns every policy.
@@ -202,7 +223,7 @@ func (s *Service) DeletePolicy(ctx context.Context, p Principal, name, ifMatch s
 	if err := ValidatePolicyName(name); err != nil {
 		return err
 	}
-	pol, err := s.store.GetPolicy(ctx, name)
+	pol, err := s.getPolicy(ctx, name)
 	if err != nil {
 		return err
 	}

@@ -43,10 +43,7 @@ func (s *Service) GetRequest(ctx context.Context, p Principal, id string) (Reque
 	if p.ID == "" {
 		return Request{}, Errorf(EUNAUTHORIZED, "sign in to read requests")
 	}
-	if !ValidRequestID(id) {
-		return Request{}, Errorf(ENOTFOUND, "request %q does not exist", clip(id, 64))
-	}
-	r, err := s.store.GetRequest(ctx, id)
+	r, err := s.getRequest(ctx, id)
 	if err != nil {
 		return Request{}, err
 	}

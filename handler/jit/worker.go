@@ -179,10 +179,7 @@ func (s *Service) Revoke(ctx context.Context, p Principal, id string) (Request, 
 // revoke ends the live grants of request id (only those of vm when vm is
 // not empty), queues their closes and cancels their scheduled closes.
 func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string) (Request, error) {
-	if !ValidRequestID(id) {
-		return Request{}, Errorf(ENOTFOUND, "request %q does not exist", clip(id, 64))
-	}
-	r, err := s.store.GetRequest(ctx, id)
+	r, err := s.getRequest(ctx, id)
 	if err != nil {
 		return Request{}, err
 	}

@@ -1,0 +1,905 @@
+package armsim
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v9"
+)
+
+// Options configure a Server. The zero value serves the demo estate at the
+// root path with no latency and no faults.
+type Options struct {
+	// PathPrefix is where the server is mounted (e.g. "/_arm" behind
+	// http.StripPrefix); it goes into the absolute URLs the server hands out
+	// (polling URLs, nextLink).
+	PathPrefix string
+	// PageSize is the number of items per list page; more items come through
+	// nextLink. Default 1000.
+	PageSize int
+	// ReadLatency and WriteLatency delay every read and write (not polls).
+	ReadLatency, WriteLatency time.Duration
+	// InProgressPolls is how many polls of a new operation answer
+	// InProgress before its final status.
+	InProgressPolls int
+	// PollRetryAfter is sent with InProgress answers as Retry-After-Ms (and
+	// Retry-After, rounded up to seconds) so pollers come back soon. Default
+	// 10ms; negative sends no header.
+	PollRetryAfter time.Duration
+	// Intercept, when set, is asked about every call except polls after
+	// FailNext and before chaos; it may return a fault, and it may change
+	// the estate (AddRule) to simulate another writer.
+	Intercept func(r *http.Request, c Call) *Fault
+	// OnChange is called after every successful write, outside the lock.
+	OnChange func(Change)
+	// Empty starts without resources instead of the demo estate.
+	Empty bool
+}
+
+// Call describes one request the server received.
+type Call struct {
+	Method string // GET, LIST, PUT, DELETE or POLL
+	Type   string // short resource type: virtualMachines, networkSecurityGroups, securityRules, operations...
+	ID     string // the request path without the prefix
+}
+
+// Kind is the counter name of the call, e.g. "PUT securityRules".
+func (c Call) Kind() string { return c.Method + " " + c.Type }
+
+// Write reports whether the call changes state.
+func (c Call) Write() bool { return c.Method == http.MethodPut || c.Method == http.MethodDelete }
+
+// Change is one successful write, for event hooks.
+type Change struct {
+	ID        string // ARM id of the written resource
+	Type      string // ARM type, e.g. Microsoft.Network/networkSecurityGroups/securityRules
+	Operation string // "write" or "delete"
+	Etag      string // new etag of the NSG
+}
+
+// Server is the simulator; it is safe for concurrent use.
+type Server struct {
+	mu       sync.Mutex
+	saveMu   sync.Mutex
+	opts     Options
+	st       state
+	ops      map[string]*operation
+	opSeq    uint64
+	etagSeq  uint64
+	stats    CallStats
+	failNext []*pendingFault
+	chaos    *chaosState
+}
+
+// New returns a Server loaded with the demo estate (unless opts.Empty).
+func New(opts Options) *Server {
+	if opts.PageSize <= 0 {
+		opts.PageSize = 1000
+	}
+	if opts.PollRetryAfter == 0 {
+		opts.PollRetryAfter = 10 * time.Millisecond
+	}
+	opts.PathPrefix = strings.TrimSuffix(opts.PathPrefix, "/")
+	s := &Server{opts: opts, ops: map[string]*operation{}, stats: CallStats{ByKind: map[string]int{}}, st: newState()}
+	if !opts.Empty {
+		st, err := parseEstate(bytes.NewReader(DemoEstate), s.newEtag)
+		if err != nil {
+			panic("armsim: embedded demo estate: " + err.Error())
+		}
+		s.st = st
+	}
+	return s
+}
+
+// newEtag returns a fresh etag; callers hold the lock. Counter-based so runs
+// are reproducible.
+func (s *Server) newEtag() string {
+	s.etagSeq++
+	return fmt.Sprintf(`W/"00000000-0000-4000-8000-%012x"`, s.etagSeq)
+}
+
+// route is a parsed ARM path. Type segments are lower-cased; names keep the
+// request's spelling.
+type route struct {
+	sub, rg         string
+	ns, typ, name   string
+	child, childNm  string
+	op, opID, opLoc string // operation polls
+}
+
+// Canonical spellings of the type segments the simulator serves.
+var shortType = map[string]string{
+	"virtualmachines":       "virtualMachines",
+	"networkinterfaces":     "networkInterfaces",
+	"virtualnetworks":       "virtualNetworks",
+	"subnets":               "subnets",
+	"networksecuritygroups": "networkSecurityGroups",
+	"securityrules":         "securityRules",
+	"defaultsecurityrules":  "defaultSecurityRules",
+}
+
+func notFoundPath(path string) *armError {
+	return &armError{Status: 404, Code: "NotFound", Message: "No HTTP resource was found that matches the request URI '" + path + "'."}
+}
+
+func parseRoute(path string) (route, *armError) {
+	segs := strings.Split(strings.Trim(path, "/"), "/")
+	var rt route
+	if len(segs) < 4 || !strings.EqualFold(segs[0], "subscriptions") {
+		return rt, notFoundPath(path)
+	}
+	rt.sub, segs = segs[1], segs[2:]
+	if strings.EqualFold(segs[0], "resourceGroups") {
+		if len(segs) < 3 {
+			return rt, notFoundPath(path)
+		}
+		rt.rg, segs = segs[1], segs[2:]
+	}
+	if len(segs) < 3 || !strings.EqualFold(segs[0], "providers") {
+		return rt, notFoundPath(path)
+	}
+	rt.ns, segs = strings.ToLower(segs[1]), segs[2:]
+	if rt.rg == "" && strings.EqualFold(segs[0], "locations") && len(segs) == 4 {
+		op := strings.ToLower(segs[2])
+		if op != "operations" && op != "operationresults" {
+			return rt, notFoundPath(path)
+		}
+		rt.opLoc, rt.op, rt.opID = segs[1], op, segs[3]
+		return rt, nil
+	}
+	if len(segs) > 4 || (rt.rg == "" && len(segs) > 1) {
+		return rt, notFoundPath(path)
+	}
+	rt.typ = strings.ToLower(segs[0])
+	if len(segs) > 1 {
+		rt.name = segs[1]
+	}
+	if len(segs) > 2 {
+		rt.child = strings.ToLower(segs[2])
+	}
+	if len(segs) > 3 {
+		rt.childNm = segs[3]
+	}
+	known := map[string]bool{
+		"microsoft.compute/virtualmachines":       true,
+		"microsoft.network/networkinterfaces":     true,
+		"microsoft.network/virtualnetworks":       true,
+		"microsoft.network/networksecuritygroups": true,
+	}
+	if !known[rt.ns+"/"+rt.typ] || (rt.child != "" && shortType[rt.child] == "") {
+		t := rt.typ
+		if rt.child != "" {
+			t += "/" + rt.child
+		}
+		return rt, &armError{Status: 404, Code: "InvalidResourceType", Message: fmt.Sprintf("The resource type '%s' could not be found in the namespace '%s'.", t, rt.ns)}
+	}
+	return rt, nil
+}
+
+func (rt route) call(method, path string) Call {
+	if rt.op != "" {
+		return Call{Method: "POLL", Type: "operations", ID: path}
+	}
+	t, list := rt.typ, rt.name == ""
+	if rt.child != "" {
+		t, list = rt.child, rt.childNm == ""
+	}
+	if method == http.MethodGet && list {
+		method = "LIST"
+	}
+	return Call{Method: method, Type: shortType[t], ID: path}
+}
+
+// ServeHTTP serves ARM's paths for the resources in the estate.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	apiVersion := r.URL.Query().Get("api-version")
+	if apiVersion == "" {
+		writeError(w, &armError{Status: 400, Code: "MissingApiVersionParameter", Message: "The api-version query parameter (?api-version=) is required for all requests."})
+		return
+	}
+	rt, aerr := parseRoute(r.URL.Path)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	call := rt.call(r.Method, r.URL.Path)
+	s.count(call)
+	if rt.op != "" {
+		s.servePoll(w, r, rt)
+		return
+	}
+	s.mu.Lock()
+	delay := s.opts.ReadLatency
+	if call.Write() {
+		delay = s.opts.WriteLatency
+	}
+	s.mu.Unlock()
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			return
+		}
+	}
+	fault := s.pickFault(r, call)
+	if fault != nil && !fault.LRO {
+		s.countFault()
+		writeFault(w, fault)
+		return
+	}
+	if fault != nil && !call.Write() {
+		fault = nil
+	}
+	if fault != nil {
+		s.countFault()
+	}
+	s.dispatch(w, r, rt, fault)
+}
+
+func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, rt route, lro *Fault) {
+	if r.Method != http.MethodGet && rt.typ != "networksecuritygroups" {
+		writeError(w, methodNotAllowed(r))
+		return
+	}
+	switch {
+	case rt.typ == "virtualmachines" && rt.child == "":
+		s.serveRead(w, r, rt, typeVM, func(st *state) map[string]any { return anyMap(st.vms) })
+	case rt.typ == "networkinterfaces" && rt.child == "":
+		s.serveRead(w, r, rt, typeNIC, func(st *state) map[string]any { return anyMap(st.nics) })
+	case rt.typ == "virtualnetworks" && rt.child == "":
+		s.serveRead(w, r, rt, typeVNet, func(st *state) map[string]any { return anyMap(st.vnets) })
+	case rt.typ == "virtualnetworks" && rt.child == "subnets":
+		s.serveSubnets(w, r, rt)
+	case rt.typ != "networksecuritygroups":
+		writeError(w, &armError{Status: 404, Code: "InvalidResourceType", Message: fmt.Sprintf("The resource type '%s/%s' could not be found in the namespace '%s'.", rt.typ, rt.child, rt.ns)})
+	case rt.child == "" && r.Method == http.MethodGet:
+		s.serveRead(w, r, rt, typeNSG, func(st *state) map[string]any { return anyMap(st.nsgs) })
+	case rt.child == "" && rt.name != "" && r.Method == http.MethodPut:
+		s.putNSG(w, r, rt, lro)
+	case rt.child == "" && rt.name != "" && r.Method == http.MethodDelete:
+		s.deleteNSG(w, r, rt, lro)
+	case (rt.child == "securityrules" || rt.child == "defaultsecurityrules") && r.Method == http.MethodGet:
+		s.serveRules(w, r, rt)
+	case rt.child == "securityrules" && rt.childNm != "" && r.Method == http.MethodPut:
+		s.putRule(w, r, rt, lro)
+	case rt.child == "securityrules" && rt.childNm != "" && r.Method == http.MethodDelete:
+		s.deleteRule(w, r, rt, lro)
+	default:
+		writeError(w, methodNotAllowed(r))
+	}
+}
+
+func methodNotAllowed(r *http.Request) *armError {
+	return &armError{Status: 405, Code: "MethodNotAllowed", Message: "The requested resource does not support http method '" + r.Method + "'."}
+}
+
+func anyMap[T any](m map[string]*T) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// checkScope answers 404 for an unknown subscription or resource group and
+// returns the resource group's canonical name.
+func (s *Server) checkScope(rt route) (string, *armError) {
+	if _, ok := s.st.subs[key(rt.sub)]; !ok {
+		return "", &armError{Status: 404, Code: "SubscriptionNotFound", Message: fmt.Sprintf("The subscription '%s' could not be found.", rt.sub)}
+	}
+	if rt.rg == "" {
+		return "", nil
+	}
+	rg, ok := s.st.rgs[key(rgID(rt.sub, rt.rg))]
+	if !ok {
+		return "", &armError{Status: 404, Code: "ResourceGroupNotFound", Message: fmt.Sprintf("Resource group '%s' could not be found.", rt.rg)}
+	}
+	return rg, nil
+}
+
+func resourceNotFound(armType, name, rg string) *armError {
+	return &armError{Status: 404, Code: "ResourceNotFound", Message: fmt.Sprintf("The Resource '%s/%s' under resource group '%s' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix", armType, name, rg)}
+}
+
+func (rt route) id(armType string) string {
+	return rgID(rt.sub, rt.rg) + "/providers/" + armType + "/" + rt.name
+}
+
+// serveRead answers GET of one top-level resource or a list by subscription
+// or resource group.
+func (s *Server) serveRead(w http.ResponseWriter, r *http.Request, rt route, armType string, coll func(*state) map[string]any) {
+	s.mu.Lock()
+	rg, aerr := s.checkScope(rt)
+	if aerr != nil {
+		s.mu.Unlock()
+		writeError(w, aerr)
+		return
+	}
+	m := coll(&s.st)
+	if rt.name != "" {
+		v, ok := m[key(rt.id(armType))]
+		var b []byte
+		var err error
+		if ok {
+			b, err = json.Marshal(v)
+		}
+		s.mu.Unlock()
+		switch {
+		case !ok:
+			writeError(w, resourceNotFound(armType, rt.name, rg))
+		case err != nil:
+			writeError(w, &armError{Status: 500, Code: "InternalServerError", Message: err.Error()})
+		default:
+			writeJSON(w, http.StatusOK, b)
+		}
+		return
+	}
+	prefix := key("/subscriptions/"+rt.sub) + "/"
+	if rt.rg != "" {
+		prefix = key(rgID(rt.sub, rt.rg)) + "/"
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		if strings.HasPrefix(k, prefix) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	items := make([]any, len(keys))
+	for i, k := range keys {
+		items[i] = m[k]
+	}
+	s.writeList(w, r, items)
+}
+
+func (s *Server) serveSubnets(w http.ResponseWriter, r *http.Request, rt route) {
+	s.mu.Lock()
+	rg, aerr := s.checkScope(rt)
+	if aerr != nil {
+		s.mu.Unlock()
+		writeError(w, aerr)
+		return
+	}
+	vnet := s.st.vnets[key(rt.id(typeVNet))]
+	if vnet == nil {
+		s.mu.Unlock()
+		writeError(w, resourceNotFound(typeVNet, rt.name, rg))
+		return
+	}
+	var items []any
+	for _, sn := range vnet.Properties.Subnets {
+		if rt.childNm == "" {
+			items = append(items, sn)
+		} else if strings.EqualFold(deref(sn.Name), rt.childNm) {
+			b, err := json.Marshal(sn)
+			s.mu.Unlock()
+			if err != nil {
+				writeError(w, &armError{Status: 500, Code: "InternalServerError", Message: err.Error()})
+				return
+			}
+			writeJSON(w, http.StatusOK, b)
+			return
+		}
+	}
+	if rt.childNm != "" {
+		s.mu.Unlock()
+		writeError(w, &armError{Status: 404, Code: "NotFound", Message: fmt.Sprintf("Resource %s/subnets/%s not found.", rt.id(typeVNet), rt.childNm)})
+		return
+	}
+	s.writeList(w, r, items)
+}
+
+func (s *Server) serveRules(w http.ResponseWriter, r *http.Request, rt route) {
+	s.mu.Lock()
+	nsg, aerr := s.nsgFor(rt)
+	if aerr != nil {
+		s.mu.Unlock()
+		writeError(w, aerr)
+		return
+	}
+	rules := nsg.Properties.SecurityRules
+	if rt.child == "defaultsecurityrules" {
+		rules = nsg.Properties.DefaultSecurityRules
+	}
+	if rt.childNm == "" {
+		items := make([]any, len(rules))
+		for i, r := range rules {
+			items[i] = r
+		}
+		s.writeList(w, r, items)
+		return
+	}
+	for _, rule := range rules {
+		if strings.EqualFold(deref(rule.Name), rt.childNm) {
+			b, err := json.Marshal(rule)
+			s.mu.Unlock()
+			if err != nil {
+				writeError(w, &armError{Status: 500, Code: "InternalServerError", Message: err.Error()})
+				return
+			}
+			writeJSON(w, http.StatusOK, b)
+			return
+		}
+	}
+	s.mu.Unlock()
+	writeError(w, ruleNotFound(deref(nsg.ID), rt.child, rt.childNm))
+}
+
+func ruleNotFound(nsgID, child, name string) *armError {
+	return &armError{Status: 404, Code: "NotFound", Message: fmt.Sprintf("Resource %s/%s/%s not found.", nsgID, shortType[child], name)}
+}
+
+// nsgFor returns the NSG a route names; callers hold the lock.
+func (s *Server) nsgFor(rt route) (*armnetwork.SecurityGroup, *armError) {
+	rg, aerr := s.checkScope(rt)
+	if aerr != nil {
+		return nil, aerr
+	}
+	nsg := s.st.nsgs[key(rt.id(typeNSG))]
+	if nsg == nil {
+		return nil, resourceNotFound(typeNSG, rt.name, rg)
+	}
+	return nsg, nil
+}
+
+// writeList marshals items and answers one page; called with the lock held,
+// it releases it.
+func (s *Server) writeList(w http.ResponseWriter, r *http.Request, items []any) {
+	skip, _ := strconv.Atoi(r.URL.Query().Get("$skiptoken"))
+	if skip < 0 || skip > len(items) {
+		skip = len(items)
+	}
+	end := min(skip+s.opts.PageSize, len(items))
+	page := struct {
+		Value    []any  `json:"value"`
+		NextLink string `json:"nextLink,omitempty"`
+	}{Value: items[skip:end]}
+	if page.Value == nil {
+		page.Value = []any{}
+	}
+	if end < len(items) {
+		q := url.Values{}
+		q.Set("api-version", r.URL.Query().Get("api-version"))
+		q.Set("$skiptoken", strconv.Itoa(end))
+		page.NextLink = s.baseURL(r) + r.URL.Path + "?" + q.Encode()
+	}
+	b, err := json.Marshal(page)
+	s.mu.Unlock()
+	if err != nil {
+		writeError(w, &armError{Status: 500, Code: "InternalServerError", Message: err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, b)
+}
+
+// baseURL is the absolute URL the server is reachable at, prefix included;
+// polling URLs must be absolute for azcore's pollers.
+func (s *Server) baseURL(r *http.Request) string {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host + s.opts.PathPrefix
+}
+
+func readBody(r *http.Request, v any) *armError {
+	b, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
+	if err != nil {
+		return &armError{Status: 400, Code: "InvalidRequestContent", Message: "The request content could not be read: " + err.Error()}
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return &armError{Status: 400, Code: "InvalidRequestContent", Message: "The request content was invalid and could not be deserialized: " + err.Error()}
+	}
+	return nil
+}
+
+// checkIfMatch applies If-Match / If-None-Match against the current etag
+// ("" when the resource does not exist).
+func checkIfMatch(r *http.Request, current string) *armError {
+	if m := r.Header.Get("If-Match"); m != "" && (current == "" || (m != "*" && m != current)) {
+		return &armError{Status: 412, Code: "PreconditionFailed", Message: "The condition specified using HTTP conditional header(s) is not met."}
+	}
+	if m := r.Header.Get("If-None-Match"); m == "*" && current != "" {
+		return &armError{Status: 412, Code: "PreconditionFailed", Message: "The condition specified using HTTP conditional header(s) is not met."}
+	}
+	return nil
+}
+
+func (s *Server) putRule(w http.ResponseWriter, r *http.Request, rt route, lro *Fault) {
+	var in armnetwork.SecurityRule
+	if aerr := readBody(r, &in); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	s.mu.Lock()
+	nsg, aerr := s.nsgFor(rt)
+	if aerr == nil {
+		aerr = validateRule(rt.childNm, in.Properties)
+	}
+	if aerr != nil {
+		s.mu.Unlock()
+		writeError(w, aerr)
+		return
+	}
+	nsgID := deref(nsg.ID)
+	rules := nsg.Properties.SecurityRules
+	idx, name, current := -1, rt.childNm, ""
+	for i, rule := range rules {
+		if strings.EqualFold(deref(rule.Name), rt.childNm) {
+			idx, name, current = i, deref(rule.Name), deref(rule.Etag)
+		}
+	}
+	if aerr := checkIfMatch(r, current); aerr != nil {
+		s.mu.Unlock()
+		writeError(w, aerr)
+		return
+	}
+	tag := s.newEtag()
+	stored := storedRule(nsgID, name, in.Properties, tag)
+	next := append([]*armnetwork.SecurityRule{}, rules...)
+	status := http.StatusCreated
+	if idx >= 0 {
+		next[idx], status = stored, http.StatusOK
+	} else {
+		next = append(next, stored)
+	}
+	if aerr := checkRuleSet(next); aerr != nil {
+		if aerr.Code == "SecurityRuleConflict" {
+			aerr = s.conflictFor(next, stored)
+		}
+		s.mu.Unlock()
+		writeError(w, aerr)
+		return
+	}
+	if lro == nil {
+		nsg.Properties.SecurityRules = next
+		nsg.Etag = to.Ptr(tag)
+	}
+	asyncURL, _ := s.newOperation(r, rt.sub, deref(nsg.Location), lro)
+	answer := *stored
+	props := *stored.Properties
+	props.ProvisioningState = to.Ptr(armnetwork.ProvisioningStateUpdating)
+	answer.Properties = &props
+	b, err := json.Marshal(&answer)
+	s.mu.Unlock()
+	if err != nil {
+		writeError(w, &armError{Status: 500, Code: "InternalServerError", Message: err.Error()})
+		return
+	}
+	w.Header().Set("Azure-AsyncOperation", asyncURL)
+	writeJSON(w, status, b)
+	if lro == nil {
+		s.changed(Change{ID: deref(stored.ID), Type: typeRule, Operation: "write", Etag: tag})
+	}
+}
+
+// conflictFor names the new rule and the rule it clashes with, as ARM does.
+func (s *Server) conflictFor(rules []*armnetwork.SecurityRule, rule *armnetwork.SecurityRule) *armError {
+	for _, other := range rules {
+		if other != rule && *other.Properties.Direction == *rule.Properties.Direction && *other.Properties.Priority == *rule.Properties.Priority {
+			return conflict(deref(rule.Name), deref(other.Name))
+		}
+	}
+	return checkRuleSet(rules)
+}
+
+func (s *Server) deleteRule(w http.ResponseWriter, r *http.Request, rt route, lro *Fault) {
+	s.mu.Lock()
+	nsg, aerr := s.nsgFor(rt)
+	if aerr != nil {
+		s.mu.Unlock()
+		writeError(w, aerr)
+		return
+	}
+	idx := -1
+	for i, rule := range nsg.Properties.SecurityRules {
+		if strings.EqualFold(deref(rule.Name), rt.childNm) {
+			idx = i
+		}
+	}
+	if idx < 0 {
+		s.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	ruleID := deref(nsg.Properties.SecurityRules[idx].ID)
+	if aerr := checkIfMatch(r, deref(nsg.Properties.SecurityRules[idx].Etag)); aerr != nil {
+		s.mu.Unlock()
+		writeError(w, aerr)
+		return
+	}
+	tag := s.newEtag()
+	if lro == nil {
+		rules := nsg.Properties.SecurityRules
+		nsg.Properties.SecurityRules = append(append([]*armnetwork.SecurityRule{}, rules[:idx]...), rules[idx+1:]...)
+		nsg.Etag = to.Ptr(tag)
+	}
+	asyncURL, locURL := s.newOperation(r, rt.sub, deref(nsg.Location), lro)
+	s.mu.Unlock()
+	w.Header().Set("Azure-AsyncOperation", asyncURL)
+	w.Header().Set("Location", locURL)
+	w.WriteHeader(http.StatusAccepted)
+	if lro == nil {
+		s.changed(Change{ID: ruleID, Type: typeRule, Operation: "delete", Etag: tag})
+	}
+}
+
+// putNSG replaces an NSG's writable parts (tags, rules) or creates it, so
+// people and tests can hand-edit an NSG the way ARM templates do.
+func (s *Server) putNSG(w http.ResponseWriter, r *http.Request, rt route, lro *Fault) {
+	var in armnetwork.SecurityGroup
+	if aerr := readBody(r, &in); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	s.mu.Lock()
+	rg, aerr := s.checkScope(rt)
+	if aerr != nil {
+		s.mu.Unlock()
+		writeError(w, aerr)
+		return
+	}
+	id := rgID(rt.sub, rg) + "/providers/" + typeNSG + "/" + rt.name
+	old := s.st.nsgs[key(id)]
+	current := ""
+	if old != nil {
+		current, id = deref(old.Etag), deref(old.ID)
+	}
+	if aerr := checkIfMatch(r, current); aerr != nil {
+		s.mu.Unlock()
+		writeError(w, aerr)
+		return
+	}
+	loc := deref(in.Location)
+	if old != nil {
+		loc = deref(old.Location)
+	} else if loc == "" {
+		s.mu.Unlock()
+		writeError(w, badRequest("LocationRequired", "The location property is required for this definition."))
+		return
+	}
+	tag := s.newEtag()
+	nsg := &armnetwork.SecurityGroup{
+		ID: to.Ptr(id), Name: to.Ptr(id[strings.LastIndex(id, "/")+1:]), Type: to.Ptr(typeNSG), Location: to.Ptr(loc), Etag: to.Ptr(tag), Tags: in.Tags,
+		Properties: &armnetwork.SecurityGroupPropertiesFormat{
+			ProvisioningState:    to.Ptr(armnetwork.ProvisioningStateSucceeded),
+			ResourceGUID:         to.Ptr(guidFrom(id)),
+			SecurityRules:        []*armnetwork.SecurityRule{},
+			DefaultSecurityRules: defaultRules(id, tag),
+		},
+	}
+	if old != nil {
+		p := *old.Properties
+		p.SecurityRules = []*armnetwork.SecurityRule{}
+		nsg.Properties = &p
+	}
+	oldRules := map[string]*armnetwork.SecurityRule{}
+	if old != nil {
+		for _, rule := range old.Properties.SecurityRules {
+			oldRules[key(deref(rule.Name))] = rule
+		}
+	}
+	if in.Properties != nil {
+		for _, rule := range in.Properties.SecurityRules {
+			if rule == nil || rule.Name == nil {
+				s.mu.Unlock()
+				writeError(w, badRequest("InvalidRequestFormat", "A security rule has no name."))
+				return
+			}
+			if aerr := validateRule(*rule.Name, rule.Properties); aerr != nil {
+				s.mu.Unlock()
+				writeError(w, aerr)
+				return
+			}
+			stored := storedRule(id, *rule.Name, rule.Properties, tag)
+			// An unchanged rule keeps its etag, so readers can tell what a
+			// hand edit really touched.
+			if prev := oldRules[key(*rule.Name)]; prev != nil && sameJSON(prev.Properties, stored.Properties) {
+				stored = prev
+			}
+			nsg.Properties.SecurityRules = append(nsg.Properties.SecurityRules, stored)
+		}
+		if in.Properties.FlushConnection != nil {
+			nsg.Properties.FlushConnection = in.Properties.FlushConnection
+		}
+	}
+	if aerr := checkRuleSet(nsg.Properties.SecurityRules); aerr != nil {
+		s.mu.Unlock()
+		writeError(w, aerr)
+		return
+	}
+	status := http.StatusCreated
+	if old != nil {
+		status = http.StatusOK
+	}
+	if lro == nil {
+		s.st.nsgs[key(id)] = nsg
+		if old == nil {
+			s.st.link()
+		}
+	}
+	asyncURL, _ := s.newOperation(r, rt.sub, loc, lro)
+	answer := *nsg
+	props := *nsg.Properties
+	props.ProvisioningState = to.Ptr(armnetwork.ProvisioningStateUpdating)
+	answer.Properties = &props
+	b, err := json.Marshal(&answer)
+	s.mu.Unlock()
+	if err != nil {
+		writeError(w, &armError{Status: 500, Code: "InternalServerError", Message: err.Error()})
+		return
+	}
+	w.Header().Set("Azure-AsyncOperation", asyncURL)
+	writeJSON(w, status, b)
+	if lro == nil {
+		s.changed(Change{ID: id, Type: typeNSG, Operation: "write", Etag: tag})
+	}
+}
+
+func sameJSON(a, b any) bool {
+	x, err1 := json.Marshal(a)
+	y, err2 := json.Marshal(b)
+	return err1 == nil && err2 == nil && bytes.Equal(x, y)
+}
+
+func (s *Server) deleteNSG(w http.ResponseWriter, r *http.Request, rt route, lro *Fault) {
+	s.mu.Lock()
+	nsg, aerr := s.nsgFor(rt)
+	if aerr != nil {
+		s.mu.Unlock()
+		if aerr.Code == "ResourceNotFound" {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		writeError(w, aerr)
+		return
+	}
+	if len(nsg.Properties.NetworkInterfaces) > 0 || len(nsg.Properties.Subnets) > 0 {
+		s.mu.Unlock()
+		writeError(w, badRequest("InUseNetworkSecurityGroupCannotBeDeleted", "Network security group %s cannot be deleted because it is in use by a network interface or subnet.", deref(nsg.ID)))
+		return
+	}
+	if aerr := checkIfMatch(r, deref(nsg.Etag)); aerr != nil {
+		s.mu.Unlock()
+		writeError(w, aerr)
+		return
+	}
+	id := deref(nsg.ID)
+	if lro == nil {
+		delete(s.st.nsgs, key(id))
+	}
+	asyncURL, locURL := s.newOperation(r, rt.sub, deref(nsg.Location), lro)
+	s.mu.Unlock()
+	w.Header().Set("Azure-AsyncOperation", asyncURL)
+	w.Header().Set("Location", locURL)
+	w.WriteHeader(http.StatusAccepted)
+	if lro == nil {
+		s.changed(Change{ID: id, Type: typeNSG, Operation: "delete"})
+	}
+}
+
+func (s *Server) changed(c Change) {
+	if s.opts.OnChange != nil {
+		s.opts.OnChange(c)
+	}
+}
+
+// operation is a long-running operation's state as its polls see it.
+type operation struct {
+	seq       uint64
+	remaining int    // InProgress answers left
+	fault     *Fault // non-nil: ends Failed
+}
+
+// Operations are forgotten after this many newer ones, so a long local run
+// does not grow without bound; pollers finish long before.
+const keptOperations = 4096
+
+// newOperation registers an operation and returns its Azure-AsyncOperation
+// and Location URLs; callers hold the lock.
+func (s *Server) newOperation(r *http.Request, sub, location string, lro *Fault) (asyncURL, locURL string) {
+	s.opSeq++
+	id := fmt.Sprintf("00000000-0000-4000-9000-%012x", s.opSeq)
+	s.ops[id] = &operation{seq: s.opSeq, remaining: s.opts.InProgressPolls, fault: lro}
+	if len(s.ops) > keptOperations {
+		for k, op := range s.ops {
+			if op.seq+keptOperations <= s.opSeq {
+				delete(s.ops, k)
+			}
+		}
+	}
+	if location == "" {
+		location = DemoLocation
+	}
+	base := s.baseURL(r) + "/subscriptions/" + sub + "/providers/Microsoft.Network/locations/" + location
+	q := "?api-version=" + url.QueryEscape(r.URL.Query().Get("api-version"))
+	return base + "/operations/" + id + q, base + "/operationResults/" + id + q
+}
+
+func (s *Server) servePoll(w http.ResponseWriter, r *http.Request, rt route) {
+	s.mu.Lock()
+	op := s.ops[strings.ToLower(rt.opID)]
+	if op == nil {
+		s.mu.Unlock()
+		writeError(w, &armError{Status: 404, Code: "NotFound", Message: "Operation " + rt.opID + " not found."})
+		return
+	}
+	inProgress := op.remaining > 0
+	if inProgress {
+		op.remaining--
+	}
+	fault := op.fault
+	retry := s.opts.PollRetryAfter
+	s.mu.Unlock()
+	if inProgress {
+		if retry > 0 {
+			setRetryAfter(w.Header(), retry, true)
+		}
+		if rt.op == "operationresults" {
+			w.Header().Set("Location", s.baseURL(r)+r.URL.RequestURI())
+			w.WriteHeader(http.StatusAccepted)
+			return
+		}
+		writeJSON(w, http.StatusOK, []byte(`{"status":"InProgress"}`))
+		return
+	}
+	if fault != nil {
+		if rt.op == "operationresults" {
+			writeError(w, &armError{Status: http.StatusConflict, Code: fault.Code, Message: fault.Message})
+			return
+		}
+		b, _ := json.Marshal(map[string]any{"status": "Failed", "error": map[string]string{"code": fault.Code, "message": fault.Message}})
+		writeJSON(w, http.StatusOK, b)
+		return
+	}
+	if rt.op == "operationresults" {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	writeJSON(w, http.StatusOK, []byte(`{"status":"Succeeded"}`))
+}
+
+// setRetryAfter sets Retry-After in whole seconds (rounded up) and, when the
+// delay is not whole seconds or always is set, Retry-After-Ms, which azcore
+// reads first.
+func setRetryAfter(h http.Header, d time.Duration, always bool) {
+	h.Set("Retry-After", strconv.Itoa(int(math.Ceil(d.Seconds()))))
+	if always || d%time.Second != 0 {
+		h.Set("Retry-After-Ms", strconv.FormatInt(max(d.Milliseconds(), 1), 10))
+	}
+}
+
+func writeFault(w http.ResponseWriter, f *Fault) {
+	if f.RetryAfter > 0 {
+		setRetryAfter(w.Header(), f.RetryAfter, false)
+	}
+	status := f.Status
+	if status == 0 {
+		status = http.StatusInternalServerError
+	}
+	writeError(w, &armError{Status: status, Code: f.Code, Message: f.Message})
+}
+
+func writeError(w http.ResponseWriter, e *armError) {
+	b, _ := json.Marshal(map[string]any{"error": map[string]any{"code": e.Code, "message": e.Message, "details": []any{}}})
+	writeJSON(w, e.Status, b)
+}
+
+func writeJSON(w http.ResponseWriter, status int, b []byte) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}

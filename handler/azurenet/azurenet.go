@@ -1,0 +1,816 @@
+// Package azurenet is the jit.Network driver for Azure: it reads VMs, network
+// interfaces, subnets and network security groups through Azure Resource
+// Manager and writes the service's security rules, using only the Azure SDK's
+// armcompute and armnetwork clients. It depends on handler/jit (whose
+// interface it implements) and on the SDK; it must not depend on the store,
+// the queue or any front door, and it keeps no state beyond SDK clients.
+//
+// # NSG conventions
+//
+// Every rule the service manages has a name starting with jit.RulePrefix
+// ("jit-"). The driver refuses to change or delete any other rule and never
+// renumbers a rule: someone else's rules are read (to find free priorities
+// and report rules that bypass JIT) and left byte-for-byte as they are.
+//
+// Managed rules are inbound rules placed in two priority bands, configurable
+// through Config:
+//
+//   - allow rules (one per grant and NSG): 1000–1999 (DefaultAllowMin–DefaultAllowMax);
+//   - deny rules (one per VM and NSG, closing the policy's ports): 4000–4095
+//     (DefaultDenyMin–DefaultDenyMax), below every allow rule and above
+//     Azure's default rules (65000 and up).
+//
+// A new rule gets the lowest priority of its band that no inbound rule of the
+// NSG uses, managed or not; an existing rule keeps its priority when its
+// content changes. When a concurrent writer takes the same priority first
+// (ARM answers 400 SecurityRuleConflict), the driver reads the NSG again and
+// picks another one.
+//
+// # Retries
+//
+// azcore's retry policy retries 408, 429 and 5xx answers, honouring
+// Retry-After (Config.Retry). On top of it the driver retries, with jittered
+// exponential backoff and a bounded number of attempts (Config.MaxAttempts),
+// what ARM's network resource provider answers to overlapping writes on one
+// NSG (409 AnotherOperationInProgress, RetryableErrorDueToAnotherOperation,
+// CanceledAndSupersededDueToAnotherOperation) and failed long-running
+// operations. Errors that remain after the retries are jit.EUNAVAILABLE.
+package azurenet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v9"
+	"github.com/rs/zerolog"
+
+	"jitaccess/handler/jit"
+)
+
+// Default priority bands (inclusive).
+const (
+	DefaultAllowMin = 1000
+	DefaultAllowMax = 1999
+	DefaultDenyMin  = 4000
+	DefaultDenyMax  = 4095
+)
+
+// Band is an inclusive range of security rule priorities.
+type Band struct{ Min, Max int }
+
+// Config configures a Driver. Zero fields take the defaults documented on
+// each.
+type Config struct {
+	// Subscriptions is the scope of ListVMs.
+	Subscriptions []string
+	// AllowBand and DenyBand are where new allow and deny rules go; default
+	// 1000–1999 and 4000–4095. Both must lie within ARM's 100–4096.
+	AllowBand, DenyBand Band
+	// Log receives one event per write, retry and no-op; the zero value
+	// logs nothing.
+	Log zerolog.Logger
+	// Retry is azcore's retry policy for 408/429/5xx. When zero, the
+	// arm.ClientOptions' Retry is used if set, else 4 retries from 1s with
+	// Retry-After honoured up to 60s.
+	Retry policy.RetryOptions
+	// MaxAttempts bounds the driver's own attempts at one write (busy NSG,
+	// failed operation, priority clash); default 5.
+	MaxAttempts int
+	// RetryDelay and MaxRetryDelay shape the driver's jittered exponential
+	// backoff between those attempts; default 1s and 15s.
+	RetryDelay, MaxRetryDelay time.Duration
+	// PollFrequency is how often a long-running operation is polled when
+	// ARM sends no Retry-After; default 2s (azcore's floor is 1s outside
+	// tests).
+	PollFrequency time.Duration
+}
+
+// Driver implements jit.Network on Azure Resource Manager. It is safe for
+// concurrent use.
+type Driver struct {
+	cfg  Config
+	cred azcore.TokenCredential
+	opts arm.ClientOptions
+	log  zerolog.Logger
+
+	mu      sync.Mutex
+	clients map[string]*clients // by lower-case subscription id
+}
+
+var _ jit.Network = (*Driver)(nil)
+
+// clients are the SDK clients for one subscription; the SDK binds a client
+// to a subscription at construction.
+type clients struct {
+	vms     *armcompute.VirtualMachinesClient
+	nics    *armnetwork.InterfacesClient
+	vnets   *armnetwork.VirtualNetworksClient
+	subnets *armnetwork.SubnetsClient
+	nsgs    *armnetwork.SecurityGroupsClient
+	rules   *armnetwork.SecurityRulesClient
+}
+
+// New returns a Driver that reaches ARM with cred and opts (nil for public
+// Azure with the SDK's defaults).
+func New(cfg Config, cred azcore.TokenCredential, opts *arm.ClientOptions) (*Driver, error) {
+	if cfg.AllowBand == (Band{}) {
+		cfg.AllowBand = Band{DefaultAllowMin, DefaultAllowMax}
+	}
+	if cfg.DenyBand == (Band{}) {
+		cfg.DenyBand = Band{DefaultDenyMin, DefaultDenyMax}
+	}
+	for _, b := range []Band{cfg.AllowBand, cfg.DenyBand} {
+		if b.Min < 100 || b.Max > 4096 || b.Min > b.Max {
+			return nil, fmt.Errorf("azurenet: priority band %d–%d is not within 100–4096", b.Min, b.Max)
+		}
+	}
+	if cfg.AllowBand.Max >= cfg.DenyBand.Min {
+		return nil, fmt.Errorf("azurenet: allow band %d–%d must lie above (lower numbers than) deny band %d–%d",
+			cfg.AllowBand.Min, cfg.AllowBand.Max, cfg.DenyBand.Min, cfg.DenyBand.Max)
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 5
+	}
+	if cfg.RetryDelay <= 0 {
+		cfg.RetryDelay = time.Second
+	}
+	if cfg.MaxRetryDelay <= 0 {
+		cfg.MaxRetryDelay = 15 * time.Second
+	}
+	if cfg.PollFrequency <= 0 {
+		cfg.PollFrequency = 2 * time.Second
+	}
+	var o arm.ClientOptions
+	if opts != nil {
+		o = *opts
+	}
+	switch {
+	case !zeroRetry(cfg.Retry):
+		o.Retry = cfg.Retry
+	case zeroRetry(o.Retry):
+		o.Retry = policy.RetryOptions{MaxRetries: 4, RetryDelay: time.Second, MaxRetryDelay: 60 * time.Second}
+	}
+	return &Driver{cfg: cfg, cred: cred, opts: o, log: cfg.Log, clients: map[string]*clients{}}, nil
+}
+
+func zeroRetry(r policy.RetryOptions) bool {
+	return r.MaxRetries == 0 && r.TryTimeout == 0 && r.RetryDelay == 0 && r.MaxRetryDelay == 0 && r.StatusCodes == nil && r.ShouldRetry == nil
+}
+
+func (d *Driver) clientsFor(sub string) (*clients, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if c := d.clients[strings.ToLower(sub)]; c != nil {
+		return c, nil
+	}
+	var c clients
+	var err error
+	if c.vms, err = armcompute.NewVirtualMachinesClient(sub, d.cred, &d.opts); err != nil {
+		return nil, fmt.Errorf("create virtual machines client: %w", err)
+	}
+	nf, err := armnetwork.NewClientFactory(sub, d.cred, &d.opts)
+	if err != nil {
+		return nil, fmt.Errorf("create network clients: %w", err)
+	}
+	c.nics, c.vnets, c.subnets = nf.NewInterfacesClient(), nf.NewVirtualNetworksClient(), nf.NewSubnetsClient()
+	c.nsgs, c.rules = nf.NewSecurityGroupsClient(), nf.NewSecurityRulesClient()
+	d.clients[strings.ToLower(sub)] = &c
+	return &c, nil
+}
+
+// ref is a parsed ARM id of a resource in a resource group.
+type ref struct {
+	sub, rg, name, parent string
+}
+
+// parseID parses id and checks its type (case-insensitive, as ARM is).
+func parseID(id, wantType string) (ref, bool) {
+	rid, err := arm.ParseResourceID(id)
+	if err != nil || rid.ResourceGroupName == "" || !strings.EqualFold(rid.ResourceType.String(), wantType) {
+		return ref{}, false
+	}
+	r := ref{sub: rid.SubscriptionID, rg: rid.ResourceGroupName, name: rid.Name}
+	if rid.Parent != nil {
+		r.parent = rid.Parent.Name
+	}
+	return r, true
+}
+
+const (
+	typeVM     = "Microsoft.Compute/virtualMachines"
+	typeNIC    = "Microsoft.Network/networkInterfaces"
+	typeSubnet = "Microsoft.Network/virtualNetworks/subnets"
+	typeNSG    = "Microsoft.Network/networkSecurityGroups"
+)
+
+func (d *Driver) nsgClients(nsgID string) (ref, *clients, error) {
+	r, ok := parseID(nsgID, typeNSG)
+	if !ok {
+		return ref{}, nil, jit.Errorf(jit.EINVALID, "%q is not the id of a network security group", nsgID)
+	}
+	c, err := d.clientsFor(r.sub)
+	return r, c, err
+}
+
+// ResolveVM reads one VM, its NICs and their subnets.
+func (d *Driver) ResolveVM(ctx context.Context, vmID string) (jit.VMInfo, error) {
+	r, ok := parseID(vmID, typeVM)
+	if !ok {
+		return jit.VMInfo{}, jit.Errorf(jit.ENOTFOUND, "%q is not the id of a virtual machine", vmID)
+	}
+	c, err := d.clientsFor(r.sub)
+	if err != nil {
+		return jit.VMInfo{}, err
+	}
+	resp, err := c.vms.Get(ctx, r.rg, r.name, nil)
+	if err != nil {
+		if isNotFound(err) {
+			return jit.VMInfo{}, jit.Wrap(jit.ENOTFOUND, err, fmt.Sprintf("virtual machine %s not found", vmID))
+		}
+		return jit.VMInfo{}, classify(err, "read virtual machine "+vmID)
+	}
+	return d.topology(ctx, &resp.VirtualMachine, &lookup{d: d})
+}
+
+// ListVMs lists every VM of the configured subscriptions. It lists NICs and
+// VNets (with their subnets) once per subscription and joins them in memory,
+// so an inventory costs a few list pages, not reads per VM.
+func (d *Driver) ListVMs(ctx context.Context) ([]jit.VMInfo, error) {
+	var out []jit.VMInfo
+	for _, sub := range d.cfg.Subscriptions {
+		c, err := d.clientsFor(sub)
+		if err != nil {
+			return nil, err
+		}
+		lk := &lookup{d: d, nics: map[string]*armnetwork.Interface{}, subnets: map[string]*armnetwork.Subnet{}}
+		nics := c.nics.NewListAllPager(nil)
+		for nics.More() {
+			page, err := nics.NextPage(ctx)
+			if err != nil {
+				return nil, classify(err, "list network interfaces of subscription "+sub)
+			}
+			for _, n := range page.Value {
+				if n != nil && n.ID != nil {
+					lk.nics[strings.ToLower(*n.ID)] = n
+				}
+			}
+		}
+		vnets := c.vnets.NewListAllPager(nil)
+		for vnets.More() {
+			page, err := vnets.NextPage(ctx)
+			if err != nil {
+				return nil, classify(err, "list virtual networks of subscription "+sub)
+			}
+			for _, v := range page.Value {
+				if v == nil || v.Properties == nil {
+					continue
+				}
+				for _, sn := range v.Properties.Subnets {
+					if sn != nil && sn.ID != nil {
+						lk.subnets[strings.ToLower(*sn.ID)] = sn
+					}
+				}
+			}
+		}
+		vms := c.vms.NewListAllPager(nil)
+		for vms.More() {
+			page, err := vms.NextPage(ctx)
+			if err != nil {
+				return nil, classify(err, "list virtual machines of subscription "+sub)
+			}
+			for _, vm := range page.Value {
+				if vm == nil || vm.ID == nil {
+					continue
+				}
+				info, err := d.topology(ctx, vm, lk)
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, info)
+			}
+		}
+	}
+	return out, nil
+}
+
+// lookup finds NICs and subnets: in what ListVMs prefetched, else with one
+// read each (remembered, as VMs share subnets).
+type lookup struct {
+	d       *Driver
+	nics    map[string]*armnetwork.Interface
+	subnets map[string]*armnetwork.Subnet
+}
+
+func (l *lookup) nic(ctx context.Context, id string) (*armnetwork.Interface, error) {
+	if n, ok := l.nics[strings.ToLower(id)]; ok {
+		return n, nil
+	}
+	r, ok := parseID(id, typeNIC)
+	if !ok {
+		return nil, fmt.Errorf("%q is not a network interface id", id)
+	}
+	c, err := l.d.clientsFor(r.sub)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.nics.Get(ctx, r.rg, r.name, nil)
+	if err != nil {
+		return nil, err
+	}
+	if l.nics == nil {
+		l.nics = map[string]*armnetwork.Interface{}
+	}
+	l.nics[strings.ToLower(id)] = &resp.Interface
+	return &resp.Interface, nil
+}
+
+func (l *lookup) subnet(ctx context.Context, id string) (*armnetwork.Subnet, error) {
+	if s, ok := l.subnets[strings.ToLower(id)]; ok {
+		return s, nil
+	}
+	r, ok := parseID(id, typeSubnet)
+	if !ok {
+		return nil, fmt.Errorf("%q is not a subnet id", id)
+	}
+	c, err := l.d.clientsFor(r.sub)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.subnets.Get(ctx, r.rg, r.parent, r.name, nil)
+	if err != nil {
+		return nil, err
+	}
+	if l.subnets == nil {
+		l.subnets = map[string]*armnetwork.Subnet{}
+	}
+	l.subnets[strings.ToLower(id)] = &resp.Subnet
+	return &resp.Subnet, nil
+}
+
+// Reasons a VM cannot be protected.
+const (
+	reasonNoNSG = "no network security group on its network interfaces or their subnets"
+	reasonNoNIC = "no network interfaces (scale set VMs configured through networkInterfaceConfigurations are not supported)"
+)
+
+// topology follows VM → NICs → IP configurations → subnets and collects the
+// private IPs and the NSGs, NIC-level first, without duplicates.
+func (d *Driver) topology(ctx context.Context, vm *armcompute.VirtualMachine, lk *lookup) (jit.VMInfo, error) {
+	info := jit.VMInfo{ID: deref(vm.ID), Name: deref(vm.Name), Location: deref(vm.Location)}
+	seen := map[string]bool{}
+	addNSG := func(sg *armnetwork.SecurityGroup, scope string) {
+		if sg == nil || sg.ID == nil || seen[strings.ToLower(*sg.ID)] {
+			return
+		}
+		seen[strings.ToLower(*sg.ID)] = true
+		info.NSGs = append(info.NSGs, jit.NSGRef{ID: *sg.ID, Scope: scope})
+	}
+	var refs []*armcompute.NetworkInterfaceReference
+	if vm.Properties != nil && vm.Properties.NetworkProfile != nil {
+		refs = vm.Properties.NetworkProfile.NetworkInterfaces
+	}
+	for _, nref := range refs {
+		if nref == nil || nref.ID == nil {
+			continue
+		}
+		nic, err := lk.nic(ctx, *nref.ID)
+		if err != nil {
+			if isNotFound(err) {
+				// A VM being deleted can briefly point at a NIC that is gone.
+				d.log.Warn().Str("vm", info.ID).Str("nic", *nref.ID).Msg("network interface of VM not found")
+				continue
+			}
+			return jit.VMInfo{}, classify(err, "read network interface "+*nref.ID)
+		}
+		if nic.Properties == nil {
+			continue
+		}
+		addNSG(nic.Properties.NetworkSecurityGroup, "nic")
+		for _, ipc := range nic.Properties.IPConfigurations {
+			if ipc == nil || ipc.Properties == nil {
+				continue
+			}
+			if ip := deref(ipc.Properties.PrivateIPAddress); ip != "" {
+				info.PrivateIPs = append(info.PrivateIPs, ip)
+			}
+			if ipc.Properties.Subnet == nil || ipc.Properties.Subnet.ID == nil {
+				continue
+			}
+			sn, err := lk.subnet(ctx, *ipc.Properties.Subnet.ID)
+			if err != nil {
+				if isNotFound(err) {
+					continue
+				}
+				return jit.VMInfo{}, classify(err, "read subnet "+*ipc.Properties.Subnet.ID)
+			}
+			if sn.Properties != nil {
+				addNSG(sn.Properties.NetworkSecurityGroup, "subnet")
+			}
+		}
+	}
+	switch {
+	case len(refs) == 0:
+		info.Unsupported = reasonNoNIC
+	case len(info.NSGs) == 0:
+		info.Unsupported = reasonNoNSG
+	}
+	return info, nil
+}
+
+// PutRule creates or updates a managed inbound rule; see the package doc for
+// how priorities are chosen.
+func (d *Driver) PutRule(ctx context.Context, nsgID string, rule jit.SecurityRule) error {
+	if !strings.HasPrefix(rule.Name, jit.RulePrefix) {
+		return jit.Errorf(jit.EINVALID, "refusing to write security rule %q: only rules named %q... are managed", rule.Name, jit.RulePrefix)
+	}
+	var band Band
+	switch rule.Access {
+	case jit.AccessAllow:
+		band = d.cfg.AllowBand
+	case jit.AccessDeny:
+		band = d.cfg.DenyBand
+	default:
+		return jit.Errorf(jit.EINVALID, "security rule %s has access %q, want Allow or Deny", rule.Name, rule.Access)
+	}
+	if len(rule.Ports) == 0 || len(rule.Sources) == 0 || len(rule.Destinations) == 0 {
+		return jit.Errorf(jit.EINVALID, "security rule %s needs ports, sources and destinations", rule.Name)
+	}
+	r, c, err := d.nsgClients(nsgID)
+	if err != nil {
+		return err
+	}
+	log := d.log.With().Str("nsg", nsgID).Str("rule", rule.Name).Logger()
+	clashed := map[int32]bool{} // priorities a concurrent writer took; ARM may not show them yet
+	for attempt := 1; ; attempt++ {
+		resp, err := c.nsgs.Get(ctx, r.rg, r.name, nil)
+		if err != nil {
+			if isNotFound(err) {
+				return jit.Wrap(jit.ENOTFOUND, err, fmt.Sprintf("network security group %s not found", nsgID))
+			}
+			return classify(err, "read network security group "+nsgID)
+		}
+		var existing *armnetwork.SecurityRule
+		var rules []*armnetwork.SecurityRule
+		if resp.Properties != nil {
+			rules = resp.Properties.SecurityRules
+		}
+		for _, sr := range rules {
+			if sr != nil && strings.EqualFold(deref(sr.Name), rule.Name) {
+				existing = sr
+			}
+		}
+		var priority int32
+		if existing != nil {
+			if sameRule(existing, rule) {
+				log.Debug().Msg("security rule already up to date")
+				return nil
+			}
+			priority = deref(existing.Properties.Priority)
+		} else {
+			p, ok := freePriority(rules, band, clashed)
+			if !ok {
+				return jit.Errorf(jit.ECONFLICT, "no free priority between %d and %d in network security group %s", band.Min, band.Max, nsgID)
+			}
+			priority = p
+		}
+		err = d.writeRule(ctx, c, r, rule, priority)
+		if err == nil {
+			log.Info().Int32("priority", priority).Bool("created", existing == nil).Msg("security rule written")
+			return nil
+		}
+		switch {
+		case existing == nil && isPriorityClash(err):
+			clashed[priority] = true
+			log.Warn().Int32("priority", priority).Int("attempt", attempt).Msg("priority taken concurrently, choosing another")
+			if attempt >= d.cfg.MaxAttempts {
+				return jit.Wrap(jit.EUNAVAILABLE, err, fmt.Sprintf("write security rule %s in %s: priorities kept being taken concurrently", rule.Name, nsgID))
+			}
+		case isTransient(err):
+			if attempt >= d.cfg.MaxAttempts {
+				return classify(err, "write security rule "+rule.Name+" in "+nsgID)
+			}
+			log.Warn().Err(err).Int("attempt", attempt).Msg("security rule write failed, retrying")
+			if err := d.backoff(ctx, attempt); err != nil {
+				return err
+			}
+		default:
+			return classify(err, "write security rule "+rule.Name+" in "+nsgID)
+		}
+	}
+}
+
+func (d *Driver) writeRule(ctx context.Context, c *clients, r ref, rule jit.SecurityRule, priority int32) error {
+	poller, err := c.rules.BeginCreateOrUpdate(ctx, r.rg, r.name, rule.Name, toARM(rule, priority), nil)
+	if err != nil {
+		return err
+	}
+	if _, err := poller.PollUntilDone(ctx, &runtime.PollUntilDoneOptions{Frequency: d.cfg.PollFrequency}); err != nil {
+		return lroError{err}
+	}
+	return nil
+}
+
+// DeleteRule deletes a managed rule; a missing rule or NSG is success.
+func (d *Driver) DeleteRule(ctx context.Context, nsgID, name string) error {
+	if !strings.HasPrefix(name, jit.RulePrefix) {
+		return jit.Errorf(jit.EINVALID, "refusing to delete security rule %q: only rules named %q... are managed", name, jit.RulePrefix)
+	}
+	r, c, err := d.nsgClients(nsgID)
+	if err != nil {
+		return err
+	}
+	log := d.log.With().Str("nsg", nsgID).Str("rule", name).Logger()
+	for attempt := 1; ; attempt++ {
+		poller, err := c.rules.BeginDelete(ctx, r.rg, r.name, name, nil)
+		if err == nil {
+			if _, perr := poller.PollUntilDone(ctx, &runtime.PollUntilDoneOptions{Frequency: d.cfg.PollFrequency}); perr != nil {
+				err = lroError{perr}
+			}
+		}
+		switch {
+		case err == nil:
+			log.Info().Msg("security rule deleted")
+			return nil
+		case isNotFound(err):
+			log.Debug().Msg("security rule or NSG already gone")
+			return nil
+		case isTransient(err) && attempt < d.cfg.MaxAttempts:
+			log.Warn().Err(err).Int("attempt", attempt).Msg("security rule delete failed, retrying")
+			if err := d.backoff(ctx, attempt); err != nil {
+				return err
+			}
+		default:
+			return classify(err, "delete security rule "+name+" in "+nsgID)
+		}
+	}
+}
+
+// ListRules returns the NSG's inbound rules by priority.
+func (d *Driver) ListRules(ctx context.Context, nsgID string) ([]jit.SecurityRule, error) {
+	r, c, err := d.nsgClients(nsgID)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.nsgs.Get(ctx, r.rg, r.name, nil)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, jit.Wrap(jit.ENOTFOUND, err, fmt.Sprintf("network security group %s not found", nsgID))
+		}
+		return nil, classify(err, "read network security group "+nsgID)
+	}
+	var out []jit.SecurityRule
+	if resp.Properties != nil {
+		for _, sr := range resp.Properties.SecurityRules {
+			if sr == nil || sr.Properties == nil || deref(sr.Properties.Direction) != armnetwork.SecurityRuleDirectionInbound {
+				continue
+			}
+			out = append(out, fromARM(sr))
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Priority < out[j].Priority })
+	return out, nil
+}
+
+// backoff sleeps before attempt+1: exponential from RetryDelay, capped, with
+// jitter so that workers contending for one NSG spread out.
+func (d *Driver) backoff(ctx context.Context, attempt int) error {
+	delay := d.cfg.RetryDelay << min(attempt-1, 16)
+	if delay > d.cfg.MaxRetryDelay || delay <= 0 {
+		delay = d.cfg.MaxRetryDelay
+	}
+	delay = delay/2 + rand.N(delay/2+1)
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// freePriority is the lowest priority of band that no inbound rule uses and
+// that is not known to be taken.
+func freePriority(rules []*armnetwork.SecurityRule, band Band, taken map[int32]bool) (int32, bool) {
+	used := map[int32]bool{}
+	for p := range taken {
+		used[p] = true
+	}
+	for _, sr := range rules {
+		if sr != nil && sr.Properties != nil && sr.Properties.Priority != nil &&
+			deref(sr.Properties.Direction) == armnetwork.SecurityRuleDirectionInbound {
+			used[*sr.Properties.Priority] = true
+		}
+	}
+	for p := int32(band.Min); p <= int32(band.Max); p++ {
+		if !used[p] {
+			return p, true
+		}
+	}
+	return 0, false
+}
+
+func toARM(rule jit.SecurityRule, priority int32) armnetwork.SecurityRule {
+	p := &armnetwork.SecurityRulePropertiesFormat{
+		Access:          ptr(armnetwork.SecurityRuleAccess(rule.Access)),
+		Direction:       ptr(armnetwork.SecurityRuleDirectionInbound),
+		Priority:        ptr(priority),
+		Protocol:        ptr(armnetwork.SecurityRuleProtocol(rule.Protocol)),
+		SourcePortRange: ptr("*"),
+	}
+	if rule.Description != "" {
+		p.Description = ptr(rule.Description)
+	}
+	oneOrMany(&p.DestinationPortRange, &p.DestinationPortRanges, rule.Ports)
+	oneOrMany(&p.SourceAddressPrefix, &p.SourceAddressPrefixes, rule.Sources)
+	oneOrMany(&p.DestinationAddressPrefix, &p.DestinationAddressPrefixes, rule.Destinations)
+	return armnetwork.SecurityRule{Properties: p}
+}
+
+// oneOrMany uses ARM's singular field for one value and the plural for
+// more, as the portal does; ARM rejects both at once.
+func oneOrMany(single **string, plural *[]*string, values []string) {
+	if len(values) == 1 {
+		*single = ptr(values[0])
+		return
+	}
+	for _, v := range values {
+		*plural = append(*plural, ptr(v))
+	}
+}
+
+func fromARM(sr *armnetwork.SecurityRule) jit.SecurityRule {
+	p := sr.Properties
+	return jit.SecurityRule{
+		Name:         deref(sr.Name),
+		Description:  deref(p.Description),
+		Access:       string(deref(p.Access)),
+		Protocol:     string(deref(p.Protocol)),
+		Priority:     int(deref(p.Priority)),
+		Ports:        merge(p.DestinationPortRange, p.DestinationPortRanges),
+		Sources:      merge(p.SourceAddressPrefix, p.SourceAddressPrefixes),
+		Destinations: merge(p.DestinationAddressPrefix, p.DestinationAddressPrefixes),
+	}
+}
+
+func merge(single *string, plural []*string) []string {
+	var out []string
+	if single != nil && *single != "" {
+		out = append(out, *single)
+	}
+	for _, v := range plural {
+		if v != nil && *v != "" {
+			out = append(out, *v)
+		}
+	}
+	return out
+}
+
+// sameRule compares what the service controls, normalised: ARM's singular
+// and plural forms, order and letter case do not count.
+func sameRule(sr *armnetwork.SecurityRule, want jit.SecurityRule) bool {
+	p := sr.Properties
+	if p == nil {
+		return false
+	}
+	got := fromARM(sr)
+	return deref(p.Direction) == armnetwork.SecurityRuleDirectionInbound &&
+		sameSet(merge(p.SourcePortRange, p.SourcePortRanges), []string{"*"}) &&
+		strings.EqualFold(got.Access, want.Access) &&
+		strings.EqualFold(got.Protocol, want.Protocol) &&
+		got.Description == want.Description &&
+		sameSet(got.Ports, want.Ports) &&
+		sameSet(got.Sources, want.Sources) &&
+		sameSet(got.Destinations, want.Destinations)
+}
+
+func sameSet(a, b []string) bool {
+	norm := func(v []string) []string {
+		out := make([]string, len(v))
+		for i, s := range v {
+			out[i] = strings.ToLower(strings.TrimSpace(s))
+		}
+		sort.Strings(out)
+		return compact(out)
+	}
+	x, y := norm(a), norm(b)
+	if len(x) != len(y) {
+		return false
+	}
+	for i := range x {
+		if x[i] != y[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func compact(s []string) []string {
+	out := s[:0]
+	for i, v := range s {
+		if i == 0 || v != s[i-1] {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// lroError marks a failure reported by a long-running operation's polling
+// rather than by the initial request.
+type lroError struct{ err error }
+
+func (e lroError) Error() string { return "operation failed: " + e.err.Error() }
+func (e lroError) Unwrap() error { return e.err }
+
+// Codes NRP answers when writes to one NSG overlap; a later attempt succeeds.
+var busyCodes = map[string]bool{
+	"AnotherOperationInProgress":                 true,
+	"RetryableErrorDueToAnotherOperation":        true,
+	"CanceledAndSupersededDueToAnotherOperation": true,
+}
+
+func responseError(err error) *azcore.ResponseError {
+	var re *azcore.ResponseError
+	if errors.As(err, &re) {
+		return re
+	}
+	return nil
+}
+
+func isNotFound(err error) bool {
+	re := responseError(err)
+	return re != nil && re.StatusCode == http.StatusNotFound
+}
+
+func isPriorityClash(err error) bool {
+	re := responseError(err)
+	return re != nil && re.StatusCode == http.StatusBadRequest && re.ErrorCode == "SecurityRuleConflict"
+}
+
+// isTransient reports whether the driver's own retry should try again.
+// Throttling and 5xx were already retried by azcore, so they are not.
+func isTransient(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var lro lroError
+	if errors.As(err, &lro) && !isNotFound(err) {
+		return true
+	}
+	re := responseError(err)
+	return re != nil && busyCodes[re.ErrorCode]
+}
+
+// classify wraps an ARM failure in the jit error its cause deserves; what
+// says what was being done and is safe to show.
+func classify(err error, what string) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	var lro lroError
+	if errors.As(err, &lro) {
+		return jit.Wrap(jit.EUNAVAILABLE, err, what+": the operation failed in Azure; try again later")
+	}
+	re := responseError(err)
+	if re == nil {
+		var ne net.Error
+		if errors.As(err, &ne) {
+			return jit.Wrap(jit.EUNAVAILABLE, err, what+": Azure Resource Manager is unreachable")
+		}
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	switch {
+	case re.StatusCode == http.StatusNotFound:
+		return jit.Wrap(jit.ENOTFOUND, err, what+": not found")
+	case re.StatusCode == http.StatusUnauthorized || re.StatusCode == http.StatusForbidden:
+		return jit.Wrap(jit.EFORBIDDEN, err, what+": the service's identity is not allowed to do this")
+	case re.StatusCode == http.StatusBadRequest:
+		return jit.Wrap(jit.EINVALID, err, what+": rejected by Azure ("+re.ErrorCode+")")
+	case busyCodes[re.ErrorCode], re.StatusCode == http.StatusTooManyRequests, re.StatusCode == http.StatusRequestTimeout, re.StatusCode >= 500:
+		return jit.Wrap(jit.EUNAVAILABLE, err, what+": Azure Resource Manager is busy or unavailable; try again later")
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}

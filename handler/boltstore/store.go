@@ -1,0 +1,530 @@
+package boltstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"jitaccess/handler/jit"
+)
+
+// Bucket layout. Records are the jit structs encoded as JSON; times keep
+// their nanoseconds and come back in UTC.
+//
+//	policies           lower-case policy name → Policy
+//	requests           request id → Request
+//	requests_by_start  timeKey(StartTime) + request id → (empty)
+//	audit              timeKey(Time) + event id → AuditEvent
+//	audit_ids          event id → its key in audit
+//
+// timeKey sorts newest first, so a forward cursor walks from the newest
+// record and ties come in ascending byte order of the id.
+var (
+	bucketPolicies        = []byte("policies")
+	bucketRequests        = []byte("requests")
+	bucketRequestsByStart = []byte("requests_by_start")
+	bucketAudit           = []byte("audit")
+	bucketAuditIDs        = []byte("audit_ids")
+)
+
+// scanBatch is how many audit events ScanAudit reads per read transaction.
+// fn runs outside any transaction, so it may use the store, and a slow reader
+// (a CSV download) never pins the file.
+const scanBatch = 64
+
+// Store implements jit.Store on a bbolt file.
+//
+// Policy names are unique case-insensitively: "Prod" and "prod" are the same
+// policy, found under either spelling, and the name keeps the spelling it
+// was last written with. Request and event ids are compared exactly.
+type Store struct {
+	db *bbolt.DB
+}
+
+var _ jit.Store = (*Store)(nil)
+
+// New returns a Store on db, creating its buckets when missing.
+func New(db *bbolt.DB) (*Store, error) {
+	err := db.Update(func(tx *bbolt.Tx) error {
+		for _, name := range [][]byte{bucketPolicies, bucketRequests, bucketRequestsByStart, bucketAudit, bucketAuditIDs} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("prepare store: %w", err)
+	}
+	return &Store{db: db}, nil
+}
+
+// GetPolicy returns the policy with the given name, in any case.
+func (s *Store) GetPolicy(ctx context.Context, name string) (jit.Policy, error) {
+	var p jit.Policy
+	if err := ctx.Err(); err != nil {
+		return p, err
+	}
+	if name == "" {
+		return p, jit.Errorf(jit.EINVALID, "policy name is required")
+	}
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		v := tx.Bucket(bucketPolicies).Get(policyKey(name))
+		if v == nil {
+			return policyNotFound(name)
+		}
+		return decode(v, &p)
+	})
+	return p, err
+}
+
+// ListPolicies returns every policy, ordered by lower-case name.
+func (s *Store) ListPolicies(ctx context.Context) ([]jit.Policy, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var ps []jit.Policy
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketPolicies).ForEach(func(_, v []byte) error {
+			var p jit.Policy
+			if err := decode(v, &p); err != nil {
+				return err
+			}
+			ps = append(ps, p)
+			return nil
+		})
+	})
+	return ps, err
+}
+
+// CreatePolicy stores a new policy; ECONFLICT when one with the same name
+// (in any case) exists.
+func (s *Store) CreatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, error) {
+	if err := ctx.Err(); err != nil {
+		return jit.Policy{}, err
+	}
+	if p.Name == "" {
+		return jit.Policy{}, jit.Errorf(jit.EINVALID, "policy name is required")
+	}
+	p = utcPolicy(p)
+	p.ETag = newETag()
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketPolicies)
+		key := policyKey(p.Name)
+		if old := b.Get(key); old != nil {
+			var existing jit.Policy
+			if err := decode(old, &existing); err != nil {
+				return err
+			}
+			return jit.Errorf(jit.ECONFLICT, "policy %q already exists", existing.Name)
+		}
+		return put(b, key, p)
+	})
+	if err != nil {
+		return jit.Policy{}, err
+	}
+	return p, nil
+}
+
+// UpdatePolicy replaces a policy. A non-empty p.ETag must match the stored one.
+func (s *Store) UpdatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, error) {
+	if err := ctx.Err(); err != nil {
+		return jit.Policy{}, err
+	}
+	if p.Name == "" {
+		return jit.Policy{}, jit.Errorf(jit.EINVALID, "policy name is required")
+	}
+	p = utcPolicy(p)
+	want := p.ETag
+	p.ETag = newETag()
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketPolicies)
+		key := policyKey(p.Name)
+		old := b.Get(key)
+		if old == nil {
+			return policyNotFound(p.Name)
+		}
+		var existing jit.Policy
+		if err := decode(old, &existing); err != nil {
+			return err
+		}
+		if want != "" && want != existing.ETag {
+			return jit.Errorf(jit.ECONFLICT, "policy %q was changed by someone else: read it again and retry", existing.Name)
+		}
+		return put(b, key, p)
+	})
+	if err != nil {
+		return jit.Policy{}, err
+	}
+	return p, nil
+}
+
+// DeletePolicy removes a policy. A non-empty etag must match the stored one.
+func (s *Store) DeletePolicy(ctx context.Context, name, etag string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if name == "" {
+		return jit.Errorf(jit.EINVALID, "policy name is required")
+	}
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketPolicies)
+		key := policyKey(name)
+		old := b.Get(key)
+		if old == nil {
+			return policyNotFound(name)
+		}
+		if etag != "" {
+			var existing jit.Policy
+			if err := decode(old, &existing); err != nil {
+				return err
+			}
+			if etag != existing.ETag {
+				return jit.Errorf(jit.ECONFLICT, "policy %q was changed by someone else: read it again and retry", existing.Name)
+			}
+		}
+		return b.Delete(key)
+	})
+}
+
+// GetRequest returns the request with the given id.
+func (s *Store) GetRequest(ctx context.Context, id string) (jit.Request, error) {
+	var r jit.Request
+	if err := ctx.Err(); err != nil {
+		return r, err
+	}
+	if id == "" {
+		return r, jit.Errorf(jit.EINVALID, "request id is required")
+	}
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		v := tx.Bucket(bucketRequests).Get([]byte(id))
+		if v == nil {
+			return requestNotFound(id)
+		}
+		return decode(v, &r)
+	})
+	return r, err
+}
+
+// CreateRequest stores a new request; ECONFLICT when its id exists.
+func (s *Store) CreateRequest(ctx context.Context, r jit.Request) (jit.Request, error) {
+	if err := ctx.Err(); err != nil {
+		return jit.Request{}, err
+	}
+	if r.ID == "" {
+		return jit.Request{}, jit.Errorf(jit.EINVALID, "request id is required")
+	}
+	r = utcRequest(r)
+	r.ETag = newETag()
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketRequests)
+		if b.Get([]byte(r.ID)) != nil {
+			return jit.Errorf(jit.ECONFLICT, "request %q already exists", r.ID)
+		}
+		if err := put(b, []byte(r.ID), r); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketRequestsByStart).Put(indexKey(r.StartTime, r.ID), nil)
+	})
+	if err != nil {
+		return jit.Request{}, err
+	}
+	return r, nil
+}
+
+// UpdateRequest replaces a request. A non-empty r.ETag must match the stored one.
+func (s *Store) UpdateRequest(ctx context.Context, r jit.Request) (jit.Request, error) {
+	if err := ctx.Err(); err != nil {
+		return jit.Request{}, err
+	}
+	if r.ID == "" {
+		return jit.Request{}, jit.Errorf(jit.EINVALID, "request id is required")
+	}
+	r = utcRequest(r)
+	want := r.ETag
+	r.ETag = newETag()
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketRequests)
+		old := b.Get([]byte(r.ID))
+		if old == nil {
+			return requestNotFound(r.ID)
+		}
+		var existing jit.Request
+		if err := decode(old, &existing); err != nil {
+			return err
+		}
+		if want != "" && want != existing.ETag {
+			return jit.Errorf(jit.ECONFLICT, "request %q was changed by someone else: read it again and retry", r.ID)
+		}
+		if err := put(b, []byte(r.ID), r); err != nil {
+			return err
+		}
+		if !existing.StartTime.Equal(r.StartTime) {
+			idx := tx.Bucket(bucketRequestsByStart)
+			if err := idx.Delete(indexKey(existing.StartTime, r.ID)); err != nil {
+				return err
+			}
+			return idx.Put(indexKey(r.StartTime, r.ID), nil)
+		}
+		return nil
+	})
+	if err != nil {
+		return jit.Request{}, err
+	}
+	return r, nil
+}
+
+// ListRequests returns the requests that match f, newest StartTime first,
+// ties in ascending id order. It walks the start-time index, so a Since or
+// Limit filter reads only the records it needs.
+func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Request, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var rs []jit.Request
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		records := tx.Bucket(bucketRequests)
+		c := tx.Bucket(bucketRequestsByStart).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			start, id, err := splitKey(k)
+			if err != nil {
+				return err
+			}
+			if !f.Since.IsZero() && start.Before(f.Since) {
+				break // the rest are older still
+			}
+			v := records.Get(id)
+			if v == nil {
+				return fmt.Errorf("request index names missing request %q", id)
+			}
+			var r jit.Request
+			if err := decode(v, &r); err != nil {
+				return err
+			}
+			if !requestMatches(&r, f) {
+				continue
+			}
+			rs = append(rs, r)
+			if f.Limit > 0 && len(rs) >= f.Limit {
+				break
+			}
+		}
+		return nil
+	})
+	return rs, err
+}
+
+func requestMatches(r *jit.Request, f jit.RequestFilter) bool {
+	if f.VM != "" && !r.HasVM(f.VM) {
+		return false
+	}
+	if f.Policy != "" && !strings.EqualFold(r.Policy, f.Policy) {
+		return false
+	}
+	if f.Requestor != "" && r.Requestor != f.Requestor {
+		return false
+	}
+	if len(f.Statuses) > 0 && !slices.Contains(f.Statuses, r.Status) {
+		return false
+	}
+	return true
+}
+
+// AppendAudit stores ev once: an event whose ID is stored already is left as
+// it is, even if ev differs.
+func (s *Store) AppendAudit(ctx context.Context, ev jit.AuditEvent) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if ev.ID == "" {
+		return jit.Errorf(jit.EINVALID, "audit event id is required")
+	}
+	if ev.Time.IsZero() {
+		return jit.Errorf(jit.EINVALID, "audit event %q has no time", ev.ID)
+	}
+	ev.Time = ev.Time.UTC()
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		ids := tx.Bucket(bucketAuditIDs)
+		if ids.Get([]byte(ev.ID)) != nil {
+			return nil
+		}
+		key := indexKey(ev.Time, ev.ID)
+		if err := put(tx.Bucket(bucketAudit), key, ev); err != nil {
+			return err
+		}
+		return ids.Put([]byte(ev.ID), key)
+	})
+}
+
+// ScanAudit calls fn for each event that matches f, newest first, ties in
+// ascending id order. It reads the events in small batches, so memory use
+// does not grow with the trail, and calls fn outside any transaction.
+func (s *Store) ScanAudit(ctx context.Context, f jit.AuditFilter, fn func(jit.AuditEvent) error) error {
+	// Newest first means starting at the newest time before To: timeKey
+	// inverts time, so that is the first key at or after timeKey(To-1ns).
+	var start []byte
+	if !f.To.IsZero() {
+		start = timeKey(f.To.Add(-time.Nanosecond))
+	}
+	var after []byte // the last key read; nil before the first batch
+	seen := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		size := scanBatch
+		if f.Limit > 0 {
+			size = min(size, f.Limit-seen)
+		}
+		batch := make([]jit.AuditEvent, 0, size)
+		done := true
+		err := s.db.View(func(tx *bbolt.Tx) error {
+			c := tx.Bucket(bucketAudit).Cursor()
+			var k, v []byte
+			switch {
+			case after != nil:
+				if k, v = c.Seek(after); bytes.Equal(k, after) {
+					k, v = c.Next()
+				}
+			case start != nil:
+				k, v = c.Seek(start)
+			default:
+				k, v = c.First()
+			}
+			for ; k != nil; k, v = c.Next() {
+				if len(batch) == size {
+					done = false
+					return nil
+				}
+				at, _, err := splitKey(k)
+				if err != nil {
+					return err
+				}
+				if !f.From.IsZero() && at.Before(f.From) {
+					return nil
+				}
+				after = bytes.Clone(k) // k lives only as long as tx
+				var ev jit.AuditEvent
+				if err := decode(v, &ev); err != nil {
+					return err
+				}
+				if f.VM != "" && !strings.EqualFold(ev.VM, f.VM) {
+					continue
+				}
+				batch = append(batch, ev)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, ev := range batch {
+			if err := fn(ev); err != nil {
+				return err
+			}
+			seen++
+			if f.Limit > 0 && seen >= f.Limit {
+				return nil
+			}
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+// timeKey encodes t so that byte order is newest first: the seconds with
+// the sign bit flipped (so negative times sort too) and the nanoseconds,
+// both inverted.
+func timeKey(t time.Time) []byte {
+	k := make([]byte, 12)
+	binary.BigEndian.PutUint64(k, ^(uint64(t.Unix()) ^ 1<<63))
+	binary.BigEndian.PutUint32(k[8:], ^uint32(t.Nanosecond()))
+	return k
+}
+
+func indexKey(t time.Time, id string) []byte {
+	return append(timeKey(t), id...)
+}
+
+func splitKey(k []byte) (time.Time, []byte, error) {
+	if len(k) < 12 {
+		return time.Time{}, nil, fmt.Errorf("malformed index key %x", k)
+	}
+	sec := int64(^binary.BigEndian.Uint64(k) ^ 1<<63)
+	nsec := int64(^binary.BigEndian.Uint32(k[8:]))
+	return time.Unix(sec, nsec).UTC(), k[12:], nil
+}
+
+func policyKey(name string) []byte { return []byte(strings.ToLower(name)) }
+
+func policyNotFound(name string) error {
+	return jit.Errorf(jit.ENOTFOUND, "policy %q not found", name)
+}
+
+func requestNotFound(id string) error {
+	return jit.Errorf(jit.ENOTFOUND, "request %q not found", id)
+}
+
+// newETag returns a random tag. Random rather than a counter so that a
+// policy deleted and created again never matches a tag read before.
+func newETag() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func put(b *bbolt.Bucket, key []byte, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode record: %w", err)
+	}
+	return b.Put(key, data)
+}
+
+func decode(data []byte, v any) error {
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("decode stored record: %w", err)
+	}
+	return nil
+}
+
+// utcPolicy and utcRequest store every time in UTC, so that records read
+// back compare equal whatever zone the caller used.
+func utcPolicy(p jit.Policy) jit.Policy {
+	p.CreatedAt = p.CreatedAt.UTC()
+	p.UpdatedAt = p.UpdatedAt.UTC()
+	return p
+}
+
+func utcRequest(r jit.Request) jit.Request {
+	r.StartTime = r.StartTime.UTC()
+	grants := make([]jit.Grant, len(r.Grants))
+	for i, g := range r.Grants {
+		g.End = g.End.UTC()
+		g.ClosedAt = g.ClosedAt.UTC()
+		nsgs := make([]jit.GrantNSG, len(g.NSGs))
+		for j, n := range g.NSGs {
+			n.OpenedAt = n.OpenedAt.UTC()
+			n.ClosedAt = n.ClosedAt.UTC()
+			nsgs[j] = n
+		}
+		if g.NSGs != nil {
+			g.NSGs = nsgs
+		}
+		grants[i] = g
+	}
+	if r.Grants != nil {
+		r.Grants = grants
+	}
+	return r
+}

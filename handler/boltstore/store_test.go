@@ -1,0 +1,100 @@
+package boltstore_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"jitaccess/handler/boltstore"
+	"jitaccess/handler/jit"
+	"jitaccess/handler/storetest"
+)
+
+func open(t *testing.T, path string) (*boltstore.DB, *boltstore.Store) {
+	t.Helper()
+	db, err := boltstore.Open(path)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	s, err := boltstore.New(db.Bolt())
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return db, s
+}
+
+func TestStore(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) jit.Store {
+		db, s := open(t, filepath.Join(t.TempDir(), "state.db"))
+		t.Cleanup(func() { db.Close() })
+		return s
+	})
+}
+
+func TestReopen(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "nested", "dir", "state.db")
+	db, s := open(t, path)
+	at := time.Date(2025, 1, 2, 3, 4, 5, 6, time.UTC)
+	p, err := s.CreatePolicy(ctx, jit.Policy{Name: "Prod", UpdatedAt: at})
+	if err != nil {
+		t.Fatalf("CreatePolicy: %v", err)
+	}
+	r, err := s.CreateRequest(ctx, jit.Request{ID: "r/1", StartTime: at, Status: jit.RequestActive})
+	if err != nil {
+		t.Fatalf("CreateRequest: %v", err)
+	}
+	if err := s.AppendAudit(ctx, jit.AuditEvent{ID: "e1", Time: at, Action: jit.AuditRequest}); err != nil {
+		t.Fatalf("AppendAudit: %v", err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("state file mode = %v, %v; want 0600", fi.Mode().Perm(), err)
+	}
+
+	db, s = open(t, path)
+	defer db.Close()
+	gotP, err := s.GetPolicy(ctx, "prod")
+	if err != nil || gotP.ETag != p.ETag || !gotP.UpdatedAt.Equal(at) || gotP.UpdatedAt.Nanosecond() != 6 {
+		t.Errorf("after reopen, GetPolicy = %+v, %v; want %+v to the nanosecond", gotP, err, p)
+	}
+	gotR, err := s.GetRequest(ctx, "r/1")
+	if err != nil || gotR.ETag != r.ETag {
+		t.Errorf("after reopen, GetRequest = %+v, %v", gotR, err)
+	}
+	if rs, _ := s.ListRequests(ctx, jit.RequestFilter{}); len(rs) != 1 {
+		t.Errorf("after reopen, ListRequests returned %d requests, want 1", len(rs))
+	}
+	n := 0
+	_ = s.ScanAudit(ctx, jit.AuditFilter{}, func(jit.AuditEvent) error { n++; return nil })
+	if n != 1 {
+		t.Errorf("after reopen, ScanAudit returned %d events, want 1", n)
+	}
+	// Idempotency survives a restart too.
+	if err := s.AppendAudit(ctx, jit.AuditEvent{ID: "e1", Time: at.Add(time.Hour)}); err != nil {
+		t.Errorf("AppendAudit again: %v", err)
+	}
+	n = 0
+	_ = s.ScanAudit(ctx, jit.AuditFilter{}, func(jit.AuditEvent) error { n++; return nil })
+	if n != 1 {
+		t.Errorf("after re-append, ScanAudit returned %d events, want 1", n)
+	}
+}
+
+func TestOpenInUse(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	db, err := boltstore.Open(path)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer db.Close()
+	_, err = boltstore.Open(path)
+	if err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("second Open = %v, want an error saying the file is in use", err)
+	}
+}

@@ -1,0 +1,583 @@
+// Package localqueue is the durable due-time queue of local mode: it
+// implements jit.Queue in buckets of the same bbolt file that boltstore
+// uses, and delivers operations to a jit.Worker in-process. Like Service Bus
+// sessions in Azure, it runs the operations of one NSG one at a time and
+// those of different NSGs in parallel; like Service Bus it delivers at least
+// once and retries failures with backoff.
+//
+// It depends on jit, bbolt and zerolog only; it must not know about the
+// store's buckets, HTTP or Azure.
+package localqueue
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.etcd.io/bbolt"
+
+	"jitaccess/handler/jit"
+)
+
+// Bucket layout, all keyed by the operation's sequence number (8 bytes, big
+// endian), which is also its ticket and its enqueue order:
+//
+//	queue_ops     seq → record (JSON): scheduled and in-flight operations
+//	queue_op_ids  operation ID → seq, so a duplicate Enqueue finds its twin
+//	queue_dead    seq → DeadLetter (JSON): operations that ran out of attempts
+var (
+	bucketOps   = []byte("queue_ops")
+	bucketOpIDs = []byte("queue_op_ids")
+	bucketDead  = []byte("queue_dead")
+)
+
+// Options tune a Queue. Zero values take the defaults.
+type Options struct {
+	// Concurrency is how many operations (and so NSGs) run at once. Default 8.
+	Concurrency int
+	// InitialBackoff is the wait before the first retry of a failed
+	// operation; each further failure doubles it up to MaxBackoff. The actual
+	// wait is jittered between half and all of it. Defaults 1s and 1m.
+	InitialBackoff time.Duration
+	MaxBackoff     time.Duration
+	// MaxAttempts is how many deliveries an operation gets before it moves to
+	// the dead letters. Default 10. The service's sweeper still closes grants
+	// whose close operation died.
+	MaxAttempts int
+	// Logger receives one event per failure, dead letter and restart load.
+	Logger zerolog.Logger
+	// Now is the clock for due times. Default time.Now.
+	Now func() time.Time
+}
+
+func (o *Options) setDefaults() {
+	if o.Concurrency <= 0 {
+		o.Concurrency = 8
+	}
+	if o.InitialBackoff <= 0 {
+		o.InitialBackoff = time.Second
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = time.Minute
+	}
+	o.MaxBackoff = max(o.MaxBackoff, o.InitialBackoff)
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 10
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+// DeadLetter is an operation that failed MaxAttempts times.
+type DeadLetter struct {
+	Ticket    string
+	Op        jit.Operation
+	Attempts  int
+	LastError string
+	DeadAt    time.Time
+}
+
+// record is what queue_ops keeps per operation.
+type record struct {
+	Op        jit.Operation
+	Due       time.Time // next delivery; Op.Due, or now when that was zero, then backoff
+	Attempts  int       // failed deliveries so far
+	LastError string    `json:",omitempty"`
+}
+
+type item struct {
+	seq       uint64
+	nsg       string // lower case: ARM ids are case-insensitive
+	rec       record
+	cancelled bool // cancelled while in flight: do not retry
+}
+
+// before orders items by due time, then enqueue order.
+func (a *item) before(b *item) bool {
+	if !a.rec.Due.Equal(b.rec.Due) {
+		return a.rec.Due.Before(b.rec.Due)
+	}
+	return a.seq < b.seq
+}
+
+// Queue is a durable jit.Queue in a bbolt file.
+//
+// Per NSG, the operation with the earliest due time (then the earliest
+// enqueued) runs next, and nothing else of that NSG runs until it returns. A
+// failed operation's due time moves on by its backoff, so later operations
+// of the same NSG may run before its retry: the worker is idempotent and safe
+// out of order, and one failing operation must not block an NSG for minutes.
+//
+// The schedule lives in memory, mirrored from queue_ops: every change is
+// written to bbolt first, under mu, so memory and file never disagree about
+// what is queued.
+type Queue struct {
+	db   *bbolt.DB
+	w    jit.Worker
+	opt  Options
+	log  zerolog.Logger
+	wake chan struct{}
+
+	// work is the context operations run with. It outlives Start's context
+	// so that a shutdown lets running operations finish; Close cancels it
+	// when its own deadline passes.
+	work       context.Context
+	cancelWork context.CancelFunc
+	inflight   sync.WaitGroup
+
+	mu      sync.Mutex
+	waiting map[uint64]*item // scheduled, not running
+	running map[uint64]*item
+	busy    map[string]bool // NSGs with an operation running
+	started bool
+	closed  bool
+	stop    chan struct{} // closed by Close
+	stopped chan struct{} // closed when the dispatcher returns
+}
+
+var _ jit.Queue = (*Queue)(nil)
+
+// New returns a Queue on db that delivers to w, with every operation that
+// was queued in db before (after a restart, say) scheduled again. Nothing
+// runs until Start.
+func New(db *bbolt.DB, w jit.Worker, opt Options) (*Queue, error) {
+	opt.setDefaults()
+	q := &Queue{
+		db:      db,
+		w:       w,
+		opt:     opt,
+		log:     opt.Logger,
+		wake:    make(chan struct{}, 1),
+		waiting: map[uint64]*item{},
+		running: map[uint64]*item{},
+		busy:    map[string]bool{},
+		stop:    make(chan struct{}),
+		stopped: make(chan struct{}),
+	}
+	q.work, q.cancelWork = context.WithCancel(context.Background())
+	err := db.Update(func(tx *bbolt.Tx) error {
+		for _, name := range [][]byte{bucketOps, bucketOpIDs, bucketDead} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		return tx.Bucket(bucketOps).ForEach(func(k, v []byte) error {
+			var rec record
+			if len(k) != 8 {
+				return fmt.Errorf("malformed queue key %x", k)
+			}
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("decode queued operation %x: %w", k, err)
+			}
+			seq := binary.BigEndian.Uint64(k)
+			q.waiting[seq] = &item{seq: seq, nsg: strings.ToLower(rec.Op.NSG), rec: rec}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load local queue: %w", err)
+	}
+	if n := len(q.waiting); n > 0 {
+		q.log.Info().Int("operations", n).Msg("queued operations loaded")
+	}
+	return q, nil
+}
+
+// Start runs the dispatcher in the background until ctx is done or Close is
+// called. Operations already due run at once. Running operations do not see
+// ctx's cancellation, so a shutdown lets them finish; Close bounds the wait.
+func (q *Queue) Start(ctx context.Context) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.started {
+		return errors.New("local queue already started")
+	}
+	if q.closed {
+		return errors.New("local queue is closed")
+	}
+	q.started = true
+	go q.dispatch(ctx)
+	return nil
+}
+
+// Close stops the dispatcher and waits for running operations to finish, or
+// for ctx to be done, whichever is first; in the latter case it cancels the
+// operations' context and returns an error. Operations not yet run stay in
+// the file for the next start. Close does not close db.
+func (q *Queue) Close(ctx context.Context) error {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return nil
+	}
+	q.closed = true
+	close(q.stop)
+	started := q.started
+	q.mu.Unlock()
+	if started {
+		<-q.stopped
+	}
+	done := make(chan struct{})
+	go func() {
+		q.inflight.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		q.cancelWork()
+		return nil
+	case <-ctx.Done():
+		q.cancelWork()
+		q.mu.Lock()
+		n := len(q.running)
+		q.mu.Unlock()
+		q.log.Warn().Int("running", n).Msg("local queue closed with operations still running")
+		return fmt.Errorf("close local queue: %d operations still running: %w", n, ctx.Err())
+	}
+}
+
+// Enqueue stores ops and schedules each at its Due time (now when zero).
+// An op whose ID is queued already is not stored again: its ticket is the
+// queued twin's.
+func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	for i, op := range ops {
+		if op.ID == "" {
+			return nil, jit.Errorf(jit.EINVALID, "operation %d has no id", i)
+		}
+		if op.NSG == "" {
+			return nil, jit.Errorf(jit.EINVALID, "operation %q names no NSG", op.ID)
+		}
+	}
+	tickets := make([]string, len(ops))
+	var added []*item
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := q.opt.Now()
+	err := q.db.Update(func(tx *bbolt.Tx) error {
+		b, ids := tx.Bucket(bucketOps), tx.Bucket(bucketOpIDs)
+		for i, op := range ops {
+			if k := ids.Get([]byte(op.ID)); k != nil {
+				tickets[i] = ticket(binary.BigEndian.Uint64(k))
+				continue
+			}
+			seq, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			it := &item{seq: seq, nsg: strings.ToLower(op.NSG), rec: record{Op: op, Due: op.Due}}
+			if it.rec.Due.IsZero() {
+				it.rec.Due = now
+			}
+			if err := putRecord(b, seq, it.rec); err != nil {
+				return err
+			}
+			if err := ids.Put([]byte(op.ID), seqKey(seq)); err != nil {
+				return err
+			}
+			tickets[i] = ticket(seq)
+			added = append(added, it)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("enqueue operations: %w", err)
+	}
+	for _, it := range added {
+		q.waiting[it.seq] = it
+		q.log.Debug().Str("op", it.rec.Op.ID).Str("kind", it.rec.Op.Kind).Str("nsg", it.rec.Op.NSG).
+			Time("due", it.rec.Due).Str("ticket", ticket(it.seq)).Msg("operation queued")
+	}
+	q.signal()
+	return tickets, nil
+}
+
+// Cancel removes the operations with the given tickets. Unknown tickets and
+// tickets of operations that already ran are ignored; an operation running
+// now finishes but is not retried.
+func (q *Queue) Cancel(ctx context.Context, tickets []string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var seqs []uint64
+	for _, t := range tickets {
+		if seq, ok := parseTicket(t); ok {
+			seqs = append(seqs, seq)
+		}
+	}
+	if len(seqs) == 0 {
+		return nil
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	err := q.db.Update(func(tx *bbolt.Tx) error {
+		for _, seq := range seqs {
+			if err := removeRecord(tx, seq); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cancel operations: %w", err)
+	}
+	for _, seq := range seqs {
+		delete(q.waiting, seq)
+		if it, ok := q.running[seq]; ok {
+			it.cancelled = true
+		}
+	}
+	q.signal()
+	return nil
+}
+
+// Pending returns how many operations are queued, running ones included.
+func (q *Queue) Pending(ctx context.Context) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	n := 0
+	err := q.db.View(func(tx *bbolt.Tx) error {
+		n = tx.Bucket(bucketOps).Stats().KeyN
+		return nil
+	})
+	return n, err
+}
+
+// DeadLetters returns the operations that ran out of attempts, oldest first.
+func (q *Queue) DeadLetters(ctx context.Context) ([]DeadLetter, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var dls []DeadLetter
+	err := q.db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketDead).ForEach(func(k, v []byte) error {
+			var dl DeadLetter
+			if err := json.Unmarshal(v, &dl); err != nil {
+				return fmt.Errorf("decode dead letter %x: %w", k, err)
+			}
+			dls = append(dls, dl)
+			return nil
+		})
+	})
+	return dls, err
+}
+
+// signal wakes the dispatcher without blocking; one pending wake-up is
+// enough because the dispatcher looks at the whole schedule each time.
+func (q *Queue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// dispatch starts operations as they fall due and sleeps until the next due
+// time or a wake-up, never on a polling interval.
+func (q *Queue) dispatch(ctx context.Context) {
+	defer close(q.stopped)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		if wait, ok := q.startDue(); ok {
+			timer.Reset(wait)
+		}
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-q.stop:
+			timer.Stop()
+			return
+		case <-q.wake:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+// startDue starts every operation that is due, at the head of its NSG, and
+// fits within Concurrency, and returns how long until the next head falls
+// due (ok false when nothing waits that a timer could start).
+func (q *Queue) startDue() (wait time.Duration, ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return 0, false
+	}
+	heads := map[string]*item{}
+	for _, it := range q.waiting {
+		if q.busy[it.nsg] {
+			continue // the running operation holds its NSG's later ones
+		}
+		if h := heads[it.nsg]; h == nil || it.before(h) {
+			heads[it.nsg] = it
+		}
+	}
+	now := q.opt.Now()
+	var due []*item
+	var next time.Time
+	for _, h := range heads {
+		if !h.rec.Due.After(now) {
+			due = append(due, h)
+		} else if next.IsZero() || h.rec.Due.Before(next) {
+			next = h.rec.Due
+		}
+	}
+	slices.SortFunc(due, func(a, b *item) int {
+		if a.before(b) {
+			return -1
+		}
+		return 1
+	})
+	for _, it := range due {
+		if len(q.running) >= q.opt.Concurrency {
+			break // a finishing operation wakes the dispatcher
+		}
+		delete(q.waiting, it.seq)
+		q.running[it.seq] = it
+		q.busy[it.nsg] = true
+		q.inflight.Add(1)
+		go q.deliver(it)
+	}
+	if next.IsZero() {
+		return 0, false
+	}
+	return max(next.Sub(now), 0), true
+}
+
+// deliver runs one operation and records the outcome.
+func (q *Queue) deliver(it *item) {
+	defer q.inflight.Done()
+	op := it.rec.Op
+	log := q.log.With().Str("op", op.ID).Str("kind", op.Kind).Str("request", op.RequestID).
+		Int("grant", op.Grant).Str("nsg", op.NSG).Int("attempt", it.rec.Attempts+1).Logger()
+	log.Debug().Msg("operation delivered")
+	err := q.apply(op)
+
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	defer q.signal()
+	delete(q.running, it.seq)
+	delete(q.busy, it.nsg)
+	switch {
+	case it.cancelled:
+		log.Debug().AnErr("result", err).Msg("cancelled operation finished")
+	case err == nil:
+		if err := q.db.Update(func(tx *bbolt.Tx) error { return removeRecord(tx, it.seq) }); err != nil {
+			// It stays in the file and runs again after a restart: at least once.
+			log.Error().Err(err).Msg("could not remove finished operation")
+		}
+	case it.rec.Attempts+1 >= q.opt.MaxAttempts:
+		q.deadLetter(it, err, log)
+	default:
+		it.rec.Attempts++
+		it.rec.LastError = err.Error()
+		wait := q.backoff(it.rec.Attempts)
+		it.rec.Due = q.opt.Now().Add(wait)
+		if err := q.db.Update(func(tx *bbolt.Tx) error { return putRecord(tx.Bucket(bucketOps), it.seq, it.rec) }); err != nil {
+			log.Error().Err(err).Msg("could not record failed attempt")
+		}
+		q.waiting[it.seq] = it
+		log.Warn().Err(err).Dur("retry_in", wait).Msg("operation failed; will retry")
+	}
+}
+
+func (q *Queue) deadLetter(it *item, cause error, log zerolog.Logger) {
+	dl := DeadLetter{
+		Ticket:    ticket(it.seq),
+		Op:        it.rec.Op,
+		Attempts:  it.rec.Attempts + 1,
+		LastError: cause.Error(),
+		DeadAt:    q.opt.Now().UTC(),
+	}
+	err := q.db.Update(func(tx *bbolt.Tx) error {
+		if err := removeRecord(tx, it.seq); err != nil {
+			return err
+		}
+		data, err := json.Marshal(dl)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketDead).Put(seqKey(it.seq), data)
+	})
+	if err != nil {
+		log.Error().Err(err).Msg("could not move operation to dead letters")
+	}
+	log.Error().Err(cause).Int("attempts", dl.Attempts).Msg("operation failed too often; moved to dead letters")
+}
+
+// apply calls the worker, turning a panic into an error so that one bad
+// operation cannot take the process down.
+func (q *Queue) apply(op jit.Operation) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("worker panicked: %v", p)
+		}
+	}()
+	return q.w.ApplyOperation(q.work, op)
+}
+
+// backoff is the wait after the given number of failed attempts:
+// InitialBackoff doubling up to MaxBackoff, with "equal jitter" (half fixed,
+// half random) so that operations that failed together do not retry together.
+func (q *Queue) backoff(attempts int) time.Duration {
+	d := q.opt.InitialBackoff
+	for i := 1; i < attempts && d < q.opt.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, q.opt.MaxBackoff)
+	return d/2 + rand.N(d/2+1)
+}
+
+// removeRecord deletes an operation and its ID entry, if the entry still
+// points at it (a later Enqueue of the same ID may own it by now).
+func removeRecord(tx *bbolt.Tx, seq uint64) error {
+	b, ids := tx.Bucket(bucketOps), tx.Bucket(bucketOpIDs)
+	key := seqKey(seq)
+	v := b.Get(key)
+	if v == nil {
+		return nil
+	}
+	var rec record
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return fmt.Errorf("decode queued operation %d: %w", seq, err)
+	}
+	if owner := ids.Get([]byte(rec.Op.ID)); owner != nil && binary.BigEndian.Uint64(owner) == seq {
+		if err := ids.Delete([]byte(rec.Op.ID)); err != nil {
+			return err
+		}
+	}
+	return b.Delete(key)
+}
+
+func putRecord(b *bbolt.Bucket, seq uint64, rec record) error {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode queued operation: %w", err)
+	}
+	return b.Put(seqKey(seq), data)
+}
+
+func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
+
+// Tickets are the sequence number in decimal: stable across restarts, and
+// short enough to keep in a request record.
+func ticket(seq uint64) string { return strconv.FormatUint(seq, 10) }
+
+func parseTicket(t string) (uint64, bool) {
+	seq, err := strconv.ParseUint(t, 10, 64)
+	return seq, err == nil && seq > 0
+}
