@@ -57,6 +57,7 @@ func New(svc *jit.Service, cfg Config) *Server {
 	m.HandleFunc("GET /api/v1/requests", s.listRequests)
 	m.HandleFunc("GET /api/v1/requests/{id}", s.getRequest)
 	m.HandleFunc("POST /api/v1/requests/{id}/revoke", s.revoke)
+	m.HandleFunc("POST /api/v1/requests/{id}/extend", s.extend)
 	m.HandleFunc("GET /api/v1/vms", s.listVMs)
 	m.HandleFunc("GET /api/v1/audit", s.audit)
 	return s
@@ -369,6 +370,41 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req, err := s.svc.Revoke(r.Context(), p, r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, requestToOut(req))
+}
+
+func (s *Server) extend(w http.ResponseWriter, r *http.Request) {
+	p, ok := s.call(w, r)
+	if !ok {
+		return
+	}
+	var body struct {
+		EndTimeUtc string `json:"endTimeUtc"`
+		Duration   string `json:"duration"`
+	}
+	if err := decodeStrict(w, r, s.cfg.MaxBody, &body); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	var in jit.ExtendInput
+	var err error
+	if body.EndTimeUtc != "" {
+		if in.End, err = parseTime("endTimeUtc", body.EndTimeUtc); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
+	if body.Duration != "" {
+		if in.Duration, err = jit.ParseDuration(body.Duration); err != nil {
+			s.fail(w, r, jit.Errorf(jit.EINVALID, "duration: %s", jit.ErrorMessage(err)))
+			return
+		}
+	}
+	req, err := s.svc.Extend(r.Context(), p, r.PathValue("id"), in)
 	if err != nil {
 		s.fail(w, r, err)
 		return

@@ -13,6 +13,7 @@ const (
 	AuditOpen         = "open"     // allow rule written
 	AuditClose        = "close"    // allow rule removed
 	AuditRevoke       = "revoke"   // request revoked
+	AuditExtend       = "extend"   // request extended
 	AuditFailure      = "failure"  // an operation failed
 )
 

@@ -1,0 +1,114 @@
+package jit
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// ExtendInput moves the end of a request's live grants: to End, or to
+// Duration from now.
+type ExtendInput struct {
+	End      time.Time
+	Duration time.Duration
+}
+
+// Extend moves the end time of a request's live grants, within each port's
+// maximum counted from the request's start. The old scheduled closes are
+// cancelled (and would be no-ops anyway) and new ones scheduled. The
+// requestor or a JIT.Admin may extend.
+func (s *Service) Extend(ctx context.Context, p Principal, id string, in ExtendInput) (Request, error) {
+	if err := requireRole(p, RoleRequester, "extending access"); err != nil {
+		return Request{}, err
+	}
+	r, err := s.getRequest(ctx, id)
+	if err != nil {
+		return Request{}, err
+	}
+	if r.Requestor != p.ID && !p.Has(RoleAdmin) {
+		return Request{}, Errorf(EFORBIDDEN, "only the requestor or a JIT.Admin may extend request %s", id)
+	}
+	now := s.now()
+	end := in.End.UTC()
+	switch {
+	case !in.End.IsZero() && in.Duration != 0:
+		return Request{}, Errorf(EINVALID, "give endTimeUtc or duration, not both")
+	case in.Duration > 0:
+		end = now.Add(in.Duration)
+	case in.End.IsZero():
+		return Request{}, Errorf(EINVALID, "endTimeUtc (or duration) is required")
+	}
+	if !end.After(now) {
+		return Request{}, Errorf(EINVALID, "endTimeUtc %s is in the past", end.Format(time.RFC3339))
+	}
+	pol, err := s.getPolicy(ctx, r.Policy)
+	if err != nil {
+		return Request{}, err
+	}
+	var ops []Operation
+	var old []string
+	updated, err := s.mutateRequest(ctx, id, func(r *Request) error {
+		ops, old = nil, nil
+		for i := range r.Grants {
+			g := &r.Grants[i]
+			if g.Ended(now) {
+				continue
+			}
+			vm, ok := pol.VM(g.VM)
+			if !ok {
+				return Errorf(ECONFLICT, "VM %s is no longer in policy %s", g.VM, pol.Name)
+			}
+			for _, n := range g.Ports {
+				rule, ok := vm.Port(n, g.Protocol)
+				if !ok {
+					return Errorf(ECONFLICT, "port %d of VM %s is no longer in policy %s", n, ResourceName(g.VM), pol.Name)
+				}
+				if end.Sub(r.StartTime) > rule.MaxDuration+endSlack {
+					return Errorf(EINVALID, "the new end time is more than the maximum %s after the request started (%s) for port %d",
+						FormatDuration(rule.MaxDuration), r.StartTime.Format(time.RFC3339), n)
+				}
+			}
+			g.End = end
+			for k := range g.NSGs {
+				n := &g.NSGs[k]
+				if n.CloseTicket != "" {
+					old = append(old, n.CloseTicket)
+				}
+				ops = append(ops, Operation{ID: OperationID(OpClose, r.ID, i, n.ID, end), Kind: OpClose, RequestID: r.ID, Grant: i, NSG: n.ID, Due: end})
+			}
+		}
+		if len(ops) == 0 {
+			return Errorf(ECONFLICT, "request %s has no open access left to extend", id)
+		}
+		return nil
+	})
+	if err != nil {
+		return Request{}, err
+	}
+	tickets, err := s.queue.Enqueue(ctx, ops)
+	if err != nil {
+		// The grants carry the new end; the sweeper closes them then.
+		s.auditFailure(ctx, p, "extend", r.Policy, id, "", "", err)
+		return Request{}, Wrap(EUNAVAILABLE, err, "the new end time was recorded but its close could not be scheduled; the sweeper will close it on time")
+	}
+	if err := s.queue.Cancel(ctx, old); err != nil {
+		s.cfg.Log.Warn().Err(err).Str("request", id).Msg("cancelling old scheduled closes failed; they will be no-ops")
+	}
+	updated, err = s.mutateRequest(ctx, id, func(r *Request) error {
+		for k, op := range ops {
+			if n, ok := r.Grants[op.Grant].NSG(op.NSG); ok && k < len(tickets) {
+				n.CloseTicket = tickets[k]
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return Request{}, fmt.Errorf("recording close tickets: %w", err)
+	}
+	if err := s.audit(ctx, AuditEvent{Action: AuditExtend, Actor: p.ID, Policy: r.Policy, Request: id, Result: ResultSuccess,
+		Detail: "until " + end.Format(time.RFC3339)}); err != nil {
+		return Request{}, err
+	}
+	s.cfg.Log.Info().Str("request", id).Str("actor", p.ID).Time("end", end).Msg("extended")
+	return updated, nil
+}
