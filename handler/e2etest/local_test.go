@@ -267,7 +267,7 @@ func TestLocalEndToEnd(t *testing.T) {
 		}
 		actions[ev.Action]++
 	}
-	for _, a := range []string{"lockdown", "request", "open", "close"} {
+	for _, a := range []string{"lockdown", "request", "open", "close", "revoke", "refused"} {
 		if actions[a] == 0 {
 			t.Errorf("audit for vm-nic-nsg lacks %q events: %v", a, actions)
 		}

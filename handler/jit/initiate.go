@@ -58,8 +58,8 @@ func (s *Service) Initiate(ctx context.Context, p Principal, policyName string, 
 	if err != nil {
 		return Request{}, fmt.Errorf("storing request: %w", err)
 	}
-	for _, g := range req.Grants {
-		if err := s.audit(ctx, AuditEvent{ID: "request-" + req.ID + "-" + g.VM, Time: now, Action: AuditRequest, Actor: p.ID,
+	for i, g := range req.Grants {
+		if err := s.audit(ctx, AuditEvent{ID: "request-" + req.ID + "-" + itoa(i), Time: now, Action: AuditRequest, Actor: p.ID,
 			Policy: pol.Name, Request: req.ID, VM: g.VM, Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources,
 			Result: ResultSuccess, Detail: clip("until "+g.End.Format(time.RFC3339)+"; "+req.Justification, 500)}); err != nil {
 			return Request{}, err

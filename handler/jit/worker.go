@@ -189,14 +189,16 @@ func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string
 	now := s.now()
 	var ops []Operation
 	var tickets []string
+	var revoked []Grant
 	updated, err := s.mutateRequest(ctx, id, func(r *Request) error {
-		ops, tickets = nil, nil
+		ops, tickets, revoked = nil, nil, nil
 		for i := range r.Grants {
 			g := &r.Grants[i]
 			if g.Ended(now) || vm != "" && !SameID(g.VM, vm) {
 				continue
 			}
 			g.Status, g.StatusReason = GrantRevoked, reason
+			revoked = append(revoked, *g)
 			for _, n := range g.NSGs {
 				if n.State == RuleClosed {
 					continue
@@ -215,9 +217,11 @@ func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string
 	if err != nil {
 		return Request{}, err
 	}
-	if err := s.audit(ctx, AuditEvent{Action: AuditRevoke, Actor: p.ID, Policy: r.Policy, Request: id, VM: vm,
-		Result: ResultSuccess, Detail: reason}); err != nil {
-		return Request{}, err
+	for _, g := range revoked {
+		if err := s.audit(ctx, AuditEvent{Action: AuditRevoke, Actor: p.ID, Policy: r.Policy, Request: id, VM: g.VM,
+			Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources, Result: ResultSuccess, Detail: reason}); err != nil {
+			return Request{}, err
+		}
 	}
 	if _, err := s.queue.Enqueue(ctx, ops); err != nil {
 		// The grants are marked revoked: the sweeper removes the rules.
