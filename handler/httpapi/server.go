@@ -59,6 +59,7 @@ func New(svc *jit.Service, cfg Config) *Server {
 	m.HandleFunc("POST /api/v1/requests/{id}/revoke", s.revoke)
 	m.HandleFunc("POST /api/v1/requests/{id}/extend", s.extend)
 	m.HandleFunc("GET /api/v1/vms", s.listVMs)
+	m.HandleFunc("GET /api/v1/me", s.me)
 	m.HandleFunc("GET /api/v1/audit", s.audit)
 	return s
 }
@@ -410,6 +411,21 @@ func (s *Server) extend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, requestToOut(req))
+}
+
+// me tells the caller who they are to the service, their roles, and the
+// address the service sees ("My IP").
+func (s *Server) me(w http.ResponseWriter, r *http.Request) {
+	p, ok := s.call(w, r)
+	if !ok {
+		return
+	}
+	roles := p.Roles
+	if roles == nil {
+		roles = []string{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"id": p.ID, "name": p.Name, "roles": roles, "address": p.Address,
+		"minDuration": jit.FormatDuration(s.svc.MinDuration())})
 }
 
 func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
