@@ -1,8 +1,11 @@
 // Command handler is jitaccess: just-in-time network access to Azure VMs.
 //
-//	handler local   runs everything in one process on embedded defaults: a
-//	                bbolt state file, a durable local queue and the ARM
-//	                simulator with a demo estate (see README.md).
+//	handler local      runs everything in one process on embedded defaults: a
+//	                   bbolt state file, a durable local queue and the ARM
+//	                   simulator with a demo estate (see README.md).
+//	handler functions  serves the Azure Functions host (the default when
+//	                   FUNCTIONS_CUSTOMHANDLER_PORT is set): Table Storage,
+//	                   Service Bus and Azure Resource Manager.
 //
 // main only wires: it reads the settings once, builds the adapters, hands them
 // to the service and serves.
@@ -36,19 +39,29 @@ import (
 
 func main() {
 	mode := "local"
+	if os.Getenv("FUNCTIONS_CUSTOMHANDLER_PORT") != "" {
+		mode = "functions"
+	}
 	if len(os.Args) > 1 {
 		mode = os.Args[1]
 	}
 	log := zerolog.New(os.Stderr).With().Timestamp().Logger()
-	var err error
-	switch mode {
-	case "local":
-		err = runLocal(log)
-	case "help", "-h", "--help":
-		fmt.Println("usage: handler local    run jitaccess on this machine with embedded defaults (see README.md)")
-		return
-	default:
-		err = fmt.Errorf("unknown mode %q: use `handler local`", mode)
+	cfg, err := readSettings(os.Getenv)
+	if err == nil {
+		if lvl, perr := zerolog.ParseLevel(cfg.LogLevel); perr == nil {
+			log = log.Level(lvl)
+		}
+		switch mode {
+		case "local":
+			err = runLocal(log, cfg)
+		case "functions":
+			err = runFunctions(log, cfg)
+		case "help", "-h", "--help":
+			fmt.Println("usage: handler local | handler functions   (see README.md)")
+			return
+		default:
+			err = fmt.Errorf("unknown mode %q: use `handler local` or `handler functions`", mode)
+		}
 	}
 	if err != nil {
 		log.Error().Err(err).Msg("handler stopped")
@@ -58,14 +71,7 @@ func main() {
 
 // runLocal runs the API, the worker, the sweeper and the ARM simulator in
 // this process until SIGINT or SIGTERM.
-func runLocal(log zerolog.Logger) error {
-	cfg, err := readSettings(os.Getenv)
-	if err != nil {
-		return err
-	}
-	if lvl, err := zerolog.ParseLevel(cfg.LogLevel); err == nil {
-		log = log.Level(lvl)
-	}
+func runLocal(log zerolog.Logger, cfg settings) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 

@@ -9,69 +9,157 @@ import (
 	"jitaccess/handler/jit"
 )
 
-// settings are read once from the environment at start.
-type settings struct {
-	Listen        string        // JIT_LISTEN
-	DataDir       string        // JIT_DATA_DIR
-	MinDuration   time.Duration // JIT_MIN_DURATION
-	AllowBand     [2]int        // JIT_ALLOW_PRIORITIES
-	DenyBand      [2]int        // JIT_DENY_PRIORITIES
-	SweepInterval time.Duration // JIT_SWEEP_INTERVAL
-	LogLevel      string        // JIT_LOG_LEVEL
-	ARMLatency    time.Duration // JIT_ARM_LATENCY (local simulator only)
-	Estate        string        // JIT_ARM_ESTATE (local simulator only)
-	Subscriptions []string      // JIT_SUBSCRIPTIONS
+// setting documents one environment variable (an app setting in Azure).
+// This list is the single source of truth: the README's table,
+// local.settings.sample.json and infra/main.bicep are checked against it.
+type setting struct {
+	Name    string
+	Default string
+	Mode    string // "local", "functions" or "both"
+	Doc     string
 }
 
-const demoSubscription = "11111111-1111-1111-1111-111111111111"
+var allSettings = []setting{
+	{"JIT_LISTEN", "127.0.0.1:7071", "local", "listen address of `handler local`"},
+	{"JIT_DATA_DIR", ".jit-local", "local", "state directory of `handler local` (bbolt file, simulator estate)"},
+	{"JIT_ARM_LATENCY", "0", "local", "ARM simulator: delay of every ARM write (e.g. 2s)"},
+	{"JIT_ARM_ESTATE", "", "local", "ARM simulator: estate JSON loaded at first start (default: the embedded demo estate)"},
+	{"JIT_MIN_DURATION", "5m", "both", "shortest request and shortest port maximum (Go or ISO 8601 duration)"},
+	{"JIT_ALLOW_PRIORITIES", "1000-1999", "both", "priority band of allow rules; must lie before the deny band"},
+	{"JIT_DENY_PRIORITIES", "4000-4095", "both", "priority band of deny (lockdown) rules"},
+	{"JIT_SWEEP_INTERVAL", "30s", "local", "how often `handler local` sweeps overdue grants closed"},
+	{"JIT_SWEEP_SCHEDULE", "0 */1 * * * *", "functions", "NCRONTAB schedule of the sweeper function (read by the Functions host)"},
+	{"JIT_SUBSCRIPTIONS", "11111111-1111-1111-1111-111111111111", "both", "subscriptions in scope, comma-separated (the demo subscription in local mode)"},
+	{"JIT_LOG_LEVEL", "info", "both", "debug, info, warn or error"},
+	{"JIT_CLOUD", "AzurePublic", "functions", "AzurePublic, AzureUSGovernment or AzureChina"},
+	{"JIT_ARM_ENDPOINT", "", "functions", "Resource Manager endpoint; default: the cloud's (tests point it at the simulator)"},
+	{"JIT_TABLES_URL", "", "functions", "Table service URL (https://ACCOUNT.table.core.windows.net), used with the managed identity"},
+	{"JIT_TABLES_CONNECTION", "", "functions", "Table Storage connection string instead of JIT_TABLES_URL (UseDevelopmentStorage=true for Azurite)"},
+	{"JIT_TABLE_PREFIX", "jit", "functions", "prefix of the table names (policies, requests, audit)"},
+	{"JIT_SERVICEBUS_QUEUE", "jit-operations", "functions", "session-enabled queue of open/close operations (also read by the Functions host)"},
+	{"JIT_MAX_DELIVERIES", "10", "functions", "the queue's max delivery count, so the last failed delivery is logged as final"},
+	{"ServiceBusConnection__fullyQualifiedNamespace", "", "functions", "Service Bus namespace (NS.servicebus.windows.net), used with the managed identity"},
+	{"ServiceBusConnection__credential", "", "functions", "managedidentity (read by the Functions host)"},
+	{"ServiceBusConnection__clientId", "", "functions", "client id of the user-assigned identity (read by the Functions host)"},
+	{"ServiceBusConnection", "", "functions", "Service Bus connection string instead of the namespace (tests, emulators)"},
+	{"AZURE_CLIENT_ID", "", "functions", "client id of the user-assigned managed identity used for ARM, Tables and Service Bus"},
+	{"FUNCTIONS_CUSTOMHANDLER_PORT", "", "functions", "set by the Functions host: the port the handler listens on"},
+}
+
+// settings are read once from the environment at start.
+type settings struct {
+	Listen        string
+	DataDir       string
+	MinDuration   time.Duration
+	AllowBand     [2]int
+	DenyBand      [2]int
+	SweepInterval time.Duration
+	LogLevel      string
+	ARMLatency    time.Duration
+	Estate        string
+	Subscriptions []string
+
+	Cloud             string
+	ARMEndpoint       string
+	TablesURL         string
+	TablesConnection  string
+	TablePrefix       string
+	Queue             string
+	MaxDeliveries     int64
+	ServiceBusNS      string
+	ServiceBusConnStr string
+	ClientID          string
+	Port              string
+}
 
 func readSettings(getenv func(string) string) (settings, error) {
+	get := func(name string) string {
+		if v := getenv(name); v != "" {
+			return v
+		}
+		for _, s := range allSettings {
+			if s.Name == name {
+				return s.Default
+			}
+		}
+		panic("undocumented setting " + name)
+	}
 	s := settings{
-		Listen:        or(getenv("JIT_LISTEN"), "127.0.0.1:7071"),
-		DataDir:       or(getenv("JIT_DATA_DIR"), ".jit-local"),
-		LogLevel:      or(getenv("JIT_LOG_LEVEL"), "info"),
-		Estate:        getenv("JIT_ARM_ESTATE"),
-		Subscriptions: splitList(or(getenv("JIT_SUBSCRIPTIONS"), demoSubscription)),
+		Listen:            get("JIT_LISTEN"),
+		DataDir:           get("JIT_DATA_DIR"),
+		LogLevel:          get("JIT_LOG_LEVEL"),
+		Estate:            get("JIT_ARM_ESTATE"),
+		Subscriptions:     splitList(get("JIT_SUBSCRIPTIONS")),
+		Cloud:             get("JIT_CLOUD"),
+		ARMEndpoint:       get("JIT_ARM_ENDPOINT"),
+		TablesURL:         get("JIT_TABLES_URL"),
+		TablesConnection:  get("JIT_TABLES_CONNECTION"),
+		TablePrefix:       get("JIT_TABLE_PREFIX"),
+		Queue:             get("JIT_SERVICEBUS_QUEUE"),
+		ServiceBusNS:      get("ServiceBusConnection__fullyQualifiedNamespace"),
+		ServiceBusConnStr: get("ServiceBusConnection"),
+		ClientID:          get("AZURE_CLIENT_ID"),
+		Port:              get("FUNCTIONS_CUSTOMHANDLER_PORT"),
 	}
 	var err error
-	if s.MinDuration, err = durationSetting(getenv, "JIT_MIN_DURATION", jit.DefaultMinDuration); err != nil {
+	if s.MinDuration, err = durationSetting("JIT_MIN_DURATION", get("JIT_MIN_DURATION")); err != nil {
 		return s, err
 	}
-	if s.MinDuration <= 0 || s.MinDuration > jit.MaxDuration {
+	if s.MinDuration < time.Second || s.MinDuration > jit.MaxDuration {
 		return s, fmt.Errorf("JIT_MIN_DURATION must be between 1s and 24h")
 	}
-	if s.SweepInterval, err = durationSetting(getenv, "JIT_SWEEP_INTERVAL", 30*time.Second); err != nil {
+	if s.SweepInterval, err = durationSetting("JIT_SWEEP_INTERVAL", get("JIT_SWEEP_INTERVAL")); err != nil {
 		return s, err
 	}
 	if s.SweepInterval < 100*time.Millisecond {
 		return s, fmt.Errorf("JIT_SWEEP_INTERVAL must be at least 100ms")
 	}
-	if s.ARMLatency, err = durationSetting(getenv, "JIT_ARM_LATENCY", 0); err != nil {
+	if s.ARMLatency, err = durationSetting("JIT_ARM_LATENCY", get("JIT_ARM_LATENCY")); err != nil {
 		return s, err
 	}
-	if s.AllowBand, err = bandSetting(getenv, "JIT_ALLOW_PRIORITIES", [2]int{1000, 1999}); err != nil {
+	if s.AllowBand, err = bandSetting("JIT_ALLOW_PRIORITIES", get("JIT_ALLOW_PRIORITIES")); err != nil {
 		return s, err
 	}
-	if s.DenyBand, err = bandSetting(getenv, "JIT_DENY_PRIORITIES", [2]int{4000, 4095}); err != nil {
+	if s.DenyBand, err = bandSetting("JIT_DENY_PRIORITIES", get("JIT_DENY_PRIORITIES")); err != nil {
 		return s, err
 	}
 	if s.AllowBand[1] >= s.DenyBand[0] {
 		return s, fmt.Errorf("JIT_ALLOW_PRIORITIES (%d-%d) must lie entirely before JIT_DENY_PRIORITIES (%d-%d): allow rules must win over deny rules",
 			s.AllowBand[0], s.AllowBand[1], s.DenyBand[0], s.DenyBand[1])
 	}
+	if len(s.Subscriptions) == 0 {
+		return s, fmt.Errorf("JIT_SUBSCRIPTIONS names no subscription")
+	}
 	for _, sub := range s.Subscriptions {
 		if _, err := jit.ParseVMID("/subscriptions/" + sub + "/resourceGroups/x/providers/Microsoft.Compute/virtualMachines/x"); err != nil {
 			return s, fmt.Errorf("JIT_SUBSCRIPTIONS: %q is not a subscription id", sub)
 		}
 	}
+	if s.MaxDeliveries, err = strconv.ParseInt(get("JIT_MAX_DELIVERIES"), 10, 64); err != nil || s.MaxDeliveries < 1 {
+		return s, fmt.Errorf("JIT_MAX_DELIVERIES must be a whole number of at least 1")
+	}
+	switch s.Cloud {
+	case "AzurePublic", "AzureUSGovernment", "AzureChina":
+	default:
+		return s, fmt.Errorf("JIT_CLOUD %q is not one of AzurePublic, AzureUSGovernment, AzureChina", s.Cloud)
+	}
 	return s, nil
 }
 
-func or(v, def string) string {
-	if v == "" {
-		return def
+// functionsStorage picks the Table Storage connection for Functions mode:
+// JIT_TABLES_URL with the managed identity, else a connection string from
+// JIT_TABLES_CONNECTION or, when it is one, AzureWebJobsStorage.
+func (s settings) functionsStorage(getenv func(string) string) (url, conn string, err error) {
+	if s.TablesURL != "" {
+		return s.TablesURL, "", nil
 	}
-	return v
+	if s.TablesConnection != "" {
+		return "", s.TablesConnection, nil
+	}
+	if c := getenv("AzureWebJobsStorage"); strings.Contains(c, "AccountName=") || strings.Contains(c, "UseDevelopmentStorage=true") {
+		return "", c, nil
+	}
+	return "", "", fmt.Errorf("no Table Storage configured: set JIT_TABLES_URL (managed identity) or JIT_TABLES_CONNECTION")
 }
 
 func splitList(v string) []string {
@@ -85,11 +173,7 @@ func splitList(v string) []string {
 }
 
 // durationSetting accepts Go durations (90s, 5m) and ISO 8601 (PT5M).
-func durationSetting(getenv func(string) string, name string, def time.Duration) (time.Duration, error) {
-	v := getenv(name)
-	if v == "" {
-		return def, nil
-	}
+func durationSetting(name, v string) (time.Duration, error) {
 	if d, err := time.ParseDuration(v); err == nil {
 		return d, nil
 	}
@@ -100,16 +184,12 @@ func durationSetting(getenv func(string) string, name string, def time.Duration)
 }
 
 // bandSetting reads a priority band "FROM-TO" within ARM's 100-4096.
-func bandSetting(getenv func(string) string, name string, def [2]int) ([2]int, error) {
-	v := getenv(name)
-	if v == "" {
-		return def, nil
-	}
+func bandSetting(name, v string) ([2]int, error) {
 	lo, hi, ok := strings.Cut(v, "-")
 	a, err1 := strconv.Atoi(strings.TrimSpace(lo))
 	b, err2 := strconv.Atoi(strings.TrimSpace(hi))
 	if !ok || err1 != nil || err2 != nil || a < 100 || b > 4096 || a > b {
-		return def, fmt.Errorf("%s: %q is not a priority band such as 1000-1999 within 100-4096", name, v)
+		return [2]int{}, fmt.Errorf("%s: %q is not a priority band such as 1000-1999 within 100-4096", name, v)
 	}
 	return [2]int{a, b}, nil
 }

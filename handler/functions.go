@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/rs/zerolog"
+
+	"jitaccess/handler/azurenet"
+	"jitaccess/handler/funcs"
+	"jitaccess/handler/httpapi"
+	"jitaccess/handler/jit"
+	"jitaccess/handler/servicebus"
+	"jitaccess/handler/tablestore"
+)
+
+// runFunctions serves the Functions host on FUNCTIONS_CUSTOMHANDLER_PORT,
+// with Table Storage, Service Bus and Azure Resource Manager behind it.
+func runFunctions(log zerolog.Logger, cfg settings) error {
+	if cfg.Port == "" {
+		return fmt.Errorf("FUNCTIONS_CUSTOMHANDLER_PORT is not set: the Functions host sets it; on a laptop use `handler local`")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	cloudCfg, err := cloudConfig(cfg.Cloud)
+	if err != nil {
+		return err
+	}
+	cred, err := credential(cfg, cloudCfg)
+	if err != nil {
+		return err
+	}
+
+	armOpts := &arm.ClientOptions{ClientOptions: azcore.ClientOptions{Cloud: cloudCfg}}
+	if cfg.ARMEndpoint != "" {
+		rm := cloudCfg.Services[cloud.ResourceManager]
+		armOpts.Cloud = cloud.Configuration{ActiveDirectoryAuthorityHost: cloudCfg.ActiveDirectoryAuthorityHost,
+			Services: map[cloud.ServiceName]cloud.ServiceConfiguration{cloud.ResourceManager: {Endpoint: cfg.ARMEndpoint, Audience: rm.Audience}}}
+		// Only a loopback endpoint (the simulator in tests) may be plain HTTP.
+		armOpts.InsecureAllowCredentialWithHTTP = strings.HasPrefix(cfg.ARMEndpoint, "http://127.0.0.1") || strings.HasPrefix(cfg.ARMEndpoint, "http://localhost")
+	}
+	network, err := azurenet.New(azurenet.Config{
+		Subscriptions: cfg.Subscriptions,
+		AllowBand:     azurenet.Band{Min: cfg.AllowBand[0], Max: cfg.AllowBand[1]},
+		DenyBand:      azurenet.Band{Min: cfg.DenyBand[0], Max: cfg.DenyBand[1]},
+		Log:           log,
+	}, cred, armOpts)
+	if err != nil {
+		return err
+	}
+
+	tablesURL, tablesConn, err := cfg.functionsStorage(os.Getenv)
+	if err != nil {
+		return err
+	}
+	var store *tablestore.Store
+	tcfg := tablestore.Config{TablePrefix: cfg.TablePrefix}
+	if tablesURL != "" {
+		store, err = tablestore.NewWithCredential(tablesURL, cred, tcfg)
+	} else {
+		store, err = tablestore.NewFromConnectionString(tablesConn, tcfg)
+	}
+	if err != nil {
+		return fmt.Errorf("opening Table Storage: %w", err)
+	}
+
+	var sbClient interface{ Close(context.Context) error }
+	var queue *servicebus.Queue
+	switch {
+	case cfg.ServiceBusNS != "":
+		c, err := servicebus.NewClient(cfg.ServiceBusNS, cred)
+		if err != nil {
+			return err
+		}
+		sbClient = c
+		queue, err = servicebus.New(c, cfg.Queue)
+		if err != nil {
+			return err
+		}
+	case cfg.ServiceBusConnStr != "":
+		c, err := servicebus.NewClientFromConnectionString(cfg.ServiceBusConnStr)
+		if err != nil {
+			return err
+		}
+		sbClient = c
+		queue, err = servicebus.New(c, cfg.Queue)
+		if err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("no Service Bus configured: set ServiceBusConnection__fullyQualifiedNamespace (managed identity) or ServiceBusConnection")
+	}
+
+	svc := jit.NewService(store, queue, network, jit.Config{MinDuration: cfg.MinDuration, Log: log})
+	api := httpapi.New(svc, httpapi.Config{Log: log})
+	h := funcs.New(funcs.Config{API: api, Service: svc, DecodeOperation: servicebus.DecodeOperation,
+		MaxDeliveries: cfg.MaxDeliveries, Log: log})
+
+	ln, err := net.Listen("tcp", "127.0.0.1:"+cfg.Port)
+	if err != nil {
+		return fmt.Errorf("listening on FUNCTIONS_CUSTOMHANDLER_PORT %s: %w", cfg.Port, err)
+	}
+	// The host's own timeout is functionTimeout + 1 minute; ours stays inside it.
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, WriteTimeout: 6 * time.Minute}
+	log.Info().Str("listen", ln.Addr().String()).Str("queue", queue.Name()).Msg("jitaccess functions mode is up")
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutdown)
+	_ = queue.Close(shutdown)
+	_ = sbClient.Close(shutdown)
+	return nil
+}
+
+// cloudConfig maps JIT_CLOUD to the SDK's cloud configuration.
+func cloudConfig(name string) (cloud.Configuration, error) {
+	switch name {
+	case "AzurePublic":
+		return cloud.AzurePublic, nil
+	case "AzureUSGovernment":
+		return cloud.AzureGovernment, nil
+	case "AzureChina":
+		return cloud.AzureChina, nil
+	}
+	return cloud.Configuration{}, fmt.Errorf("JIT_CLOUD %q is not one of AzurePublic, AzureUSGovernment, AzureChina", name)
+}
+
+// credential is the app's managed identity (user-assigned when
+// AZURE_CLIENT_ID is set) where the platform offers one, else the developer's
+// own sign-in (Azure CLI, environment) for running Functions mode by hand.
+func credential(cfg settings, c cloud.Configuration) (azcore.TokenCredential, error) {
+	opts := azcore.ClientOptions{Cloud: c}
+	if os.Getenv("IDENTITY_ENDPOINT") != "" || os.Getenv("MSI_ENDPOINT") != "" {
+		mi := &azidentity.ManagedIdentityCredentialOptions{ClientOptions: opts}
+		if cfg.ClientID != "" {
+			mi.ID = azidentity.ClientID(cfg.ClientID)
+		}
+		cred, err := azidentity.NewManagedIdentityCredential(mi)
+		if err != nil {
+			return nil, fmt.Errorf("managed identity: %w", err)
+		}
+		return cred, nil
+	}
+	cred, err := azidentity.NewDefaultAzureCredential(&azidentity.DefaultAzureCredentialOptions{ClientOptions: opts})
+	if err != nil {
+		return nil, fmt.Errorf("no managed identity here and no developer sign-in: %w", err)
+	}
+	return cred, nil
+}

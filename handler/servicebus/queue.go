@@ -1,0 +1,288 @@
+// Package servicebus is the Azure Service Bus adapter of jit.Queue: it puts
+// operations on one session-enabled queue, where the Functions host's
+// Service Bus trigger picks them up and hands each body to the worker, which
+// turns it back into a jit.Operation with DecodeOperation.
+//
+// Ordering comes from sessions: the session id is a hash of the NSG id, so
+// the operations of one NSG run one at a time and different NSGs run in
+// parallel. Operations due later are scheduled messages, and their sequence
+// numbers are the tickets that Cancel takes. Each message id is the
+// operation's deterministic id, so the queue's duplicate detection drops an
+// operation enqueued twice.
+//
+// It depends on jit and the Azure SDK's azservicebus only; it knows nothing
+// of HTTP, the Functions host protocol or the store.
+package servicebus
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
+
+	"jitaccess/handler/jit"
+)
+
+// DefaultQueueName is the queue's name unless settings say otherwise.
+const DefaultQueueName = "jit-operations"
+
+// ContentType is the content type of every operation message.
+const ContentType = "application/json"
+
+// ticketPrefix marks a ticket as a scheduled message's sequence number.
+const ticketPrefix = "sb:"
+
+// sentTicketPrefix marks the ticket of an operation sent for now: there is
+// nothing left to cancel, but callers get one ticket per operation.
+const sentTicketPrefix = "sb:sent:"
+
+// Queue implements jit.Queue on one session-enabled Service Bus queue.
+type Queue struct {
+	client *azservicebus.Client
+	sender *azservicebus.Sender
+	name   string
+	// now decides whether an operation is due already. Service Bus itself
+	// releases scheduled messages by its own clock; this only chooses
+	// between sending and scheduling.
+	now func() time.Time
+}
+
+var _ jit.Queue = (*Queue)(nil)
+
+// New returns a Queue that sends to the named queue (DefaultQueueName when
+// empty) through client. The client stays the caller's to close.
+func New(client *azservicebus.Client, queue string) (*Queue, error) {
+	if client == nil {
+		return nil, errors.New("servicebus: nil client")
+	}
+	if queue == "" {
+		queue = DefaultQueueName
+	}
+	sender, err := client.NewSender(queue, nil)
+	if err != nil {
+		return nil, fmt.Errorf("creating a sender for queue %q: %w", queue, err)
+	}
+	return &Queue{client: client, sender: sender, name: queue, now: time.Now}, nil
+}
+
+// NewClientFromConnectionString returns a client for a connection string,
+// including an emulator's ("...;UseDevelopmentEmulator=true", which dials
+// plain AMQP on the endpoint's host and port).
+func NewClientFromConnectionString(conn string) (*azservicebus.Client, error) {
+	c, err := azservicebus.NewClientFromConnectionString(conn, nil)
+	if err != nil {
+		// The SDK's message can quote the connection string, key included.
+		return nil, errors.New("creating a Service Bus client: invalid connection string")
+	}
+	return c, nil
+}
+
+// NewClient returns a client for a namespace ("<ns>.servicebus.windows.net")
+// that authenticates with cred, such as a managed identity.
+func NewClient(namespace string, cred azcore.TokenCredential) (*azservicebus.Client, error) {
+	c, err := azservicebus.NewClient(namespace, cred, nil)
+	if err != nil {
+		return nil, fmt.Errorf("creating a Service Bus client for %s: %w", namespace, err)
+	}
+	return c, nil
+}
+
+// Name returns the queue's name.
+func (q *Queue) Name() string { return q.name }
+
+// Close closes the sender; the client stays open.
+func (q *Queue) Close(ctx context.Context) error {
+	if err := q.sender.Close(ctx); err != nil {
+		return fmt.Errorf("closing the sender of queue %q: %w", q.name, err)
+	}
+	return nil
+}
+
+// SessionID returns the session id of an NSG's operations: the first 32 hex
+// digits of the SHA-256 of its lower-cased ARM id. ARM ids are case
+// insensitive and can be longer than the 128 characters a session id may
+// have.
+func SessionID(nsgID string) string {
+	sum := sha256.Sum256([]byte(strings.ToLower(nsgID)))
+	return hex.EncodeToString(sum[:16])
+}
+
+// Enqueue sends the operations due now in batches and schedules the others
+// at their due time. Tickets of scheduled operations are "sb:<sequence
+// number>"; those of operations sent for now cannot cancel anything. An
+// operation given twice is sent once and both get the same ticket.
+func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, error) {
+	tickets := make([]string, len(ops))
+	first := map[string]int{} // operation ID -> index of its first occurrence
+	var now []int
+	later := map[time.Time][]int{}
+	var dues []time.Time
+	at := q.now()
+	for i, op := range ops {
+		if err := validate(op); err != nil {
+			return nil, err
+		}
+		if _, dup := first[op.ID]; dup {
+			continue
+		}
+		first[op.ID] = i
+		if !op.Due.After(at) {
+			now = append(now, i)
+			continue
+		}
+		due := scheduleTime(op.Due)
+		if _, ok := later[due]; !ok {
+			dues = append(dues, due)
+		}
+		later[due] = append(later[due], i)
+	}
+
+	if err := q.send(ctx, ops, now); err != nil {
+		return nil, err
+	}
+	for _, i := range now {
+		tickets[i] = sentTicketPrefix + ops[i].ID
+	}
+
+	slices.SortFunc(dues, func(a, b time.Time) int { return a.Compare(b) })
+	for _, due := range dues {
+		idx := later[due]
+		msgs := make([]*azservicebus.Message, len(idx))
+		for k, i := range idx {
+			m, err := newMessage(ops[i])
+			if err != nil {
+				return nil, err
+			}
+			msgs[k] = m
+		}
+		seqs, err := q.sender.ScheduleMessages(ctx, msgs, due, nil)
+		if err != nil {
+			return nil, unavailable(err, "scheduling operations on Service Bus")
+		}
+		if len(seqs) != len(idx) {
+			return nil, jit.Wrap(jit.EUNAVAILABLE, fmt.Errorf("got %d sequence numbers for %d messages", len(seqs), len(idx)), "scheduling operations on Service Bus")
+		}
+		for k, i := range idx {
+			tickets[i] = ticketPrefix + strconv.FormatInt(seqs[k], 10)
+		}
+	}
+
+	for i, op := range ops {
+		tickets[i] = tickets[first[op.ID]]
+	}
+	return tickets, nil
+}
+
+// scheduleTime rounds up to the millisecond: AMQP timestamps have
+// milliseconds, and rounding down would let an operation run before it is
+// due.
+func scheduleTime(due time.Time) time.Time {
+	t := due.Truncate(time.Millisecond)
+	if t.Before(due) {
+		t = t.Add(time.Millisecond)
+	}
+	return t.UTC()
+}
+
+// send sends ops[idx...] in as few batches as they fit in.
+func (q *Queue) send(ctx context.Context, ops []jit.Operation, idx []int) error {
+	if len(idx) == 0 {
+		return nil
+	}
+	batch, err := q.sender.NewMessageBatch(ctx, nil)
+	if err != nil {
+		return unavailable(err, "sending operations to Service Bus")
+	}
+	for _, i := range idx {
+		m, err := newMessage(ops[i])
+		if err != nil {
+			return err
+		}
+		err = batch.AddMessage(m, nil)
+		if errors.Is(err, azservicebus.ErrMessageTooLarge) && batch.NumMessages() > 0 {
+			if err := q.sender.SendMessageBatch(ctx, batch, nil); err != nil {
+				return unavailable(err, "sending operations to Service Bus")
+			}
+			if batch, err = q.sender.NewMessageBatch(ctx, nil); err != nil {
+				return unavailable(err, "sending operations to Service Bus")
+			}
+			err = batch.AddMessage(m, nil)
+		}
+		if err != nil {
+			return jit.Wrap(jit.EINTERNAL, err, "sending operations to Service Bus")
+		}
+	}
+	if err := q.sender.SendMessageBatch(ctx, batch, nil); err != nil {
+		return unavailable(err, "sending operations to Service Bus")
+	}
+	return nil
+}
+
+// Cancel cancels the scheduled messages of the tickets. Tickets that are
+// not sequence numbers are ignored, and so are messages Service Bus no
+// longer has scheduled (delivered or cancelled already).
+func (q *Queue) Cancel(ctx context.Context, tickets []string) error {
+	var seqs []int64
+	for _, t := range tickets {
+		if seq, ok := parseTicket(t); ok && !slices.Contains(seqs, seq) {
+			seqs = append(seqs, seq)
+		}
+	}
+	if len(seqs) == 0 {
+		return nil
+	}
+	err := q.sender.CancelScheduledMessages(ctx, seqs, nil)
+	if err == nil || (isNotFound(err) && len(seqs) == 1) {
+		return nil
+	}
+	if !isNotFound(err) {
+		return unavailable(err, "cancelling scheduled operations on Service Bus")
+	}
+	// One unknown number fails the whole call: cancel one at a time.
+	for _, seq := range seqs {
+		if err := q.sender.CancelScheduledMessages(ctx, []int64{seq}, nil); err != nil && !isNotFound(err) {
+			return unavailable(err, "cancelling scheduled operations on Service Bus")
+		}
+	}
+	return nil
+}
+
+func parseTicket(t string) (int64, bool) {
+	s, ok := strings.CutPrefix(t, ticketPrefix)
+	if !ok {
+		return 0, false
+	}
+	seq, err := strconv.ParseInt(s, 10, 64)
+	return seq, err == nil && seq >= 0
+}
+
+func isNotFound(err error) bool {
+	var sbErr *azservicebus.Error
+	return errors.As(err, &sbErr) && sbErr.Code == azservicebus.CodeNotFound
+}
+
+func unavailable(err error, what string) error {
+	return jit.Wrap(jit.EUNAVAILABLE, err, what)
+}
+
+func newMessage(op jit.Operation) (*azservicebus.Message, error) {
+	body, err := EncodeOperation(op)
+	if err != nil {
+		return nil, err
+	}
+	return &azservicebus.Message{
+		MessageID:   &op.ID,
+		SessionID:   new(SessionID(op.NSG)),
+		ContentType: new(ContentType),
+		Subject:     new(op.Kind),
+		Body:        body,
+	}, nil
+}

@@ -1,0 +1,280 @@
+package servicebus_test
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
+
+	"jitaccess/handler/jit"
+	"jitaccess/handler/queuetest"
+	"jitaccess/handler/servicebus"
+	"jitaccess/handler/testenv"
+)
+
+const (
+	nsgA = "/subscriptions/00000000-0000-0000-0000-00000000000a/resourceGroups/rg/providers/Microsoft.Network/networkSecurityGroups/NSG-A"
+	nsgB = "/subscriptions/00000000-0000-0000-0000-00000000000a/resourceGroups/rg/providers/Microsoft.Network/networkSecurityGroups/nsg-b"
+)
+
+func TestQueueBehaviour(t *testing.T) {
+	queuetest.Run(t, func(t *testing.T, w jit.Worker) jit.Queue {
+		q, client := newQueue(t)
+		runHost(t, client, q.Name(), w, 4)
+		return q
+	})
+}
+
+func op(name, nsg string, due time.Time) jit.Operation {
+	return jit.Operation{
+		ID: jit.OperationID(jit.OpOpen, "req-"+name, 1, nsg, due), Kind: jit.OpOpen,
+		RequestID: "req-" + name, Grant: 1, NSG: nsg, Due: due,
+	}
+}
+
+func receiveOne(t *testing.T, client *azservicebus.Client, queue, session string, within time.Duration) *azservicebus.ReceivedMessage {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	sr, err := client.AcceptSessionForQueue(ctx, queue, session, nil)
+	if err != nil {
+		t.Fatalf("AcceptSessionForQueue(%s): %v", session, err)
+	}
+	defer sr.Close(context.Background())
+	msgs, err := sr.ReceiveMessages(ctx, 1, nil)
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("ReceiveMessages in session %s: %d messages, %v", session, len(msgs), err)
+	}
+	if err := sr.CompleteMessage(context.Background(), msgs[0], nil); err != nil {
+		t.Fatalf("CompleteMessage: %v", err)
+	}
+	return msgs[0]
+}
+
+func TestEnqueueDueNowIsReceivableInItsSession(t *testing.T) {
+	q, client := newQueue(t)
+	o := op("now", nsgA, time.Time{})
+	tickets, err := q.Enqueue(context.Background(), []jit.Operation{o})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tickets) != 1 || !strings.HasPrefix(tickets[0], "sb:sent:") {
+		t.Errorf("tickets %q, want one sent ticket", tickets)
+	}
+	m := receiveOne(t, client, q.Name(), servicebus.SessionID(nsgA), 5*time.Second)
+	if m.MessageID != o.ID {
+		t.Errorf("MessageID %q, want %q", m.MessageID, o.ID)
+	}
+	if m.SessionID == nil || *m.SessionID != servicebus.SessionID(nsgA) {
+		t.Errorf("SessionID %v, want %q", m.SessionID, servicebus.SessionID(nsgA))
+	}
+	if m.ContentType == nil || *m.ContentType != "application/json" || m.Subject == nil || *m.Subject != jit.OpOpen {
+		t.Errorf("ContentType %v, Subject %v", m.ContentType, m.Subject)
+	}
+	got, err := servicebus.DecodeOperation(m.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != o {
+		t.Errorf("decoded %+v, want %+v", got, o)
+	}
+	if m.SequenceNumber == nil || m.EnqueuedTime == nil || m.DeliveryCount != 1 {
+		t.Errorf("broker fields: seq %v, enqueued %v, delivery count %d", m.SequenceNumber, m.EnqueuedTime, m.DeliveryCount)
+	}
+}
+
+func TestEnqueueLaterIsScheduledUntilDue(t *testing.T) {
+	q, client := newQueue(t)
+	due := time.Now().Add(700 * time.Millisecond)
+	o := op("later", nsgA, due)
+	tickets, err := q.Enqueue(context.Background(), []jit.Operation{o})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := sharedDouble(t).State(t).Queues[q.Name()]
+	if len(st.Scheduled) != 1 || len(st.Active) != 0 {
+		t.Fatalf("double has %d scheduled and %d active messages, want 1 and 0", len(st.Scheduled), len(st.Active))
+	}
+	s := st.Scheduled[0]
+	if want := "sb:" + itoa(s.Seq); tickets[0] != want {
+		t.Errorf("ticket %q, want %q", tickets[0], want)
+	}
+	if s.MessageID != o.ID || s.SessionID != servicebus.SessionID(nsgA) {
+		t.Errorf("scheduled message %+v", s)
+	}
+	if s.ScheduledTime.Before(due) || s.ScheduledTime.Sub(due) > time.Millisecond {
+		t.Errorf("scheduled at %v, want %v rounded up to the millisecond", s.ScheduledTime, due)
+	}
+
+	// Before its time the session has nothing to give.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	sr, err := client.AcceptSessionForQueue(ctx, q.Name(), servicebus.SessionID(nsgA), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	early, cancelEarly := context.WithDeadline(ctx, due.Add(-200*time.Millisecond))
+	msgs, _ := sr.ReceiveMessages(early, 1, nil)
+	cancelEarly()
+	if len(msgs) != 0 {
+		t.Fatalf("received %d messages before the due time", len(msgs))
+	}
+	msgs, err = sr.ReceiveMessages(ctx, 1, nil)
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("after the due time: %d messages, %v", len(msgs), err)
+	}
+	if now := time.Now(); now.Before(due) {
+		t.Errorf("received %s before the due time", due.Sub(now))
+	}
+	if err := sr.CompleteMessage(ctx, msgs[0], nil); err != nil {
+		t.Fatal(err)
+	}
+	_ = sr.Close(ctx)
+	if got, err := servicebus.DecodeOperation(msgs[0].Body); err != nil || !got.Due.Equal(due) {
+		t.Errorf("decoded %+v, %v; want Due %v", got, err, due)
+	}
+}
+
+func TestCancel(t *testing.T) {
+	q, _ := newQueue(t)
+	ctx := context.Background()
+	due := time.Now().Add(time.Hour)
+	tickets, err := q.Enqueue(ctx, []jit.Operation{op("c1", nsgA, due), op("c2", nsgB, due)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Cancel(ctx, tickets[:1]); err != nil {
+		t.Fatal(err)
+	}
+	st := sharedDouble(t).State(t).Queues[q.Name()]
+	if len(st.Scheduled) != 1 || st.Scheduled[0].SessionID != servicebus.SessionID(nsgB) || st.Counts.Cancelled != 1 {
+		t.Errorf("after cancelling one: scheduled %+v, cancelled %d", st.Scheduled, st.Counts.Cancelled)
+	}
+	// Unknown, empty, sent and already-cancelled tickets are no errors.
+	if err := q.Cancel(ctx, []string{"", "junk", "sb:sent:x", "sb:999999", tickets[0]}); err != nil {
+		t.Errorf("Cancel of unknown tickets: %v", err)
+	}
+	if err := q.Cancel(ctx, tickets); err != nil {
+		t.Fatal(err)
+	}
+	st = sharedDouble(t).State(t).Queues[q.Name()]
+	if len(st.Scheduled) != 0 || st.Counts.Cancelled != 2 {
+		t.Errorf("after cancelling both: scheduled %+v, cancelled %d", st.Scheduled, st.Counts.Cancelled)
+	}
+}
+
+func TestTwoNSGsTwoSessions(t *testing.T) {
+	q, client := newQueue(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := q.Enqueue(ctx, []jit.Operation{op("a", nsgA, time.Time{}), op("b", nsgB, time.Time{})}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for range 2 {
+		sr, err := client.AcceptNextSessionForQueue(ctx, q.Name(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sr.Close(context.Background())
+		got = append(got, sr.SessionID())
+	}
+	slices.Sort(got)
+	want := []string{servicebus.SessionID(nsgA), servicebus.SessionID(nsgB)}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("sessions %q, want %q", got, want)
+	}
+	st := sharedDouble(t).State(t).Queues[q.Name()]
+	if len(st.LockedSessions) != 2 {
+		t.Errorf("double has sessions %q locked, want both", st.LockedSessions)
+	}
+}
+
+func TestDuplicateEnqueueSendsOnce(t *testing.T) {
+	q, _ := newQueue(t)
+	ctx := context.Background()
+	now, later := op("dup-now", nsgA, time.Time{}), op("dup-later", nsgA, time.Now().Add(time.Hour))
+	t1, err := q.Enqueue(ctx, []jit.Operation{now, later, now, later})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t2, err := q.Enqueue(ctx, []jit.Operation{now, later})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if t1[1] != t1[3] || t1[1] != t2[1] {
+		t.Errorf("tickets of one scheduled operation differ: %q, %q", t1, t2)
+	}
+	st := sharedDouble(t).State(t).Queues[q.Name()]
+	if len(st.Active) != 1 || len(st.Scheduled) != 1 || st.Counts.DuplicatesDropped != 2 {
+		t.Errorf("double has %d active, %d scheduled, %d duplicates dropped; want 1, 1, 2",
+			len(st.Active), len(st.Scheduled), st.Counts.DuplicatesDropped)
+	}
+}
+
+func TestEnqueueInvalidOperation(t *testing.T) {
+	q, _ := newQueue(t)
+	_, err := q.Enqueue(context.Background(), []jit.Operation{{ID: "x", Kind: "reboot", RequestID: "r", NSG: nsgA}})
+	if jit.ErrorCode(err) != jit.EINVALID {
+		t.Errorf("Enqueue of a bad kind: %v, want an EINVALID error", err)
+	}
+}
+
+func TestUnreachableIsUnavailable(t *testing.T) {
+	port := testenv.FreePort(t)
+	client, err := servicebus.NewClientFromConnectionString(
+		"Endpoint=sb://127.0.0.1:" + itoa(int64(port)) + ";SharedAccessKeyName=x;SharedAccessKey=x;UseDevelopmentEmulator=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close(context.Background())
+	q, err := servicebus.New(client, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Name() != servicebus.DefaultQueueName {
+		t.Errorf("queue name %q, want the default", q.Name())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = q.Enqueue(ctx, []jit.Operation{op("x", nsgA, time.Time{})})
+	if jit.ErrorCode(err) != jit.EUNAVAILABLE {
+		t.Errorf("Enqueue with no broker: %v, want an EUNAVAILABLE error", err)
+	}
+}
+
+func TestBadConnectionStringHidesIt(t *testing.T) {
+	_, err := servicebus.NewClientFromConnectionString("Endpoint=nonsense;SharedAccessKey=secret-key")
+	if err == nil || strings.Contains(err.Error(), "secret-key") {
+		t.Errorf("error %v: want an error that does not quote the key", err)
+	}
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// The adapter sends batches; the double must take single sends too (the
+// Functions host or a tool may send that way).
+func TestDoubleTakesSingleSends(t *testing.T) {
+	client, name := newClient(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	sender, err := client.NewSender(name, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Close(ctx)
+	body, _ := servicebus.EncodeOperation(op("single", nsgB, time.Time{}))
+	sid := servicebus.SessionID(nsgB)
+	if err := sender.SendMessage(ctx, &azservicebus.Message{Body: body, SessionID: &sid, ApplicationProperties: map[string]any{"n": int64(7)}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	m := receiveOne(t, client, name, sid, 5*time.Second)
+	if string(m.Body) != string(body) || m.ApplicationProperties["n"] != int64(7) {
+		t.Errorf("received body %s, properties %v", m.Body, m.ApplicationProperties)
+	}
+}

@@ -1,0 +1,113 @@
+package testenv
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Azurite's development account. The key is the one Microsoft publishes
+// in Azurite's documentation: it opens nothing but a local emulator.
+const (
+	AzuriteAccount = "devstoreaccount1"
+	AzuriteKey     = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+// azuriteStartTimeout bounds the wait for Azurite to accept connections.
+const azuriteStartTimeout = 30 * time.Second
+
+// Azurite is a running Azurite table service (tables only, in memory).
+type Azurite struct {
+	port int
+}
+
+// StartAzurite starts azurite-table on a free loopback port, waits until
+// it accepts connections, and stops it when t ends. Data lives in memory
+// only. Failing to start is fatal, never a skip.
+func StartAzurite(t testing.TB) *Azurite {
+	t.Helper()
+	bin := filepath.Join(NodeModules(t), ".bin", "azurite-table")
+	port := FreePort(t)
+	out := &azuriteLog{}
+	// --location cannot be combined with --inMemoryPersistence (Azurite
+	// 3.37 refuses); the working directory is a temporary one instead, in
+	// case Azurite writes anything. Telemetry off: no outside calls.
+	cmd := exec.Command(bin,
+		"--tableHost", "127.0.0.1",
+		"--tablePort", strconv.Itoa(port),
+		"--skipApiVersionCheck",
+		"--loose",
+		"--inMemoryPersistence",
+		"--disableTelemetry",
+	)
+	cmd.Dir = t.TempDir()
+	cmd.Stdout = out
+	cmd.Stderr = out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting Azurite (%s): %v", bin, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	deadline := time.Now().Add(azuriteStartTimeout)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.Close()
+			return &Azurite{port: port}
+		}
+		select {
+		case err := <-exited:
+			exited <- err // for the cleanup
+			t.Fatalf("Azurite exited before accepting connections (%v):\n%s", err, out)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Azurite did not accept connections on %s within %s:\n%s", addr, azuriteStartTimeout, out)
+		}
+	}
+}
+
+// Port returns the table service's port.
+func (a *Azurite) Port() int { return a.port }
+
+// TableURL returns the table service's URL for the development account.
+func (a *Azurite) TableURL() string {
+	return fmt.Sprintf("http://127.0.0.1:%d/%s", a.port, AzuriteAccount)
+}
+
+// ConnectionString returns an explicit connection string for the
+// development account on this Azurite.
+func (a *Azurite) ConnectionString() string {
+	return "DefaultEndpointsProtocol=http;AccountName=" + AzuriteAccount + ";AccountKey=" + AzuriteKey +
+		";TableEndpoint=" + a.TableURL() + ";"
+}
+
+// azuriteLog collects a process's output for failure messages.
+type azuriteLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *azuriteLog) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *azuriteLog) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
