@@ -103,7 +103,7 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 		return fmt.Errorf("no Service Bus configured: set ServiceBusConnection__fullyQualifiedNamespace (managed identity) or ServiceBusConnection")
 	}
 
-	svc := jit.NewService(store, queue, network, jit.Config{MinDuration: cfg.MinDuration, Log: log})
+	svc := jit.NewService(store, queue, network, jit.Config{MinDuration: cfg.MinDuration, Subscriptions: cfg.Subscriptions, Log: log})
 	api := httpapi.New(svc, httpapi.Config{Log: log})
 	h := funcs.New(funcs.Config{API: api, Service: svc, DecodeOperation: servicebus.DecodeOperation,
 		MaxDeliveries: cfg.MaxDeliveries, Log: log})

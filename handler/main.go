@@ -116,7 +116,7 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	if err != nil {
 		return err
 	}
-	svc = jit.NewService(store, queue, network, jit.Config{MinDuration: cfg.MinDuration, Log: log})
+	svc = jit.NewService(store, queue, network, jit.Config{MinDuration: cfg.MinDuration, Subscriptions: cfg.Subscriptions, Log: log})
 
 	// Overdue closes run before anything else: access ends even when the
 	// process was down at the end time.

@@ -43,6 +43,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"policy max over a day", "PUT", "/api/v1/policies/demo", `{"properties":{"virtualMachines":[{"id":"` + vmID("vm-nic-nsg") + `","ports":[{"number":22,"protocol":"TCP","maxRequestAccessDuration":"P2D"}]}]}}`, 400, "maxRequestAccessDuration P2D is out of range"},
 		{"policy bad duration", "PUT", "/api/v1/policies/demo", `{"properties":{"virtualMachines":[{"id":"` + vmID("vm-nic-nsg") + `","ports":[{"number":22,"protocol":"TCP","maxRequestAccessDuration":"3 hours"}]}]}}`, 400, "not an ISO 8601 duration"},
 		{"policy bad prefix", "PUT", "/api/v1/policies/demo", `{"properties":{"virtualMachines":[{"id":"` + vmID("vm-nic-nsg") + `","ports":[{"number":22,"protocol":"TCP","allowedSourceAddressPrefix":"10.0.0.300","maxRequestAccessDuration":"PT1H"}]}]}}`, 400, "not an IP address or CIDR"},
+		{"VM outside the subscriptions in scope", "PUT", "/api/v1/policies/demo", `{"properties":{"virtualMachines":[{"id":"/subscriptions/22222222-2222-2222-2222-222222222222/resourceGroups/demo/providers/Microsoft.Compute/virtualMachines/vm-1"}]}}`, 400, "not in this service's scope"},
 		{"policy unknown VM", "PUT", "/api/v1/policies/demo", `{"properties":{"virtualMachines":[{"id":"` + vmID("vm-missing") + `"}]}}`, 400, "does not exist"},
 		{"duration above maximum", "POST", initiate, ok22(map[string]any{"duration": "PT2H"}), 400, "longer than the maximum PT1H"},
 		{"duration below minimum", "POST", initiate, ok22(map[string]any{"duration": "PT0.1S"}), 400, "shorter than the minimum"},

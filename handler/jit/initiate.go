@@ -95,6 +95,9 @@ func (s *Service) buildRequest(p Principal, pol Policy, in InitiateInput, now ti
 			return Request{}, Errorf(EINVALID, "%s.id: VM %s is listed twice", where, id)
 		}
 		seenVM[id.Key()] = true
+		if err := s.inScope(id.String()); err != nil {
+			return Request{}, Errorf(EINVALID, "%s.id: %s", where, ErrorMessage(err))
+		}
 		vm, ok := pol.VM(id.String())
 		if !ok {
 			return Request{}, Errorf(EINVALID, "%s.id: VM %s is not in policy %s", where, id, pol.Name)

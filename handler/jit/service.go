@@ -19,6 +19,9 @@ type Config struct {
 	MinDuration time.Duration
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
+	// Subscriptions is the scope: VMs in other subscriptions are refused.
+	// Empty means any subscription.
+	Subscriptions []string
 	Log zerolog.Logger
 }
 
@@ -55,6 +58,23 @@ func (s *Service) GetPolicy(ctx context.Context, p Principal, name string) (Poli
 		return Policy{}, err
 	}
 	return s.getPolicy(ctx, name)
+}
+
+// inScope refuses a VM outside the configured subscriptions.
+func (s *Service) inScope(vmID string) error {
+	if len(s.cfg.Subscriptions) == 0 {
+		return nil
+	}
+	id, err := ParseVMID(vmID)
+	if err != nil {
+		return err
+	}
+	for _, sub := range s.cfg.Subscriptions {
+		if strings.EqualFold(sub, id.Subscription) {
+			return nil
+		}
+	}
+	return Errorf(EINVALID, "VM %s is in subscription %s, which is not in this service's scope (JIT_SUBSCRIPTIONS)", id.Name, id.Subscription)
 }
 
 // getPolicy reads a policy, saying in words when it does not exist.
@@ -104,6 +124,11 @@ func (s *Service) PutPolicy(ctx context.Context, p Principal, pol Policy, ifMatc
 	}
 	if ifMatch != "" && (!exists || ifMatch != "*" && ifMatch != old.ETag) {
 		return Policy{}, Errorf(ECONFLICT, "policy %s has changed since it was read (If-Match does not match its etag)", pol.Name)
+	}
+	for i, vm := range pol.VMs {
+		if err := s.inScope(vm.ID); err != nil {
+			return Policy{}, Errorf(EINVALID, "properties.virtualMachines[%d].id: %s", i, ErrorMessage(err))
+		}
 	}
 	if err := s.checkVMsFree(ctx, pol); err != nil {
 		return Policy{}, err
