@@ -3,6 +3,7 @@ package tablestore
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -68,10 +69,12 @@ func (s *Store) AppendAudit(ctx context.Context, ev jit.AuditEvent) error {
 	}
 	for _, pk := range partitions {
 		row := newEntity(pk, timeKey(ev.Time)+id)
-		for k, v := range idRow {
-			if strings.HasPrefix(k, "D") {
-				row[k] = v
+		for i := 0; ; i++ {
+			chunk, ok := idRow["D"+strconv.Itoa(i)]
+			if !ok {
+				break
 			}
+			row["D"+strconv.Itoa(i)] = chunk
 		}
 		if _, err := s.audit.AddEntity(ctx, row.marshal(), nil); err != nil && !isConflict(err) {
 			return storeError(err, "append audit event")

@@ -306,5 +306,3 @@ func newVersion() string {
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
-
-func ptr[T any](v T) *T { return &v }
