@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -103,8 +104,16 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 		return fmt.Errorf("no Service Bus configured: set ServiceBusConnection__fullyQualifiedNamespace (managed identity) or ServiceBusConnection")
 	}
 
-	svc := jit.NewService(store, queue, network, jit.Config{MinDuration: cfg.MinDuration, Subscriptions: cfg.Subscriptions, Log: log})
-	api := httpapi.New(svc, httpapi.Config{Log: log})
+	notifier, closeNotifier, err := newNotifier(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeNotifier()
+	svc := jit.NewService(store, queue, network, jit.Config{MinDuration: cfg.MinDuration, Subscriptions: cfg.Subscriptions,
+		PendingExpiry: cfg.PendingExpiry, Notifier: notifier, Log: log})
+	// The Functions host is the direct peer of every forwarded request.
+	proxies := append([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}, cfg.TrustedProxies...)
+	api := httpapi.New(svc, httpapi.Config{TrustedProxies: proxies, Log: log})
 	h := funcs.New(funcs.Config{API: api, Service: svc, DecodeOperation: servicebus.DecodeOperation,
 		MaxDeliveries: cfg.MaxDeliveries, Log: log})
 

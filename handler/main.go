@@ -35,6 +35,8 @@ import (
 	"jitaccess/handler/httpapi"
 	"jitaccess/handler/jit"
 	"jitaccess/handler/localqueue"
+	"jitaccess/handler/portal"
+	"jitaccess/handler/webhook"
 )
 
 func main() {
@@ -116,7 +118,13 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	if err != nil {
 		return err
 	}
-	svc = jit.NewService(store, queue, network, jit.Config{MinDuration: cfg.MinDuration, Subscriptions: cfg.Subscriptions, Log: log})
+	notifier, closeNotifier, err := newNotifier(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeNotifier()
+	svc = jit.NewService(store, queue, network, jit.Config{MinDuration: cfg.MinDuration, Subscriptions: cfg.Subscriptions,
+		PendingExpiry: cfg.PendingExpiry, Notifier: notifier, Log: log})
 
 	// Overdue closes run before anything else: access ends even when the
 	// process was down at the end time.
@@ -128,8 +136,9 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	}
 	go sweepEvery(ctx, svc, cfg.SweepInterval, log)
 
-	api := httpapi.New(svc, httpapi.Config{Local: true, Log: log})
+	api := httpapi.New(svc, httpapi.Config{Local: true, TrustedProxies: cfg.TrustedProxies, Log: log})
 	api.Handle("/_arm/", armHandler)
+	portal.Mount(api)
 	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -199,6 +208,23 @@ func sweepEvery(ctx context.Context, svc *jit.Service, every time.Duration, log 
 			}
 		}
 	}
+}
+
+// newNotifier returns the webhook notifier when JIT_WEBHOOK_URL is set, and
+// a function that drains it at shutdown.
+func newNotifier(cfg settings, log zerolog.Logger) (jit.Notifier, func(), error) {
+	if cfg.WebhookURL == "" {
+		return nil, func() {}, nil
+	}
+	n, err := webhook.New(cfg.WebhookURL, webhook.Options{Log: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	return n, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		n.Close(ctx)
+	}, nil
 }
 
 // localCredential hands the SDK a placeholder token: the simulator checks

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -31,6 +32,9 @@ var allSettings = []setting{
 	{"JIT_SWEEP_SCHEDULE", "0 */1 * * * *", "functions", "NCRONTAB schedule of the sweeper function (read by the Functions host)"},
 	{"JIT_SUBSCRIPTIONS", "11111111-1111-1111-1111-111111111111", "both", "subscriptions in scope, comma-separated (the demo subscription in local mode)"},
 	{"JIT_LOG_LEVEL", "info", "both", "debug, info, warn or error"},
+	{"JIT_PENDING_EXPIRY", "1h", "both", "how long a request waits for approval before it expires"},
+	{"JIT_WEBHOOK_URL", "", "both", "incoming webhook (Teams, Slack) that hears about pending, approved, denied, opened, closed, revoked, failed and drift"},
+	{"JIT_TRUSTED_PROXIES", "", "both", "CIDRs of proxies whose X-Forwarded-For gives the caller's address (Functions mode always trusts the local host)"},
 	{"JIT_CLOUD", "AzurePublic", "functions", "AzurePublic, AzureUSGovernment or AzureChina"},
 	{"JIT_ARM_ENDPOINT", "", "functions", "Resource Manager endpoint; default: the cloud's (tests point it at the simulator)"},
 	{"JIT_TABLES_URL", "", "functions", "Table service URL (https://ACCOUNT.table.core.windows.net), used with the managed identity"},
@@ -70,6 +74,10 @@ type settings struct {
 	ServiceBusConnStr string
 	ClientID          string
 	Port              string
+
+	PendingExpiry  time.Duration
+	WebhookURL     string
+	TrustedProxies []netip.Prefix
 }
 
 func readSettings(getenv func(string) string) (settings, error) {
@@ -134,6 +142,24 @@ func readSettings(getenv func(string) string) (settings, error) {
 		if _, err := jit.ParseVMID("/subscriptions/" + sub + "/resourceGroups/x/providers/Microsoft.Compute/virtualMachines/x"); err != nil {
 			return s, fmt.Errorf("JIT_SUBSCRIPTIONS: %q is not a subscription id", sub)
 		}
+	}
+	if s.PendingExpiry, err = durationSetting("JIT_PENDING_EXPIRY", get("JIT_PENDING_EXPIRY")); err != nil {
+		return s, err
+	}
+	if s.PendingExpiry < time.Second || s.PendingExpiry > 7*24*time.Hour {
+		return s, fmt.Errorf("JIT_PENDING_EXPIRY must be between 1s and 7 days")
+	}
+	s.WebhookURL = get("JIT_WEBHOOK_URL")
+	for _, c := range splitList(get("JIT_TRUSTED_PROXIES")) {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			a, aerr := netip.ParseAddr(c)
+			if aerr != nil {
+				return s, fmt.Errorf("JIT_TRUSTED_PROXIES: %q is not an IP address or CIDR", c)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		s.TrustedProxies = append(s.TrustedProxies, p.Masked())
 	}
 	if s.MaxDeliveries, err = strconv.ParseInt(get("JIT_MAX_DELIVERIES"), 10, 64); err != nil || s.MaxDeliveries < 1 {
 		return s, fmt.Errorf("JIT_MAX_DELIVERIES must be a whole number of at least 1")

@@ -26,6 +26,8 @@ type policyBody struct {
 
 type policyProperties struct {
 	VirtualMachines   []policyVMBody  `json:"virtualMachines"`
+	Approval          *approvalBody   `json:"approval,omitempty"`   // ours
+	Requesters        []string        `json:"requesters,omitempty"` // ours
 	ProvisioningState json.RawMessage `json:"provisioningState,omitempty"`
 	Requests          json.RawMessage `json:"requests,omitempty"`
 }
@@ -37,22 +39,44 @@ type policyVMBody struct {
 }
 
 type policyPortBody struct {
-	Number                       int        `json:"number"`
-	Protocol                     string     `json:"protocol"`
-	AllowedSourceAddressPrefix   prefixList `json:"allowedSourceAddressPrefix,omitempty"`
-	AllowedSourceAddressPrefixes []string   `json:"allowedSourceAddressPrefixes,omitempty"`
-	MaxRequestAccessDuration     string     `json:"maxRequestAccessDuration"`
+	Number                       int           `json:"number"`
+	Protocol                     string        `json:"protocol"`
+	AllowedSourceAddressPrefix   prefixList    `json:"allowedSourceAddressPrefix,omitempty"`
+	AllowedSourceAddressPrefixes []string      `json:"allowedSourceAddressPrefixes,omitempty"`
+	MaxRequestAccessDuration     string        `json:"maxRequestAccessDuration"`
+	Approval                     *approvalBody `json:"approval,omitempty"` // ours
+}
+
+// approvalBody is our extension: who must approve requests.
+type approvalBody struct {
+	Required     bool     `json:"required"`
+	Approvers    []string `json:"approvers,omitempty"`
+	MinApprovals int      `json:"minApprovals,omitempty"`
+}
+
+func (a *approvalBody) toApproval() *jit.Approval {
+	if a == nil {
+		return nil
+	}
+	return &jit.Approval{Required: a.Required, Approvers: a.Approvers, MinApprovals: a.MinApprovals}
+}
+
+func approvalToOut(a *jit.Approval) *approvalBody {
+	if a == nil || !a.Required {
+		return nil
+	}
+	return &approvalBody{Required: true, Approvers: a.Approvers, MinApprovals: a.MinApprovals}
 }
 
 func (b *policyBody) toPolicy(name string) (jit.Policy, error) {
 	if b.Properties == nil {
 		return jit.Policy{}, jit.Errorf(jit.EINVALID, "properties is required")
 	}
-	pol := jit.Policy{Name: name}
+	pol := jit.Policy{Name: name, Approval: b.Properties.Approval.toApproval(), Requesters: b.Properties.Requesters}
 	for i, vb := range b.Properties.VirtualMachines {
 		vm := jit.VMPolicy{ID: vb.ID}
 		for j, pb := range vb.Ports {
-			pr := jit.PortRule{Number: pb.Number, Protocol: pb.Protocol}
+			pr := jit.PortRule{Number: pb.Number, Protocol: pb.Protocol, Approval: pb.Approval.toApproval()}
 			if len(pb.AllowedSourceAddressPrefix) > 0 && len(pb.AllowedSourceAddressPrefixes) > 0 {
 				return jit.Policy{}, jit.Errorf(jit.EINVALID, "properties.virtualMachines[%d].ports[%d]: give allowedSourceAddressPrefix or allowedSourceAddressPrefixes, not both", i, j)
 			}
@@ -85,6 +109,8 @@ type policyOut struct {
 
 type policyPropOut struct {
 	VirtualMachines   []policyVMOut `json:"virtualMachines"`
+	Approval          *approvalBody `json:"approval,omitempty"`
+	Requesters        []string      `json:"requesters,omitempty"`
 	ProvisioningState string        `json:"provisioningState"`
 	UpdatedTimeUtc    time.Time     `json:"updatedTimeUtc"`
 	UpdatedBy         string        `json:"updatedBy"`
@@ -99,11 +125,12 @@ type policyVMOut struct {
 }
 
 type portRuleOut struct {
-	Number                       int      `json:"number"`
-	Protocol                     string   `json:"protocol"`
-	AllowedSourceAddressPrefix   string   `json:"allowedSourceAddressPrefix,omitempty"`
-	AllowedSourceAddressPrefixes []string `json:"allowedSourceAddressPrefixes,omitempty"`
-	MaxRequestAccessDuration     string   `json:"maxRequestAccessDuration"`
+	Number                       int           `json:"number"`
+	Protocol                     string        `json:"protocol"`
+	AllowedSourceAddressPrefix   string        `json:"allowedSourceAddressPrefix,omitempty"`
+	AllowedSourceAddressPrefixes []string      `json:"allowedSourceAddressPrefixes,omitempty"`
+	MaxRequestAccessDuration     string        `json:"maxRequestAccessDuration"`
+	Approval                     *approvalBody `json:"approval,omitempty"`
 }
 
 type nsgOut struct {
@@ -113,7 +140,8 @@ type nsgOut struct {
 
 func policyToOut(p jit.Policy) policyOut {
 	out := policyOut{ID: "/api/v1/policies/" + p.Name, Name: p.Name, Type: "jitaccess/policies", Kind: "Basic", Etag: p.ETag,
-		Properties: policyPropOut{VirtualMachines: []policyVMOut{}, ProvisioningState: "Succeeded", UpdatedTimeUtc: p.UpdatedAt, UpdatedBy: p.UpdatedBy}}
+		Properties: policyPropOut{VirtualMachines: []policyVMOut{}, ProvisioningState: "Succeeded", UpdatedTimeUtc: p.UpdatedAt, UpdatedBy: p.UpdatedBy,
+			Approval: approvalToOut(p.Approval), Requesters: p.Requesters}}
 	for _, vm := range p.VMs {
 		vo := policyVMOut{ID: vm.ID, Ports: portRulesOut(vm.Ports), PrivateIPAddresses: vm.PrivateIPs}
 		for _, n := range vm.NSGs {
@@ -127,7 +155,7 @@ func policyToOut(p jit.Policy) policyOut {
 func portRulesOut(rules []jit.PortRule) []portRuleOut {
 	out := make([]portRuleOut, 0, len(rules))
 	for _, r := range rules {
-		po := portRuleOut{Number: r.Number, Protocol: r.Protocol, MaxRequestAccessDuration: jit.FormatDuration(r.MaxDuration)}
+		po := portRuleOut{Number: r.Number, Protocol: r.Protocol, MaxRequestAccessDuration: jit.FormatDuration(r.MaxDuration), Approval: approvalToOut(r.Approval)}
 		if len(r.AllowedSources) == 1 {
 			po.AllowedSourceAddressPrefix = r.AllowedSources[0]
 		} else {
@@ -141,6 +169,7 @@ func portRulesOut(rules []jit.PortRule) []portRuleOut {
 type initiateBody struct {
 	VirtualMachines []initiateVMBody `json:"virtualMachines"`
 	Justification   string           `json:"justification"`
+	OnBehalfOf      string           `json:"onBehalfOf,omitempty"` // ours: a delegate asks for this person
 }
 
 type initiateVMBody struct {
@@ -158,7 +187,7 @@ type initiatePortBody struct {
 }
 
 func (b *initiateBody) toInput() (jit.InitiateInput, error) {
-	in := jit.InitiateInput{Justification: b.Justification}
+	in := jit.InitiateInput{Justification: b.Justification, OnBehalfOf: b.OnBehalfOf}
 	for i, vb := range b.VirtualMachines {
 		vm := jit.InitiateVM{ID: vb.ID}
 		for j, pb := range vb.Ports {
@@ -206,7 +235,24 @@ type requestOut struct {
 	Requestor       string         `json:"requestor"`
 	RequestorID     string         `json:"requestorId"`
 	Justification   string         `json:"justification"`
+	SubmittedBy     string         `json:"submittedBy,omitempty"`
+	Approval        *approvalOut   `json:"approval,omitempty"`
 	Grants          []grantOut     `json:"grants"`
+}
+
+type approvalOut struct {
+	MinApprovals    int           `json:"minApprovals"`
+	Approvers       []string      `json:"approvers,omitempty"`
+	PendingUntilUtc time.Time     `json:"pendingUntilUtc"`
+	Decisions       []decisionOut `json:"decisions"`
+}
+
+type decisionOut struct {
+	By      string    `json:"by"`
+	ByName  string    `json:"byName,omitempty"`
+	TimeUtc time.Time `json:"timeUtc"`
+	Approve bool      `json:"approve"`
+	Comment string    `json:"comment,omitempty"`
 }
 
 type requestVMOut struct {
@@ -248,7 +294,13 @@ type grantNSGOut struct {
 
 func requestToOut(r jit.Request) requestOut {
 	out := requestOut{ID: r.ID, Policy: r.Policy, Status: r.Status, StartTimeUtc: r.StartTime, Requestor: r.RequestorName,
-		RequestorID: r.Requestor, Justification: r.Justification, VirtualMachines: []requestVMOut{}, Grants: []grantOut{}}
+		RequestorID: r.Requestor, Justification: r.Justification, SubmittedBy: r.SubmittedBy, VirtualMachines: []requestVMOut{}, Grants: []grantOut{}}
+	if a := r.Approval; a != nil {
+		out.Approval = &approvalOut{MinApprovals: a.MinApprovals, Approvers: a.Approvers, PendingUntilUtc: a.PendingUntil, Decisions: []decisionOut{}}
+		for _, d := range a.Decisions {
+			out.Approval.Decisions = append(out.Approval.Decisions, decisionOut{By: d.By, ByName: d.ByName, TimeUtc: d.At, Approve: d.Approve, Comment: d.Comment})
+		}
+	}
 	if out.Requestor == "" {
 		out.Requestor = r.Requestor
 	}
@@ -261,7 +313,9 @@ func requestToOut(r jit.Request) requestOut {
 			out.VirtualMachines = append(out.VirtualMachines, requestVMOut{ID: g.VM})
 		}
 		status := g.Status
-		if status == jit.GrantClosed {
+		if r.Status == jit.RequestPending {
+			status = jit.RequestPending
+		} else if status == jit.GrantClosed {
 			status = jit.GrantRevoked // Defender reports an expired port as Revoked/Expired
 		}
 		for _, n := range g.Ports {

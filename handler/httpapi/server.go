@@ -12,6 +12,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -31,7 +32,11 @@ type Config struct {
 	// someone else. Never set it in Azure.
 	Local   bool
 	MaxBody int64 // DefaultMaxBody when zero
-	Log     zerolog.Logger
+	// TrustedProxies are the direct peers whose X-Forwarded-For is
+	// believed (the Functions host, a front door). From anyone else the
+	// caller's address is the connection's.
+	TrustedProxies []netip.Prefix
+	Log            zerolog.Logger
 }
 
 // Server serves the API.
@@ -58,6 +63,8 @@ func New(svc *jit.Service, cfg Config) *Server {
 	m.HandleFunc("GET /api/v1/requests/{id}", s.getRequest)
 	m.HandleFunc("POST /api/v1/requests/{id}/revoke", s.revoke)
 	m.HandleFunc("POST /api/v1/requests/{id}/extend", s.extend)
+	m.HandleFunc("POST /api/v1/requests/{id}/approve", s.decide(true))
+	m.HandleFunc("POST /api/v1/requests/{id}/deny", s.decide(false))
 	m.HandleFunc("GET /api/v1/vms", s.listVMs)
 	m.HandleFunc("GET /api/v1/me", s.me)
 	m.HandleFunc("GET /api/v1/audit", s.audit)
@@ -135,7 +142,7 @@ func (s *Server) notRouted(w http.ResponseWriter, r *http.Request) {
 
 // principal identifies the caller.
 func (s *Server) principal(r *http.Request) (jit.Principal, error) {
-	addr := remoteIP(r)
+	addr := s.callerIP(r)
 	if s.cfg.Local {
 		id := r.Header.Get("X-Dev-Principal")
 		if id == "" {
@@ -186,6 +193,8 @@ func parseClientPrincipal(h http.Header, addr string) (jit.Principal, error) {
 			if p.ID == "" {
 				p.ID = c.Val
 			}
+		case "groups":
+			p.Groups = append(p.Groups, c.Val)
 		}
 	}
 	if p.ID == "" {
@@ -194,12 +203,46 @@ func parseClientPrincipal(h http.Header, addr string) (jit.Principal, error) {
 	return p, nil
 }
 
-func remoteIP(r *http.Request) string {
+// callerIP is the caller's address for "My IP": the connection's peer, or,
+// when the peer is a trusted proxy, the nearest untrusted address in
+// X-Forwarded-For (proxies append, so it is read from the right).
+func (s *Server) callerIP(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		return ""
 	}
-	return host
+	peer, err := netip.ParseAddr(host)
+	if err != nil {
+		return ""
+	}
+	peer = peer.Unmap()
+	if !s.trusted(peer) {
+		return peer.String()
+	}
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		hop := strings.TrimSpace(hops[i])
+		if h, _, err := net.SplitHostPort(hop); err == nil {
+			hop = h // some proxies append the port
+		}
+		a, err := netip.ParseAddr(hop)
+		if err != nil {
+			return peer.String() // a forged or broken header: trust only the peer
+		}
+		if a = a.Unmap(); !s.trusted(a) {
+			return a.String()
+		}
+	}
+	return peer.String()
+}
+
+func (s *Server) trusted(a netip.Addr) bool {
+	for _, p := range s.cfg.TrustedProxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // call identifies the caller and writes the error if that fails.
@@ -426,6 +469,38 @@ func (s *Server) me(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"id": p.ID, "name": p.Name, "roles": roles, "address": p.Address,
 		"minDuration": jit.FormatDuration(s.svc.MinDuration())})
+}
+
+// decide approves or denies a pending request. The body is optional:
+// {"comment": "..."}.
+func (s *Server) decide(approve bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, ok := s.call(w, r)
+		if !ok {
+			return
+		}
+		var body struct {
+			Comment string `json:"comment"`
+		}
+		if r.ContentLength != 0 {
+			if err := decodeStrict(w, r, s.cfg.MaxBody, &body); err != nil {
+				s.fail(w, r, err)
+				return
+			}
+		}
+		var req jit.Request
+		var err error
+		if approve {
+			req, err = s.svc.Approve(r.Context(), p, r.PathValue("id"), body.Comment)
+		} else {
+			req, err = s.svc.Deny(r.Context(), p, r.PathValue("id"), body.Comment)
+		}
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, requestToOut(req))
+	}
 }
 
 func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {

@@ -15,6 +15,10 @@ const (
 	AuditRevoke       = "revoke"   // request revoked
 	AuditExtend       = "extend"   // request extended
 	AuditFailure      = "failure"  // an operation failed
+	AuditPending      = "pending"  // request waits for approval
+	AuditApprove      = "approve"  // an approver approved
+	AuditDeny         = "deny"     // an approver denied
+	AuditExpire       = "expire"   // a pending request expired
 )
 
 // Audit results.

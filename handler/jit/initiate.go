@@ -12,6 +12,9 @@ import (
 type InitiateInput struct {
 	VMs           []InitiateVM
 	Justification string
+	// OnBehalfOf names the person a delegate (a bot with JIT.Delegate)
+	// asks for; empty when callers ask for themselves.
+	OnBehalfOf string
 }
 
 // InitiateVM asks for ports of one VM.
@@ -48,22 +51,46 @@ func (s *Service) Initiate(ctx context.Context, p Principal, policyName string, 
 	if err != nil {
 		return Request{}, err
 	}
-	now := s.now()
-	req, err := s.buildRequest(p, pol, in, now)
+	subject, err := s.requestSubject(p, pol, in)
 	if err != nil {
 		s.auditRefusal(ctx, p, pol.Name, in, err)
 		return Request{}, err
+	}
+	now := s.now()
+	req, err := s.buildRequest(subject, pol, in, now)
+	if err != nil {
+		s.auditRefusal(ctx, p, pol.Name, in, err)
+		return Request{}, err
+	}
+	if subject.ID != p.ID {
+		req.SubmittedBy = p.ID
+	}
+	if a := approvalFor(pol, req); a != nil {
+		a.PendingUntil = now.Add(s.cfg.PendingExpiry)
+		req.Approval, req.Status = a, RequestPending
 	}
 	req, err = s.store.CreateRequest(ctx, req)
 	if err != nil {
 		return Request{}, fmt.Errorf("storing request: %w", err)
 	}
 	for i, g := range req.Grants {
+		detail := "until " + g.End.Format(time.RFC3339)
+		if req.SubmittedBy != "" {
+			detail += "; on behalf of " + req.Requestor
+		}
+		if req.Status == RequestPending {
+			detail += "; waiting for approval"
+		}
 		if err := s.audit(ctx, AuditEvent{ID: "request-" + req.ID + "-" + itoa(i), Time: now, Action: AuditRequest, Actor: p.ID,
 			Policy: pol.Name, Request: req.ID, VM: g.VM, Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources,
-			Result: ResultSuccess, Detail: clip("until "+g.End.Format(time.RFC3339)+"; "+req.Justification, 500)}); err != nil {
+			Result: ResultSuccess, Detail: clip(detail+"; "+req.Justification, 500)}); err != nil {
 			return Request{}, err
 		}
+	}
+	if req.Status == RequestPending {
+		s.cfg.Log.Info().Str("request", req.ID).Str("policy", pol.Name).Str("requestor", req.Requestor).Msg("access requested; waiting for approval")
+		s.notify(EventPending, req, p.ID, req.Justification)
+		return req, nil
 	}
 	req, err = s.queueGrants(ctx, req)
 	if err != nil {
@@ -71,6 +98,25 @@ func (s *Service) Initiate(ctx context.Context, p Principal, policyName string, 
 	}
 	s.cfg.Log.Info().Str("request", req.ID).Str("policy", pol.Name).Str("requestor", p.ID).Int("grants", len(req.Grants)).Msg("access requested")
 	return req, nil
+}
+
+// requestSubject is whom the request is for: the caller, or the person a
+// delegate names. It checks the policy's list of requesters.
+func (s *Service) requestSubject(p Principal, pol Policy, in InitiateInput) (Principal, error) {
+	subject := p
+	if in.OnBehalfOf != "" {
+		if !p.Has(RoleDelegate) {
+			return Principal{}, Errorf(EFORBIDDEN, "onBehalfOf needs the %s role", RoleDelegate)
+		}
+		if err := validPrincipalRef(in.OnBehalfOf); err != nil {
+			return Principal{}, Errorf(EINVALID, "onBehalfOf: %s", ErrorMessage(err))
+		}
+		subject = Principal{ID: in.OnBehalfOf, Name: in.OnBehalfOf, Address: p.Address}
+	}
+	if len(pol.Requesters) > 0 && !p.Has(RoleAdmin) && !matchesAny(subject, pol.Requesters) {
+		return Principal{}, Errorf(EFORBIDDEN, "policy %s allows requests only from its listed requesters", pol.Name)
+	}
+	return subject, nil
 }
 
 // buildRequest validates in against the policy and turns it into a request
@@ -181,7 +227,7 @@ func (s *Service) grantFor(p Principal, policy string, vm *VMPolicy, ip Initiate
 			return Grant{}, Errorf(EINVALID, "source %s is not allowed for port %d (allowed: %s)", c, ip.Number, strings.Join(rule.AllowedSources, ", "))
 		}
 	}
-	return Grant{VM: vm.ID, Protocol: proto, Ports: []int{ip.Number}, Sources: canon,
+	return Grant{VM: vm.ID, Protocol: proto, Ports: []int{ip.Number}, Sources: canon, Duration: ip.Duration,
 		Destinations: vm.PrivateIPs, End: end, Status: GrantInitiating, NSGs: pendingNSGs(vm.NSGs)}, nil
 }
 
@@ -198,7 +244,7 @@ func pendingNSGs(refs []NSGRef) []GrantNSG {
 func mergeGrant(gs []Grant, g Grant) []Grant {
 	for i := range gs {
 		h := &gs[i]
-		if SameID(h.VM, g.VM) && h.Protocol == g.Protocol && h.End.Equal(g.End) && slices.Equal(h.Sources, g.Sources) {
+		if SameID(h.VM, g.VM) && h.Protocol == g.Protocol && h.End.Equal(g.End) && h.Duration == g.Duration && slices.Equal(h.Sources, g.Sources) {
 			h.Ports = sortedCopy(append(h.Ports, g.Ports...))
 			return gs
 		}

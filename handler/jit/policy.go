@@ -29,12 +29,17 @@ var DefaultPorts = []int{22, 3389, 5985, 5986}
 // Policy says which ports of which VMs may be opened, from where and for how
 // long. Enabling a policy locks the ports down with deny rules.
 type Policy struct {
-	Name      string
-	VMs       []VMPolicy
-	ETag      string
-	CreatedAt time.Time
-	UpdatedAt time.Time
-	UpdatedBy string
+	Name string
+	VMs  []VMPolicy
+	// Approval, when required, makes every request wait for approvers.
+	Approval *Approval
+	// Requesters, when not empty, are the principal or group ids that may
+	// request access under this policy (JIT.Admin always may).
+	Requesters []string
+	ETag       string
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	UpdatedBy  string
 }
 
 // VMPolicy is one VM of a policy: its ports, and the network path to it as
@@ -53,6 +58,7 @@ type PortRule struct {
 	Protocol       string        // ProtocolTCP, ProtocolUDP or ProtocolAny
 	AllowedSources []string      // canonical prefixes; ["*"] allows any
 	MaxDuration    time.Duration // longest request, between the minimum and MaxDuration
+	Approval       *Approval     // requests for this port need approval
 }
 
 // ValidatePolicyName checks a policy name: letters, digits, '-', '_' and '.',
@@ -81,6 +87,17 @@ func (p *Policy) Normalise(minDuration time.Duration) error {
 	if len(p.VMs) == 0 {
 		return Errorf(EINVALID, "properties.virtualMachines must name at least one VM")
 	}
+	if err := p.Approval.normalise("properties"); err != nil {
+		return err
+	}
+	if len(p.Requesters) > 100 {
+		return Errorf(EINVALID, "properties.requesters may list at most 100 ids")
+	}
+	for _, id := range p.Requesters {
+		if err := validPrincipalRef(id); err != nil {
+			return Errorf(EINVALID, "properties.requesters: %s", ErrorMessage(err))
+		}
+	}
 	seen := map[string]bool{}
 	for i := range p.VMs {
 		vm := &p.VMs[i]
@@ -102,6 +119,9 @@ func (p *Policy) Normalise(minDuration time.Duration) error {
 		for j := range vm.Ports {
 			if err := vm.Ports[j].normalise(minDuration); err != nil {
 				return Errorf(EINVALID, "%s.ports[%d]: %s", where, j, ErrorMessage(err))
+			}
+			if err := vm.Ports[j].Approval.normalise(fmt.Sprintf("%s.ports[%d]", where, j)); err != nil {
+				return err
 			}
 			for k := range j {
 				if vm.Ports[k].Number == vm.Ports[j].Number && protocolsOverlap(vm.Ports[k].Protocol, vm.Ports[j].Protocol) {

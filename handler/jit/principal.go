@@ -1,6 +1,9 @@
 package jit
 
-import "slices"
+import (
+	"slices"
+	"strings"
+)
 
 // App roles. JIT.Admin may do everything the others may.
 const (
@@ -15,6 +18,7 @@ type Principal struct {
 	ID      string   // stable id (object id of a user or app)
 	Name    string   // display name or UPN, for people
 	Roles   []string // app roles
+	Groups  []string // group ids from the token's groups claim
 	Address string   // the caller's IP address, for "My IP"
 }
 
@@ -25,6 +29,22 @@ func (p Principal) Has(role string) bool {
 
 // System is the principal of the service's own actions (expiry, sweeps).
 var System = Principal{ID: "jitaccess", Name: "jitaccess", Roles: []string{RoleAdmin}}
+
+// anyRole holds every role that may look at policies and VMs.
+var anyRole = []string{RoleReader, RoleRequester, RoleApprover}
+
+// requireAnyRole refuses callers that hold none of roles (JIT.Admin holds all).
+func requireAnyRole(p Principal, doing string, roles ...string) error {
+	if p.ID == "" {
+		return Errorf(EUNAUTHORIZED, "sign in to %s", doing)
+	}
+	for _, r := range roles {
+		if p.Has(r) {
+			return nil
+		}
+	}
+	return Errorf(EFORBIDDEN, "%s needs one of the roles %s", doing, strings.Join(roles, ", "))
+}
 
 func requireRole(p Principal, role, doing string) error {
 	if p.ID == "" {

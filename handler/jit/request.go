@@ -11,6 +11,12 @@ const (
 	RequestActive = "Active"
 	// RequestClosed: every grant's rules are gone from every NSG.
 	RequestClosed = "Closed"
+	// RequestPending: waiting for approval; nothing is open.
+	RequestPending = "Pending"
+	// RequestDenied: an approver refused it; nothing was opened.
+	RequestDenied = "Denied"
+	// RequestExpired: it waited too long for approval; nothing was opened.
+	RequestExpired = "Expired"
 )
 
 // Grant statuses, as Defender names a requested port's status, plus Closed.
@@ -24,9 +30,11 @@ const (
 
 // Reasons a grant ended, as Defender names them, plus ours.
 const (
-	ReasonExpired       = "Expired"
-	ReasonUserRequested = "UserRequested"
-	ReasonPolicyChanged = "PolicyChanged"
+	ReasonExpired         = "Expired"
+	ReasonUserRequested   = "UserRequested"
+	ReasonPolicyChanged   = "PolicyChanged"
+	ReasonDenied          = "Denied"
+	ReasonApprovalExpired = "ApprovalExpired"
 )
 
 // States of a grant's allow rule in one NSG.
@@ -41,8 +49,10 @@ const (
 type Request struct {
 	ID            string
 	Policy        string
-	Requestor     string // principal id
+	Requestor     string // principal id of the person access is for
 	RequestorName string // display name, for people
+	SubmittedBy   string // principal id of a delegate (bot) that asked on the requestor's behalf
+	Approval      *RequestApproval
 	Justification string
 	StartTime     time.Time
 	Status        string
@@ -59,6 +69,7 @@ type Grant struct {
 	Sources      []string // canonical prefixes
 	Destinations []string // the VM's private IPs when the request was made
 	End          time.Time
+	Duration     time.Duration // asked as a duration: a pending grant's clock starts at approval
 	Status       string
 	StatusReason string
 	ClosedAt     time.Time
@@ -120,8 +131,13 @@ func DenyRuleName(vmID string) string {
 	return RulePrefix + "deny-" + strings.ToLower(name) + "-" + ShortHash(vmID)
 }
 
-// updateStatus recomputes the request's status from its grants.
+// updateStatus recomputes the request's status from its grants. Requests
+// that never opened keep their status.
 func (r *Request) updateStatus() {
+	switch r.Status {
+	case RequestPending, RequestDenied, RequestExpired:
+		return
+	}
 	for i := range r.Grants {
 		if !r.Grants[i].Done() {
 			r.Status = RequestActive

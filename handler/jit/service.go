@@ -22,7 +22,12 @@ type Config struct {
 	// Subscriptions is the scope: VMs in other subscriptions are refused.
 	// Empty means any subscription.
 	Subscriptions []string
-	Log zerolog.Logger
+	// PendingExpiry is how long a request waits for approval;
+	// DefaultPendingExpiry when zero.
+	PendingExpiry time.Duration
+	// Notifier, when set, hears about requests, opens, closes and failures.
+	Notifier Notifier
+	Log      zerolog.Logger
 }
 
 // Service holds the use cases. Its methods are safe for concurrent use.
@@ -41,6 +46,9 @@ func NewService(store Store, queue Queue, net Network, cfg Config) *Service {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.PendingExpiry == 0 {
+		cfg.PendingExpiry = DefaultPendingExpiry
+	}
 	return &Service{store: store, queue: queue, net: net, cfg: cfg}
 }
 
@@ -51,7 +59,7 @@ func (s *Service) MinDuration() time.Duration { return s.cfg.MinDuration }
 
 // GetPolicy returns the named policy.
 func (s *Service) GetPolicy(ctx context.Context, p Principal, name string) (Policy, error) {
-	if err := requireRole(p, RoleReader, "reading policies"); err != nil {
+	if err := requireAnyRole(p, "reading policies", anyRole...); err != nil {
 		return Policy{}, err
 	}
 	if err := ValidatePolicyName(name); err != nil {
@@ -100,7 +108,7 @@ func (s *Service) getRequest(ctx context.Context, id string) (Request, error) {
 
 // ListPolicies returns every policy.
 func (s *Service) ListPolicies(ctx context.Context, p Principal) ([]Policy, error) {
-	if err := requireRole(p, RoleReader, "listing policies"); err != nil {
+	if err := requireAnyRole(p, "listing policies", anyRole...); err != nil {
 		return nil, err
 	}
 	return s.store.ListPolicies(ctx)
@@ -373,8 +381,16 @@ func (s *Service) audit(ctx context.Context, ev AuditEvent) error {
 // caller is already returning an error.
 func (s *Service) auditFailure(ctx context.Context, p Principal, action, policy, request, vm, nsg string, cause error) {
 	s.cfg.Log.Warn().Err(cause).Str("action", action).Str("vm", vm).Str("nsg", nsg).Str("request", request).Msg("step failed")
+	detail := clip(action+": "+ErrorMessage(cause)+": "+errorText(cause), 500)
 	_ = s.audit(ctx, AuditEvent{Action: AuditFailure, Actor: p.ID, Policy: policy, Request: request, VM: vm, NSG: nsg,
-		Result: ResultFailure, Detail: clip(action+": "+ErrorMessage(cause)+": "+errorText(cause), 500)})
+		Result: ResultFailure, Detail: detail})
+	if s.cfg.Notifier != nil {
+		n := Notification{Event: EventFailed, Time: s.now(), Request: request, Policy: policy, Actor: p.ID, Detail: detail}
+		if vm != "" {
+			n.VMs = []string{vm}
+		}
+		s.cfg.Notifier.Notify(n)
+	}
 }
 
 func errorText(err error) string {

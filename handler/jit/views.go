@@ -47,7 +47,7 @@ func (s *Service) GetRequest(ctx context.Context, p Principal, id string) (Reque
 	if err != nil {
 		return Request{}, err
 	}
-	if !p.Has(RoleReader) && !(p.Has(RoleRequester) && r.Requestor == p.ID) {
+	if !p.Has(RoleReader) && !p.Has(RoleApprover) && !(p.Has(RoleRequester) && (r.Requestor == p.ID || r.SubmittedBy == p.ID)) {
 		return Request{}, Errorf(ENOTFOUND, "request %q does not exist", id)
 	}
 	return r, nil
@@ -59,9 +59,9 @@ func (s *Service) ListRequests(ctx context.Context, p Principal, f RequestFilter
 	if p.ID == "" {
 		return nil, Errorf(EUNAUTHORIZED, "sign in to list requests")
 	}
-	if !p.Has(RoleReader) {
+	if !p.Has(RoleReader) && !p.Has(RoleApprover) {
 		if !p.Has(RoleRequester) {
-			return nil, Errorf(EFORBIDDEN, "listing requests needs the %s or %s role", RoleReader, RoleRequester)
+			return nil, Errorf(EFORBIDDEN, "listing requests needs one of the roles %s, %s, %s", RoleReader, RoleRequester, RoleApprover)
 		}
 		f.Requestor = p.ID
 	}
@@ -81,7 +81,7 @@ func (s *Service) ScanAudit(ctx context.Context, p Principal, f AuditFilter, fn 
 
 // ListVMs returns every VM in scope with its JIT state and recent use.
 func (s *Service) ListVMs(ctx context.Context, p Principal) ([]VMStatus, error) {
-	if err := requireRole(p, RoleReader, "listing VMs"); err != nil {
+	if err := requireAnyRole(p, "listing VMs", anyRole...); err != nil {
 		return nil, err
 	}
 	vms, err := s.net.ListVMs(ctx)

@@ -67,8 +67,9 @@ func (s *Service) openRule(ctx context.Context, req Request, i int, nsg string) 
 		return fmt.Errorf("opening grant %s-%d in %s: %w", req.ID, i, nsg, err)
 	}
 	now := s.now()
-	endedMeanwhile := false
-	_, err := s.mutateRequest(ctx, req.ID, func(r *Request) error {
+	endedMeanwhile, nowOpen := false, false
+	updated, err := s.mutateRequest(ctx, req.ID, func(r *Request) error {
+		endedMeanwhile, nowOpen = false, false
 		g := &r.Grants[i]
 		n, _ := g.NSG(nsg)
 		if n.State == RuleClosed || g.Ended(now) {
@@ -77,7 +78,7 @@ func (s *Service) openRule(ctx context.Context, req Request, i int, nsg string) 
 		}
 		n.State, n.OpenedAt, n.Error = RuleOpen, now, ""
 		if g.Status == GrantInitiating && allOpen(g) {
-			g.Status = GrantInitiated
+			g.Status, nowOpen = GrantInitiated, true
 		}
 		return nil
 	})
@@ -89,6 +90,9 @@ func (s *Service) openRule(ctx context.Context, req Request, i int, nsg string) 
 		return s.removeRule(ctx, req.ID, i, nsg)
 	}
 	s.cfg.Log.Info().Str("request", req.ID).Int("grant", i).Str("vm", g.VM).Str("nsg", nsg).Msg("opened")
+	if nowOpen {
+		s.notify(EventOpened, grantOnly(updated, i), System.ID, "")
+	}
 	return s.audit(ctx, AuditEvent{ID: "open-" + req.ID + "-" + itoa(i) + "-" + ShortHash(nsg), Time: now, Action: AuditOpen,
 		Actor: System.ID, Policy: req.Policy, Request: req.ID, VM: g.VM, NSG: nsg, Protocol: g.Protocol, Ports: g.Ports,
 		Sources: g.Sources, Result: ResultSuccess, Detail: "until " + g.End.Format(time.RFC3339)})
@@ -124,10 +128,13 @@ func (s *Service) removeRule(ctx context.Context, reqID string, i int, nsg strin
 	}
 	now := s.now()
 	var ended Grant
-	_, err = s.mutateRequest(ctx, req.ID, func(r *Request) error {
+	nowDone := false
+	updated, err := s.mutateRequest(ctx, req.ID, func(r *Request) error {
 		g := &r.Grants[i]
 		n, _ := g.NSG(nsg)
+		wasDone := g.Done()
 		n.State, n.ClosedAt, n.Error = RuleClosed, now, ""
+		nowDone = !wasDone && g.Done()
 		if g.Done() {
 			switch g.Status {
 			case GrantInitiating, GrantInitiated:
@@ -149,9 +156,18 @@ func (s *Service) removeRule(ctx context.Context, reqID string, i int, nsg strin
 	}
 	lag := now.Sub(ended.End)
 	s.cfg.Log.Info().Str("request", req.ID).Int("grant", i).Str("vm", g.VM).Str("nsg", nsg).Str("reason", reason).Dur("lag", lag).Msg("closed")
+	if nowDone {
+		s.notify(EventClosed, grantOnly(updated, i), System.ID, reason)
+	}
 	return s.audit(ctx, AuditEvent{ID: "close-" + req.ID + "-" + itoa(i) + "-" + ShortHash(nsg), Time: now, Action: AuditClose,
 		Actor: System.ID, Policy: req.Policy, Request: req.ID, VM: g.VM, NSG: nsg, Protocol: g.Protocol, Ports: g.Ports,
 		Sources: g.Sources, Result: ResultSuccess, Detail: reason})
+}
+
+// grantOnly is r narrowed to grant i, for notifications about one grant.
+func grantOnly(r Request, i int) Request {
+	r.Grants = []Grant{r.Grants[i]}
+	return r
 }
 
 // recordRuleError keeps the last failure on the grant for people to see.
@@ -192,6 +208,16 @@ func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string
 	var revoked []Grant
 	updated, err := s.mutateRequest(ctx, id, func(r *Request) error {
 		ops, tickets, revoked = nil, nil, nil
+		if r.Status == RequestPending {
+			// Nothing opened yet: withdrawing it needs no ARM call.
+			endPending(r, GrantRevoked, reason, now)
+			r.Status = RequestClosed
+			revoked = r.Grants
+			return nil
+		}
+		if r.Status != RequestActive {
+			return Errorf(ECONFLICT, "request %s has no open access left to revoke (status %s)", id, r.Status)
+		}
 		for i := range r.Grants {
 			g := &r.Grants[i]
 			if g.Ended(now) || vm != "" && !SameID(g.VM, vm) {
@@ -223,6 +249,10 @@ func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string
 			return Request{}, err
 		}
 	}
+	s.notify(EventRevoked, updated, p.ID, reason)
+	if len(ops) == 0 {
+		return updated, nil
+	}
 	if _, err := s.queue.Enqueue(ctx, ops); err != nil {
 		// The grants are marked revoked: the sweeper removes the rules.
 		s.auditFailure(ctx, p, AuditRevoke, r.Policy, id, vm, "", err)
@@ -239,6 +269,9 @@ func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string
 // be gone. It runs at start-up and periodically, so access ends even when
 // a close operation was lost.
 func (s *Service) Sweep(ctx context.Context) (closed int, err error) {
+	if _, err := s.expirePending(ctx); err != nil {
+		s.cfg.Log.Warn().Err(err).Msg("expiring pending requests failed; the next sweep retries")
+	}
 	reqs, err := s.store.ListRequests(ctx, RequestFilter{Statuses: []string{RequestActive}})
 	if err != nil {
 		return 0, fmt.Errorf("listing active requests: %w", err)

@@ -1,0 +1,95 @@
+package httpapi_test
+
+import (
+	"fmt"
+	"testing"
+
+	"jitaccess/handler/jit"
+)
+
+// TestAuthorizationMatrix calls every route as every kind of caller and
+// checks the status, as a table. Callers come as App Service Authentication
+// presents them (not local mode), plus no principal and a forged local-mode
+// header. Each cell gets fresh objects, so one cell's success cannot change
+// another's answer.
+func TestAuthorizationMatrix(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	admin := easyAuth("admin-0", []string{jit.RoleAdmin})
+	owner := easyAuth("owner", []string{jit.RoleRequester})
+	s.must(200, admin, "PUT", "/api/v1/policies/open", policyBody("vm-nic-nsg", nil), nil)
+	s.must(200, admin, "PUT", "/api/v1/policies/gated", policyBody("vm-subnet-nsg", map[string]any{"approval": map[string]any{"required": true}}), nil)
+
+	callers := []struct {
+		name string
+		who  as
+	}{
+		{"no role", easyAuth("c-none", nil)},
+		{"reader", easyAuth("c-reader", []string{jit.RoleReader})},
+		{"requester", easyAuth("c-requester", []string{jit.RoleRequester})},
+		{"approver", easyAuth("c-approver", []string{jit.RoleApprover})},
+		{"admin", easyAuth("c-admin", []string{jit.RoleAdmin})},
+		{"no principal", nil},
+		{"forged dev header", as{"X-Dev-Principal", "mallory", "X-Dev-Roles", jit.RoleAdmin}},
+	}
+	// setup prepares what a route acts on and returns its path.
+	ownRequest := func() string {
+		var r request
+		s.must(202, owner, "POST", "/api/v1/policies/open/initiate", initiate("vm-nic-nsg", "PT1H"), &r)
+		return r.ID
+	}
+	pendingRequest := func() string {
+		var r request
+		s.must(202, owner, "POST", "/api/v1/policies/gated/initiate", initiate("vm-subnet-nsg", "PT1H"), &r)
+		return r.ID
+	}
+	routes := []struct {
+		method string
+		path   func() string
+		body   any
+		want   [7]int // in the order of callers
+	}{
+		{"GET", func() string { return "/healthz" }, nil, [7]int{200, 200, 200, 200, 200, 200, 200}},
+		{"GET", func() string { return "/api/v1/me" }, nil, [7]int{200, 200, 200, 200, 200, 401, 401}},
+		{"GET", func() string { return "/api/v1/policies" }, nil, [7]int{403, 200, 200, 200, 200, 401, 401}},
+		{"GET", func() string { return "/api/v1/policies/open" }, nil, [7]int{403, 200, 200, 200, 200, 401, 401}},
+		{"PUT", func() string { return "/api/v1/policies/open" }, policyBody("vm-nic-nsg", nil), [7]int{403, 403, 403, 403, 200, 401, 401}},
+		{"DELETE", func() string {
+			s.must(200, admin, "PUT", "/api/v1/policies/doomed", policyBody("vm-both-nsg", nil), nil)
+			return "/api/v1/policies/doomed"
+		}, nil, [7]int{403, 403, 403, 403, 204, 401, 401}},
+		{"POST", func() string { return "/api/v1/policies/open/initiate" }, initiate("vm-nic-nsg", "PT1H"), [7]int{403, 403, 202, 403, 202, 401, 401}},
+		{"GET", func() string { return "/api/v1/requests" }, nil, [7]int{403, 200, 200, 200, 200, 401, 401}},
+		{"GET", func() string { return "/api/v1/requests/" + ownRequest() }, nil, [7]int{404, 200, 404, 200, 200, 401, 401}},
+		{"POST", func() string { return "/api/v1/requests/" + ownRequest() + "/revoke" }, nil, [7]int{403, 403, 403, 403, 200, 401, 401}},
+		{"POST", func() string { return "/api/v1/requests/" + ownRequest() + "/extend" }, map[string]any{"duration": "PT2H"}, [7]int{403, 403, 403, 403, 200, 401, 401}},
+		{"POST", func() string { return "/api/v1/requests/" + pendingRequest() + "/approve" }, nil, [7]int{403, 403, 403, 200, 200, 401, 401}},
+		{"POST", func() string { return "/api/v1/requests/" + pendingRequest() + "/deny" }, nil, [7]int{403, 403, 403, 200, 200, 401, 401}},
+		{"GET", func() string { return "/api/v1/vms" }, nil, [7]int{403, 200, 200, 200, 200, 401, 401}},
+		{"GET", func() string { return "/api/v1/audit" }, nil, [7]int{403, 200, 403, 403, 200, 401, 401}},
+		{"GET", func() string { return "/api/v1/audit?format=csv" }, nil, [7]int{403, 200, 403, 403, 200, 401, 401}},
+	}
+	for _, r := range routes {
+		for i, c := range callers {
+			path := r.path()
+			name := fmt.Sprintf("%s %s as %s", r.method, path, c.name)
+			got, raw := s.do(c.who, r.method, path, r.body, nil)
+			if got != r.want[i] {
+				t.Errorf("%s: status %d, want %d (%s)", name, got, r.want[i], raw)
+			}
+		}
+	}
+	// A requester sees only their own requests.
+	var list struct {
+		Value []request `json:"value"`
+	}
+	s.must(200, easyAuth("c-requester", []string{jit.RoleRequester}), "GET", "/api/v1/requests", nil, &list)
+	for _, r := range list.Value {
+		var full struct {
+			RequestorID string `json:"requestorId"`
+		}
+		s.must(200, admin, "GET", "/api/v1/requests/"+r.ID, nil, &full)
+		if full.RequestorID != "c-requester" {
+			t.Errorf("a requester's list shows %s's request", full.RequestorID)
+		}
+	}
+}

@@ -1,0 +1,277 @@
+package jit
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// RoleDelegate may request access on behalf of someone else (onBehalfOf):
+// bots and portals that act for people.
+const RoleDelegate = "JIT.Delegate"
+
+// DefaultPendingExpiry is how long a request waits for approval.
+const DefaultPendingExpiry = time.Hour
+
+// Approval says who must approve requests before anything opens.
+type Approval struct {
+	Required     bool
+	Approvers    []string // principal or group ids; empty: anyone with JIT.Approver
+	MinApprovals int      // distinct approvers needed; 1 when zero
+}
+
+// normalise validates an approval rule in place.
+func (a *Approval) normalise(where string) error {
+	if a == nil || !a.Required {
+		return nil
+	}
+	if a.MinApprovals == 0 {
+		a.MinApprovals = 1
+	}
+	if a.MinApprovals < 1 || a.MinApprovals > 10 {
+		return Errorf(EINVALID, "%s.approval.minApprovals must be between 1 and 10", where)
+	}
+	if len(a.Approvers) > 100 {
+		return Errorf(EINVALID, "%s.approval.approvers may list at most 100 ids", where)
+	}
+	for _, id := range a.Approvers {
+		if err := validPrincipalRef(id); err != nil {
+			return Errorf(EINVALID, "%s.approval.approvers: %s", where, ErrorMessage(err))
+		}
+	}
+	if len(a.Approvers) > 0 && len(a.Approvers) < a.MinApprovals {
+		return Errorf(EINVALID, "%s.approval: minApprovals %d is more than the %d approvers listed", where, a.MinApprovals, len(a.Approvers))
+	}
+	return nil
+}
+
+// validPrincipalRef checks a principal or group id as policies name them.
+func validPrincipalRef(id string) error {
+	if id == "" || len(id) > 128 {
+		return Errorf(EINVALID, "an id must be 1 to 128 characters long")
+	}
+	for _, c := range id {
+		if c < 0x21 || c > 0x7e {
+			return Errorf(EINVALID, "id %q may contain only printable ASCII without spaces", clip(id, 64))
+		}
+	}
+	return nil
+}
+
+// RequestApproval is a pending request's approval state.
+type RequestApproval struct {
+	MinApprovals int
+	Approvers    []string
+	PendingUntil time.Time
+	Decisions    []Decision
+}
+
+// Decision is one approver's answer.
+type Decision struct {
+	By      string
+	ByName  string
+	At      time.Time
+	Approve bool
+	Comment string
+}
+
+// Approvals counts the approving decisions.
+func (a *RequestApproval) Approvals() int {
+	n := 0
+	for _, d := range a.Decisions {
+		if d.Approve {
+			n++
+		}
+	}
+	return n
+}
+
+// approvalFor merges the approval rules that apply to a request: the
+// policy's and those of every requested port. The strictest wins: any
+// required makes it required, the largest minimum counts, the approver
+// lists are joined.
+func approvalFor(pol Policy, req Request) *RequestApproval {
+	var out *RequestApproval
+	add := func(a *Approval) {
+		if a == nil || !a.Required {
+			return
+		}
+		if out == nil {
+			out = &RequestApproval{}
+		}
+		out.MinApprovals = max(out.MinApprovals, a.MinApprovals, 1)
+		for _, id := range a.Approvers {
+			if !slices.Contains(out.Approvers, id) {
+				out.Approvers = append(out.Approvers, id)
+			}
+		}
+	}
+	add(pol.Approval)
+	for _, g := range req.Grants {
+		vm, ok := pol.VM(g.VM)
+		if !ok {
+			continue
+		}
+		for _, n := range g.Ports {
+			if r, ok := vm.Port(n, g.Protocol); ok {
+				add(r.Approval)
+			}
+		}
+	}
+	return out
+}
+
+// mayApprove reports whether p is one of the approvers (or any approver
+// when the list is empty).
+func mayApprove(p Principal, approvers []string) bool {
+	if len(approvers) == 0 {
+		return true
+	}
+	return matchesAny(p, approvers)
+}
+
+// matchesAny reports whether p's id or one of its groups is in ids.
+func matchesAny(p Principal, ids []string) bool {
+	for _, id := range ids {
+		if strings.EqualFold(id, p.ID) || slices.ContainsFunc(p.Groups, func(g string) bool { return strings.EqualFold(g, id) }) {
+			return true
+		}
+	}
+	return false
+}
+
+// Approve records p's approval of a pending request. On the last approval
+// needed, the request opens. Requestors may not approve their own requests.
+func (s *Service) Approve(ctx context.Context, p Principal, id, comment string) (Request, error) {
+	return s.decide(ctx, p, id, comment, true)
+}
+
+// Deny refuses a pending request; nothing opens.
+func (s *Service) Deny(ctx context.Context, p Principal, id, comment string) (Request, error) {
+	return s.decide(ctx, p, id, comment, false)
+}
+
+func (s *Service) decide(ctx context.Context, p Principal, id, comment string, approve bool) (Request, error) {
+	verb := map[bool]string{true: "approving", false: "denying"}[approve]
+	if err := requireRole(p, RoleApprover, verb+" requests"); err != nil {
+		return Request{}, err
+	}
+	if len(comment) > 1000 {
+		return Request{}, Errorf(EINVALID, "comment is longer than 1000 characters")
+	}
+	now := s.now()
+	opened := false
+	updated, err := s.mutateRequest(ctx, id, func(r *Request) error {
+		opened = false
+		if r.Status != RequestPending || r.Approval == nil {
+			return Errorf(ECONFLICT, "request %s is not waiting for approval (status %s)", r.ID, r.Status)
+		}
+		if strings.EqualFold(p.ID, r.Requestor) || r.SubmittedBy != "" && strings.EqualFold(p.ID, r.SubmittedBy) {
+			return Errorf(EFORBIDDEN, "you cannot approve or deny your own request")
+		}
+		if !mayApprove(p, r.Approval.Approvers) {
+			return Errorf(EFORBIDDEN, "you are not one of the approvers of request %s", r.ID)
+		}
+		for _, d := range r.Approval.Decisions {
+			if strings.EqualFold(d.By, p.ID) {
+				return Errorf(ECONFLICT, "you have already decided on request %s", r.ID)
+			}
+		}
+		if !now.Before(r.Approval.PendingUntil) {
+			return Errorf(ECONFLICT, "request %s waited too long for approval and has expired", r.ID)
+		}
+		r.Approval.Decisions = append(r.Approval.Decisions, Decision{By: p.ID, ByName: p.Name, At: now, Approve: approve, Comment: comment})
+		if !approve {
+			r.Status = RequestDenied
+			endPending(r, GrantRevoked, ReasonDenied, now)
+			return nil
+		}
+		if r.Approval.Approvals() < r.Approval.MinApprovals {
+			return nil
+		}
+		// The last approval needed: the clock of each grant starts now.
+		for i := range r.Grants {
+			g := &r.Grants[i]
+			if g.Duration > 0 {
+				g.End = now.Add(g.Duration)
+			}
+			if !g.End.After(now) {
+				g.Status, g.StatusReason = GrantClosed, ReasonExpired
+				for k := range g.NSGs {
+					g.NSGs[k].State = RuleClosed
+				}
+			}
+		}
+		r.Status = RequestActive
+		opened = true
+		return nil
+	})
+	if err != nil {
+		return Request{}, err
+	}
+	action := map[bool]string{true: AuditApprove, false: AuditDeny}[approve]
+	for _, g := range updated.Grants {
+		if err := s.audit(ctx, AuditEvent{Action: action, Actor: p.ID, Policy: updated.Policy, Request: id, VM: g.VM,
+			Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources, Result: ResultSuccess, Detail: clip(comment, 500)}); err != nil {
+			return Request{}, err
+		}
+	}
+	s.cfg.Log.Info().Str("request", id).Str("approver", p.ID).Bool("approve", approve).Bool("opening", opened).Msg("decision")
+	if !approve {
+		s.notify(EventDenied, updated, p.ID, comment)
+		return updated, nil
+	}
+	if !opened {
+		return updated, nil
+	}
+	s.notify(EventApproved, updated, p.ID, comment)
+	return s.queueGrants(ctx, updated)
+}
+
+// endPending ends every grant of a request that never opened.
+func endPending(r *Request, status, reason string, now time.Time) {
+	for i := range r.Grants {
+		g := &r.Grants[i]
+		g.Status, g.StatusReason, g.ClosedAt = status, reason, now
+		for k := range g.NSGs {
+			g.NSGs[k].State = RuleClosed
+		}
+	}
+}
+
+// expirePending ends requests that waited for approval past their time.
+func (s *Service) expirePending(ctx context.Context) (int, error) {
+	reqs, err := s.store.ListRequests(ctx, RequestFilter{Statuses: []string{RequestPending}})
+	if err != nil {
+		return 0, fmt.Errorf("listing pending requests: %w", err)
+	}
+	now := s.now()
+	n := 0
+	for _, r := range reqs {
+		if r.Approval == nil || now.Before(r.Approval.PendingUntil) {
+			continue
+		}
+		updated, err := s.mutateRequest(ctx, r.ID, func(r *Request) error {
+			if r.Status != RequestPending {
+				return Errorf(ECONFLICT, "no longer pending")
+			}
+			r.Status = RequestExpired
+			endPending(r, GrantClosed, ReasonApprovalExpired, now)
+			return nil
+		})
+		if ErrorCode(err) == ECONFLICT {
+			continue
+		} else if err != nil {
+			return n, err
+		}
+		n++
+		if err := s.audit(ctx, AuditEvent{ID: "expire-" + r.ID, Action: AuditExpire, Actor: System.ID, Policy: r.Policy,
+			Request: r.ID, Result: ResultSuccess, Detail: "no decision in time"}); err != nil {
+			return n, err
+		}
+		s.notify(EventDenied, updated, System.ID, "expired without enough approvals")
+	}
+	return n, nil
+}

@@ -1,0 +1,132 @@
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"jitaccess/handler/jit"
+)
+
+type sink struct {
+	mu       sync.Mutex
+	failures int // answer 503 this many times first
+	got      []message
+	calls    int
+	block    chan struct{}
+}
+
+func (s *sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.block != nil {
+		<-s.block
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls++
+	if r.Header.Get("Content-Type") != "application/json" {
+		http.Error(w, "json only", http.StatusUnsupportedMediaType)
+		return
+	}
+	if s.failures > 0 {
+		s.failures--
+		http.Error(w, "busy", http.StatusServiceUnavailable)
+		return
+	}
+	b, _ := io.ReadAll(r.Body)
+	var m message
+	if err := json.Unmarshal(b, &m); err != nil || m.Text == "" {
+		http.Error(w, "Teams and Slack need a text field", http.StatusBadRequest)
+		return
+	}
+	s.got = append(s.got, m)
+}
+
+func (s *sink) received() []message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]message(nil), s.got...)
+}
+
+func opened() jit.Notification {
+	return jit.Notification{Event: jit.EventOpened, Time: time.Now(), Request: "r1", Policy: "p", Requestor: "alice",
+		VMs: []string{"/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/vm-1"}, Ports: []int{22},
+		End: time.Now().Add(time.Hour)}
+}
+
+func fast() Options { return Options{InitialDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond} }
+
+func TestRetriesUntilDelivered(t *testing.T) {
+	s := &sink{failures: 2}
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	n, err := New(srv.URL, fast())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Notify(opened())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	n.Close(ctx)
+	got := s.received()
+	if len(got) != 1 || s.calls != 3 {
+		t.Fatalf("delivered %d after %d calls, want 1 after 3", len(got), s.calls)
+	}
+	if !strings.Contains(got[0].Text, "vm-1 port 22") || !strings.Contains(got[0].Text, "is open") || got[0].JITAccess.Event != "opened" {
+		t.Errorf("message %+v", got[0])
+	}
+}
+
+func TestGivesUpOnClientErrors(t *testing.T) {
+	s := &sink{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		s.calls++
+		s.mu.Unlock()
+		http.Error(w, "gone", http.StatusGone)
+	}))
+	defer srv.Close()
+	n, _ := New(srv.URL, fast())
+	n.Notify(opened())
+	n.Close(context.Background())
+	if s.calls != 1 {
+		t.Errorf("a 410 was retried: %d calls", s.calls)
+	}
+}
+
+// Notify never blocks, even when the webhook hangs and the backlog is full.
+func TestNotifyNeverBlocks(t *testing.T) {
+	s := &sink{block: make(chan struct{})}
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	defer close(s.block)
+	o := fast()
+	o.Backlog = 3
+	n, _ := New(srv.URL, o)
+	done := make(chan struct{})
+	go func() {
+		for range 100 {
+			n.Notify(opened())
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Notify blocked on a hanging webhook")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	n.Close(ctx) // gives up on the hanging delivery when ctx ends
+}
+
+func TestRejectsPlainHTTP(t *testing.T) {
+	if _, err := New("http://example.com/hook", Options{}); err == nil {
+		t.Error("a plain http webhook URL was accepted")
+	}
+}
