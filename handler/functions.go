@@ -110,7 +110,7 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 	}
 	defer closeNotifier()
 	svc := jit.NewService(store, queue, network, jit.Config{MinDuration: cfg.MinDuration, Subscriptions: cfg.Subscriptions,
-		PendingExpiry: cfg.PendingExpiry, Notifier: notifier, Log: log})
+		PendingExpiry: cfg.PendingExpiry, StuckAfter: cfg.StuckAfter, Notifier: notifier, Log: log})
 	// The Functions host is the direct peer of every forwarded request.
 	proxies := append([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}, cfg.TrustedProxies...)
 	api := httpapi.New(svc, httpapi.Config{TrustedProxies: proxies, Log: log})

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -124,7 +125,7 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	}
 	defer closeNotifier()
 	svc = jit.NewService(store, queue, network, jit.Config{MinDuration: cfg.MinDuration, Subscriptions: cfg.Subscriptions,
-		PendingExpiry: cfg.PendingExpiry, Notifier: notifier, Log: log})
+		PendingExpiry: cfg.PendingExpiry, StuckAfter: cfg.StuckAfter, Notifier: notifier, Log: log})
 
 	// Overdue closes run before anything else: access ends even when the
 	// process was down at the end time.
@@ -137,7 +138,14 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	go sweepEvery(ctx, svc, cfg.SweepInterval, log)
 
 	api := httpapi.New(svc, httpapi.Config{Local: true, TrustedProxies: cfg.TrustedProxies, Log: log})
-	api.Handle("/_arm/", armHandler)
+	api.Handle("/_arm/", emitEvents(armHandler, func(ev jit.ResourceEvent) {
+		// As Event Grid would: at once, outside the request.
+		go func() {
+			if err := svc.HandleResourceEvent(ctx, ev); err != nil {
+				log.Warn().Err(err).Str("subject", ev.Subject).Msg("handling a simulated resource event failed; the next sweep retries")
+			}
+		}()
+	}))
 	portal.Mount(api)
 	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -203,7 +211,7 @@ func sweepEvery(ctx context.Context, svc *jit.Service, every time.Duration, log 
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if _, err := svc.Sweep(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			if _, err := svc.Reconcile(ctx); err != nil && !errors.Is(err, context.Canceled) {
 				log.Warn().Err(err).Msg("sweep incomplete; the next sweep retries")
 			}
 		}
@@ -225,6 +233,38 @@ func newNotifier(cfg settings, log zerolog.Logger) (jit.Notifier, func(), error)
 		defer cancel()
 		n.Close(ctx)
 	}, nil
+}
+
+// emitEvents reports every successful write made through the simulator's
+// public /_arm paths (a person's hand edit) as a resource event, as Event
+// Grid reports changes in Azure. The service's own writes go in-process and
+// are not reported.
+func emitEvents(h http.Handler, emit func(jit.ResourceEvent)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		if rec.status/100 != 2 || r.Method == http.MethodGet || strings.Contains(r.URL.Path, "/operations/") {
+			return
+		}
+		typ := jit.EventWriteSuccess
+		if r.Method == http.MethodDelete {
+			typ = jit.EventDeleteSuccess
+		}
+		emit(jit.ResourceEvent{ID: "local-" + jit.NewRequestID()[:12], Type: typ, Subject: strings.TrimPrefix(r.URL.Path, "/_arm")})
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	wrote  bool
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if !s.wrote {
+		s.status, s.wrote = code, true
+	}
+	s.ResponseWriter.WriteHeader(code)
 }
 
 // localCredential hands the SDK a placeholder token: the simulator checks

@@ -33,6 +33,7 @@ var allSettings = []setting{
 	{"JIT_SUBSCRIPTIONS", "11111111-1111-1111-1111-111111111111", "both", "subscriptions in scope, comma-separated (the demo subscription in local mode)"},
 	{"JIT_LOG_LEVEL", "info", "both", "debug, info, warn or error"},
 	{"JIT_PENDING_EXPIRY", "1h", "both", "how long a request waits for approval before it expires"},
+	{"JIT_STUCK_AFTER", "5m", "both", "how long an open may stay undone before the sweeper marks the grant failed (and makes sure nothing is open)"},
 	{"JIT_WEBHOOK_URL", "", "both", "incoming webhook (Teams, Slack) that hears about pending, approved, denied, opened, closed, revoked, failed and drift"},
 	{"JIT_TRUSTED_PROXIES", "", "both", "CIDRs of proxies whose X-Forwarded-For gives the caller's address (Functions mode always trusts the local host)"},
 	{"JIT_CLOUD", "AzurePublic", "functions", "AzurePublic, AzureUSGovernment or AzureChina"},
@@ -76,6 +77,7 @@ type settings struct {
 	Port              string
 
 	PendingExpiry  time.Duration
+	StuckAfter     time.Duration
 	WebhookURL     string
 	TrustedProxies []netip.Prefix
 }
@@ -148,6 +150,12 @@ func readSettings(getenv func(string) string) (settings, error) {
 	}
 	if s.PendingExpiry < time.Second || s.PendingExpiry > 7*24*time.Hour {
 		return s, fmt.Errorf("JIT_PENDING_EXPIRY must be between 1s and 7 days")
+	}
+	if s.StuckAfter, err = durationSetting("JIT_STUCK_AFTER", get("JIT_STUCK_AFTER")); err != nil {
+		return s, err
+	}
+	if s.StuckAfter < time.Second {
+		return s, fmt.Errorf("JIT_STUCK_AFTER must be at least 1s")
 	}
 	s.WebhookURL = get("JIT_WEBHOOK_URL")
 	for _, c := range splitList(get("JIT_TRUSTED_PROXIES")) {

@@ -250,11 +250,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, rt route, lro *Fault) {
-	if r.Method != http.MethodGet && rt.typ != "networksecuritygroups" {
+	vmWrite := rt.typ == "virtualmachines" && rt.child == "" && rt.name != "" && (r.Method == http.MethodPatch || r.Method == http.MethodDelete)
+	if r.Method != http.MethodGet && rt.typ != "networksecuritygroups" && !vmWrite {
 		writeError(w, methodNotAllowed(r))
 		return
 	}
 	switch {
+	case vmWrite && r.Method == http.MethodPatch:
+		s.patchVM(w, r, rt)
+	case vmWrite:
+		s.deleteVM(w, r, rt)
 	case rt.typ == "virtualmachines" && rt.child == "":
 		s.serveRead(w, r, rt, typeVM, func(st *state) map[string]any { return anyMap(st.vms) })
 	case rt.typ == "networkinterfaces" && rt.child == "":

@@ -370,6 +370,12 @@ const (
 // private IPs and the NSGs, NIC-level first, without duplicates.
 func (d *Driver) topology(ctx context.Context, vm *armcompute.VirtualMachine, lk *lookup) (jit.VMInfo, error) {
 	info := jit.VMInfo{ID: deref(vm.ID), Name: deref(vm.Name), Location: deref(vm.Location)}
+	if len(vm.Tags) > 0 {
+		info.Tags = make(map[string]string, len(vm.Tags))
+		for k, v := range vm.Tags {
+			info.Tags[k] = deref(v)
+		}
+	}
 	seen := map[string]bool{}
 	addNSG := func(sg *armnetwork.SecurityGroup, scope string) {
 		if sg == nil || sg.ID == nil || seen[strings.ToLower(*sg.ID)] {
@@ -581,6 +587,41 @@ func (d *Driver) ListRules(ctx context.Context, nsgID string) ([]jit.SecurityRul
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Priority < out[j].Priority })
+	return out, nil
+}
+
+// ListNSGs lists every NSG of every subscription in scope, page by page,
+// with its inbound rules.
+func (d *Driver) ListNSGs(ctx context.Context) ([]jit.NSGInfo, error) {
+	var out []jit.NSGInfo
+	for _, sub := range d.cfg.Subscriptions {
+		c, err := d.clientsFor(sub)
+		if err != nil {
+			return nil, err
+		}
+		pager := c.nsgs.NewListAllPager(nil)
+		for pager.More() {
+			page, err := pager.NextPage(ctx)
+			if err != nil {
+				return nil, classify(err, "list network security groups of subscription "+sub)
+			}
+			for _, nsg := range page.Value {
+				if nsg == nil || nsg.ID == nil {
+					continue
+				}
+				info := jit.NSGInfo{ID: *nsg.ID}
+				if nsg.Properties != nil {
+					for _, sr := range nsg.Properties.SecurityRules {
+						if sr != nil && sr.Properties != nil && deref(sr.Properties.Direction) == armnetwork.SecurityRuleDirectionInbound {
+							info.Rules = append(info.Rules, fromARM(sr))
+						}
+					}
+				}
+				sort.SliceStable(info.Rules, func(i, j int) bool { return info.Rules[i].Priority < info.Rules[j].Priority })
+				out = append(out, info)
+			}
+		}
+	}
 	return out, nil
 }
 

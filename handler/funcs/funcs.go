@@ -36,7 +36,8 @@ const (
 // Service is what the functions call.
 type Service interface {
 	ApplyOperation(ctx context.Context, op jit.Operation) error
-	Sweep(ctx context.Context) (int, error)
+	Reconcile(ctx context.Context) (jit.SweepReport, error)
+	HandleResourceEvent(ctx context.Context, ev jit.ResourceEvent) error
 }
 
 // Config configures the handler.
@@ -162,8 +163,7 @@ type gridEvent struct {
 	Data      json.RawMessage `json:"data"`
 }
 
-// events reacts to a resource event. Today any event about a resource in
-// scope runs a sweep, which closes whatever is overdue.
+// events reacts to a resource event: drift is repaired or reported at once.
 func (h *Handler) events(ctx context.Context, inv invocation) (string, error) {
 	raw, ok := inv.Data[eventsBinding]
 	if !ok {
@@ -177,14 +177,14 @@ func (h *Handler) events(ctx context.Context, inv invocation) (string, error) {
 		return "", fmt.Errorf("the event has no id or eventType")
 	}
 	h.cfg.Log.Info().Str("event", ev.ID).Str("type", ev.EventType).Str("subject", ev.Subject).Msg("resource event")
-	n, err := h.cfg.Service.Sweep(ctx)
-	if err != nil {
-		return "", fmt.Errorf("sweeping after event %s: %w", ev.ID, err)
+	if err := h.cfg.Service.HandleResourceEvent(ctx, jit.ResourceEvent{ID: ev.ID, Type: ev.EventType, Subject: ev.Subject}); err != nil {
+		return "", fmt.Errorf("handling event %s: %w", ev.ID, err)
 	}
-	return fmt.Sprintf("event %s: %d overdue rules closed", ev.ID, n), nil
+	return "event " + ev.ID + " handled", nil
 }
 
-// sweeper closes overdue grants on the timer.
+// sweeper reconciles every NSG on the timer: overdue grants close, drift
+// is repaired.
 func (h *Handler) sweeper(ctx context.Context, inv invocation) (string, error) {
 	var timer struct {
 		IsPastDue bool `json:"IsPastDue"`
@@ -192,9 +192,10 @@ func (h *Handler) sweeper(ctx context.Context, inv invocation) (string, error) {
 	if raw, ok := inv.Data[sweeperBinding]; ok {
 		_ = json.Unmarshal(hostValue(raw), &timer)
 	}
-	n, err := h.cfg.Service.Sweep(ctx)
+	rep, err := h.cfg.Service.Reconcile(ctx)
 	if err != nil {
 		return "", fmt.Errorf("sweep: %w", err)
 	}
-	return fmt.Sprintf("sweep closed %d overdue rules (past due: %v)", n, timer.IsPastDue), nil
+	return fmt.Sprintf("sweep over %d NSGs: %d closed, %d orphans removed, %d repaired, %d deny rules restored (past due: %v)",
+		rep.NSGs, rep.Closed, rep.Orphans, rep.Repaired, rep.DenyRestored, timer.IsPastDue), nil
 }

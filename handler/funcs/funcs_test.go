@@ -18,6 +18,7 @@ type recordingService struct {
 	mu     sync.Mutex
 	ops    []jit.Operation
 	sweeps int
+	events []jit.ResourceEvent
 	fail   error
 }
 
@@ -28,11 +29,18 @@ func (s *recordingService) ApplyOperation(_ context.Context, op jit.Operation) e
 	return s.fail
 }
 
-func (s *recordingService) Sweep(context.Context) (int, error) {
+func (s *recordingService) Reconcile(context.Context) (jit.SweepReport, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sweeps++
-	return 0, s.fail
+	return jit.SweepReport{}, s.fail
+}
+
+func (s *recordingService) HandleResourceEvent(_ context.Context, ev jit.ResourceEvent) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.events = append(s.events, ev)
+	return s.fail
 }
 
 func decodeJSONOp(b []byte) (jit.Operation, error) {
@@ -125,8 +133,8 @@ func TestSweeperAndEvents(t *testing.T) {
 	if rec, _ := post(t, h, "/events", ev); rec.Code != 200 {
 		t.Fatalf("events status %d", rec.Code)
 	}
-	if svc.sweeps != 2 {
-		t.Errorf("sweeps = %d, want 2", svc.sweeps)
+	if svc.sweeps != 1 || len(svc.events) != 1 || svc.events[0].Type != "Microsoft.Resources.ResourceWriteSuccess" || !strings.HasSuffix(svc.events[0].Subject, "/n") {
+		t.Errorf("sweeps = %d, events = %+v", svc.sweeps, svc.events)
 	}
 	if rec, _ := post(t, h, "/events", `{"Data":{"event":{"subject":"x"}},"Metadata":{}}`); rec.Code != 500 {
 		t.Errorf("an event without id: status %d", rec.Code)

@@ -351,6 +351,7 @@ type vmOut struct {
 	LastAccessUtc         *time.Time    `json:"lastAccessTimeUtc,omitempty"`
 	LastUser              string        `json:"lastUser,omitempty"`
 	OpenPorts             []openPortOut `json:"openPorts"`
+	Warnings              []string      `json:"warnings,omitempty"`
 }
 
 type openPortOut struct {
@@ -364,7 +365,7 @@ type openPortOut struct {
 func vmToOut(v jit.VMStatus) vmOut {
 	out := vmOut{ID: v.ID, Name: v.Name, Location: v.Location, State: v.State, Reason: v.Reason, Policy: v.Policy,
 		PrivateIPAddresses: nonNil(v.PrivateIPs), NetworkSecurityGroups: []nsgOut{}, ApprovedRequests: v.RequestsLast7Days,
-		LastAccessUtc: timePtr(v.LastAccess), LastUser: v.LastUser, OpenPorts: []openPortOut{}}
+		LastAccessUtc: timePtr(v.LastAccess), LastUser: v.LastUser, OpenPorts: []openPortOut{}, Warnings: v.Warnings}
 	for _, n := range v.NSGs {
 		out.NetworkSecurityGroups = append(out.NetworkSecurityGroups, nsgOut(n))
 	}

@@ -41,10 +41,11 @@ func nsgID(name string) string {
 // stack is the API over the real adapters: bbolt, the local queue and the
 // azurenet driver talking to the ARM simulator on a real listener.
 type stack struct {
-	t   *testing.T
-	url string
-	sim *armsim.Server
-	svc *jit.Service
+	t      *testing.T
+	url    string
+	armURL string
+	sim    *armsim.Server
+	svc    *jit.Service
 }
 
 type stackOptions struct {
@@ -52,6 +53,30 @@ type stackOptions struct {
 	pendingExpiry  time.Duration
 	notifier       jit.Notifier
 	trustedProxies []netip.Prefix
+	stuckAfter     time.Duration
+	dropOpens      bool // the queue loses every open operation
+}
+
+// droppingQueue loses open operations, as a broken broker might.
+type droppingQueue struct{ jit.Queue }
+
+func (q droppingQueue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, error) {
+	var keep []jit.Operation
+	var idx []int
+	for i, op := range ops {
+		if op.Kind != jit.OpOpen {
+			keep = append(keep, op)
+			idx = append(idx, i)
+		}
+	}
+	got, err := q.Queue.Enqueue(ctx, keep)
+	tickets := make([]string, len(ops))
+	for k, i := range idx {
+		if k < len(got) {
+			tickets[i] = got[k]
+		}
+	}
+	return tickets, err
 }
 
 func newStack(t *testing.T, o stackOptions) *stack {
@@ -82,8 +107,12 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc = jit.NewService(store, q, net, jit.Config{MinDuration: time.Second, Subscriptions: []string{sub},
-		PendingExpiry: o.pendingExpiry, Notifier: o.notifier, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
+	var queue jit.Queue = q
+	if o.dropOpens {
+		queue = droppingQueue{q}
+	}
+	svc = jit.NewService(store, queue, net, jit.Config{MinDuration: time.Second, Subscriptions: []string{sub},
+		PendingExpiry: o.pendingExpiry, Notifier: o.notifier, StuckAfter: o.stuckAfter, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := q.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -97,7 +126,7 @@ func newStack(t *testing.T, o stackOptions) *stack {
 		_ = q.Close(closeCtx)
 		_ = db.Close()
 	})
-	return &stack{t: t, url: api.URL, sim: sim, svc: svc}
+	return &stack{t: t, url: api.URL, armURL: armSrv.URL, sim: sim, svc: svc}
 }
 
 // as is a caller: headers that identify them.

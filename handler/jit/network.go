@@ -25,8 +25,18 @@ type Network interface {
 	// DeleteRule removes the managed rule name from the NSG nsgID. A missing
 	// rule or NSG is success.
 	DeleteRule(ctx context.Context, nsgID, name string) error
-	// ListRules returns every inbound rule of the NSG, managed or not.
+	// ListRules returns every inbound rule of the NSG, managed or not. A
+	// missing NSG is an ENOTFOUND error.
 	ListRules(ctx context.Context, nsgID string) ([]SecurityRule, error)
+	// ListNSGs returns every NSG in scope with its inbound rules, with list
+	// calls per subscription and page, never a read per NSG or VM.
+	ListNSGs(ctx context.Context) ([]NSGInfo, error)
+}
+
+// NSGInfo is an NSG and its inbound rules.
+type NSGInfo struct {
+	ID    string
+	Rules []SecurityRule
 }
 
 // VMInfo is a VM and the network path to it, as the Network reports it.
@@ -36,6 +46,8 @@ type VMInfo struct {
 	Location   string   // Azure region
 	PrivateIPs []string // private IPv4/IPv6 addresses of all its NICs
 	NSGs       []NSGRef // NSGs on its NICs and on the subnets of its NICs, without duplicates
+	// Tags are the VM's Azure tags (jit-policy=<name> enrols it).
+	Tags map[string]string
 	// Unsupported, when not empty, says in words why JIT cannot protect this
 	// VM (for example "no network security group on its network interfaces or their subnets").
 	Unsupported string

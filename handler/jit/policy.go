@@ -50,6 +50,8 @@ type VMPolicy struct {
 	Name       string
 	PrivateIPs []string
 	NSGs       []NSGRef
+	// Warnings are the latest findings of the sweeper about this VM.
+	Warnings []Warning
 }
 
 // PortRule is one port of a VM that may be requested.

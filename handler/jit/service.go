@@ -27,7 +27,10 @@ type Config struct {
 	PendingExpiry time.Duration
 	// Notifier, when set, hears about requests, opens, closes and failures.
 	Notifier Notifier
-	Log      zerolog.Logger
+	// StuckAfter is how long an open may stay pending before the grant is
+	// marked failed; DefaultStuckAfter when zero.
+	StuckAfter time.Duration
+	Log        zerolog.Logger
 }
 
 // Service holds the use cases. Its methods are safe for concurrent use.
@@ -48,6 +51,9 @@ func NewService(store Store, queue Queue, net Network, cfg Config) *Service {
 	}
 	if cfg.PendingExpiry == 0 {
 		cfg.PendingExpiry = DefaultPendingExpiry
+	}
+	if cfg.StuckAfter == 0 {
+		cfg.StuckAfter = DefaultStuckAfter
 	}
 	return &Service{store: store, queue: queue, net: net, cfg: cfg}
 }

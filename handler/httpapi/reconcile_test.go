@@ -1,0 +1,229 @@
+package httpapi_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v9"
+
+	"jitaccess/handler/jit"
+)
+
+// handEdit changes the simulated estate over HTTP, as a person in the
+// portal would, behind the service's back.
+func (s *stack) handEdit(method, id string, body any) {
+	s.t.Helper()
+	var rd *strings.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = strings.NewReader(string(b))
+	} else {
+		rd = strings.NewReader("")
+	}
+	req, _ := http.NewRequest(method, s.armURL+id+"?api-version=2024-05-01", rd)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		s.t.Fatalf("hand edit %s %s: %d", method, id, resp.StatusCode)
+	}
+}
+
+func (s *stack) rule(nsg, name string) (armnetwork.SecurityRule, bool) {
+	b, ok := s.sim.RuleJSON(nsgID(nsg), name)
+	if !ok {
+		return armnetwork.SecurityRule{}, false
+	}
+	var r armnetwork.SecurityRule
+	_ = json.Unmarshal(b, &r)
+	return r, true
+}
+
+func (s *stack) auditDetails(action string) []string {
+	var out struct {
+		Value []struct {
+			Action string `json:"action"`
+			Detail string `json:"detail"`
+		} `json:"value"`
+	}
+	s.must(200, nil, "GET", "/api/v1/audit", nil, &out)
+	var ds []string
+	for _, ev := range out.Value {
+		if ev.Action == action {
+			ds = append(ds, ev.Detail)
+		}
+	}
+	return ds
+}
+
+func TestReconcileRepairsDrift(t *testing.T) {
+	s := newStack(t, stackOptions{local: true})
+	s.must(200, nil, "PUT", "/api/v1/policies/p", policyBody("vm-nic-nsg", nil), nil)
+	var r request
+	s.must(202, nil, "POST", "/api/v1/policies/p/initiate", initiate("vm-nic-nsg", "PT1H"), &r)
+	allow := r.Grants[0].RuleName
+	waitFor(t, "rule open", func() bool { _, ok := s.rule("nsg-vm-nic", allow); return ok })
+	deny := jit.DenyRuleName(vmID("vm-nic-nsg"))
+	ctx := t.Context()
+
+	// A clean estate: a sweep changes nothing.
+	rep, err := s.svc.Reconcile(ctx)
+	if err != nil || rep.Orphans+rep.Repaired+rep.DenyRestored+rep.Closed != 0 || rep.NSGs != 3 {
+		t.Fatalf("sweep of a clean estate: %+v, %v", rep, err)
+	}
+	writes := s.sim.Calls().Writes
+	if _, err := s.svc.Reconcile(ctx); err != nil || s.sim.Calls().Writes != writes {
+		t.Fatalf("a second clean sweep wrote to ARM")
+	}
+
+	// Someone deletes the deny rule and widens the allow rule by hand, and
+	// leaves an allow rule with our prefix that no grant owns.
+	rules := "/subscriptions/" + sub + "/resourceGroups/demo/providers/Microsoft.Network/networkSecurityGroups/nsg-vm-nic/securityRules/"
+	s.handEdit("DELETE", rules+deny, nil)
+	widened := map[string]any{"properties": map[string]any{"access": "Allow", "direction": "Inbound", "priority": 1000, "protocol": "*",
+		"sourceAddressPrefix": "*", "sourcePortRange": "*", "destinationAddressPrefix": "*", "destinationPortRange": "*"}}
+	s.handEdit("PUT", rules+allow, widened)
+	orphan := "jit-allow-" + jit.NewRequestID() + "-0"
+	widened["properties"].(map[string]any)["priority"] = 1500
+	s.handEdit("PUT", rules+orphan, widened)
+	// And a foreign rule that lets SSH in ahead of the deny rule.
+	if err := s.sim.AddRule(nsgID("nsg-vm-nic"), armnetwork.SecurityRule{Name: to.Ptr("ssh-from-office"), Properties: &armnetwork.SecurityRulePropertiesFormat{
+		Access: to.Ptr(armnetwork.SecurityRuleAccessAllow), Direction: to.Ptr(armnetwork.SecurityRuleDirectionInbound), Priority: to.Ptr[int32](500),
+		Protocol: to.Ptr(armnetwork.SecurityRuleProtocolTCP), SourceAddressPrefix: to.Ptr("198.51.100.0/24"), SourcePortRange: to.Ptr("*"),
+		DestinationAddressPrefix: to.Ptr("*"), DestinationPortRange: to.Ptr("20-25")}}); err != nil {
+		t.Fatal(err)
+	}
+
+	rep, err = s.svc.Reconcile(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.DenyRestored != 1 || rep.Repaired != 1 || rep.Orphans != 1 {
+		t.Errorf("sweep after hand edits: %+v", rep)
+	}
+	if got, ok := s.rule("nsg-vm-nic", deny); !ok || *got.Properties.Access != armnetwork.SecurityRuleAccessDeny {
+		t.Errorf("deny rule not restored")
+	}
+	if got, _ := s.rule("nsg-vm-nic", allow); *got.Properties.SourceAddressPrefix != "203.0.113.7" || *got.Properties.DestinationPortRange != "22" {
+		t.Errorf("widened allow rule not put back: %+v", got.Properties)
+	}
+	if _, ok := s.rule("nsg-vm-nic", orphan); ok {
+		t.Errorf("orphaned allow rule left open")
+	}
+	if _, ok := s.rule("nsg-vm-nic", "ssh-from-office"); !ok {
+		t.Fatalf("a foreign rule was touched")
+	}
+	var vms struct {
+		Value []struct {
+			Name     string   `json:"name"`
+			Warnings []string `json:"warnings"`
+		} `json:"value"`
+	}
+	s.must(200, nil, "GET", "/api/v1/vms", nil, &vms)
+	for _, v := range vms.Value {
+		if v.Name == "vm-nic-nsg" && (len(v.Warnings) != 1 || !strings.Contains(v.Warnings[0], "ssh-from-office")) {
+			t.Errorf("vm-nic-nsg warnings: %v", v.Warnings)
+		}
+	}
+	drift := s.auditDetails("drift")
+	for _, want := range []string{"deny rule " + deny, "allow rule " + allow, "removed allow rule " + orphan, "ssh-from-office"} {
+		if !slices.ContainsFunc(drift, func(d string) bool { return strings.Contains(d, want) }) {
+			t.Errorf("no drift audit mentioning %q in %v", want, drift)
+		}
+	}
+	// The same finding is audited once, however often it is seen.
+	if _, err := s.svc.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(s.auditDetails("drift")); n != len(drift) {
+		t.Errorf("drift audited %d times after a repeat sweep, want %d", n, len(drift))
+	}
+
+	// An event about the NSG repairs at once; duplicates are harmless.
+	s.handEdit("DELETE", rules+deny, nil)
+	ev := jit.ResourceEvent{ID: "e1", Type: jit.EventDeleteSuccess, Subject: nsgID("nsg-vm-nic") + "/securityRules/" + deny}
+	for range 3 {
+		if err := s.svc.HandleResourceEvent(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, ok := s.rule("nsg-vm-nic", deny); !ok {
+		t.Errorf("deny rule not restored by the event")
+	}
+}
+
+func TestEventsEnrolAndRetireVMs(t *testing.T) {
+	s := newStack(t, stackOptions{local: true})
+	ctx := t.Context()
+	vm := vmID("vm-both-nsg")
+	// A VM tagged jit-policy=<name> joins that policy with Defender's defaults.
+	if _, err := s.sim.SetVMTags(vm, map[string]*string{"jit-policy": to.Ptr("auto")}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // duplicates are harmless
+		if err := s.svc.HandleResourceEvent(ctx, jit.ResourceEvent{ID: "e2", Type: jit.EventWriteSuccess, Subject: vm}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var pol struct {
+		Properties struct {
+			VirtualMachines []struct {
+				ID    string `json:"id"`
+				Ports []struct {
+					Number int `json:"number"`
+				} `json:"ports"`
+			} `json:"virtualMachines"`
+		} `json:"properties"`
+	}
+	s.must(200, nil, "GET", "/api/v1/policies/auto", nil, &pol)
+	if len(pol.Properties.VirtualMachines) != 1 || len(pol.Properties.VirtualMachines[0].Ports) != 4 {
+		t.Fatalf("tagged VM's policy: %+v", pol)
+	}
+	if _, ok := s.rule("nsg-vm-both", jit.DenyRuleName(vm)); !ok {
+		t.Errorf("tagged VM not locked down")
+	}
+	// A deleted VM leaves its policy and its grants are closed.
+	var r request
+	s.must(202, nil, "POST", "/api/v1/policies/auto/initiate", initiate("vm-both-nsg", "PT1H"), &r)
+	waitFor(t, "rule open", func() bool { _, ok := s.rule("nsg-vm-both", r.Grants[0].RuleName); return ok })
+	if err := s.sim.DeleteVM(vm); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.svc.HandleResourceEvent(ctx, jit.ResourceEvent{ID: "e3", Type: jit.EventDeleteSuccess, Subject: vm}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "grant of the deleted VM closed", func() bool { _, ok := s.rule("nsg-vm-both", r.Grants[0].RuleName); return !ok })
+	s.must(404, nil, "GET", "/api/v1/policies/auto", nil, nil)
+	// An out-of-order write event after the delete changes nothing.
+	if err := s.svc.HandleResourceEvent(ctx, jit.ResourceEvent{ID: "e2", Type: jit.EventWriteSuccess, Subject: vm}); err != nil {
+		t.Fatal(err)
+	}
+	s.must(404, nil, "GET", "/api/v1/policies/auto", nil, nil)
+}
+
+func TestStuckOpenIsMarkedFailed(t *testing.T) {
+	s := newStack(t, stackOptions{local: true, dropOpens: true, stuckAfter: time.Second})
+	s.must(200, nil, "PUT", "/api/v1/policies/p", policyBody("vm-nic-nsg", nil), nil)
+	var r request
+	s.must(202, nil, "POST", "/api/v1/policies/p/initiate", initiate("vm-nic-nsg", "PT1H"), &r)
+	time.Sleep(1100 * time.Millisecond)
+	rep, err := s.svc.Reconcile(t.Context())
+	if err != nil || rep.Stuck != 1 {
+		t.Fatalf("sweep: %+v, %v", rep, err)
+	}
+	s.must(200, nil, "GET", "/api/v1/requests/"+r.ID, nil, &r)
+	if r.Grants[0].Status != "Failed" || r.Status != "Closed" {
+		t.Errorf("stuck grant: %s, request %s", r.Grants[0].Status, r.Status)
+	}
+	if f := s.auditDetails("failure"); len(f) == 0 || !strings.Contains(f[0], "not opened within") {
+		t.Errorf("no failure audited: %v", f)
+	}
+}

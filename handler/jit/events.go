@@ -1,0 +1,216 @@
+package jit
+
+import (
+	"context"
+	"fmt"
+	"strings"
+)
+
+// Resource event types (Azure Resource Manager events via Event Grid).
+const (
+	EventWriteSuccess  = "Microsoft.Resources.ResourceWriteSuccess"
+	EventDeleteSuccess = "Microsoft.Resources.ResourceDeleteSuccess"
+)
+
+// TagPolicy on a VM names the policy it joins with Defender's defaults.
+const TagPolicy = "jit-policy"
+
+// ResourceEvent is an Azure Resource Manager event about one resource.
+type ResourceEvent struct {
+	ID      string // event id, for the log
+	Type    string // EventWriteSuccess or EventDeleteSuccess
+	Subject string // ARM id of the resource
+}
+
+// HandleResourceEvent reacts at once to a change in Azure: a change to an
+// NSG or one of its rules reconciles that NSG; a VM written with the
+// jit-policy tag joins that policy; a deleted VM leaves its policy and its
+// grants end; a changed NIC or VM refreshes what the policies know of its
+// network. Every reaction is state-based, so duplicate and out-of-order
+// events are harmless. Events about other resources are ignored.
+func (s *Service) HandleResourceEvent(ctx context.Context, ev ResourceEvent) error {
+	id := ev.Subject
+	lower := strings.ToLower(id)
+	switch {
+	case strings.Contains(lower, "/providers/microsoft.network/networksecuritygroups/"):
+		nsg := id[:nsgEnd(lower)]
+		_, err := s.ReconcileNSG(ctx, nsg)
+		return err
+	case strings.Contains(lower, "/providers/microsoft.compute/virtualmachines/"):
+		vmID, err := ParseVMID(id)
+		if err != nil {
+			return nil // a VM's child resource (extension, ...): nothing to do
+		}
+		if ev.Type == EventDeleteSuccess {
+			return s.vmDeleted(ctx, vmID.String())
+		}
+		return s.vmWritten(ctx, vmID.String())
+	case strings.Contains(lower, "/providers/microsoft.network/networkinterfaces/"):
+		return s.refreshTopology(ctx)
+	}
+	return nil
+}
+
+// nsgEnd is where the NSG's own id ends in the id of it or its rule.
+func nsgEnd(lower string) int {
+	i := strings.Index(lower, "/networksecuritygroups/") + len("/networksecuritygroups/")
+	if j := strings.IndexByte(lower[i:], '/'); j >= 0 {
+		return i + j
+	}
+	return len(lower)
+}
+
+// policyOf returns the policy that protects the VM.
+func (s *Service) policyOf(ctx context.Context, vmID string) (Policy, bool, error) {
+	pols, err := s.store.ListPolicies(ctx)
+	if err != nil {
+		return Policy{}, false, err
+	}
+	for _, p := range pols {
+		if _, ok := p.VM(vmID); ok {
+			return p, true, nil
+		}
+	}
+	return Policy{}, false, nil
+}
+
+// vmDeleted takes a deleted VM out of its policy and ends its grants.
+func (s *Service) vmDeleted(ctx context.Context, vmID string) error {
+	pol, ok, err := s.policyOf(ctx, vmID)
+	if err != nil || !ok {
+		return err
+	}
+	vm, _ := pol.VM(vmID)
+	if err := s.releaseVM(ctx, System, pol.Name, *vm); err != nil {
+		return err
+	}
+	var keep []VMPolicy
+	for _, v := range pol.VMs {
+		if !SameID(v.ID, vmID) {
+			keep = append(keep, v)
+		}
+	}
+	if len(keep) == 0 {
+		if err := s.store.DeletePolicy(ctx, pol.Name, pol.ETag); err != nil {
+			return fmt.Errorf("deleting policy %s of the deleted VM: %w", pol.Name, err)
+		}
+	} else {
+		pol.VMs = keep
+		if _, err := s.store.UpdatePolicy(ctx, pol); err != nil {
+			return fmt.Errorf("taking the deleted VM out of policy %s: %w", pol.Name, err)
+		}
+	}
+	return s.audit(ctx, AuditEvent{Action: AuditPolicyPut, Actor: System.ID, Policy: pol.Name, VM: vmID, Result: ResultSuccess,
+		Detail: "the VM was deleted: it left the policy and its grants were revoked"})
+}
+
+// vmWritten enrols a VM tagged jit-policy=<name> with Defender's defaults,
+// and refreshes what its policy knows of a protected VM's network.
+func (s *Service) vmWritten(ctx context.Context, vmID string) error {
+	pol, ok, err := s.policyOf(ctx, vmID)
+	if err != nil {
+		return err
+	}
+	if ok {
+		return s.refreshVM(ctx, pol, vmID)
+	}
+	info, err := s.net.ResolveVM(ctx, vmID)
+	if ErrorCode(err) == ENOTFOUND {
+		return nil // deleted again since: out of order
+	} else if err != nil {
+		return err
+	}
+	name := info.Tags[TagPolicy]
+	if name == "" {
+		return nil
+	}
+	if ValidatePolicyName(name) != nil || info.Unsupported != "" {
+		s.drift(ctx, Request{Policy: name}, vmID, "", fmt.Sprintf("VM tagged %s=%s cannot join: %s", TagPolicy, clip(name, 64),
+			firstNonEmpty(info.Unsupported, "the tag is not a valid policy name")))
+		return nil
+	}
+	target, err := s.getPolicy(ctx, name)
+	exists := err == nil
+	if err != nil && ErrorCode(err) != ENOTFOUND {
+		return err
+	}
+	next := target
+	if !exists {
+		next = Policy{Name: name}
+	}
+	next.VMs = append(next.VMs, VMPolicy{ID: vmID})
+	etag := ""
+	if exists {
+		etag = target.ETag
+	}
+	if _, err := s.PutPolicy(ctx, System, next, etag); err != nil {
+		return fmt.Errorf("enrolling VM %s in policy %s: %w", info.Name, name, err)
+	}
+	s.cfg.Log.Info().Str("vm", vmID).Str("policy", name).Msg("VM joined its tagged policy")
+	return nil
+}
+
+// refreshVM re-resolves a protected VM's network; when its NSGs or IPs
+// changed, the policy is rewritten so the deny rules follow.
+func (s *Service) refreshVM(ctx context.Context, pol Policy, vmID string) error {
+	vm, _ := pol.VM(vmID)
+	info, err := s.net.ResolveVM(ctx, vmID)
+	if ErrorCode(err) == ENOTFOUND {
+		return s.vmDeleted(ctx, vmID)
+	} else if err != nil {
+		return err
+	}
+	if sameTopology(*vm, info) {
+		return nil
+	}
+	if info.Unsupported != "" {
+		s.drift(ctx, Request{Policy: pol.Name}, vmID, "", "VM lost its network security groups: "+info.Unsupported)
+		return nil
+	}
+	_, err = s.PutPolicy(ctx, System, pol, pol.ETag)
+	return err
+}
+
+// refreshTopology re-resolves every protected VM (a NIC changed: its NSG
+// or subnet may be another now).
+func (s *Service) refreshTopology(ctx context.Context) error {
+	pols, err := s.store.ListPolicies(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range pols {
+		for _, vm := range p.VMs {
+			if err := s.refreshVM(ctx, p, vm.ID); err != nil {
+				return err
+			}
+			if p, err = s.store.GetPolicy(ctx, p.Name); err != nil {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+func sameTopology(vm VMPolicy, info VMInfo) bool {
+	if len(vm.NSGs) != len(info.NSGs) || len(vm.PrivateIPs) != len(info.PrivateIPs) {
+		return false
+	}
+	for i := range vm.NSGs {
+		if !SameID(vm.NSGs[i].ID, info.NSGs[i].ID) {
+			return false
+		}
+	}
+	for i := range vm.PrivateIPs {
+		if vm.PrivateIPs[i] != info.PrivateIPs[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
