@@ -13,6 +13,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -101,6 +102,11 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		AllowBand:     azurenet.Band{Min: cfg.AllowBand[0], Max: cfg.AllowBand[1]},
 		DenyBand:      azurenet.Band{Min: cfg.DenyBand[0], Max: cfg.DenyBand[1]},
 		Log:           log,
+		// The simulator answers at once: retry on its scale, not Azure's.
+		Retry:         policy.RetryOptions{MaxRetries: 4, RetryDelay: 100 * time.Millisecond, MaxRetryDelay: 2 * time.Second},
+		RetryDelay:    100 * time.Millisecond,
+		MaxRetryDelay: 2 * time.Second,
+		PollFrequency: 50 * time.Millisecond,
 	}, localCredential{}, &arm.ClientOptions{ClientOptions: azcore.ClientOptions{
 		Cloud: cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
 			cloud.ResourceManager: {Endpoint: "http://arm.local/_arm", Audience: "https://management.azure.com"},
@@ -124,7 +130,12 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		return err
 	}
 	defer closeNotifier()
-	svc = jit.NewService(store, queue, network, jit.Config{MinDuration: cfg.MinDuration, Subscriptions: cfg.Subscriptions,
+	var q jit.Queue = queue
+	if cfg.ChaosDrop > 0 || cfg.ChaosDuplicate > 0 {
+		log.Warn().Float64("drop", cfg.ChaosDrop).Float64("duplicate", cfg.ChaosDuplicate).Msg("fault injection: close operations will be lost and repeated")
+		q = newChaosQueue(queue, cfg.ChaosDrop, cfg.ChaosDuplicate, log)
+	}
+	svc = jit.NewService(store, q, network, jit.Config{MinDuration: cfg.MinDuration, Subscriptions: cfg.Subscriptions,
 		PendingExpiry: cfg.PendingExpiry, StuckAfter: cfg.StuckAfter, Notifier: notifier, Log: log})
 
 	// Overdue closes run before anything else: access ends even when the
@@ -138,6 +149,11 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	go sweepEvery(ctx, svc, cfg.SweepInterval, log)
 
 	api := httpapi.New(svc, httpapi.Config{Local: true, TrustedProxies: cfg.TrustedProxies, Log: log})
+	api.Handle("GET /_arm/_stats", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The simulator's call counts since start: ARM calls by kind, faults.
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(sim.Calls())
+	}))
 	api.Handle("/_arm/", emitEvents(armHandler, func(ev jit.ResourceEvent) {
 		// As Event Grid would: at once, outside the request.
 		go func() {
@@ -186,6 +202,10 @@ func startSimulator(cfg settings, log zerolog.Logger) (*armsim.Server, error) {
 		}
 	}
 	sim = armsim.New(armsim.Options{PathPrefix: "/_arm", WriteLatency: cfg.ARMLatency, OnChange: save})
+	if cfg.ARMFaultRate > 0 {
+		log.Warn().Float64("rate", cfg.ARMFaultRate).Msg("fault injection: the ARM simulator will fail writes")
+		sim.SetChaos(armChaos(cfg.ARMFaultRate))
+	}
 	from := ""
 	if _, err := os.Stat(path); err == nil {
 		from = path

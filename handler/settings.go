@@ -25,6 +25,9 @@ var allSettings = []setting{
 	{"JIT_DATA_DIR", ".jit-local", "local", "state directory of `handler local` (bbolt file, simulator estate)"},
 	{"JIT_ARM_LATENCY", "0", "local", "ARM simulator: delay of every ARM write (e.g. 2s)"},
 	{"JIT_ARM_ESTATE", "", "local", "ARM simulator: estate JSON loaded at first start (default: the embedded demo estate)"},
+	{"JIT_ARM_FAULT_RATE", "0", "local", "fault tests only: share of ARM writes the simulator answers with 429, 409 or 500"},
+	{"JIT_CHAOS_DROP_CLOSES", "0", "local", "fault tests only: share of close operations lost on the way to the queue"},
+	{"JIT_CHAOS_DUPLICATE", "0", "local", "fault tests only: share of close operations sent twice"},
 	{"JIT_MIN_DURATION", "5m", "both", "shortest request and shortest port maximum (Go or ISO 8601 duration)"},
 	{"JIT_ALLOW_PRIORITIES", "1000-1999", "both", "priority band of allow rules; must lie before the deny band"},
 	{"JIT_DENY_PRIORITIES", "4000-4095", "both", "priority band of deny (lockdown) rules"},
@@ -76,6 +79,9 @@ type settings struct {
 	ClientID          string
 	Port              string
 
+	ARMFaultRate   float64
+	ChaosDrop      float64
+	ChaosDuplicate float64
 	PendingExpiry  time.Duration
 	StuckAfter     time.Duration
 	WebhookURL     string
@@ -150,6 +156,16 @@ func readSettings(getenv func(string) string) (settings, error) {
 	}
 	if s.PendingExpiry < time.Second || s.PendingExpiry > 7*24*time.Hour {
 		return s, fmt.Errorf("JIT_PENDING_EXPIRY must be between 1s and 7 days")
+	}
+	for _, f := range []struct {
+		name string
+		dst  *float64
+	}{{"JIT_ARM_FAULT_RATE", &s.ARMFaultRate}, {"JIT_CHAOS_DROP_CLOSES", &s.ChaosDrop}, {"JIT_CHAOS_DUPLICATE", &s.ChaosDuplicate}} {
+		v, err := strconv.ParseFloat(get(f.name), 64)
+		if err != nil || v < 0 || v > 0.9 {
+			return s, fmt.Errorf("%s must be a fraction between 0 and 0.9", f.name)
+		}
+		*f.dst = v
 	}
 	if s.StuckAfter, err = durationSetting("JIT_STUCK_AFTER", get("JIT_STUCK_AFTER")); err != nil {
 		return s, err

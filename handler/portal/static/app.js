@@ -1,6 +1,6 @@
 // jitaccess portal: a thin page over the public REST API (/api/v1).
 // Every value from the API reaches the page through textContent or an
-// attribute, never through innerHTML.
+// attribute; nothing from the API is ever parsed as HTML.
 'use strict';
 
 (() => {
@@ -391,6 +391,7 @@
     const gs = (r.grants || []).map((g) => g.status);
     if (r.status === 'Pending') return 'Pending';
     if (r.status === 'Denied') return 'Denied';
+    if (r.status === 'Expired') return 'Expired'; // waited too long for approval
     if (gs.includes('Failed')) return 'Failed';
     const ended = gs.every((s) => s === 'Closed' || s === 'Revoked');
     if (r.status === 'Closed' || ended) return gs.includes('Revoked') ? 'Revoked' : 'Closed';

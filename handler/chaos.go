@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"jitaccess/handler/armsim"
+	"jitaccess/handler/jit"
+)
+
+// Fault injection for local mode's fault tests (JIT_ARM_FAULT_RATE,
+// JIT_CHAOS_DROP_CLOSES, JIT_CHAOS_DUPLICATE). Never set them for real use:
+// they exist to prove that access still ends when ARM fails and messages
+// are lost or repeated.
+
+// armChaos makes the simulator answer that share of ARM writes with 429
+// (Retry-After), 409 AnotherOperationInProgress or 500, in equal parts.
+func armChaos(rate float64) *armsim.Chaos {
+	third := rate / 3
+	return &armsim.Chaos{Seed: uint64(time.Now().UnixNano()), Target: armsim.Writes, Faults: []armsim.ChaosFault{
+		{Probability: third, Fault: armsim.Throttled(200 * time.Millisecond)},
+		{Probability: third / (1 - third), Fault: armsim.AnotherOperationInProgress()},
+		{Probability: third / (1 - 2*third), Fault: armsim.InternalServerError()},
+	}}
+}
+
+// chaosQueue loses and repeats close operations on their way to the queue,
+// as a broker that drops or redelivers messages would.
+type chaosQueue struct {
+	jit.Queue
+	drop, dup float64
+	log       zerolog.Logger
+	mu        sync.Mutex
+	rng       *rand.Rand
+}
+
+func newChaosQueue(q jit.Queue, drop, dup float64, log zerolog.Logger) *chaosQueue {
+	return &chaosQueue{Queue: q, drop: drop, dup: dup, log: log, rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))}
+}
+
+func (c *chaosQueue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, error) {
+	var keep []jit.Operation
+	var idx []int
+	c.mu.Lock()
+	for i, op := range ops {
+		if op.Kind == jit.OpClose {
+			r := c.rng.Float64()
+			if r < c.drop {
+				c.log.Warn().Str("op", op.ID).Msg("chaos: close operation dropped")
+				continue
+			}
+			if r < c.drop+c.dup {
+				twin := op
+				twin.ID += "-dup"
+				keep = append(keep, twin)
+				idx = append(idx, -1)
+				c.log.Warn().Str("op", op.ID).Msg("chaos: close operation duplicated")
+			}
+		}
+		keep = append(keep, op)
+		idx = append(idx, i)
+	}
+	c.mu.Unlock()
+	got, err := c.Queue.Enqueue(ctx, keep)
+	tickets := make([]string, len(ops))
+	for k, i := range idx {
+		if i >= 0 && k < len(got) {
+			tickets[i] = got[k]
+		}
+	}
+	return tickets, err
+}
