@@ -25,5 +25,58 @@ node_modules/.package-lock.json: package.json package-lock.json
 test: fmt-check vet node_modules/.package-lock.json
 	$(GO) test -count=1 -race -timeout 10m ./...
 
+# Every Go fuzz target for FUZZTIME each (default 5s); see .ci/fuzz.sh.
+.PHONY: fuzz
+fuzz:
+	GO=$(GO) bash .ci/fuzz.sh
+
 clean:
 	rm -rf bin dist .jit-local
+
+# --- Packaging and deployment (docs/deploy.md) ---------------------------------
+# make package              stages $(DIST)/app: host.json, the function folders beside it,
+#                           the linux/amd64 handler binary and .funcignore
+# make publish APP=NAME     publishes $(DIST)/app to the function app NAME (Core Tools)
+# make deploy RG=.. LOCATION=.. [PARAMS=file.json]   Bicep, publish, Event Grid, URL
+DIST ?= dist
+APP_DIR = $(DIST)/app
+DEPLOYMENT ?= jitaccess
+
+.PHONY: package publish deploy publish-check deploy-check
+
+package:
+	rm -rf $(APP_DIR)
+	mkdir -p $(APP_DIR)
+	cp host.json .funcignore $(APP_DIR)/
+	cp -R functions/. $(APP_DIR)/
+	printf '{"IsEncrypted": false, "Values": {"FUNCTIONS_WORKER_RUNTIME": "custom"}}\n' > $(APP_DIR)/local.settings.json
+	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(APP_DIR)/handler ./handler
+	chmod 0755 $(APP_DIR)/handler
+	@echo "staged $(APP_DIR)"
+
+publish-check:
+	@if [ -z "$(APP)" ]; then echo "make publish: APP is missing: make publish APP=<function app name>" >&2; exit 2; fi
+	@command -v func >/dev/null 2>&1 || { echo "make publish: Azure Functions Core Tools ('func') is not installed; see docs/deploy.md" >&2; exit 127; }
+
+# local.settings.json in $(APP_DIR) tells Core Tools the worker runtime is "custom";
+# .funcignore keeps it out of the zip.
+publish: publish-check package
+	cd $(APP_DIR) && func azure functionapp publish $(APP) $(FUNC_PUBLISH_FLAGS)
+
+deploy-check:
+	@if [ -z "$(RG)" ] || [ -z "$(LOCATION)" ]; then echo "make deploy: RG and LOCATION are required: make deploy RG=<resource group> LOCATION=<region> [PARAMS=infra/main.parameters.json]" >&2; exit 2; fi
+	@command -v az >/dev/null 2>&1 || { echo "make deploy: the Azure CLI ('az') is not installed; see docs/deploy.md" >&2; exit 127; }
+	@command -v func >/dev/null 2>&1 || { echo "make deploy: Azure Functions Core Tools ('func') is not installed; see docs/deploy.md" >&2; exit 127; }
+
+# Two passes: Event Grid validates an AzureFunction endpoint against the deployed
+# functions, so the event subscriptions are created after the code is published.
+deploy: deploy-check
+	az group create --name $(RG) --location $(LOCATION) --output none
+	az deployment group create --resource-group $(RG) --name $(DEPLOYMENT) \
+	  --template-file infra/main.bicep $(if $(PARAMS),--parameters @$(PARAMS)) \
+	  --parameters location=$(LOCATION) deployEventSubscriptions=false --output none
+	$(MAKE) publish APP=$$(az deployment group show --resource-group $(RG) --name $(DEPLOYMENT) --query properties.outputs.functionAppName.value --output tsv)
+	az deployment group create --resource-group $(RG) --name $(DEPLOYMENT) \
+	  --template-file infra/main.bicep $(if $(PARAMS),--parameters @$(PARAMS)) \
+	  --parameters location=$(LOCATION) deployEventSubscriptions=true --output none
+	@echo "jitaccess is at $$(az deployment group show --resource-group $(RG) --name $(DEPLOYMENT) --query properties.outputs.url.value --output tsv)"

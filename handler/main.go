@@ -138,15 +138,9 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	svc = jit.NewService(store, q, network, jit.Config{MinDuration: cfg.MinDuration, Subscriptions: cfg.Subscriptions,
 		PendingExpiry: cfg.PendingExpiry, StuckAfter: cfg.StuckAfter, Notifier: notifier, Log: log})
 
-	// Overdue closes run before anything else: access ends even when the
-	// process was down at the end time.
-	if n, err := svc.Sweep(ctx); err != nil {
-		log.Warn().Err(err).Int("closed", n).Msg("start-up sweep incomplete; the next sweep retries")
-	}
 	if err := queue.Start(ctx); err != nil {
 		return err
 	}
-	go sweepEvery(ctx, svc, cfg.SweepInterval, log)
 
 	api := httpapi.New(svc, httpapi.Config{Local: true, TrustedProxies: cfg.TrustedProxies, Log: log})
 	api.Handle("GET /_arm/_stats", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -174,6 +168,15 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	// Overdue closes run at once, beside the API (which must answer while
+	// a long backlog is worked off): access ends even when the process was
+	// down at the end time.
+	go func() {
+		if n, err := svc.Sweep(ctx); err != nil {
+			log.Warn().Err(err).Int("closed", n).Msg("start-up sweep incomplete; the next sweep retries")
+		}
+		sweepEvery(ctx, svc, cfg.SweepInterval, log)
+	}()
 	select {
 	case err := <-errc:
 		return err
