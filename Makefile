@@ -22,8 +22,12 @@ fmt-check:
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund
 
+# Every test, then every fuzz target for a few seconds, then the fault
+# test's figures.
 test: fmt-check vet node_modules/.package-lock.json
-	$(GO) test -count=1 -race -timeout 10m ./...
+	JIT_CHAOS_REPORT=$(CURDIR)/.chaos-report.txt $(GO) test -count=1 -race -timeout 12m ./...
+	FUZZTIME=$${FUZZTIME:-3s} $(MAKE) --no-print-directory fuzz
+	@if [ -f .chaos-report.txt ]; then cat .chaos-report.txt; fi
 
 # Every Go fuzz target for FUZZTIME each (default 5s); see .ci/fuzz.sh.
 .PHONY: fuzz

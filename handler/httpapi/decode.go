@@ -96,6 +96,10 @@ type prefixList []string
 
 func (p *prefixList) UnmarshalJSON(b []byte) error {
 	b = bytes.TrimSpace(b)
+	if string(b) == "null" {
+		*p = nil
+		return nil
+	}
 	if len(b) > 0 && b[0] == '[' {
 		var list []string
 		if err := json.Unmarshal(b, &list); err != nil {

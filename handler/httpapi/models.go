@@ -30,12 +30,17 @@ type policyProperties struct {
 	Requesters        []string        `json:"requesters,omitempty"` // ours
 	ProvisioningState json.RawMessage `json:"provisioningState,omitempty"`
 	Requests          json.RawMessage `json:"requests,omitempty"`
+	UpdatedTimeUtc    json.RawMessage `json:"updatedTimeUtc,omitempty"` // ours, read-only
+	UpdatedBy         json.RawMessage `json:"updatedBy,omitempty"`      // ours, read-only
 }
 
 type policyVMBody struct {
 	ID              string           `json:"id"`
 	Ports           []policyPortBody `json:"ports"`
 	PublicIPAddress json.RawMessage  `json:"publicIpAddress,omitempty"` // Defender's; ignored
+	// Ours, read-only: what a GET shows of the VM's network.
+	PrivateIPAddresses    json.RawMessage `json:"privateIpAddresses,omitempty"`
+	NetworkSecurityGroups json.RawMessage `json:"networkSecurityGroups,omitempty"`
 }
 
 type policyPortBody struct {

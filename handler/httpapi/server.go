@@ -186,14 +186,14 @@ func parseClientPrincipal(h http.Header, addr string) (jit.Principal, error) {
 	}
 	p := jit.Principal{ID: h.Get("X-MS-CLIENT-PRINCIPAL-ID"), Name: h.Get("X-MS-CLIENT-PRINCIPAL-NAME"), Address: addr}
 	for _, c := range cp.Claims {
-		switch c.Typ {
-		case "roles", cp.RoleTyp:
+		switch {
+		case c.Typ == "roles" || cp.RoleTyp != "" && c.Typ == cp.RoleTyp:
 			p.Roles = append(p.Roles, c.Val)
-		case "http://schemas.microsoft.com/identity/claims/objectidentifier", "oid":
+		case c.Typ == "http://schemas.microsoft.com/identity/claims/objectidentifier" || c.Typ == "oid":
 			if p.ID == "" {
 				p.ID = c.Val
 			}
-		case "groups":
+		case c.Typ == "groups":
 			p.Groups = append(p.Groups, c.Val)
 		}
 	}

@@ -1,20 +1,32 @@
 package jit
 
 import (
+	"math"
 	"strconv"
 	"strings"
 	"time"
 )
 
+// maxParsedSeconds bounds durations: nothing here lasts longer than a year.
+const maxParsedSeconds = 366 * 24 * 3600
+
 // ParseDuration parses an ISO 8601 duration of days, hours, minutes and
 // seconds, such as PT3H, PT30M, P1D or PT1H30M, as Defender's API uses.
 func ParseDuration(s string) (time.Duration, error) {
 	bad := Errorf(EINVALID, "duration %q is not an ISO 8601 duration such as PT1H or PT30M", shorten(s))
-	u := strings.ToUpper(strings.TrimSpace(s))
+	t := strings.TrimSpace(s)
+	for i := 0; i < len(t); i++ {
+		if t[i] >= 0x80 {
+			return 0, bad // ToUpper would fold non-ASCII letters into units
+		}
+	}
+	u := strings.ToUpper(t)
 	if len(u) < 3 || u[0] != 'P' || len(u) > 40 {
 		return 0, bad
 	}
-	var total time.Duration
+	// Summed in seconds as a float and bounded, so no term or total can
+	// overflow time.Duration.
+	var total float64
 	inTime := false
 	units := 0
 	num := ""
@@ -59,14 +71,17 @@ func ParseDuration(s string) (time.Duration, error) {
 		if err != nil || f < 0 || f > 1e6 {
 			return 0, bad
 		}
-		total += time.Duration(f * float64(unit))
+		total += f * unit.Seconds()
 		num = ""
 		units++
 	}
 	if num != "" || units == 0 {
 		return 0, bad
 	}
-	return total, nil
+	if total > maxParsedSeconds {
+		return 0, Errorf(EINVALID, "duration %q is longer than a year", shorten(s))
+	}
+	return time.Duration(math.Round(total * float64(time.Second))), nil
 }
 
 // FormatDuration formats d as an ISO 8601 duration (PT3H, P1D, PT1H30M).

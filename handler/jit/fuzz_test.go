@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 )
 
 // Fuzz targets for the parsers of outside input that live in the domain:
@@ -23,10 +24,18 @@ const (
 	// ParseDuration converts each term with time.Duration(f * float64(unit))
 	// and sums without a bound: P1000000W is negative and
 	// P1000000W1000000DT1H is one hour.
-	bugDurationOverflow = true
+	bugDurationOverflow = false
 	// CanonicalPrefix turns 10.0.0.0/0 into 0.0.0.0/0, which it turns into
 	// "*" when given again: not idempotent, and not the documented "*".
-	bugZeroBitsPrefix = true
+	bugZeroBitsPrefix = false
+	// ValidRequestID only asks encoding/base32 to decode, and the decoder
+	// skips '\r' and '\n' and stops at 0xFF: "22222222222222222222222\xff00"
+	// and 24 characters plus "\r\n" pass, and reach the store as ids.
+	bugRequestIDCharset = false
+	// vmIDPattern's (?i) folds Unicode: the Kelvin sign U+212A matches k
+	// and U+017F matches s, so ".../virtualMachines/\u212a8s" parses, keeps
+	// the Kelvin sign in Name, and has the same Key() as ".../k8s".
+	bugVMIDUnicodeFold = false
 )
 
 func FuzzParseDuration(f *testing.F) {
@@ -72,6 +81,13 @@ func FuzzFormatDuration(f *testing.F) {
 		if d <= 0 {
 			if got := FormatDuration(d); got != "PT0S" {
 				t.Fatalf("FormatDuration(%d) = %q, want PT0S", n, got)
+			}
+			return
+		}
+		if d > maxParsedSeconds*time.Second {
+			// Longer than anything here lasts: refused, in words.
+			if _, err := ParseDuration(FormatDuration(d)); ErrorCode(err) != EINVALID {
+				t.Fatalf("ParseDuration(FormatDuration(%v)) error %v, want invalid", d, err)
 			}
 			return
 		}
@@ -269,6 +285,12 @@ func FuzzParseVMID(f *testing.F) {
 			return
 		}
 		c := id.String()
+		if strings.ContainsFunc(c, func(r rune) bool { return r > unicode.MaxASCII }) {
+			if bugVMIDUnicodeFold {
+				t.Skipf("known bug: ParseVMID(%q) accepted a non-ASCII id %q", s, c)
+			}
+			t.Fatalf("ParseVMID(%q) = %q: ARM ids are ASCII", s, c)
+		}
 		back, err := ParseVMID(c)
 		if err != nil || back != id {
 			t.Fatalf("ParseVMID(%q) = %+v, but its String() %q parses to %+v, %v", s, id, c, back, err)
@@ -287,7 +309,8 @@ func FuzzParseVMID(f *testing.F) {
 
 func FuzzValidRequestID(f *testing.F) {
 	f.Add(NewRequestID())
-	for _, s := range []string{"", "x", strings.Repeat("a", 26), strings.Repeat("A", 26), strings.Repeat("7", 26), strings.Repeat("a", 25) + "1", strings.Repeat("a", 27)} {
+	for _, s := range []string{"", "x", strings.Repeat("a", 26), strings.Repeat("A", 26), strings.Repeat("7", 26), strings.Repeat("a", 25) + "1", strings.Repeat("a", 27),
+		strings.Repeat("2", 24) + "\r\n", strings.Repeat("2", 25) + "\n"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -298,6 +321,9 @@ func FuzzValidRequestID(f *testing.F) {
 		// two spare bits, so 26-character ids NewRequestID cannot produce
 		// pass too. That is harmless, as ids are only ever compared whole.
 		if len(s) != 26 || strings.Trim(s, "abcdefghijklmnopqrstuvwxyz234567") != "" {
+			if bugRequestIDCharset {
+				t.Skipf("known bug: ValidRequestID(%q) = true", s)
+			}
 			t.Fatalf("ValidRequestID(%q) = true", s)
 		}
 		if n := RuleName(s, 99); len(n) > 80 || !strings.HasPrefix(n, RulePrefix) {

@@ -22,6 +22,13 @@ var vmIDPattern = regexp.MustCompile(`(?i)^/subscriptions/([0-9a-f]{8}-[0-9a-f]{
 // ParseVMID parses an ARM VM id such as
 // /subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Compute/virtualMachines/NAME.
 func ParseVMID(s string) (VMID, error) {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			// (?i) would fold Unicode letters (the Kelvin sign into k):
+			// ARM ids are ASCII.
+			return VMID{}, Errorf(EINVALID, "%q is not an ARM VM id: it contains non-ASCII characters", shorten(s))
+		}
+	}
 	m := vmIDPattern.FindStringSubmatch(s)
 	if m == nil {
 		shown := s
@@ -76,8 +83,20 @@ func ValidRequestID(s string) bool {
 	if len(s) != 26 {
 		return false
 	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= '2' && c <= '7') {
+			return false
+		}
+	}
+	// The last character carries only 3 bits: the rest must be zero, so
+	// each id has exactly one spelling.
 	_, err := idEncoding.DecodeString(s)
-	return err == nil
+	return err == nil && idEncoding.EncodeToString(mustDecode(s)) == s
+}
+
+func mustDecode(s string) []byte {
+	b, _ := idEncoding.DecodeString(s)
+	return b
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }

@@ -26,6 +26,9 @@ func CanonicalPrefix(s string) (string, error) {
 			return "", Errorf(EINVALID, "source %q is not an IP address or CIDR prefix", shorten(s))
 		}
 		p = p.Masked()
+		if p.Bits() == 0 {
+			return AnySource, nil // 10.0.0.0/0 is every address too
+		}
 		if p.Addr().Is4In6() {
 			return "", Errorf(EINVALID, "source %q is an IPv4-mapped IPv6 prefix: give the IPv4 prefix", shorten(s))
 		}

@@ -67,7 +67,10 @@ func DecodeOperation(body []byte) (jit.Operation, error) {
 	}
 	op := jit.Operation{ID: w.ID, Kind: w.Kind, RequestID: w.RequestID, Grant: *w.Grant, NSG: w.NSG}
 	if w.Due != nil {
-		op.Due = *w.Due
+		op.Due = w.Due.UTC()
+		if y := op.Due.Year(); y < 2000 || y > 9999 {
+			return jit.Operation{}, jit.Errorf(jit.EINVALID, "operation message: due time %s is out of range", op.Due.Format(time.RFC3339))
+		}
 	}
 	if err := validate(op); err != nil {
 		return jit.Operation{}, err
