@@ -106,7 +106,7 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		Retry:         policy.RetryOptions{MaxRetries: 4, RetryDelay: 100 * time.Millisecond, MaxRetryDelay: 2 * time.Second},
 		RetryDelay:    100 * time.Millisecond,
 		MaxRetryDelay: 2 * time.Second,
-		PollFrequency: 50 * time.Millisecond,
+		PollFrequency: time.Second, // azcore's minimum; the first poll is immediate
 	}, localCredential{}, &arm.ClientOptions{ClientOptions: azcore.ClientOptions{
 		Cloud: cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
 			cloud.ResourceManager: {Endpoint: "http://arm.local/_arm", Audience: "https://management.azure.com"},
