@@ -44,6 +44,9 @@ func Open(path string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open state file %s: %w", path, err)
 	}
+	// Concurrent writers (queue workers, the sweeper, the API) share one
+	// commit and its fsync; a lone writer waits at most this long.
+	db.MaxBatchDelay = 2 * time.Millisecond
 	return &DB{bolt: db, path: path}, nil
 }
 

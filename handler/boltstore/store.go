@@ -117,7 +117,7 @@ func (s *Store) CreatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, err
 	}
 	p = utcPolicy(p)
 	p.ETag = newETag()
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err := s.db.Batch(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketPolicies)
 		key := policyKey(p.Name)
 		if old := b.Get(key); old != nil {
@@ -146,7 +146,7 @@ func (s *Store) UpdatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, err
 	p = utcPolicy(p)
 	want := p.ETag
 	p.ETag = newETag()
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err := s.db.Batch(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketPolicies)
 		key := policyKey(p.Name)
 		old := b.Get(key)
@@ -176,7 +176,7 @@ func (s *Store) DeletePolicy(ctx context.Context, name, etag string) error {
 	if name == "" {
 		return jit.Errorf(jit.EINVALID, "policy name is required")
 	}
-	return s.db.Update(func(tx *bbolt.Tx) error {
+	return s.db.Batch(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketPolicies)
 		key := policyKey(name)
 		old := b.Get(key)
@@ -225,7 +225,7 @@ func (s *Store) CreateRequest(ctx context.Context, r jit.Request) (jit.Request, 
 	}
 	r = utcRequest(r)
 	r.ETag = newETag()
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err := s.db.Batch(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketRequests)
 		if b.Get([]byte(r.ID)) != nil {
 			return jit.Errorf(jit.ECONFLICT, "request %q already exists", r.ID)
@@ -252,7 +252,7 @@ func (s *Store) UpdateRequest(ctx context.Context, r jit.Request) (jit.Request, 
 	r = utcRequest(r)
 	want := r.ETag
 	r.ETag = newETag()
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err := s.db.Batch(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketRequests)
 		old := b.Get([]byte(r.ID))
 		if old == nil {
@@ -352,7 +352,7 @@ func (s *Store) AppendAudit(ctx context.Context, ev jit.AuditEvent) error {
 		return jit.Errorf(jit.EINVALID, "audit event %q has no time", ev.ID)
 	}
 	ev.Time = ev.Time.UTC()
-	return s.db.Update(func(tx *bbolt.Tx) error {
+	return s.db.Batch(func(tx *bbolt.Tx) error {
 		ids := tx.Bucket(bucketAuditIDs)
 		if ids.Get([]byte(ev.ID)) != nil {
 			return nil

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 )
 
@@ -265,6 +267,10 @@ func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string
 	return updated, nil
 }
 
+// sweepParallel is how many NSGs a sweep works on at once. Within one NSG
+// the closes stay serial, as ARM wants one writer per NSG.
+const sweepParallel = 8
+
 // Sweep closes every grant that has ended but whose rules are not known to
 // be gone. It runs at start-up and periodically, so access ends even when
 // a close operation was lost.
@@ -277,7 +283,12 @@ func (s *Service) Sweep(ctx context.Context) (closed int, err error) {
 		return 0, fmt.Errorf("listing active requests: %w", err)
 	}
 	now := s.now()
-	var errs []error
+	type job struct {
+		req string
+		i   int
+		nsg string
+	}
+	byNSG := map[string][]job{}
 	for _, r := range reqs {
 		for i := range r.Grants {
 			g := &r.Grants[i]
@@ -285,17 +296,37 @@ func (s *Service) Sweep(ctx context.Context) (closed int, err error) {
 				continue
 			}
 			for _, n := range g.NSGs {
-				if n.State == RuleClosed {
-					continue
+				if n.State != RuleClosed {
+					k := strings.ToLower(n.ID)
+					byNSG[k] = append(byNSG[k], job{r.ID, i, n.ID})
 				}
-				if err := s.removeRule(ctx, r.ID, i, n.ID); err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				closed++
 			}
 		}
 	}
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		errs []error
+		sem  = make(chan struct{}, sweepParallel)
+	)
+	for _, jobs := range byNSG {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			for _, j := range jobs {
+				err := s.removeRule(ctx, j.req, j.i, j.nsg)
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, err)
+				} else {
+					closed++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
 	if closed > 0 || len(errs) > 0 {
 		s.cfg.Log.Info().Int("closed", closed).Int("failed", len(errs)).Msg("sweep")
 	}

@@ -266,7 +266,8 @@ func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, err
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	now := q.opt.Now()
-	err := q.db.Update(func(tx *bbolt.Tx) error {
+	err := q.db.Batch(func(tx *bbolt.Tx) error {
+		added = added[:0] // Batch may run this more than once
 		b, ids := tx.Bucket(bucketOps), tx.Bucket(bucketOpIDs)
 		for i, op := range ops {
 			if k := ids.Get([]byte(op.ID)); k != nil {
@@ -322,7 +323,7 @@ func (q *Queue) Cancel(ctx context.Context, tickets []string) error {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	err := q.db.Update(func(tx *bbolt.Tx) error {
+	err := q.db.Batch(func(tx *bbolt.Tx) error {
 		for _, seq := range seqs {
 			if err := removeRecord(tx, seq); err != nil {
 				return err
@@ -476,7 +477,7 @@ func (q *Queue) deliver(it *item) {
 	case it.cancelled:
 		log.Debug().AnErr("result", err).Msg("cancelled operation finished")
 	case err == nil:
-		if err := q.db.Update(func(tx *bbolt.Tx) error { return removeRecord(tx, it.seq) }); err != nil {
+		if err := q.db.Batch(func(tx *bbolt.Tx) error { return removeRecord(tx, it.seq) }); err != nil {
 			// It stays in the file and runs again after a restart: at least once.
 			log.Error().Err(err).Msg("could not remove finished operation")
 		}
@@ -487,7 +488,7 @@ func (q *Queue) deliver(it *item) {
 		it.rec.LastError = err.Error()
 		wait := q.backoff(it.rec.Attempts)
 		it.rec.Due = q.opt.Now().Add(wait)
-		if err := q.db.Update(func(tx *bbolt.Tx) error { return putRecord(tx.Bucket(bucketOps), it.seq, it.rec) }); err != nil {
+		if err := q.db.Batch(func(tx *bbolt.Tx) error { return putRecord(tx.Bucket(bucketOps), it.seq, it.rec) }); err != nil {
 			log.Error().Err(err).Msg("could not record failed attempt")
 		}
 		q.waiting[it.seq] = it
@@ -503,7 +504,7 @@ func (q *Queue) deadLetter(it *item, cause error, log zerolog.Logger) {
 		LastError: cause.Error(),
 		DeadAt:    q.opt.Now().UTC(),
 	}
-	err := q.db.Update(func(tx *bbolt.Tx) error {
+	err := q.db.Batch(func(tx *bbolt.Tx) error {
 		if err := removeRecord(tx, it.seq); err != nil {
 			return err
 		}

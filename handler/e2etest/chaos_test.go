@@ -1,0 +1,527 @@
+package e2etest
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"jitaccess/handler/jit"
+)
+
+// chaosEstate writes an estate of 20 VMs in 4 subnets whose NSGs they
+// share, half of them also behind NIC NSGs shared by up to three VMs.
+func chaosEstate(t *testing.T, dir string) (path string, vms []string, nsgs []string) {
+	var subnets, nsgList []map[string]any
+	for k := range 4 {
+		name := fmt.Sprintf("nsg-sub-%d", k)
+		nsgList = append(nsgList, map[string]any{"name": name})
+		nsgs = append(nsgs, name)
+		subnets = append(subnets, map[string]any{"name": fmt.Sprintf("s%d", k), "addressPrefix": fmt.Sprintf("10.20.%d.0/24", k), "networkSecurityGroup": name})
+	}
+	for k := range 5 {
+		name := fmt.Sprintf("nsg-nic-%d", k)
+		nsgList = append(nsgList, map[string]any{"name": name})
+		nsgs = append(nsgs, name)
+	}
+	var machines []map[string]any
+	for i := range 20 {
+		nic := map[string]any{"subnet": fmt.Sprintf("chaos-vnet/s%d", i%4), "privateIPAddress": fmt.Sprintf("10.20.%d.%d", i%4, 10+i)}
+		if i%2 == 0 {
+			nic["networkSecurityGroup"] = fmt.Sprintf("nsg-nic-%d", i/4)
+		}
+		name := fmt.Sprintf("vm-%02d", i)
+		machines = append(machines, map[string]any{"name": name, "nics": []any{nic}})
+		vms = append(vms, name)
+	}
+	estate := map[string]any{"subscriptions": []any{map[string]any{"id": sub, "resourceGroups": []any{map[string]any{
+		"name": "demo", "location": "westeurope", "networkSecurityGroups": nsgList,
+		"virtualNetworks": []any{map[string]any{"name": "chaos-vnet", "addressPrefixes": []string{"10.20.0.0/16"}, "subnets": subnets}},
+		"virtualMachines": machines,
+	}}}}}
+	b, _ := json.Marshal(estate)
+	path = filepath.Join(dir, "chaos-estate.json")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, vms, nsgs
+}
+
+// chaosHandler is `handler local` restarted at random by the test.
+type chaosHandler struct {
+	t        *testing.T
+	mu       sync.Mutex
+	p        *proc
+	up       bool
+	dataDir  string
+	addr     string
+	env      []string
+	restarts int
+	faults   int // injected ARM faults, summed over the process's lives
+	lastSeen int // faults seen in the current life
+	kills    []string
+}
+
+func (c *chaosHandler) start() {
+	p := startLocal(c.t, c.dataDir, c.addr, c.env...)
+	c.mu.Lock()
+	c.p, c.up, c.lastSeen = p, true, 0
+	c.mu.Unlock()
+}
+
+func (c *chaosHandler) current() (*proc, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.p, c.up
+}
+
+// crash kills the process at once and starts it again after a pause.
+func (c *chaosHandler) crash(down time.Duration) {
+	c.sampleFaults()
+	c.mu.Lock()
+	p := c.p
+	c.up = false
+	c.faults += c.lastSeen
+	c.mu.Unlock()
+	p.kill()
+	if dir := os.Getenv("JIT_CHAOS_LOGS"); dir != "" {
+		p.mu.Lock()
+		_ = os.WriteFile(filepath.Join(dir, fmt.Sprintf("life-%d.log", c.restarts)), p.logs.Bytes(), 0o644)
+		p.mu.Unlock()
+	}
+	c.mu.Lock()
+	c.kills = append(c.kills, time.Now().Format("15:04:05.000")+"+"+down.Round(time.Millisecond).String())
+	c.mu.Unlock()
+	time.Sleep(down)
+	c.restarts++
+	c.start()
+}
+
+// sampleFaults reads the simulator's fault count of the current life.
+func (c *chaosHandler) sampleFaults() {
+	p, up := c.current()
+	if !up {
+		return
+	}
+	resp, err := http.Get(p.base + "/_arm/_stats")
+	if err != nil {
+		return
+	}
+	defer resp.Body.Close()
+	var st struct{ Faults, Writes int }
+	if json.NewDecoder(resp.Body).Decode(&st) == nil {
+		c.mu.Lock()
+		c.lastSeen = st.Faults
+		c.mu.Unlock()
+	}
+}
+
+// try sends a request, retrying while the process is down or ARM-faulted.
+func (c *chaosHandler) try(method, path string, body any, out any, want int) bool {
+	for attempt := 0; attempt < 100; attempt++ {
+		p, up := c.current()
+		if up {
+			if status, raw := c.callQuiet(p, method, path, body); status == want {
+				if out != nil {
+					_ = json.Unmarshal(raw, out)
+				}
+				return true
+			} else if status >= 400 && status < 500 && status != 409 && status != 429 {
+				c.t.Errorf("%s %s: %d %s", method, path, status, raw)
+				return false
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return false
+}
+
+func (c *chaosHandler) callQuiet(p *proc, method, path string, body any) (int, []byte) {
+	var rd *strings.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = strings.NewReader(string(b))
+	} else {
+		rd = strings.NewReader("")
+	}
+	req, _ := http.NewRequest(method, p.base+path, rd)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := resp.Body.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	return resp.StatusCode, []byte(b.String())
+}
+
+type grantRec struct {
+	id   string
+	vm   string
+	rule string
+	end  time.Time
+	nsgs []string
+}
+
+// TestChaos: access ends on time although ARM fails a fifth of its writes,
+// close operations are lost and repeated, the process is killed and
+// restarted, and people edit the NSGs by hand. It prints the figures.
+func TestChaos(t *testing.T) {
+	const (
+		grants   = 500
+		sweep    = 3 * time.Second
+		dropRate = 0.15
+		dupRate  = 0.15
+	)
+	dir := t.TempDir()
+	estate, vms, nsgNames := chaosEstate(t, dir)
+	c := &chaosHandler{t: t, dataDir: filepath.Join(dir, "data"), addr: freeAddr(t), env: []string{
+		"JIT_ARM_ESTATE=" + estate, "JIT_SWEEP_INTERVAL=" + sweep.String(), "JIT_ARM_FAULT_RATE=0.2", "JIT_ARM_LATENCY=10ms",
+		fmt.Sprintf("JIT_CHAOS_DROP_CLOSES=%g", dropRate), fmt.Sprintf("JIT_CHAOS_DUPLICATE=%g", dupRate), "JIT_LOG_LEVEL=" + cmp.Or(os.Getenv("JIT_CHAOS_LOG_LEVEL"), "warn"),
+	}}
+	c.start()
+
+	// One policy over all 20 VMs, SSH and RDP.
+	var pvms []any
+	for _, vm := range vms {
+		pvms = append(pvms, map[string]any{"id": vmID(vm), "ports": []any{
+			map[string]any{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT1H"},
+			map[string]any{"number": 3389, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT1H"}}})
+	}
+	var pol struct {
+		Properties struct {
+			VirtualMachines []struct {
+				ID   string `json:"id"`
+				NSGs []struct {
+					ID string `json:"id"`
+				} `json:"networkSecurityGroups"`
+			} `json:"virtualMachines"`
+		} `json:"properties"`
+	}
+	if !c.try("PUT", "/api/v1/policies/chaos", map[string]any{"properties": map[string]any{"virtualMachines": pvms}}, &pol, 200) {
+		t.Fatal("could not write the policy")
+	}
+	nsgsOf := map[string][]string{}
+	for _, v := range pol.Properties.VirtualMachines {
+		for _, n := range v.NSGs {
+			nsgsOf[strings.ToLower(v.ID)] = append(nsgsOf[strings.ToLower(v.ID)], n.ID)
+		}
+	}
+
+	// Observer: which allow rules are in the NSGs, seen from outside.
+	var obsMu sync.Mutex
+	present := map[string]bool{}
+	firstAbsent := map[string]time.Time{} // after having been seen present
+	stopObs := make(chan struct{})
+	var obsWG sync.WaitGroup
+	obsWG.Add(1)
+	go func() {
+		defer obsWG.Done()
+		for {
+			select {
+			case <-stopObs:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			p, up := c.current()
+			if !up {
+				continue
+			}
+			seen := map[string]bool{}
+			complete := true
+			for _, n := range nsgNames {
+				status, raw := c.callQuiet(p, "GET", "/_arm"+rgURL+"/providers/Microsoft.Network/networkSecurityGroups/"+n+"?api-version=2024-05-01", nil)
+				if status != 200 {
+					complete = false
+					break
+				}
+				var nsg struct {
+					Properties struct {
+						SecurityRules []struct {
+							Name string `json:"name"`
+						} `json:"securityRules"`
+					} `json:"properties"`
+				}
+				_ = json.Unmarshal(raw, &nsg)
+				for _, r := range nsg.Properties.SecurityRules {
+					seen[r.Name] = true
+				}
+			}
+			if !complete {
+				continue
+			}
+			now := time.Now()
+			obsMu.Lock()
+			for name := range seen {
+				present[name] = true
+			}
+			for name := range present {
+				if !seen[name] {
+					if _, ok := firstAbsent[name]; !ok {
+						firstAbsent[name] = now
+					}
+				} else {
+					delete(firstAbsent, name) // put back (a repair): not gone yet
+				}
+			}
+			obsMu.Unlock()
+			c.sampleFaults()
+		}
+	}()
+
+	// Crashes at random moments, and hand edits.
+	stopChaos := make(chan struct{})
+	var chaosWG sync.WaitGroup
+	chaosWG.Add(2)
+	go func() {
+		defer chaosWG.Done()
+		for {
+			select {
+			case <-stopChaos:
+				return
+			case <-time.After(time.Duration(6000+rand.IntN(6000)) * time.Millisecond):
+			}
+			c.crash(time.Duration(300+rand.IntN(1200)) * time.Millisecond)
+		}
+	}()
+	var handEdits atomic.Int32
+	go func() {
+		defer chaosWG.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stopChaos:
+				return
+			case <-time.After(4 * time.Second):
+			}
+			nsg := nsgNames[rand.IntN(len(nsgNames))]
+			p, up := c.current()
+			if !up {
+				continue
+			}
+			base := "/_arm" + rgURL + "/providers/Microsoft.Network/networkSecurityGroups/" + nsg
+			_, raw := c.callQuiet(p, "GET", base+"?api-version=2024-05-01", nil)
+			var got struct {
+				Properties struct {
+					SecurityRules []struct {
+						Name string `json:"name"`
+					} `json:"securityRules"`
+				} `json:"properties"`
+			}
+			_ = json.Unmarshal(raw, &got)
+			if i%2 == 0 {
+				// Delete a deny rule: JIT must put it back.
+				for _, r := range got.Properties.SecurityRules {
+					if strings.HasPrefix(r.Name, "jit-deny-") {
+						if s, _ := c.callQuiet(p, "DELETE", base+"/securityRules/"+r.Name+"?api-version=2024-05-01", nil); s/100 == 2 {
+							handEdits.Add(1)
+						}
+						break
+					}
+				}
+			} else {
+				// Open SSH to the world under our prefix: JIT must remove it.
+				rule := map[string]any{"properties": map[string]any{"access": "Allow", "direction": "Inbound", "priority": 1900 + i%90,
+					"protocol": "Tcp", "sourceAddressPrefix": "*", "sourcePortRange": "*", "destinationAddressPrefix": "*", "destinationPortRange": "22"}}
+				name := "jit-allow-" + jit.NewRequestID() + "-0"
+				if s, _ := c.callQuiet(p, "PUT", base+"/securityRules/"+name+"?api-version=2024-05-01", rule); s/100 == 2 {
+					handEdits.Add(1)
+					obsMu.Lock()
+					present[name] = true
+					obsMu.Unlock()
+				}
+			}
+		}
+	}()
+
+	// Requests: 500 grants over about 25 s, each for 4 to 20 s.
+	var recMu sync.Mutex
+	var recs []grantRec
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				vm := vms[i%len(vms)]
+				port := []int{22, 3389}[i%2]
+				d := 4 + rand.IntN(17)
+				var r requestRec
+				body := initiateBody(vm, port, map[string]any{"duration": fmt.Sprintf("PT%dS", d), "allowedSourceAddressPrefix": fmt.Sprintf("198.51.100.%d", i%250+1)})
+				if !c.try("POST", "/api/v1/policies/chaos/initiate", body, &r, 202) || len(r.Grants) != 1 {
+					t.Errorf("request %d was not accepted", i)
+					continue
+				}
+				recMu.Lock()
+				recs = append(recs, grantRec{id: r.ID, vm: vm, rule: r.Grants[0].RuleName, end: r.VirtualMachines[0].Ports[0].EndTimeUtc, nsgs: nsgsOf[strings.ToLower(vmID(vm))]})
+				recMu.Unlock()
+			}
+		}()
+	}
+	for i := range grants {
+		work <- i
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(work)
+	wg.Wait()
+	lastEnd := time.Time{}
+	for _, r := range recs {
+		if r.end.After(lastEnd) {
+			lastEnd = r.end
+		}
+	}
+	// Chaos goes on until every grant has ended, then stops.
+	time.Sleep(time.Until(lastEnd))
+	close(stopChaos)
+	chaosWG.Wait()
+
+	// Everything must be closed within a sweep period and 10 s.
+	deadline := lastEnd.Add(sweep + 10*time.Second)
+	stillOpen := func() []string {
+		obsMu.Lock()
+		defer obsMu.Unlock()
+		var open []string
+		for name := range present {
+			if strings.HasPrefix(name, "jit-allow-") {
+				if _, gone := firstAbsent[name]; !gone {
+					open = append(open, name)
+				}
+			}
+		}
+		return open
+	}
+	for time.Now().Before(deadline) && len(stillOpen()) > 0 {
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // one more observation
+	close(stopObs)
+	obsWG.Wait()
+	open := stillOpen()
+
+	// The largest lag between a grant's end and its rule's disappearance.
+	var maxLag time.Duration
+	observed := 0
+	type lagRec struct {
+		rec grantRec
+		lag time.Duration
+	}
+	var lags []lagRec
+	obsMu.Lock()
+	for _, r := range recs {
+		if gone, ok := firstAbsent[r.rule]; ok && present[r.rule] {
+			observed++
+			lags = append(lags, lagRec{r, gone.Sub(r.end)})
+			if lag := gone.Sub(r.end); lag > maxLag {
+				maxLag = lag
+			}
+		}
+	}
+	obsMu.Unlock()
+	slices.SortFunc(lags, func(a, b lagRec) int { return int(b.lag - a.lag) })
+
+	// The audit trail: a request event per grant and a close event per
+	// grant and NSG, whatever happened in between.
+	p, _ := c.current()
+	var audit struct {
+		Value []struct {
+			ID   string    `json:"id"`
+			Time time.Time `json:"timeUtc"`
+		} `json:"value"`
+	}
+	p.must(200, "GET", "/api/v1/audit", nil, &audit)
+	ids := map[string]bool{}
+	closedAt := map[string]time.Time{}
+	for _, ev := range audit.Value {
+		ids[ev.ID] = true
+		closedAt[ev.ID] = ev.Time
+	}
+	for _, l := range lags[:min(5, len(lags))] {
+		var closes []string
+		for _, n := range l.rec.nsgs {
+			id := "close-" + l.rec.id + "-0-" + jit.ShortHash(n)
+			closes = append(closes, fmt.Sprintf("%s closed %s after end (audited %v)", jit.ResourceName(n), closedAt[id].Sub(l.rec.end).Round(10*time.Millisecond), ids[id]))
+		}
+		t.Logf("lag %s for %s (%s, end %s): %s", l.lag.Round(10*time.Millisecond), l.rec.rule, l.rec.vm, l.rec.end.Format("15:04:05.000"), strings.Join(closes, "; "))
+	}
+	c.mu.Lock()
+	t.Logf("kills at: %v", c.kills)
+	c.mu.Unlock()
+	lost := 0
+	for _, r := range recs {
+		if !ids["request-"+r.id+"-0"] {
+			lost++
+		}
+		for _, n := range r.nsgs {
+			if !ids["close-"+r.id+"-0-"+jit.ShortHash(n)] {
+				lost++
+			}
+		}
+	}
+	// Deny rules are all back.
+	missingDeny := 0
+	for _, vm := range vms {
+		for _, n := range nsgsOf[strings.ToLower(vmID(vm))] {
+			rules := p.nsgRules(jit.ResourceName(n))
+			if _, ok := rules[jit.DenyRuleName(vmID(vm))]; !ok {
+				missingDeny++
+			}
+		}
+	}
+	c.sampleFaults()
+	c.mu.Lock()
+	faults := c.faults + c.lastSeen
+	c.mu.Unlock()
+
+	report := fmt.Sprintf(`fault test (TestChaos)
+  grants:                 %d on %d VMs sharing %d NSGs
+  ARM faults injected:    %d (20%% of writes: 429 / 409 / 500, 10 ms write latency)
+  close operations:       %.0f%% dropped, %.0f%% duplicated
+  process kills/restarts: %d
+  hand edits via /_arm:   %d
+  rules seen removed:     %d
+  largest close lag:      %s (bound: sweep %s + 10s)
+  grants still open:      %d
+  audit events lost:      %d
+  deny rules missing:     %d
+`, len(recs), len(vms), len(nsgNames), faults, dropRate*100, dupRate*100, c.restarts, handEdits.Load(), observed,
+		maxLag.Round(10*time.Millisecond), sweep, len(open), lost, missingDeny)
+	t.Log("\n" + report)
+	if path := os.Getenv("JIT_CHAOS_REPORT"); path != "" {
+		_ = os.WriteFile(path, []byte(report), 0o644)
+	}
+	if len(recs) < grants {
+		t.Errorf("only %d of %d grants were accepted", len(recs), grants)
+	}
+	if len(open) > 0 {
+		t.Errorf("%d allow rules still open at the end: %v", len(open), open[:min(5, len(open))])
+	}
+	if maxLag > sweep+10*time.Second {
+		t.Errorf("largest lag %s exceeds the sweep period plus 10 s", maxLag)
+	}
+	if lost > 0 {
+		t.Errorf("%d audit events lost", lost)
+	}
+	if missingDeny > 0 {
+		t.Errorf("%d deny rules missing at the end", missingDeny)
+	}
+	if c.restarts < 2 || faults < 50 {
+		t.Errorf("too little chaos: %d restarts, %d faults", c.restarts, faults)
+	}
+}
