@@ -68,9 +68,6 @@ func DecodeOperation(body []byte) (jit.Operation, error) {
 	op := jit.Operation{ID: w.ID, Kind: w.Kind, RequestID: w.RequestID, Grant: *w.Grant, NSG: w.NSG}
 	if w.Due != nil {
 		op.Due = w.Due.UTC()
-		if y := op.Due.Year(); y < 2000 || y > 9999 {
-			return jit.Operation{}, jit.Errorf(jit.EINVALID, "operation message: due time %s is out of range", op.Due.Format(time.RFC3339))
-		}
 	}
 	if err := validate(op); err != nil {
 		return jit.Operation{}, err
@@ -97,6 +94,10 @@ func validate(op jit.Operation) error {
 		return jit.Errorf(jit.EINVALID, "operation message: negative grant %d", op.Grant)
 	case len(op.ID) > 128:
 		return jit.Errorf(jit.EINVALID, "operation message: id longer than 128 characters")
+	}
+	// Zero means now; otherwise a due time this service can have made.
+	if y := op.Due.UTC().Year(); !op.Due.IsZero() && (y < 2000 || y > 9999) {
+		return jit.Errorf(jit.EINVALID, "operation message: due time %s is out of range", op.Due.UTC().Format(time.RFC3339))
 	}
 	return nil
 }
