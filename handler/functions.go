@@ -52,12 +52,7 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 		// Only a loopback endpoint (the simulator in tests) may be plain HTTP.
 		armOpts.InsecureAllowCredentialWithHTTP = strings.HasPrefix(cfg.ARMEndpoint, "http://127.0.0.1") || strings.HasPrefix(cfg.ARMEndpoint, "http://localhost")
 	}
-	network, err := azurenet.New(azurenet.Config{
-		Subscriptions: cfg.Subscriptions,
-		AllowBand:     azurenet.Band{Min: cfg.AllowBand[0], Max: cfg.AllowBand[1]},
-		DenyBand:      azurenet.Band{Min: cfg.DenyBand[0], Max: cfg.DenyBand[1]},
-		Log:           log,
-	}, cred, armOpts)
+	network, err := azurenet.New(cfg.networkConfig(log), cred, armOpts)
 	if err != nil {
 		return err
 	}
@@ -109,8 +104,7 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 		return err
 	}
 	defer closeNotifier()
-	svc := jit.NewService(store, queue, network, jit.Config{MinDuration: cfg.MinDuration, Subscriptions: cfg.Subscriptions,
-		PendingExpiry: cfg.PendingExpiry, StuckAfter: cfg.StuckAfter, Notifier: notifier, Log: log})
+	svc := jit.NewService(store, queue, network, cfg.serviceConfig(notifier, log))
 	// The Functions host is the direct peer of every forwarded request.
 	proxies := append([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}, cfg.TrustedProxies...)
 	api := httpapi.New(svc, httpapi.Config{TrustedProxies: proxies, Log: log})

@@ -97,17 +97,12 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		return err
 	}
 	armHandler := http.StripPrefix("/_arm", sim)
-	network, err := azurenet.New(azurenet.Config{
-		Subscriptions: cfg.Subscriptions,
-		AllowBand:     azurenet.Band{Min: cfg.AllowBand[0], Max: cfg.AllowBand[1]},
-		DenyBand:      azurenet.Band{Min: cfg.DenyBand[0], Max: cfg.DenyBand[1]},
-		Log:           log,
-		// The simulator answers at once: retry on its scale, not Azure's.
-		Retry:         policy.RetryOptions{MaxRetries: 4, RetryDelay: 100 * time.Millisecond, MaxRetryDelay: 2 * time.Second},
-		RetryDelay:    100 * time.Millisecond,
-		MaxRetryDelay: 2 * time.Second,
-		PollFrequency: time.Second, // azcore's minimum; the first poll is immediate
-	}, localCredential{}, &arm.ClientOptions{ClientOptions: azcore.ClientOptions{
+	netCfg := cfg.networkConfig(log)
+	// The simulator answers at once: retry on its scale, not Azure's.
+	netCfg.Retry = policy.RetryOptions{MaxRetries: 4, RetryDelay: 100 * time.Millisecond, MaxRetryDelay: 2 * time.Second}
+	netCfg.RetryDelay, netCfg.MaxRetryDelay = 100*time.Millisecond, 2*time.Second
+	netCfg.PollFrequency = time.Second // azcore's minimum; the first poll is immediate
+	network, err := azurenet.New(netCfg, localCredential{}, &arm.ClientOptions{ClientOptions: azcore.ClientOptions{
 		Cloud: cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
 			cloud.ResourceManager: {Endpoint: "http://arm.local/_arm", Audience: "https://management.azure.com"},
 		}},
@@ -135,8 +130,7 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		log.Warn().Float64("drop", cfg.ChaosDrop).Float64("duplicate", cfg.ChaosDuplicate).Msg("fault injection: close operations will be lost and repeated")
 		q = newChaosQueue(queue, cfg.ChaosDrop, cfg.ChaosDuplicate, log)
 	}
-	svc = jit.NewService(store, q, network, jit.Config{MinDuration: cfg.MinDuration, Subscriptions: cfg.Subscriptions,
-		PendingExpiry: cfg.PendingExpiry, StuckAfter: cfg.StuckAfter, Notifier: notifier, Log: log})
+	svc = jit.NewService(store, q, network, cfg.serviceConfig(notifier, log))
 
 	if err := queue.Start(ctx); err != nil {
 		return err

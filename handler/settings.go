@@ -7,6 +7,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rs/zerolog"
+
+	"jitaccess/handler/azurenet"
 	"jitaccess/handler/jit"
 )
 
@@ -194,6 +197,22 @@ func readSettings(getenv func(string) string) (settings, error) {
 		return s, fmt.Errorf("JIT_CLOUD %q is not one of AzurePublic, AzureUSGovernment, AzureChina", s.Cloud)
 	}
 	return s, nil
+}
+
+// networkConfig is the azurenet driver's configuration from the settings.
+func (s settings) networkConfig(log zerolog.Logger) azurenet.Config {
+	return azurenet.Config{
+		Subscriptions: s.Subscriptions,
+		AllowBand:     azurenet.Band{Min: s.AllowBand[0], Max: s.AllowBand[1]},
+		DenyBand:      azurenet.Band{Min: s.DenyBand[0], Max: s.DenyBand[1]},
+		Log:           log,
+	}
+}
+
+// serviceConfig is the service's configuration from the settings.
+func (s settings) serviceConfig(n jit.Notifier, log zerolog.Logger) jit.Config {
+	return jit.Config{MinDuration: s.MinDuration, Subscriptions: s.Subscriptions, PendingExpiry: s.PendingExpiry,
+		StuckAfter: s.StuckAfter, Notifier: n, Log: log}
 }
 
 // functionsStorage picks the Table Storage connection for Functions mode:

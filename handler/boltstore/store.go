@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -310,7 +309,7 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 			if err := decode(v, &r); err != nil {
 				return err
 			}
-			if !requestMatches(&r, f) {
+			if !f.Matches(&r) {
 				continue
 			}
 			rs = append(rs, r)
@@ -321,22 +320,6 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 		return nil
 	})
 	return rs, err
-}
-
-func requestMatches(r *jit.Request, f jit.RequestFilter) bool {
-	if f.VM != "" && !r.HasVM(f.VM) {
-		return false
-	}
-	if f.Policy != "" && !strings.EqualFold(r.Policy, f.Policy) {
-		return false
-	}
-	if f.Requestor != "" && r.Requestor != f.Requestor {
-		return false
-	}
-	if len(f.Statuses) > 0 && !slices.Contains(f.Statuses, r.Status) {
-		return false
-	}
-	return true
 }
 
 // AppendAudit stores ev once: an event whose ID is stored already is left as

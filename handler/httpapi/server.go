@@ -269,11 +269,7 @@ func (s *Server) listPolicies(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	out := make([]policyOut, 0, len(pols))
-	for _, pol := range pols {
-		out = append(out, policyToOut(pol))
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"value": out})
+	writeValues(w, pols, policyToOut)
 }
 
 func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request) {
@@ -388,11 +384,7 @@ func (s *Server) listRequests(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	out := make([]requestOut, 0, len(reqs))
-	for _, req := range reqs {
-		out = append(out, requestToOut(req))
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"value": out})
+	writeValues(w, reqs, requestToOut)
 }
 
 func (s *Server) getRequest(w http.ResponseWriter, r *http.Request) {
@@ -513,11 +505,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	out := make([]vmOut, 0, len(vms))
-	for _, v := range vms {
-		out = append(out, vmToOut(v))
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"value": out})
+	writeValues(w, vms, vmToOut)
 }
 
 // audit streams the audit trail as JSON or CSV without buffering it whole.
@@ -673,3 +661,12 @@ func unquoteETag(v string) string {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// writeValues answers a list in ARM's shape, {"value": [...]}.
+func writeValues[T, O any](w http.ResponseWriter, items []T, conv func(T) O) {
+	out := make([]O, 0, len(items))
+	for _, it := range items {
+		out = append(out, conv(it))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"value": out})
+}

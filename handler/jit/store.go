@@ -2,6 +2,8 @@ package jit
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -40,6 +42,21 @@ type RequestFilter struct {
 	Statuses  []string  // any of these request statuses
 	Since     time.Time // StartTime at or after
 	Limit     int       // at most this many; 0 = no limit
+}
+
+// Matches reports whether r passes every filter of f but Limit.
+func (f RequestFilter) Matches(r *Request) bool {
+	switch {
+	case f.VM != "" && !r.HasVM(f.VM):
+		return false
+	case f.Policy != "" && !strings.EqualFold(r.Policy, f.Policy):
+		return false
+	case f.Requestor != "" && r.Requestor != f.Requestor:
+		return false
+	case len(f.Statuses) > 0 && !slices.Contains(f.Statuses, r.Status):
+		return false
+	}
+	return f.Since.IsZero() || !r.StartTime.Before(f.Since)
 }
 
 // AuditFilter selects audit events. Zero fields match everything.

@@ -285,7 +285,7 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 			return err
 		}
 		for _, r := range rs {
-			if r != nil && requestMatches(r, f) && !full() {
+			if r != nil && f.Matches(r) && !full() {
 				out = append(out, *r)
 			}
 		}
@@ -365,22 +365,6 @@ func (s *Store) fetchRequests(ctx context.Context, hits []indexHit) ([]*jit.Requ
 		}
 	}
 	return out, nil
-}
-
-func requestMatches(r *jit.Request, f jit.RequestFilter) bool {
-	if f.VM != "" && !r.HasVM(f.VM) {
-		return false
-	}
-	if f.Policy != "" && !strings.EqualFold(r.Policy, f.Policy) {
-		return false
-	}
-	if f.Requestor != "" && r.Requestor != f.Requestor {
-		return false
-	}
-	if len(f.Statuses) > 0 && !slices.Contains(f.Statuses, r.Status) {
-		return false
-	}
-	return f.Since.IsZero() || !r.StartTime.Before(f.Since)
 }
 
 // utcRequest returns r with every time in UTC, so that records read back
