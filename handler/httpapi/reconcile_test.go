@@ -70,7 +70,10 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	var r request
 	s.must(202, nil, "POST", "/api/v1/policies/p/initiate", initiate("vm-nic-nsg", "PT1H"), &r)
 	allow := r.Grants[0].RuleName
-	waitFor(t, "rule open", func() bool { _, ok := s.rule("nsg-vm-nic", allow); return ok })
+	waitFor(t, "grant open", func() bool {
+		s.must(200, nil, "GET", "/api/v1/requests/"+r.ID, nil, &r)
+		return r.Grants[0].Status == "Initiated"
+	})
 	deny := jit.DenyRuleName(vmID("vm-nic-nsg"))
 	ctx := t.Context()
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -69,6 +70,12 @@ func (s *Service) openRule(ctx context.Context, req Request, i int, nsg string) 
 		return fmt.Errorf("opening grant %s-%d in %s: %w", req.ID, i, nsg, err)
 	}
 	now := s.now()
+	// Audit before recording the open (see removeRule).
+	if err := s.audit(ctx, AuditEvent{ID: "open-" + req.ID + "-" + itoa(i) + "-" + ShortHash(nsg), Time: now, Action: AuditOpen,
+		Actor: System.ID, Policy: req.Policy, Request: req.ID, VM: g.VM, NSG: nsg, Protocol: g.Protocol, Ports: g.Ports,
+		Sources: g.Sources, Result: ResultSuccess, Detail: "until " + g.End.Format(time.RFC3339)}); err != nil {
+		return err
+	}
 	endedMeanwhile, nowOpen := false, false
 	updated, err := s.mutateRequest(ctx, req.ID, func(r *Request) error {
 		endedMeanwhile, nowOpen = false, false
@@ -95,9 +102,7 @@ func (s *Service) openRule(ctx context.Context, req Request, i int, nsg string) 
 	if nowOpen {
 		s.notify(EventOpened, grantOnly(updated, i), System.ID, "")
 	}
-	return s.audit(ctx, AuditEvent{ID: "open-" + req.ID + "-" + itoa(i) + "-" + ShortHash(nsg), Time: now, Action: AuditOpen,
-		Actor: System.ID, Policy: req.Policy, Request: req.ID, VM: g.VM, NSG: nsg, Protocol: g.Protocol, Ports: g.Ports,
-		Sources: g.Sources, Result: ResultSuccess, Detail: "until " + g.End.Format(time.RFC3339)})
+	return nil
 }
 
 func allOpen(g *Grant) bool {
@@ -129,6 +134,20 @@ func (s *Service) removeRule(ctx context.Context, reqID string, i int, nsg strin
 		return fmt.Errorf("closing grant %s-%d in %s: %w", req.ID, i, nsg, err)
 	}
 	now := s.now()
+	reason := g.StatusReason
+	switch {
+	case g.Status == GrantInitiating || g.Status == GrantInitiated:
+		reason = ReasonExpired
+	case reason == "":
+		reason = g.Status
+	}
+	// Audit before recording the close: a crash in between runs the close
+	// again, and the append, keyed by the same id, keeps one event.
+	if err := s.audit(ctx, AuditEvent{ID: "close-" + req.ID + "-" + itoa(i) + "-" + ShortHash(nsg), Time: now, Action: AuditClose,
+		Actor: System.ID, Policy: req.Policy, Request: req.ID, VM: g.VM, NSG: nsg, Protocol: g.Protocol, Ports: g.Ports,
+		Sources: g.Sources, Result: ResultSuccess, Detail: reason}); err != nil {
+		return err
+	}
 	var ended Grant
 	nowDone := false
 	updated, err := s.mutateRequest(ctx, req.ID, func(r *Request) error {
@@ -152,18 +171,12 @@ func (s *Service) removeRule(ctx context.Context, reqID string, i int, nsg strin
 	if err != nil {
 		return fmt.Errorf("recording close of grant %s-%d: %w", req.ID, i, err)
 	}
-	reason := ended.StatusReason
-	if reason == "" {
-		reason = ended.Status
-	}
 	lag := now.Sub(ended.End)
 	s.cfg.Log.Info().Str("request", req.ID).Int("grant", i).Str("vm", g.VM).Str("nsg", nsg).Str("reason", reason).Dur("lag", lag).Msg("closed")
 	if nowDone {
 		s.notify(EventClosed, grantOnly(updated, i), System.ID, reason)
 	}
-	return s.audit(ctx, AuditEvent{ID: "close-" + req.ID + "-" + itoa(i) + "-" + ShortHash(nsg), Time: now, Action: AuditClose,
-		Actor: System.ID, Policy: req.Policy, Request: req.ID, VM: g.VM, NSG: nsg, Protocol: g.Protocol, Ports: g.Ports,
-		Sources: g.Sources, Result: ResultSuccess, Detail: reason})
+	return nil
 }
 
 // grantOnly is r narrowed to grant i, for notifications about one grant.
@@ -287,6 +300,7 @@ func (s *Service) Sweep(ctx context.Context) (closed int, err error) {
 		req string
 		i   int
 		nsg string
+		end time.Time
 	}
 	byNSG := map[string][]job{}
 	for _, r := range reqs {
@@ -298,7 +312,7 @@ func (s *Service) Sweep(ctx context.Context) (closed int, err error) {
 			for _, n := range g.NSGs {
 				if n.State != RuleClosed {
 					k := strings.ToLower(n.ID)
-					byNSG[k] = append(byNSG[k], job{r.ID, i, n.ID})
+					byNSG[k] = append(byNSG[k], job{r.ID, i, n.ID, g.End})
 				}
 			}
 		}
@@ -310,6 +324,8 @@ func (s *Service) Sweep(ctx context.Context) (closed int, err error) {
 		sem  = make(chan struct{}, sweepParallel)
 	)
 	for _, jobs := range byNSG {
+		// The longest overdue first: they bound the lag.
+		slices.SortFunc(jobs, func(a, b job) int { return a.end.Compare(b.end) })
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
