@@ -84,3 +84,10 @@ deploy: deploy-check
 	  --template-file infra/main.bicep $(if $(PARAMS),--parameters @$(PARAMS)) \
 	  --parameters location=$(LOCATION) deployEventSubscriptions=true --output none
 	@echo "jitaccess is at $$(az deployment group show --resource-group $(RG) --name $(DEPLOYMENT) --query properties.outputs.url.value --output tsv)"
+
+# Load scenarios against a built `handler local`: one table on stdout, the same
+# figures in docs/bench-results.json (docs/performance.md). Not part of `make test`.
+# BENCH_FLAGS passes options, e.g. BENCH_FLAGS='-only initiate -initiate-duration 10s'.
+.PHONY: bench
+bench: build
+	$(GO) run ./handler/bench -handler $(BIN) -out docs/bench-results.json $(BENCH_FLAGS)

@@ -373,43 +373,77 @@ func (st *state) link() {
 	}
 }
 
-// snapshot writes the state as raw ARM resources.
-func (st *state) snapshot() ([]byte, error) {
-	var f estateFile
-	add := func(v any) error {
-		b, err := json.Marshal(v)
-		if err != nil {
-			return err
+// snapshotCache keeps each resource's JSON between snapshots, so that local
+// mode, which saves the estate after every write, marshals only what changed
+// instead of thousands of VMs, NICs and NSGs per rule written. An entry is
+// valid while the resource is the same object with the same etag; the
+// writers that change a resource in place without a new etag (VM tags,
+// re-linking after an NSG is created) drop entries themselves.
+type snapshotCache map[string]cachedJSON
+
+type cachedJSON struct {
+	ptr  any
+	etag string
+	b    []byte
+}
+
+// snapshotLocked writes the state as raw ARM resources, one per line;
+// callers hold s.mu.
+func (s *Server) snapshotLocked() ([]byte, error) {
+	if s.snap == nil {
+		s.snap = snapshotCache{}
+	}
+	seen := make(map[string]bool, len(s.snap))
+	var buf bytes.Buffer
+	buf.Grow(s.snapSize)
+	buf.WriteString("{\n  \"resources\": [")
+	first := true
+	add := func(k string, v any, etag *string) error {
+		seen[k] = true
+		c, ok := s.snap[k]
+		if !ok || c.ptr != v || c.etag != deref(etag) {
+			b, err := json.Marshal(v)
+			if err != nil {
+				return err
+			}
+			c = cachedJSON{ptr: v, etag: deref(etag), b: b}
+			s.snap[k] = c
 		}
-		f.Resources = append(f.Resources, b)
+		if !first {
+			buf.WriteByte(',')
+		}
+		first = false
+		buf.WriteString("\n    ")
+		buf.Write(c.b)
 		return nil
 	}
-	for _, v := range sortedValues(st.nsgs) {
-		if err := add(v); err != nil {
+	for _, v := range sortedValues(s.st.nsgs) {
+		if err := add("nsg "+key(deref(v.ID)), v, v.Etag); err != nil {
 			return nil, err
 		}
 	}
-	for _, v := range sortedValues(st.vnets) {
-		if err := add(v); err != nil {
+	for _, v := range sortedValues(s.st.vnets) {
+		if err := add("vnet "+key(deref(v.ID)), v, v.Etag); err != nil {
 			return nil, err
 		}
 	}
-	for _, v := range sortedValues(st.nics) {
-		if err := add(v); err != nil {
+	for _, v := range sortedValues(s.st.nics) {
+		if err := add("nic "+key(deref(v.ID)), v, v.Etag); err != nil {
 			return nil, err
 		}
 	}
-	for _, v := range sortedValues(st.vms) {
-		if err := add(v); err != nil {
+	for _, v := range sortedValues(s.st.vms) {
+		if err := add("vm "+key(deref(v.ID)), v, nil); err != nil {
 			return nil, err
 		}
 	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(f); err != nil {
-		return nil, err
+	buf.WriteString("\n  ]\n}\n")
+	for k := range s.snap {
+		if !seen[k] {
+			delete(s.snap, k)
+		}
 	}
+	s.snapSize = buf.Len()
 	return buf.Bytes(), nil
 }
 
@@ -433,6 +467,7 @@ func (s *Server) Load(r io.Reader) error {
 		return err
 	}
 	s.st = st
+	s.snap = nil
 	return nil
 }
 
@@ -441,17 +476,28 @@ func (s *Server) Load(r io.Reader) error {
 func (s *Server) Snapshot() ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.st.snapshot()
+	return s.snapshotLocked()
 }
 
 // Save writes Snapshot to path atomically (a temporary file renamed over it),
-// so a crash never leaves half an estate behind.
+// so a crash never leaves half an estate behind. When it returns, every
+// write that completed before the call is in the file.
+//
+// Concurrent calls are coalesced: OnChange hooks call Save after every write,
+// and a caller that waited for another's save finds its change already in the
+// file when that save's snapshot was taken after the change, so N concurrent
+// writers cost about two saves, not N.
 func (s *Server) Save(path string) error {
-	// OnChange hooks call Save from concurrent requests; one writer at a
-	// time keeps the temporary file whole.
+	want := s.changes.Load()
 	s.saveMu.Lock()
 	defer s.saveMu.Unlock()
-	b, err := s.Snapshot()
+	if done, ok := s.saved[path]; ok && done >= want {
+		return nil
+	}
+	s.mu.Lock()
+	gen := s.changes.Load()
+	b, err := s.snapshotLocked()
+	s.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("snapshot estate: %w", err)
 	}
@@ -462,5 +508,9 @@ func (s *Server) Save(path string) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("write estate: %w", err)
 	}
+	if s.saved == nil {
+		s.saved = map[string]uint64{}
+	}
+	s.saved[path] = gen
 	return nil
 }

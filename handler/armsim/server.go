@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
@@ -74,6 +75,10 @@ type Server struct {
 	saveMu   sync.Mutex
 	opts     Options
 	st       state
+	snap     snapshotCache     // resources' JSON as last saved; under mu
+	snapSize int               // size of the last snapshot, to size the next
+	changes  atomic.Uint64     // successful writes so far
+	saved    map[string]uint64 // path → changes included in its last Save; under saveMu
 	ops      map[string]*operation
 	opSeq    uint64
 	etagSeq  uint64
@@ -734,6 +739,7 @@ func (s *Server) putNSG(w http.ResponseWriter, r *http.Request, rt route, lro *F
 		s.st.nsgs[key(id)] = nsg
 		if old == nil {
 			s.st.link()
+			s.snap = nil // link changes back-references in place
 		}
 	}
 	asyncURL, _ := s.newOperation(r, rt.sub, loc, lro)
@@ -797,6 +803,7 @@ func (s *Server) deleteNSG(w http.ResponseWriter, r *http.Request, rt route, lro
 }
 
 func (s *Server) changed(c Change) {
+	s.changes.Add(1)
 	if s.opts.OnChange != nil {
 		s.opts.OnChange(c)
 	}

@@ -55,6 +55,7 @@ func (s *Server) SetVMTags(vmID string, tags map[string]*string) (string, error)
 	}
 	vm.Tags = tags
 	id := deref(vm.ID)
+	delete(s.snap, "vm "+key(id)) // changed in place, without an etag
 	s.mu.Unlock()
 	s.changed(Change{ID: id, Type: typeVM, Operation: "write"})
 	return id, nil

@@ -1,0 +1,246 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/rs/zerolog"
+
+	"jitaccess/handler/armsim"
+	"jitaccess/handler/azurenet"
+	"jitaccess/handler/boltstore"
+	"jitaccess/handler/jit"
+	"jitaccess/handler/localqueue"
+)
+
+// stack is the service wired in this process as `handler local` wires it
+// (bbolt store, local queue, azurenet on the ARM simulator), so that the
+// simulator's call counters can be read.
+type stack struct {
+	sim   *armsim.Server
+	svc   *jit.Service
+	close func()
+}
+
+type benchCredential struct{}
+
+func (benchCredential) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	return azcore.AccessToken{Token: "bench", ExpiresOn: time.Now().Add(time.Hour)}, nil
+}
+
+func (b *bench) newStack(spec estateSpec) (*stack, error) {
+	path := filepath.Join(b.tmp, fmt.Sprintf("estate-inproc-%d.json", spec.VMs))
+	if err := spec.write(path); err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	sim := armsim.New(armsim.Options{Empty: true})
+	if err := sim.Load(bytes.NewReader(data)); err != nil {
+		return nil, err
+	}
+	srv := httptest.NewServer(sim)
+	net, err := azurenet.New(azurenet.Config{Subscriptions: []string{benchSub}}, benchCredential{},
+		&arm.ClientOptions{ClientOptions: azcore.ClientOptions{
+			Cloud: cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
+				cloud.ResourceManager: {Endpoint: srv.URL, Audience: "https://management.azure.com"}}},
+			InsecureAllowCredentialWithHTTP: true}})
+	if err != nil {
+		srv.Close()
+		return nil, err
+	}
+	dir, err := os.MkdirTemp(b.tmp, "inproc-")
+	if err != nil {
+		srv.Close()
+		return nil, err
+	}
+	db, err := boltstore.Open(filepath.Join(dir, "jitaccess.db"))
+	if err != nil {
+		srv.Close()
+		return nil, err
+	}
+	store, err := boltstore.New(db.Bolt())
+	if err != nil {
+		srv.Close()
+		db.Close()
+		return nil, err
+	}
+	var svc *jit.Service
+	q, err := localqueue.New(db.Bolt(), jit.WorkerFunc(func(ctx context.Context, op jit.Operation) error {
+		return svc.ApplyOperation(ctx, op)
+	}), localqueue.Options{})
+	if err != nil {
+		srv.Close()
+		db.Close()
+		return nil, err
+	}
+	svc = jit.NewService(store, q, net, jit.Config{MinDuration: time.Second, Subscriptions: []string{benchSub}, Log: zerolog.Nop()})
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := q.Start(ctx); err != nil {
+		cancel()
+		srv.Close()
+		db.Close()
+		return nil, err
+	}
+	return &stack{sim: sim, svc: svc, close: func() {
+		cancel()
+		shutdown, done := context.WithTimeout(context.Background(), 10*time.Second)
+		defer done()
+		_ = q.Close(shutdown)
+		srv.Close()
+		db.Close()
+	}}, nil
+}
+
+var benchAdmin = jit.Principal{ID: "bench", Name: "bench", Roles: []string{jit.RoleAdmin}, Address: "203.0.113.7"}
+
+// perGrant divides each counter by n, keeping two decimals in the notes.
+func perGrant(c armsim.CallStats, n int) string {
+	return fmt.Sprintf("%s per grant", calls(scale(c.ByKind, n)))
+}
+
+func scale(m map[string]int, n int) map[string]int {
+	out := map[string]int{}
+	for k, v := range m {
+		out[k] = (v + n/2) / max(n, 1)
+	}
+	return out
+}
+
+// armCalls counts ARM calls by kind for each step of a grant's life, for a
+// policy change, for a sweep and for a full inventory.
+func (b *bench) armCalls(ctx context.Context) ([]result, error) {
+	const vms = 100
+	// Every VM has a NIC NSG and sits in a subnet with an NSG: 2 NSGs per grant.
+	spec := estateSpec{VMs: vms, VMsPerNet: 50, NICNSG: true, SubnetNSG: true}
+	st, err := b.newStack(spec)
+	if err != nil {
+		return nil, err
+	}
+	defer st.close()
+	var rs []result
+	stepStart := time.Now()
+	row := func(name, target string, n int, ok bool, notes string) {
+		c := st.sim.Calls()
+		rs = append(rs, result{Scenario: name, Target: target, Requests: n, ARMCalls: c.ByKind, Verdict: verdict(ok), Notes: notes})
+		st.sim.ResetCalls()
+		logf("  %s: %s", name, time.Since(stepStart).Round(time.Millisecond))
+		stepStart = time.Now()
+	}
+
+	pol := jit.Policy{Name: "bench"}
+	for i := 0; i < vms; i++ {
+		pol.VMs = append(pol.VMs, jit.VMPolicy{ID: vmID(i), Ports: []jit.PortRule{{Number: 22, Protocol: jit.ProtocolTCP,
+			AllowedSources: []string{"*"}, MaxDuration: 3 * time.Hour}}})
+	}
+	st.sim.ResetCalls()
+	if _, err := st.svc.PutPolicy(ctx, benchAdmin, pol, ""); err != nil {
+		return nil, fmt.Errorf("creating the policy: %w", err)
+	}
+	c := st.sim.Calls()
+	writes := c.ByKind["PUT securityRules"]
+	row("arm:policy-new", "deny rules written when a policy changes: 1 per VM and NSG", vms,
+		writes == 2*vms, fmt.Sprintf("policy of %d VMs × 2 NSGs: %d deny-rule writes", vms, writes))
+
+	if _, err := st.svc.PutPolicy(ctx, benchAdmin, pol, ""); err != nil {
+		return nil, fmt.Errorf("re-writing the policy: %w", err)
+	}
+	c = st.sim.Calls()
+	row("arm:policy-same", "deny rules written only when a policy changes: 0 writes for an unchanged policy", vms,
+		c.Writes == 0, fmt.Sprintf("unchanged policy PUT again: %d writes, %d reads", c.Writes, c.Reads))
+
+	// Open: one grant per VM, each on 2 NSGs.
+	var ids []string
+	for i := 0; i < vms; i++ {
+		r, err := st.svc.Initiate(ctx, benchAdmin, "bench", jit.InitiateInput{VMs: []jit.InitiateVM{{ID: vmID(i),
+			Ports: []jit.InitiatePort{{Number: 22, Duration: time.Hour, Sources: []string{"203.0.113.7"}}}}}})
+		if err != nil {
+			return nil, fmt.Errorf("initiate: %w", err)
+		}
+		ids = append(ids, r.ID)
+	}
+	if err := waitRequests(ctx, st.svc, ids, func(r jit.Request) bool { return r.Grants[0].Status == jit.GrantInitiated }); err != nil {
+		return nil, err
+	}
+	c = st.sim.Calls()
+	open := c.ByKind["PUT securityRules"]
+	reads := c.Reads
+	row("arm:open", "exactly 1 write per grant and NSG to open; ≤ 2 reads per grant", vms,
+		open == 2*vms && reads <= 2*vms, fmt.Sprintf("%d grants × 2 NSGs: %s", vms, perGrant(c, vms)))
+
+	// Close: revoke every grant.
+	for _, id := range ids {
+		if _, err := st.svc.Revoke(ctx, benchAdmin, id); err != nil {
+			return nil, fmt.Errorf("revoke: %w", err)
+		}
+	}
+	if err := waitRequests(ctx, st.svc, ids, func(r jit.Request) bool { return r.Status == jit.RequestClosed }); err != nil {
+		return nil, err
+	}
+	c = st.sim.Calls()
+	row("arm:close", "exactly 1 write per grant and NSG to close", vms,
+		c.ByKind["DELETE securityRules"] == 2*vms && c.ByKind["PUT securityRules"] == 0, fmt.Sprintf("%d grants × 2 NSGs revoked: %s", vms, perGrant(c, vms)))
+
+	// A sweep with nothing to do.
+	t0 := time.Now()
+	if _, err := st.svc.Reconcile(ctx); err != nil {
+		return nil, fmt.Errorf("reconcile: %w", err)
+	}
+	took := time.Since(t0)
+	c = st.sim.Calls()
+	row("arm:sweep", "the sweeper reads per list page, writes nothing when nothing drifted", 1,
+		c.Writes == 0 && c.ByKind["GET networkSecurityGroups"] == 0, fmt.Sprintf("one Reconcile over %d VMs, %d NSGs: %s", vms, vms+2, took.Round(time.Millisecond)))
+
+	// Inventory of a large estate.
+	big := estateSpec{VMs: b.cfg.estateVMs, VMsPerNet: 250, SubnetNSG: true, NICNSG: true, NICNSGEvery: 10}
+	st2, err := b.newStack(big)
+	if err != nil {
+		return nil, err
+	}
+	defer st2.close()
+	st2.sim.ResetCalls()
+	t0 = time.Now()
+	list, err := st2.svc.ListVMs(ctx, benchAdmin)
+	if err != nil {
+		return nil, err
+	}
+	took = time.Since(t0)
+	c = st2.sim.Calls()
+	pages := (b.cfg.estateVMs + 999) / 1000
+	rs = append(rs, result{Scenario: "arm:inventory", Target: "a full inventory costs list calls per page, not calls per VM", Requests: len(list),
+		ARMCalls: c.ByKind, Verdict: verdict(c.Reads <= 3*pages+3), P50ms: ms(took), Maxms: ms(took),
+		Notes: fmt.Sprintf("ListVMs over %d VMs: %d reads (pages of 1,000), %s in process", len(list), c.Reads, took.Round(time.Millisecond))})
+	return rs, nil
+}
+
+// waitRequests waits until done holds for every request, or 60 s.
+func waitRequests(ctx context.Context, svc *jit.Service, ids []string, done func(jit.Request) bool) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for _, id := range ids {
+		for {
+			r, err := svc.GetRequest(ctx, benchAdmin, id)
+			if err != nil {
+				return err
+			}
+			if done(r) {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("request %s did not reach the awaited state within 60 s (status %s)", id, r.Status)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return nil
+}

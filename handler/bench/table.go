@@ -1,0 +1,53 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+)
+
+// printTable writes the results as one aligned table, then the notes.
+func printTable(w io.Writer, rep report) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\trequests\treq/s\tp50 ms\tp95 ms\tp99 ms\tmax ms\tpeak RSS MB\tverdict\tARM calls\t")
+	for _, r := range rep.Results {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Scenario, r.Requests, num(r.Throughput),
+			num(r.P50ms), num(r.P95ms), num(r.P99ms), num(r.Maxms), num(r.PeakRSSMB), r.Verdict, calls(r.ARMCalls))
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	for _, r := range rep.Results {
+		fmt.Fprintf(w, "%-13s target: %s\n%-13s %s\n", r.Scenario, r.Target, "", r.Notes)
+	}
+}
+
+func num(v float64) string {
+	switch {
+	case v == 0:
+		return "-"
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+// calls renders ARM call counts as "PUT securityRules=100 GET networkSecurityGroups=100".
+func calls(m map[string]int) string {
+	if len(m) == 0 {
+		return "-"
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
+	}
+	return strings.Join(parts, " ")
+}
