@@ -189,16 +189,16 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 
 // startSimulator loads the ARM simulator's estate: the saved one from the
 // data directory, else JIT_ARM_ESTATE, else the embedded demo estate. Every
-// change is saved at once, so a crash loses no rule.
+// change is saved before the write is answered, as Azure never loses an
+// acknowledged write; the save writes only what changed.
 func startSimulator(cfg settings, log zerolog.Logger) (*armsim.Server, error) {
 	path := filepath.Join(cfg.DataDir, "arm-estate.json")
 	var sim *armsim.Server
-	save := func(armsim.Change) {
+	sim = armsim.New(armsim.Options{PathPrefix: "/_arm", WriteLatency: cfg.ARMLatency, OnChange: func(armsim.Change) {
 		if err := sim.Save(path); err != nil {
 			log.Error().Err(err).Msg("saving the simulator's estate")
 		}
-	}
-	sim = armsim.New(armsim.Options{PathPrefix: "/_arm", WriteLatency: cfg.ARMLatency, OnChange: save})
+	}})
 	if cfg.ARMFaultRate > 0 {
 		log.Warn().Float64("rate", cfg.ARMFaultRate).Msg("fault injection: the ARM simulator will fail writes")
 		sim.SetChaos(armChaos(cfg.ARMFaultRate))

@@ -39,6 +39,7 @@ var allSettings = []setting{
 	{"JIT_SUBSCRIPTIONS", "11111111-1111-1111-1111-111111111111", "both", "subscriptions in scope, comma-separated (the demo subscription in local mode)"},
 	{"JIT_LOG_LEVEL", "info", "both", "debug, info, warn or error"},
 	{"JIT_PENDING_EXPIRY", "1h", "both", "how long a request waits for approval before it expires"},
+	{"JIT_INVENTORY_TTL", "1m", "both", "how long the VM list read from Azure serves GET /api/v1/vms; resource events refresh it at once"},
 	{"JIT_STUCK_AFTER", "5m", "both", "how long an open may stay undone before the sweeper marks the grant failed (and makes sure nothing is open)"},
 	{"JIT_WEBHOOK_URL", "", "both", "incoming webhook (Teams, Slack) that hears about pending, approved, denied, opened, closed, revoked, failed and drift"},
 	{"JIT_TRUSTED_PROXIES", "", "both", "CIDRs of proxies whose X-Forwarded-For gives the caller's address (Functions mode always trusts the local host)"},
@@ -87,6 +88,7 @@ type settings struct {
 	ChaosDuplicate float64
 	PendingExpiry  time.Duration
 	StuckAfter     time.Duration
+	InventoryTTL   time.Duration
 	WebhookURL     string
 	TrustedProxies []netip.Prefix
 }
@@ -170,6 +172,12 @@ func readSettings(getenv func(string) string) (settings, error) {
 		}
 		*f.dst = v
 	}
+	if s.InventoryTTL, err = durationSetting("JIT_INVENTORY_TTL", get("JIT_INVENTORY_TTL")); err != nil {
+		return s, err
+	}
+	if s.InventoryTTL < time.Second {
+		return s, fmt.Errorf("JIT_INVENTORY_TTL must be at least 1s")
+	}
 	if s.StuckAfter, err = durationSetting("JIT_STUCK_AFTER", get("JIT_STUCK_AFTER")); err != nil {
 		return s, err
 	}
@@ -212,7 +220,7 @@ func (s settings) networkConfig(log zerolog.Logger) azurenet.Config {
 // serviceConfig is the service's configuration from the settings.
 func (s settings) serviceConfig(n jit.Notifier, log zerolog.Logger) jit.Config {
 	return jit.Config{MinDuration: s.MinDuration, Subscriptions: s.Subscriptions, PendingExpiry: s.PendingExpiry,
-		StuckAfter: s.StuckAfter, Notifier: n, Log: log}
+		StuckAfter: s.StuckAfter, InventoryTTL: s.InventoryTTL, Notifier: n, Log: log}
 }
 
 // functionsStorage picks the Table Storage connection for Functions mode:

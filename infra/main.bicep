@@ -56,6 +56,9 @@ param logLevel string = 'info'
 @description('JIT_PENDING_EXPIRY')
 param pendingExpiry string = '1h'
 
+@description('JIT_INVENTORY_TTL')
+param inventoryTtl string = '1m'
+
 @description('JIT_STUCK_AFTER')
 param stuckAfter string = '5m'
 
@@ -238,6 +241,7 @@ var commonSettings = [
   { name: 'JIT_SWEEP_SCHEDULE', value: sweepSchedule }
   { name: 'JIT_LOG_LEVEL', value: logLevel }
   { name: 'JIT_PENDING_EXPIRY', value: pendingExpiry }
+  { name: 'JIT_INVENTORY_TTL', value: inventoryTtl }
   { name: 'JIT_STUCK_AFTER', value: stuckAfter }
   { name: 'JIT_WEBHOOK_URL', value: webhookUrl }
   { name: 'JIT_TRUSTED_PROXIES', value: trustedProxies }

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -47,6 +48,39 @@ const scanBatch = 64
 // was last written with. Request and event ids are compared exactly.
 type Store struct {
 	db *bbolt.DB
+
+	// Decoded policies by key, with the bytes they were decoded from:
+	// every request reads its policy, and decoding a large one is most of
+	// the work. A stale entry is noticed by its bytes.
+	mu       sync.Mutex
+	policies map[string]cachedPolicy
+}
+
+type cachedPolicy struct {
+	raw []byte
+	p   jit.Policy
+}
+
+// decodePolicy decodes v, or copies the cached policy decoded from the same
+// bytes. v is only valid inside the transaction, so the cache keeps a copy.
+func (s *Store) decodePolicy(key, v []byte) (jit.Policy, error) {
+	s.mu.Lock()
+	c, ok := s.policies[string(key)]
+	s.mu.Unlock()
+	if ok && bytes.Equal(c.raw, v) {
+		return c.p.Clone(), nil
+	}
+	var p jit.Policy
+	if err := decode(v, &p); err != nil {
+		return p, err
+	}
+	s.mu.Lock()
+	if s.policies == nil {
+		s.policies = map[string]cachedPolicy{}
+	}
+	s.policies[string(key)] = cachedPolicy{raw: bytes.Clone(v), p: p.Clone()}
+	s.mu.Unlock()
+	return p, nil
 }
 
 var _ jit.Store = (*Store)(nil)
@@ -77,11 +111,14 @@ func (s *Store) GetPolicy(ctx context.Context, name string) (jit.Policy, error) 
 		return p, jit.Errorf(jit.EINVALID, "policy name is required")
 	}
 	err := s.db.View(func(tx *bbolt.Tx) error {
-		v := tx.Bucket(bucketPolicies).Get(policyKey(name))
+		k := policyKey(name)
+		v := tx.Bucket(bucketPolicies).Get(k)
 		if v == nil {
 			return policyNotFound(name)
 		}
-		return decode(v, &p)
+		var err error
+		p, err = s.decodePolicy(k, v)
+		return err
 	})
 	return p, err
 }
@@ -93,9 +130,9 @@ func (s *Store) ListPolicies(ctx context.Context) ([]jit.Policy, error) {
 	}
 	var ps []jit.Policy
 	err := s.db.View(func(tx *bbolt.Tx) error {
-		return tx.Bucket(bucketPolicies).ForEach(func(_, v []byte) error {
-			var p jit.Policy
-			if err := decode(v, &p); err != nil {
+		return tx.Bucket(bucketPolicies).ForEach(func(k, v []byte) error {
+			p, err := s.decodePolicy(k, v)
+			if err != nil {
 				return err
 			}
 			ps = append(ps, p)

@@ -230,3 +230,36 @@ func TestStuckOpenIsMarkedFailed(t *testing.T) {
 		t.Errorf("no failure audited: %v", f)
 	}
 }
+
+// GET /vms reads the inventory from Azure once per TTL; a resource event
+// makes the next one read it again, so a change shows at once.
+func TestVMInventoryIsCachedUntilAnEvent(t *testing.T) {
+	s := newStack(t, stackOptions{local: true})
+	lists := func() int {
+		n := 0
+		for kind, c := range s.sim.Calls().ByKind {
+			if strings.HasPrefix(kind, "LIST ") {
+				n += c
+			}
+		}
+		return n
+	}
+	s.must(200, nil, "GET", "/api/v1/vms", nil, nil)
+	first := lists()
+	if first == 0 {
+		t.Fatal("the first GET /vms listed nothing from ARM")
+	}
+	for range 3 {
+		s.must(200, nil, "GET", "/api/v1/vms", nil, nil)
+	}
+	if lists() != first {
+		t.Errorf("GET /vms listed ARM again within the TTL: %d list calls, want %d", lists(), first)
+	}
+	if err := s.svc.HandleResourceEvent(t.Context(), jit.ResourceEvent{ID: "e", Type: jit.EventWriteSuccess, Subject: vmID("vm-nic-nsg")}); err != nil {
+		t.Fatal(err)
+	}
+	s.must(200, nil, "GET", "/api/v1/vms", nil, nil)
+	if lists() != 2*first {
+		t.Errorf("after an event GET /vms made %d list calls in all, want %d", lists(), 2*first)
+	}
+}

@@ -30,6 +30,7 @@ type ResourceEvent struct {
 // events are harmless. Events about other resources are ignored.
 func (s *Service) HandleResourceEvent(ctx context.Context, ev ResourceEvent) error {
 	id := ev.Subject
+	s.forgetInventory()
 	lower := strings.ToLower(id)
 	switch {
 	case strings.Contains(lower, "/providers/microsoft.network/networksecuritygroups/"):

@@ -211,3 +211,38 @@ func (v *VMPolicy) PortNumbers() []int {
 	slices.Sort(ns)
 	return slices.Compact(ns)
 }
+
+// Clone returns a deep copy of p, so a cached policy can be handed out and
+// changed without changing the cache.
+func (p Policy) Clone() Policy {
+	q := p
+	q.Approval = p.Approval.clone()
+	q.Requesters = slices.Clone(p.Requesters)
+	q.VMs = make([]VMPolicy, len(p.VMs))
+	for i, vm := range p.VMs {
+		v := vm
+		v.PrivateIPs = slices.Clone(vm.PrivateIPs)
+		v.NSGs = slices.Clone(vm.NSGs)
+		v.Warnings = slices.Clone(vm.Warnings)
+		v.Ports = make([]PortRule, len(vm.Ports))
+		for j, r := range vm.Ports {
+			r.AllowedSources = slices.Clone(r.AllowedSources)
+			r.Approval = r.Approval.clone()
+			v.Ports[j] = r
+		}
+		q.VMs[i] = v
+	}
+	if p.VMs == nil {
+		q.VMs = nil
+	}
+	return q
+}
+
+func (a *Approval) clone() *Approval {
+	if a == nil {
+		return nil
+	}
+	c := *a
+	c.Approvers = slices.Clone(a.Approvers)
+	return &c
+}

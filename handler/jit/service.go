@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -30,7 +31,11 @@ type Config struct {
 	// StuckAfter is how long an open may stay pending before the grant is
 	// marked failed; DefaultStuckAfter when zero.
 	StuckAfter time.Duration
-	Log        zerolog.Logger
+	// InventoryTTL is how long the VM list read from Azure serves
+	// GET /vms before it is read again; resource events drop it at once.
+	// DefaultInventoryTTL when zero.
+	InventoryTTL time.Duration
+	Log          zerolog.Logger
 }
 
 // Service holds the use cases. Its methods are safe for concurrent use.
@@ -39,7 +44,14 @@ type Service struct {
 	queue Queue
 	net   Network
 	cfg   Config
+
+	invMu sync.Mutex
+	inv   []VMInfo
+	invAt time.Time
 }
+
+// DefaultInventoryTTL is how long a VM inventory is reused.
+const DefaultInventoryTTL = time.Minute
 
 // NewService returns a Service over the given adapters.
 func NewService(store Store, queue Queue, net Network, cfg Config) *Service {
@@ -54,6 +66,9 @@ func NewService(store Store, queue Queue, net Network, cfg Config) *Service {
 	}
 	if cfg.StuckAfter == 0 {
 		cfg.StuckAfter = DefaultStuckAfter
+	}
+	if cfg.InventoryTTL == 0 {
+		cfg.InventoryTTL = DefaultInventoryTTL
 	}
 	return &Service{store: store, queue: queue, net: net, cfg: cfg}
 }

@@ -85,7 +85,7 @@ func (s *Service) ListVMs(ctx context.Context, p Principal) ([]VMStatus, error) 
 	if err := requireAnyRole(p, "listing VMs", anyRole...); err != nil {
 		return nil, err
 	}
-	vms, err := s.net.ListVMs(ctx)
+	vms, err := s.inventory(ctx)
 	if err != nil {
 		return nil, Wrap(EUNAVAILABLE, err, "listing VMs from Azure failed; try again")
 	}
@@ -147,6 +147,33 @@ func (s *Service) ListVMs(ctx context.Context, p Principal) ([]VMStatus, error) 
 		slices.SortFunc(out[i].OpenPorts, func(a, b OpenPort) int { return a.Number - b.Number })
 	}
 	return out, nil
+}
+
+// inventory is every VM in scope, read from Azure at most once per
+// InventoryTTL (list calls per page, never per VM).
+func (s *Service) inventory(ctx context.Context) ([]VMInfo, error) {
+	s.invMu.Lock()
+	if !s.invAt.IsZero() && s.now().Sub(s.invAt) < s.cfg.InventoryTTL {
+		vms := s.inv
+		s.invMu.Unlock()
+		return vms, nil
+	}
+	s.invMu.Unlock()
+	vms, err := s.net.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.invMu.Lock()
+	s.inv, s.invAt = vms, s.now()
+	s.invMu.Unlock()
+	return vms, nil
+}
+
+// forgetInventory makes the next GET /vms read Azure again.
+func (s *Service) forgetInventory() {
+	s.invMu.Lock()
+	s.invAt = time.Time{}
+	s.invMu.Unlock()
 }
 
 func anyOpen(g Grant) bool {
