@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -137,6 +138,10 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	}
 
 	api := httpapi.New(svc, httpapi.Config{Local: true, TrustedProxies: cfg.TrustedProxies, Log: log})
+	if cfg.PProf {
+		api.Handle("/debug/pprof/", http.HandlerFunc(pprof.Index))
+		api.Handle("/debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+	}
 	api.Handle("GET /_arm/_stats", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The simulator's call counts since start: ARM calls by kind, faults.
 		w.Header().Set("Content-Type", "application/json")

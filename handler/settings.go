@@ -28,6 +28,7 @@ var allSettings = []setting{
 	{"JIT_DATA_DIR", ".jit-local", "local", "state directory of `handler local` (bbolt file, simulator estate)"},
 	{"JIT_ARM_LATENCY", "0", "local", "ARM simulator: delay of every ARM write (e.g. 2s)"},
 	{"JIT_ARM_ESTATE", "", "local", "ARM simulator: estate JSON loaded at first start (default: the embedded demo estate)"},
+	{"JIT_PPROF", "false", "local", "serve Go's profiler at /debug/pprof/ (local mode only, for performance work)"},
 	{"JIT_ARM_FAULT_RATE", "0", "local", "fault tests only: share of ARM writes the simulator answers with 429, 409 or 500"},
 	{"JIT_CHAOS_DROP_CLOSES", "0", "local", "fault tests only: share of close operations lost on the way to the queue"},
 	{"JIT_CHAOS_DUPLICATE", "0", "local", "fault tests only: share of close operations sent twice"},
@@ -83,6 +84,7 @@ type settings struct {
 	ClientID          string
 	Port              string
 
+	PProf          bool
 	ARMFaultRate   float64
 	ChaosDrop      float64
 	ChaosDuplicate float64
@@ -161,6 +163,13 @@ func readSettings(getenv func(string) string) (settings, error) {
 	}
 	if s.PendingExpiry < time.Second || s.PendingExpiry > 7*24*time.Hour {
 		return s, fmt.Errorf("JIT_PENDING_EXPIRY must be between 1s and 7 days")
+	}
+	switch get("JIT_PPROF") {
+	case "true", "1":
+		s.PProf = true
+	case "false", "0":
+	default:
+		return s, fmt.Errorf("JIT_PPROF must be true or false")
 	}
 	for _, f := range []struct {
 		name string
