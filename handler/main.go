@@ -115,9 +115,12 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	}
 
 	var svc *jit.Service
-	queue, err := localqueue.New(db.Bolt(), jit.WorkerFunc(func(ctx context.Context, op jit.Operation) error {
-		return svc.ApplyOperation(ctx, op)
-	}), localqueue.Options{Logger: log})
+	// The queue hands the worker every due operation of an NSG at once,
+	// which it applies in one NSG write.
+	queue, err := localqueue.New(db.Bolt(), jit.BatchWorkerFuncs{
+		Apply:      func(ctx context.Context, op jit.Operation) error { return svc.ApplyOperation(ctx, op) },
+		ApplyBatch: func(ctx context.Context, ops []jit.Operation) []error { return svc.ApplyOperations(ctx, ops) },
+	}, localqueue.Options{Logger: log})
 	if err != nil {
 		return err
 	}

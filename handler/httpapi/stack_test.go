@@ -55,6 +55,7 @@ type stackOptions struct {
 	trustedProxies []netip.Prefix
 	stuckAfter     time.Duration
 	dropOpens      bool // the queue loses every open operation
+	batch          bool // the queue delivers an NSG's due operations together
 }
 
 // droppingQueue loses open operations, as a broken broker might.
@@ -101,9 +102,16 @@ func newStack(t *testing.T, o stackOptions) *stack {
 		t.Fatal(err)
 	}
 	var svc *jit.Service
-	q, err := localqueue.New(db.Bolt(), jit.WorkerFunc(func(ctx context.Context, op jit.Operation) error {
+	var worker jit.Worker = jit.WorkerFunc(func(ctx context.Context, op jit.Operation) error {
 		return svc.ApplyOperation(ctx, op)
-	}), localqueue.Options{InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	})
+	if o.batch {
+		worker = jit.BatchWorkerFuncs{
+			Apply:      func(ctx context.Context, op jit.Operation) error { return svc.ApplyOperation(ctx, op) },
+			ApplyBatch: func(ctx context.Context, ops []jit.Operation) []error { return svc.ApplyOperations(ctx, ops) },
+		}
+	}
+	q, err := localqueue.New(db.Bolt(), worker, localqueue.Options{InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

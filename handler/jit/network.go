@@ -25,6 +25,12 @@ type Network interface {
 	// DeleteRule removes the managed rule name from the NSG nsgID. A missing
 	// rule or NSG is success.
 	DeleteRule(ctx context.Context, nsgID, name string) error
+	// ApplyRules upserts the managed rules put (as PutRule does) and removes
+	// the managed rules named in del (as DeleteRule does) in the NSG nsgID
+	// with one read and one write of the whole NSG, leaving every other rule
+	// as it is. Nothing to change writes nothing; a name in both put and del
+	// is removed.
+	ApplyRules(ctx context.Context, nsgID string, put []SecurityRule, del []string) error
 	// ListRules returns every inbound rule of the NSG, managed or not. A
 	// missing NSG is an ENOTFOUND error.
 	ListRules(ctx context.Context, nsgID string) ([]SecurityRule, error)

@@ -40,6 +40,34 @@ type Worker interface {
 	ApplyOperation(ctx context.Context, op Operation) error
 }
 
+// BatchWorker is a Worker that can also apply several operations of one
+// NSG at once, so that a queue holding many due operations of an NSG
+// delivers them together (one ARM write instead of one each).
+type BatchWorker interface {
+	Worker
+	// ApplyOperations does ops, which all name the same NSG, and returns one
+	// error per op, in order: nil means done, an error that the op should be
+	// delivered again.
+	ApplyOperations(ctx context.Context, ops []Operation) []error
+}
+
+// BatchWorkerFuncs adapts two functions to BatchWorker, for wiring where the
+// service is built after the queue that delivers to it.
+type BatchWorkerFuncs struct {
+	Apply      func(ctx context.Context, op Operation) error
+	ApplyBatch func(ctx context.Context, ops []Operation) []error
+}
+
+// ApplyOperation calls f.Apply.
+func (f BatchWorkerFuncs) ApplyOperation(ctx context.Context, op Operation) error {
+	return f.Apply(ctx, op)
+}
+
+// ApplyOperations calls f.ApplyBatch.
+func (f BatchWorkerFuncs) ApplyOperations(ctx context.Context, ops []Operation) []error {
+	return f.ApplyBatch(ctx, ops)
+}
+
 // OperationID is the deterministic ID of an operation, so duplicate sends
 // are recognisable.
 func OperationID(kind, requestID string, grant int, nsgID string, due time.Time) string {

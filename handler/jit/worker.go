@@ -25,52 +25,174 @@ const closeEarly = time.Second
 // removes the rule instead, a close of a grant that was extended does
 // nothing, a second open or close of the same rule makes no ARM write.
 func (s *Service) ApplyOperation(ctx context.Context, op Operation) error {
-	req, err := s.store.GetRequest(ctx, op.RequestID)
+	req, act, nsg, err := s.planOperation(ctx, op)
+	switch {
+	case err != nil:
+		return err
+	case act == ruleOpen:
+		return s.openRule(ctx, req, op.Grant, nsg)
+	case act == ruleClose:
+		return s.removeRule(ctx, req.ID, op.Grant, nsg)
+	}
+	return nil
+}
+
+// ruleAction is what an operation needs done to its rule.
+type ruleAction int
+
+const (
+	ruleNothing ruleAction = iota
+	ruleOpen
+	ruleClose
+)
+
+// planOperation reads op's request and decides what op needs: an open of a
+// grant that has ended closes, an open of an open rule, a close of a live
+// grant and a close of a closed rule need nothing. nsg is the NSG's id as
+// the grant spells it.
+func (s *Service) planOperation(ctx context.Context, op Operation) (req Request, act ruleAction, nsg string, err error) {
+	req, err = s.store.GetRequest(ctx, op.RequestID)
 	if ErrorCode(err) == ENOTFOUND {
 		s.cfg.Log.Warn().Str("request", op.RequestID).Str("op", op.Kind).Msg("operation for an unknown request dropped")
-		return nil
+		return req, ruleNothing, "", nil
 	} else if err != nil {
-		return fmt.Errorf("reading request: %w", err)
+		return req, ruleNothing, "", fmt.Errorf("reading request: %w", err)
 	}
 	if op.Grant < 0 || op.Grant >= len(req.Grants) {
 		s.cfg.Log.Warn().Str("request", op.RequestID).Int("grant", op.Grant).Msg("operation for an unknown grant dropped")
-		return nil
+		return req, ruleNothing, "", nil
 	}
 	g := &req.Grants[op.Grant]
 	n, ok := g.NSG(op.NSG)
 	if !ok {
 		s.cfg.Log.Warn().Str("request", op.RequestID).Str("nsg", op.NSG).Msg("operation for an unknown NSG dropped")
-		return nil
+		return req, ruleNothing, "", nil
 	}
 	now := s.now()
+	closeUnlessClosed := ruleClose
+	if n.State == RuleClosed {
+		closeUnlessClosed = ruleNothing
+	}
 	switch op.Kind {
 	case OpOpen:
 		if g.Ended(now) {
-			return s.closeRule(ctx, req, op.Grant, n.ID)
+			return req, closeUnlessClosed, n.ID, nil
 		}
 		if n.State == RuleOpen {
-			return nil
+			return req, ruleNothing, n.ID, nil
 		}
-		return s.openRule(ctx, req, op.Grant, n.ID)
+		return req, ruleOpen, n.ID, nil
 	case OpClose:
 		if !g.Ended(now.Add(closeEarly)) {
-			return nil // extended, or an old schedule: a newer close is queued
+			return req, ruleNothing, n.ID, nil // extended, or an old schedule: a newer close is queued
 		}
-		return s.closeRule(ctx, req, op.Grant, n.ID)
+		return req, closeUnlessClosed, n.ID, nil
 	}
 	s.cfg.Log.Warn().Str("op", op.Kind).Msg("operation of unknown kind dropped")
-	return nil
+	return req, ruleNothing, "", nil
+}
+
+// maxBatch bounds how many rules one ApplyRules call changes, so that a
+// burst is cut into NSG writes of a reasonable size.
+const maxBatch = 200
+
+// ApplyOperations applies ops, which must all name the same NSG, with one
+// ARM write for all of them: each op is decided as ApplyOperation decides
+// it, the rules to open and to remove go to Network.ApplyRules together,
+// and then each op is recorded as ApplyOperation records it. It returns one
+// error per op; when the write fails, every op that needed it fails.
+func (s *Service) ApplyOperations(ctx context.Context, ops []Operation) []error {
+	errs := make([]error, len(ops))
+	if len(ops) == 0 {
+		return errs
+	}
+	type step struct {
+		op  int
+		req Request
+		act ruleAction
+		nsg string
+	}
+	var steps []step
+	nsg := ops[0].NSG
+	for k, op := range ops {
+		if !SameID(op.NSG, nsg) {
+			errs[k] = Errorf(EINTERNAL, "operation %s is for NSG %s, not %s like the rest of its batch", op.ID, op.NSG, nsg)
+			continue
+		}
+		req, act, n, err := s.planOperation(ctx, op)
+		if err != nil {
+			errs[k] = err
+			continue
+		}
+		if act != ruleNothing {
+			steps = append(steps, step{k, req, act, n})
+		}
+	}
+	for start := 0; start < len(steps); start += maxBatch {
+		batch := steps[start:min(start+maxBatch, len(steps))]
+		removed := map[string]bool{}
+		var del []string
+		for _, st := range batch {
+			if st.act == ruleClose {
+				name := RuleName(st.req.ID, ops[st.op].Grant)
+				removed[name] = true
+				del = append(del, name)
+			}
+		}
+		var put []SecurityRule
+		for i, st := range batch {
+			if st.act != ruleOpen {
+				continue
+			}
+			if removed[RuleName(st.req.ID, ops[st.op].Grant)] {
+				// The same batch also closes it: the grant is ending.
+				batch[i].act = ruleClose
+				continue
+			}
+			put = append(put, allowRule(st.req, ops[st.op].Grant))
+		}
+		if err := s.net.ApplyRules(ctx, batch[0].nsg, put, del); err != nil {
+			for _, st := range batch {
+				errs[st.op] = s.ruleFailed(ctx, st.req, ops[st.op].Grant, st.nsg, st.act, err)
+			}
+			continue
+		}
+		for _, st := range batch {
+			if st.act == ruleOpen {
+				errs[st.op] = s.recordOpen(ctx, st.req, ops[st.op].Grant, st.nsg)
+			} else {
+				errs[st.op] = s.recordClose(ctx, st.req, ops[st.op].Grant, st.nsg)
+			}
+		}
+	}
+	return errs
 }
 
 func (s *Service) openRule(ctx context.Context, req Request, i int, nsg string) error {
-	g := req.Grants[i]
 	if err := s.net.PutRule(ctx, nsg, allowRule(req, i)); err != nil {
-		s.recordRuleError(ctx, req.ID, i, nsg, err)
-		s.auditFailure(ctx, System, AuditOpen, req.Policy, req.ID, g.VM, nsg, err)
-		return fmt.Errorf("opening grant %s-%d in %s: %w", req.ID, i, nsg, err)
+		return s.ruleFailed(ctx, req, i, nsg, ruleOpen, err)
 	}
+	return s.recordOpen(ctx, req, i, nsg)
+}
+
+// ruleFailed records a failed open or close on the grant and in the audit
+// trail, and returns the error to retry with.
+func (s *Service) ruleFailed(ctx context.Context, req Request, i int, nsg string, act ruleAction, cause error) error {
+	g := req.Grants[i]
+	s.recordRuleError(ctx, req.ID, i, nsg, cause)
+	if act == ruleOpen {
+		s.auditFailure(ctx, System, AuditOpen, req.Policy, req.ID, g.VM, nsg, cause)
+		return fmt.Errorf("opening grant %s-%d in %s: %w", req.ID, i, nsg, cause)
+	}
+	s.auditFailure(ctx, System, AuditClose, req.Policy, req.ID, g.VM, nsg, cause)
+	return fmt.Errorf("closing grant %s-%d in %s: %w", req.ID, i, nsg, cause)
+}
+
+// recordOpen audits and records that grant i's rule is in nsg.
+func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string) error {
+	g := req.Grants[i]
 	now := s.now()
-	// Audit before recording the open (see removeRule).
+	// Audit before recording the open (see recordClose).
 	if err := s.audit(ctx, AuditEvent{ID: "open-" + req.ID + "-" + itoa(i) + "-" + ShortHash(nsg), Time: now, Action: AuditOpen,
 		Actor: System.ID, Policy: req.Policy, Request: req.ID, VM: g.VM, NSG: nsg, Protocol: g.Protocol, Ports: g.Ports,
 		Sources: g.Sources, Result: ResultSuccess, Detail: "until " + g.End.Format(time.RFC3339)}); err != nil {
@@ -114,25 +236,20 @@ func allOpen(g *Grant) bool {
 	return true
 }
 
-// closeRule removes a grant's rule from one NSG unless it is known closed.
-func (s *Service) closeRule(ctx context.Context, req Request, i int, nsg string) error {
-	if n, _ := req.Grants[i].NSG(nsg); n.State == RuleClosed {
-		return nil
-	}
-	return s.removeRule(ctx, req.ID, i, nsg)
-}
-
 func (s *Service) removeRule(ctx context.Context, reqID string, i int, nsg string) error {
 	req, err := s.store.GetRequest(ctx, reqID)
 	if err != nil {
 		return fmt.Errorf("reading request: %w", err)
 	}
-	g := req.Grants[i]
 	if err := s.net.DeleteRule(ctx, nsg, RuleName(req.ID, i)); err != nil {
-		s.recordRuleError(ctx, req.ID, i, nsg, err)
-		s.auditFailure(ctx, System, AuditClose, req.Policy, req.ID, g.VM, nsg, err)
-		return fmt.Errorf("closing grant %s-%d in %s: %w", req.ID, i, nsg, err)
+		return s.ruleFailed(ctx, req, i, nsg, ruleClose, err)
 	}
+	return s.recordClose(ctx, req, i, nsg)
+}
+
+// recordClose audits and records that grant i's rule is gone from nsg.
+func (s *Service) recordClose(ctx context.Context, req Request, i int, nsg string) error {
+	g := req.Grants[i]
 	now := s.now()
 	reason := g.StatusReason
 	switch {
@@ -281,7 +398,7 @@ func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string
 }
 
 // sweepParallel is how many NSGs a sweep works on at once. Within one NSG
-// the closes stay serial, as ARM wants one writer per NSG.
+// the closes go in one write, as ARM wants one writer per NSG.
 const sweepParallel = 8
 
 // Sweep closes every grant that has ended but whose rules are not known to
@@ -330,16 +447,22 @@ func (s *Service) Sweep(ctx context.Context) (closed int, err error) {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			for _, j := range jobs {
-				err := s.removeRule(ctx, j.req, j.i, j.nsg)
-				mu.Lock()
+			// One NSG write removes all of them (ApplyOperations cuts
+			// bursts into writes of maxBatch rules).
+			ops := make([]Operation, len(jobs))
+			for k, j := range jobs {
+				ops[k] = Operation{ID: OperationID(OpClose, j.req, j.i, j.nsg, now), Kind: OpClose, RequestID: j.req, Grant: j.i, NSG: j.nsg}
+			}
+			results := s.ApplyOperations(ctx, ops)
+			mu.Lock()
+			for _, err := range results {
 				if err != nil {
 					errs = append(errs, err)
 				} else {
 					closed++
 				}
-				mu.Unlock()
 			}
+			mu.Unlock()
 		}()
 	}
 	wg.Wait()

@@ -42,8 +42,11 @@ var (
 
 // Options tune a Queue. Zero values take the defaults.
 type Options struct {
-	// Concurrency is how many operations (and so NSGs) run at once. Default 8.
+	// Concurrency is how many deliveries (and so NSGs) run at once. Default 8.
 	Concurrency int
+	// MaxBatch is how many due operations of one NSG a jit.BatchWorker gets
+	// in one delivery. Default 200.
+	MaxBatch int
 	// InitialBackoff is the wait before the first retry of a failed
 	// operation; each further failure doubles it up to MaxBackoff. The actual
 	// wait is jittered between half and all of it. Defaults 1s and 1m.
@@ -62,6 +65,9 @@ type Options struct {
 func (o *Options) setDefaults() {
 	if o.Concurrency <= 0 {
 		o.Concurrency = 8
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 200
 	}
 	if o.InitialBackoff <= 0 {
 		o.InitialBackoff = time.Second
@@ -113,7 +119,9 @@ func (a *item) before(b *item) bool {
 // Queue is a durable jit.Queue in a bbolt file.
 //
 // Per NSG, the operation with the earliest due time (then the earliest
-// enqueued) runs next, and nothing else of that NSG runs until it returns. A
+// enqueued) runs next, and nothing else of that NSG runs until it returns.
+// When the worker is a jit.BatchWorker, the NSG's other due operations (up
+// to MaxBatch, in due order) go with it in one delivery. A
 // failed operation's due time moves on by its backoff, so later operations
 // of the same NSG may run before its retry: the worker is idempotent and safe
 // out of order, and one failing operation must not block an NSG for minutes.
@@ -143,6 +151,9 @@ type Queue struct {
 	closed  bool
 	stop    chan struct{} // closed by Close
 	stopped chan struct{} // closed when the dispatcher returns
+
+	// deliveries counts running calls of the worker (under mu); a batch is one.
+	deliveries int
 }
 
 var _ jit.Queue = (*Queue)(nil)
@@ -263,9 +274,10 @@ func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, err
 	}
 	tickets := make([]string, len(ops))
 	var added []*item
-	q.mu.Lock()
-	defer q.mu.Unlock()
 	now := q.opt.Now()
+	// The commit runs without q.mu, so concurrent Enqueues share one
+	// commit and its fsync; the ids bucket, checked inside the
+	// transaction, still gives each op id one ticket.
 	err := q.db.Batch(func(tx *bbolt.Tx) error {
 		added = added[:0] // Batch may run this more than once
 		b, ids := tx.Bucket(bucketOps), tx.Bucket(bucketOpIDs)
@@ -296,6 +308,8 @@ func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, err
 	if err != nil {
 		return nil, fmt.Errorf("enqueue operations: %w", err)
 	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
 	for _, it := range added {
 		q.waiting[it.seq] = it
 		q.log.Debug().Str("op", it.rec.Op.ID).Str("kind", it.rec.Op.Kind).Str("nsg", it.rec.Op.NSG).
@@ -443,15 +457,27 @@ func (q *Queue) startDue() (wait time.Duration, ok bool) {
 		}
 		return 1
 	})
-	for _, it := range due {
-		if len(q.running) >= q.opt.Concurrency {
+	bw, batching := q.w.(jit.BatchWorker)
+	for _, h := range due {
+		if q.deliveries >= q.opt.Concurrency {
 			break // a finishing operation wakes the dispatcher
 		}
-		delete(q.waiting, it.seq)
-		q.running[it.seq] = it
-		q.busy[it.nsg] = true
+		batch := []*item{h}
+		if batching {
+			batch = q.dueOf(h, now)
+		}
+		for _, it := range batch {
+			delete(q.waiting, it.seq)
+			q.running[it.seq] = it
+		}
+		q.busy[h.nsg] = true
+		q.deliveries++
 		q.inflight.Add(1)
-		go q.deliver(it)
+		if batching && len(batch) > 1 {
+			go q.deliverBatch(bw, batch)
+		} else {
+			go q.deliver(h)
+		}
 	}
 	if next.IsZero() {
 		return 0, false
@@ -459,65 +485,137 @@ func (q *Queue) startDue() (wait time.Duration, ok bool) {
 	return max(next.Sub(now), 0), true
 }
 
+// dueOf is head and the other waiting operations of its NSG that are due,
+// in due order, at most MaxBatch; callers hold mu.
+func (q *Queue) dueOf(head *item, now time.Time) []*item {
+	batch := []*item{head}
+	for _, it := range q.waiting {
+		if it != head && it.nsg == head.nsg && !it.rec.Due.After(now) {
+			batch = append(batch, it)
+		}
+	}
+	slices.SortFunc(batch, func(a, b *item) int {
+		if a.before(b) {
+			return -1
+		}
+		return 1
+	})
+	return batch[:min(len(batch), q.opt.MaxBatch)]
+}
+
 // deliver runs one operation and records the outcome.
 func (q *Queue) deliver(it *item) {
 	defer q.inflight.Done()
-	op := it.rec.Op
-	log := q.log.With().Str("op", op.ID).Str("kind", op.Kind).Str("request", op.RequestID).
-		Int("grant", op.Grant).Str("nsg", op.NSG).Int("attempt", it.rec.Attempts+1).Logger()
+	log := q.opLog(it)
 	log.Debug().Msg("operation delivered")
-	err := q.apply(op)
+	err := q.apply(it.rec.Op)
+	q.settle([]*item{it}, []error{err})
+}
 
+// deliverBatch runs several operations of one NSG in one call of the
+// worker and records each outcome as deliver does.
+func (q *Queue) deliverBatch(bw jit.BatchWorker, items []*item) {
+	defer q.inflight.Done()
+	ops := make([]jit.Operation, len(items))
+	for i, it := range items {
+		ops[i] = it.rec.Op
+	}
+	q.log.Debug().Str("nsg", ops[0].NSG).Int("operations", len(ops)).Msg("operations delivered together")
+	q.settle(items, q.applyBatch(bw, ops))
+}
+
+func (q *Queue) opLog(it *item) zerolog.Logger {
+	op := it.rec.Op
+	return q.log.With().Str("op", op.ID).Str("kind", op.Kind).Str("request", op.RequestID).
+		Int("grant", op.Grant).Str("nsg", op.NSG).Int("attempt", it.rec.Attempts+1).Logger()
+}
+
+// settle records the outcome of one delivery: finished operations leave
+// the file, failed ones are scheduled again after their backoff or, out of
+// attempts, move to the dead letters, all in one transaction.
+func (q *Queue) settle(items []*item, errs []error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	defer q.signal()
-	delete(q.running, it.seq)
-	delete(q.busy, it.nsg)
-	switch {
-	case it.cancelled:
-		log.Debug().AnErr("result", err).Msg("cancelled operation finished")
-	case err == nil:
-		if err := q.db.Batch(func(tx *bbolt.Tx) error { return removeRecord(tx, it.seq) }); err != nil {
-			// It stays in the file and runs again after a restart: at least once.
-			log.Error().Err(err).Msg("could not remove finished operation")
+	q.deliveries--
+	delete(q.busy, items[0].nsg)
+	type outcome int
+	const (
+		skip outcome = iota
+		done
+		retry
+		dead
+	)
+	outcomes := make([]outcome, len(items))
+	dls := make([]DeadLetter, len(items))
+	for i, it := range items {
+		delete(q.running, it.seq)
+		err := errs[i]
+		switch {
+		case it.cancelled:
+			outcomes[i] = skip
+		case err == nil:
+			outcomes[i] = done
+		case it.rec.Attempts+1 >= q.opt.MaxAttempts:
+			outcomes[i] = dead
+			dls[i] = DeadLetter{Ticket: ticket(it.seq), Op: it.rec.Op, Attempts: it.rec.Attempts + 1,
+				LastError: err.Error(), DeadAt: q.opt.Now().UTC()}
+		default:
+			outcomes[i] = retry
+			it.rec.Attempts++
+			it.rec.LastError = err.Error()
+			it.rec.Due = q.opt.Now().Add(q.backoff(it.rec.Attempts))
 		}
-	case it.rec.Attempts+1 >= q.opt.MaxAttempts:
-		q.deadLetter(it, err, log)
-	default:
-		it.rec.Attempts++
-		it.rec.LastError = err.Error()
-		wait := q.backoff(it.rec.Attempts)
-		it.rec.Due = q.opt.Now().Add(wait)
-		if err := q.db.Batch(func(tx *bbolt.Tx) error { return putRecord(tx.Bucket(bucketOps), it.seq, it.rec) }); err != nil {
-			log.Error().Err(err).Msg("could not record failed attempt")
-		}
-		q.waiting[it.seq] = it
-		log.Warn().Err(err).Dur("retry_in", wait).Msg("operation failed; will retry")
 	}
-}
-
-func (q *Queue) deadLetter(it *item, cause error, log zerolog.Logger) {
-	dl := DeadLetter{
-		Ticket:    ticket(it.seq),
-		Op:        it.rec.Op,
-		Attempts:  it.rec.Attempts + 1,
-		LastError: cause.Error(),
-		DeadAt:    q.opt.Now().UTC(),
-	}
-	err := q.db.Batch(func(tx *bbolt.Tx) error {
-		if err := removeRecord(tx, it.seq); err != nil {
-			return err
+	txErr := q.db.Batch(func(tx *bbolt.Tx) error {
+		for i, it := range items {
+			switch outcomes[i] {
+			case done:
+				if err := removeRecord(tx, it.seq); err != nil {
+					return err
+				}
+			case retry:
+				if err := putRecord(tx.Bucket(bucketOps), it.seq, it.rec); err != nil {
+					return err
+				}
+			case dead:
+				if err := removeRecord(tx, it.seq); err != nil {
+					return err
+				}
+				data, err := json.Marshal(dls[i])
+				if err != nil {
+					return err
+				}
+				if err := tx.Bucket(bucketDead).Put(seqKey(it.seq), data); err != nil {
+					return err
+				}
+			}
 		}
-		data, err := json.Marshal(dl)
-		if err != nil {
-			return err
-		}
-		return tx.Bucket(bucketDead).Put(seqKey(it.seq), data)
+		return nil
 	})
-	if err != nil {
-		log.Error().Err(err).Msg("could not move operation to dead letters")
+	for i, it := range items {
+		log := q.opLog(it)
+		switch outcomes[i] {
+		case skip:
+			log.Debug().AnErr("result", errs[i]).Msg("cancelled operation finished")
+		case done:
+			if txErr != nil {
+				// It stays in the file and runs again after a restart: at least once.
+				log.Error().Err(txErr).Msg("could not remove finished operation")
+			}
+		case retry:
+			if txErr != nil {
+				log.Error().Err(txErr).Msg("could not record failed attempt")
+			}
+			q.waiting[it.seq] = it
+			log.Warn().Err(errs[i]).Time("retry_at", it.rec.Due).Msg("operation failed; will retry")
+		case dead:
+			if txErr != nil {
+				log.Error().Err(txErr).Msg("could not move operation to dead letters")
+			}
+			log.Error().Err(errs[i]).Int("attempts", dls[i].Attempts).Msg("operation failed too often; moved to dead letters")
+		}
 	}
-	log.Error().Err(cause).Int("attempts", dl.Attempts).Msg("operation failed too often; moved to dead letters")
 }
 
 // apply calls the worker, turning a panic into an error so that one bad
@@ -529,6 +627,28 @@ func (q *Queue) apply(op jit.Operation) (err error) {
 		}
 	}()
 	return q.w.ApplyOperation(q.work, op)
+}
+
+// applyBatch calls the batch worker with apply's protection; a panic or an
+// answer of the wrong length fails every operation.
+func (q *Queue) applyBatch(bw jit.BatchWorker, ops []jit.Operation) (errs []error) {
+	fail := func(err error) []error {
+		errs := make([]error, len(ops))
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			errs = fail(fmt.Errorf("worker panicked: %v", p))
+		}
+	}()
+	errs = bw.ApplyOperations(q.work, ops)
+	if len(errs) != len(ops) {
+		return fail(fmt.Errorf("worker answered %d results for %d operations", len(errs), len(ops)))
+	}
+	return errs
 }
 
 // backoff is the wait after the given number of failed attempts:
