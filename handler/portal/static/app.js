@@ -594,13 +594,25 @@
     return (n || 'vm').slice(0, 64);
   }
 
+  // cleanPorts keeps what a PUT takes of a policy's ports, approval rules
+  // included: dropping one would let requests through without an approver.
   function cleanPorts(ports) {
     return (ports || []).map((p) => {
       const o = { number: p.number, protocol: p.protocol, maxRequestAccessDuration: p.maxRequestAccessDuration };
       if (p.allowedSourceAddressPrefixes && p.allowedSourceAddressPrefixes.length) o.allowedSourceAddressPrefixes = p.allowedSourceAddressPrefixes;
       else o.allowedSourceAddressPrefix = p.allowedSourceAddressPrefix || '*';
+      if (p.approval) o.approval = p.approval;
       return o;
     });
+  }
+
+  // policyProperties is a policy's properties to PUT back with other VMs:
+  // its approval rule and requesters stay as they are.
+  function policyProperties(got, vms) {
+    const props = { virtualMachines: vms };
+    if (got.properties.approval) props.approval = got.properties.approval;
+    if (got.properties.requesters) props.requesters = got.properties.requesters;
+    return props;
   }
 
   function openPolicyEditor(kind, vms, ports) {
@@ -681,7 +693,7 @@
     try {
       const got = await api('GET', '/api/v1/policies/' + encodeURIComponent(name));
       etag = got.etag;
-      body.properties.virtualMachines = got.data.properties.virtualMachines.map((v) => ({ id: v.id, ports: cleanPorts(v.ports) }));
+      body.properties = policyProperties(got.data, got.data.properties.virtualMachines.map((v) => ({ id: v.id, ports: cleanPorts(v.ports) })));
     } catch (e) {
       if (e.status !== 404) throw Object.assign(e, { vmIndex: -1 });
     }
@@ -690,7 +702,12 @@
       index = body.properties.virtualMachines.length;
       body.properties.virtualMachines.push({ id: vm.id, ports });
     } else {
-      body.properties.virtualMachines[index].ports = ports;
+      // The editor does not show a port's own approval rule: keep it.
+      const old = body.properties.virtualMachines[index].ports;
+      body.properties.virtualMachines[index].ports = ports.map((p) => {
+        const was = old.find((o) => o.number === p.number && o.protocol === p.protocol);
+        return was && was.approval ? Object.assign({}, p, { approval: was.approval }) : p;
+      });
     }
     try {
       await api('PUT', '/api/v1/policies/' + encodeURIComponent(name), body, etag ? { 'If-Match': etag } : undefined);
@@ -750,7 +767,7 @@
             await api('DELETE', '/api/v1/policies/' + encodeURIComponent(vm.policy), undefined, { 'If-Match': got.etag });
           } else {
             await api('PUT', '/api/v1/policies/' + encodeURIComponent(vm.policy),
-              { kind: 'Basic', properties: { virtualMachines: rest.map((v) => ({ id: v.id, ports: cleanPorts(v.ports) })) } }, { 'If-Match': got.etag });
+              { kind: 'Basic', properties: policyProperties(got.data, rest.map((v) => ({ id: v.id, ports: cleanPorts(v.ports) }))) }, { 'If-Match': got.etag });
           }
           state.selected.configured.delete(vm.id);
         } catch (e) {
