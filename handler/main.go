@@ -177,6 +177,9 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		if n, err := svc.Sweep(ctx); err != nil {
 			log.Warn().Err(err).Int("closed", n).Msg("start-up sweep incomplete; the next sweep retries")
 		}
+		if err := svc.RefreshInventory(ctx); err != nil {
+			log.Warn().Err(err).Msg("reading the VM inventory failed; GET /api/v1/vms will read it")
+		}
 		sweepEvery(ctx, svc, cfg.SweepInterval, log)
 	}()
 	select {

@@ -113,6 +113,10 @@ func (s *Service) Reconcile(ctx context.Context) (SweepReport, error) {
 	if err := s.recordFindings(ctx, v, nsgs); err != nil {
 		errs = append(errs, err)
 	}
+	// Keep GET /vms answering from memory (list calls per page).
+	if err := s.RefreshInventory(ctx); err != nil {
+		errs = append(errs, Wrap(EUNAVAILABLE, err, "refreshing the VM inventory failed"))
+	}
 	if rep != (SweepReport{NSGs: rep.NSGs}) || len(errs) > 0 {
 		s.cfg.Log.Info().Int("nsgs", rep.NSGs).Int("closed", rep.Closed).Int("orphans", rep.Orphans).Int("repaired", rep.Repaired).
 			Int("denyRestored", rep.DenyRestored).Int("stuck", rep.Stuck).Int("foreignBypass", rep.ForeignBypass).

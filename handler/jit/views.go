@@ -169,6 +169,19 @@ func (s *Service) inventory(ctx context.Context) ([]VMInfo, error) {
 	return vms, nil
 }
 
+// RefreshInventory reads the VM inventory from Azure now, so GET /vms is
+// served from memory: at start-up and by every sweep.
+func (s *Service) RefreshInventory(ctx context.Context) error {
+	vms, err := s.net.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	s.invMu.Lock()
+	s.inv, s.invAt = vms, s.now()
+	s.invMu.Unlock()
+	return nil
+}
+
 // forgetInventory makes the next GET /vms read Azure again.
 func (s *Service) forgetInventory() {
 	s.invMu.Lock()
