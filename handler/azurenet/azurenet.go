@@ -523,7 +523,7 @@ func (d *Driver) writeRule(ctx context.Context, c *clients, r ref, rule jit.Secu
 	if err != nil {
 		return err
 	}
-	if _, err := poller.PollUntilDone(ctx, &runtime.PollUntilDoneOptions{Frequency: d.cfg.PollFrequency}); err != nil {
+	if err := awaitWrite(ctx, poller, d.cfg.PollFrequency); err != nil {
 		return lroError{err}
 	}
 	return nil

@@ -192,7 +192,7 @@ func (d *Driver) writeNSG(ctx context.Context, c *clients, r ref, nsg armnetwork
 	if err != nil {
 		return err
 	}
-	if _, err := poller.PollUntilDone(ctx, &runtime.PollUntilDoneOptions{Frequency: d.cfg.PollFrequency}); err != nil {
+	if err := awaitWrite(ctx, poller, d.cfg.PollFrequency); err != nil {
 		return lroError{err}
 	}
 	return nil
