@@ -118,19 +118,10 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 	// The host's own timeout is functionTimeout + 1 minute; ours stays inside it.
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, WriteTimeout: 6 * time.Minute}
 	log.Info().Str("listen", ln.Addr().String()).Str("queue", queue.Name()).Msg("jitaccess functions mode is up")
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(shutdown)
-	_ = queue.Close(shutdown)
-	_ = sbClient.Close(shutdown)
-	return nil
+	return serveUntilDone(ctx, srv, ln, func(shutdown context.Context) {
+		_ = queue.Close(shutdown)
+		_ = sbClient.Close(shutdown)
+	})
 }
 
 // cloudConfig maps JIT_CLOUD to the SDK's cloud configuration.

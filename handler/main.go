@@ -168,8 +168,6 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	fmt.Fprintf(os.Stderr, "\njitaccess is running on http://%s (local mode, state in %s)\n"+
 		"Try:\n  curl -s http://%s/api/v1/vms\n  see README.md for the walk-through\n\n", ln.Addr(), cfg.DataDir, ln.Addr())
 
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
 	// Overdue closes run at once, beside the API (which must answer while
 	// a long backlog is worked off): access ends even when the process was
 	// down at the end time.
@@ -182,6 +180,20 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		}
 		sweepEvery(ctx, svc, cfg.SweepInterval, log)
 	}()
+	return serveUntilDone(ctx, srv, ln, func(shutdown context.Context) {
+		_ = queue.Close(shutdown)
+		if err := sim.Save(filepath.Join(cfg.DataDir, "arm-estate.json")); err != nil {
+			log.Error().Err(err).Msg("saving the simulator's estate")
+		}
+		log.Info().Msg("stopped")
+	})
+}
+
+// serveUntilDone serves on ln until ctx ends (SIGINT, SIGTERM) or serving
+// fails, then shuts the server down and calls stop, within 10 s.
+func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, stop func(shutdown context.Context)) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case err := <-errc:
 		return err
@@ -190,11 +202,7 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shutdown)
-	_ = queue.Close(shutdown)
-	if err := sim.Save(filepath.Join(cfg.DataDir, "arm-estate.json")); err != nil {
-		log.Error().Err(err).Msg("saving the simulator's estate")
-	}
-	log.Info().Msg("stopped")
+	stop(shutdown)
 	return nil
 }
 
