@@ -106,6 +106,7 @@ type item struct {
 	nsg       string // lower case: ARM ids are case-insensitive
 	rec       record
 	cancelled bool // cancelled while in flight: do not retry
+	index     int  // position in its NSG's heap while waiting
 }
 
 // before orders items by due time, then enqueue order.
@@ -144,7 +145,7 @@ type Queue struct {
 	inflight   sync.WaitGroup
 
 	mu      sync.Mutex
-	waiting map[uint64]*item // scheduled, not running
+	waiting schedule // scheduled, not running
 	running map[uint64]*item
 	busy    map[string]bool // NSGs with an operation running
 	started bool
@@ -169,7 +170,7 @@ func New(db *bbolt.DB, w jit.Worker, opt Options) (*Queue, error) {
 		opt:     opt,
 		log:     opt.Logger,
 		wake:    make(chan struct{}, 1),
-		waiting: map[uint64]*item{},
+		waiting: newSchedule(),
 		running: map[uint64]*item{},
 		busy:    map[string]bool{},
 		stop:    make(chan struct{}),
@@ -191,14 +192,14 @@ func New(db *bbolt.DB, w jit.Worker, opt Options) (*Queue, error) {
 				return fmt.Errorf("decode queued operation %x: %w", k, err)
 			}
 			seq := binary.BigEndian.Uint64(k)
-			q.waiting[seq] = &item{seq: seq, nsg: strings.ToLower(rec.Op.NSG), rec: rec}
+			q.waiting.add(&item{seq: seq, nsg: strings.ToLower(rec.Op.NSG), rec: rec})
 			return nil
 		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load local queue: %w", err)
 	}
-	if n := len(q.waiting); n > 0 {
+	if n := q.waiting.len(); n > 0 {
 		q.log.Info().Int("operations", n).Msg("queued operations loaded")
 	}
 	return q, nil
@@ -311,7 +312,7 @@ func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, err
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, it := range added {
-		q.waiting[it.seq] = it
+		q.waiting.add(it)
 		q.log.Debug().Str("op", it.rec.Op.ID).Str("kind", it.rec.Op.Kind).Str("nsg", it.rec.Op.NSG).
 			Time("due", it.rec.Due).Str("ticket", ticket(it.seq)).Msg("operation queued")
 	}
@@ -349,7 +350,7 @@ func (q *Queue) Cancel(ctx context.Context, tickets []string) error {
 		return fmt.Errorf("cancel operations: %w", err)
 	}
 	for _, seq := range seqs {
-		delete(q.waiting, seq)
+		q.waiting.remove(seq)
 		if it, ok := q.running[seq]; ok {
 			it.cancelled = true
 		}
@@ -432,25 +433,19 @@ func (q *Queue) startDue() (wait time.Duration, ok bool) {
 	if q.closed {
 		return 0, false
 	}
-	heads := map[string]*item{}
-	for _, it := range q.waiting {
-		if q.busy[it.nsg] {
-			continue // the running operation holds its NSG's later ones
-		}
-		if h := heads[it.nsg]; h == nil || it.before(h) {
-			heads[it.nsg] = it
-		}
-	}
 	now := q.opt.Now()
 	var due []*item
 	var next time.Time
-	for _, h := range heads {
-		if !h.rec.Due.After(now) {
+	q.waiting.heads(func(h *item) {
+		switch {
+		case q.busy[h.nsg]:
+			// The running operation holds its NSG's later ones.
+		case !h.rec.Due.After(now):
 			due = append(due, h)
-		} else if next.IsZero() || h.rec.Due.Before(next) {
+		case next.IsZero() || h.rec.Due.Before(next):
 			next = h.rec.Due
 		}
-	}
+	})
 	slices.SortFunc(due, func(a, b *item) int {
 		if a.before(b) {
 			return -1
@@ -462,12 +457,12 @@ func (q *Queue) startDue() (wait time.Duration, ok bool) {
 		if q.deliveries >= q.opt.Concurrency {
 			break // a finishing operation wakes the dispatcher
 		}
-		batch := []*item{h}
+		limit := 1
 		if batching {
-			batch = q.dueOf(h, now)
+			limit = q.opt.MaxBatch
 		}
+		batch := q.waiting.takeDue(h.nsg, func(it *item) bool { return !it.rec.Due.After(now) }, limit)
 		for _, it := range batch {
-			delete(q.waiting, it.seq)
 			q.running[it.seq] = it
 		}
 		q.busy[h.nsg] = true
@@ -483,24 +478,6 @@ func (q *Queue) startDue() (wait time.Duration, ok bool) {
 		return 0, false
 	}
 	return max(next.Sub(now), 0), true
-}
-
-// dueOf is head and the other waiting operations of its NSG that are due,
-// in due order, at most MaxBatch; callers hold mu.
-func (q *Queue) dueOf(head *item, now time.Time) []*item {
-	batch := []*item{head}
-	for _, it := range q.waiting {
-		if it != head && it.nsg == head.nsg && !it.rec.Due.After(now) {
-			batch = append(batch, it)
-		}
-	}
-	slices.SortFunc(batch, func(a, b *item) int {
-		if a.before(b) {
-			return -1
-		}
-		return 1
-	})
-	return batch[:min(len(batch), q.opt.MaxBatch)]
 }
 
 // deliver runs one operation and records the outcome.
@@ -607,7 +584,7 @@ func (q *Queue) settle(items []*item, errs []error) {
 			if txErr != nil {
 				log.Error().Err(txErr).Msg("could not record failed attempt")
 			}
-			q.waiting[it.seq] = it
+			q.waiting.add(it)
 			log.Warn().Err(errs[i]).Time("retry_at", it.rec.Due).Msg("operation failed; will retry")
 		case dead:
 			if txErr != nil {
