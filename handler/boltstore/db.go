@@ -61,6 +61,3 @@ func (db *DB) Close() error {
 // Bolt returns the underlying bbolt handle, so that other local adapters can
 // keep their buckets in the same file.
 func (db *DB) Bolt() *bbolt.DB { return db.bolt }
-
-// Path returns the file's path.
-func (db *DB) Path() string { return db.path }

@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -139,11 +138,6 @@ func newStack(t *testing.T, o stackOptions) *stack {
 
 // as is a caller: headers that identify them.
 type as []string
-
-// devUser is a local-mode caller with roles.
-func devUser(id string, roles ...string) as {
-	return as{"X-Dev-Principal", id, "X-Dev-Roles", strings.Join(roles, ",")}
-}
 
 // easyAuth is a caller as App Service Authentication presents them.
 func easyAuth(id string, roles []string, groups ...string) as {

@@ -198,8 +198,9 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 		if known && idx < len(req.Grants) {
 			if g := &req.Grants[idx]; g.Ended(now) {
 				if gn, ok := g.NSG(n.ID); ok && gn.State != RuleClosed {
-					// Record the close so the sweeper stops coming back.
-					_ = s.removeRule(ctx, req.ID, idx, n.ID)
+					// The rule is gone: record the close so the sweeper
+					// stops coming back.
+					_ = s.recordClose(ctx, req, idx, n.ID)
 				}
 			}
 		}
@@ -270,7 +271,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 // giveUp marks a grant failed whose open never happened in one NSG, and
 // makes sure no rule is left.
 func (s *Service) giveUp(ctx context.Context, reqID string, i int, nsg string) error {
-	_, err := s.mutateRequest(ctx, reqID, func(r *Request) error {
+	req, err := s.mutateRequest(ctx, reqID, func(r *Request) error {
 		g := &r.Grants[i]
 		if g.Status == GrantInitiating {
 			g.Status, g.StatusReason = GrantFailed, "NotOpenedInTime"
@@ -280,10 +281,9 @@ func (s *Service) giveUp(ctx context.Context, reqID string, i int, nsg string) e
 	if err != nil {
 		return err
 	}
-	req, _ := s.store.GetRequest(ctx, reqID)
 	s.auditFailure(ctx, System, AuditOpen, req.Policy, reqID, req.Grants[i].VM, nsg,
 		Errorf(EUNAVAILABLE, "the rule was not opened within %s; the grant is marked failed", s.cfg.StuckAfter))
-	return s.removeRule(ctx, reqID, i, nsg)
+	return s.removeRule(ctx, req, i, nsg)
 }
 
 // parseRuleName reads the request id and grant index out of an allow

@@ -32,7 +32,7 @@ func (s *Service) ApplyOperation(ctx context.Context, op Operation) error {
 	case act == ruleOpen:
 		return s.openRule(ctx, req, op.Grant, nsg)
 	case act == ruleClose:
-		return s.removeRule(ctx, req.ID, op.Grant, nsg)
+		return s.removeRule(ctx, req, op.Grant, nsg)
 	}
 	return nil
 }
@@ -218,7 +218,7 @@ func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string
 	}
 	if endedMeanwhile {
 		// Revoked or expired while the rule was being written: take it away again.
-		return s.removeRule(ctx, req.ID, i, nsg)
+		return s.removeRule(ctx, updated, i, nsg)
 	}
 	s.cfg.Log.Info().Str("request", req.ID).Int("grant", i).Str("vm", g.VM).Str("nsg", nsg).Msg("opened")
 	if nowOpen {
@@ -236,11 +236,9 @@ func allOpen(g *Grant) bool {
 	return true
 }
 
-func (s *Service) removeRule(ctx context.Context, reqID string, i int, nsg string) error {
-	req, err := s.store.GetRequest(ctx, reqID)
-	if err != nil {
-		return fmt.Errorf("reading request: %w", err)
-	}
+// removeRule deletes grant i's rule from nsg and records it; req is the
+// request as its caller just read it.
+func (s *Service) removeRule(ctx context.Context, req Request, i int, nsg string) error {
 	if err := s.net.DeleteRule(ctx, nsg, RuleName(req.ID, i)); err != nil {
 		return s.ruleFailed(ctx, req, i, nsg, ruleClose, err)
 	}

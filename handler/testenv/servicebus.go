@@ -98,9 +98,6 @@ func (d *ServiceBusDouble) ConnectionString() string {
 	return fmt.Sprintf("Endpoint=sb://127.0.0.1:%d;SharedAccessKeyName=x;SharedAccessKey=x;UseDevelopmentEmulator=true", d.AMQPPort)
 }
 
-// Queue returns the name of the queue tests use.
-func (d *ServiceBusDouble) Queue() string { return ServiceBusQueue }
-
 // ServiceBusState is what the double's admin endpoint reports.
 type ServiceBusState struct {
 	Queues map[string]ServiceBusQueueState `json:"queues"`
