@@ -61,7 +61,7 @@ func describeJSONError(err error, body []byte) string {
 	}
 	msg := err.Error()
 	if rest, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
-		return "unknown field " + rest + ": check the spelling against the API reference"
+		return "unknown field " + clip(rest) + ": check the spelling against the API reference"
 	}
 	var fe *fieldError
 	if errors.As(err, &fe) {

@@ -418,12 +418,7 @@ func nonNil(s []string) []string {
 	return s
 }
 
-func clip(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "..."
-	}
-	return s
-}
+func clip(s string) string { return jit.Shorten(s, 64) }
 
 func fieldPath(list string, i, j int, field string) string {
 	p := list + "[" + itoa(i) + "].ports[" + itoa(j) + "]"

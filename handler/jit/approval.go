@@ -54,7 +54,7 @@ func validPrincipalRef(id string) error {
 	}
 	for _, c := range id {
 		if c < 0x21 || c > 0x7e {
-			return Errorf(EINVALID, "id %q may contain only printable ASCII without spaces", clip(id, 64))
+			return Errorf(EINVALID, "id %q may contain only printable ASCII without spaces", shorten(id))
 		}
 	}
 	return nil

@@ -126,7 +126,7 @@ func (s *Service) vmWritten(ctx context.Context, vmID string) error {
 		return nil
 	}
 	if ValidatePolicyName(name) != nil || info.Unsupported != "" {
-		s.drift(ctx, Request{Policy: name}, vmID, "", fmt.Sprintf("VM tagged %s=%s cannot join: %s", TagPolicy, clip(name, 64),
+		s.drift(ctx, Request{Policy: name}, vmID, "", fmt.Sprintf("VM tagged %s=%s cannot join: %s", TagPolicy, shorten(name),
 			firstNonEmpty(info.Unsupported, "the tag is not a valid policy name")))
 		return nil
 	}

@@ -31,11 +31,7 @@ func ParseVMID(s string) (VMID, error) {
 	}
 	m := vmIDPattern.FindStringSubmatch(s)
 	if m == nil {
-		shown := s
-		if len(shown) > 200 {
-			shown = shown[:200] + "..."
-		}
-		return VMID{}, Errorf(EINVALID, "%q is not an ARM VM id: expected /subscriptions/{subscription id}/resourceGroups/{group}/providers/Microsoft.Compute/virtualMachines/{name}", shown)
+		return VMID{}, Errorf(EINVALID, "%q is not an ARM VM id: expected /subscriptions/{subscription id}/resourceGroups/{group}/providers/Microsoft.Compute/virtualMachines/{name}", Shorten(s, 200))
 	}
 	if strings.HasSuffix(m[2], ".") {
 		return VMID{}, Errorf(EINVALID, "resource group name %q must not end with a period", m[2])

@@ -73,7 +73,7 @@ func ValidatePolicyName(name string) error {
 		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
 			i > 0 && (c == '-' || c == '_' || c == '.')
 		if !ok {
-			return Errorf(EINVALID, "policy name %q may contain only letters, digits, '-', '_' and '.', and must start with a letter or digit", name)
+			return Errorf(EINVALID, "policy name %q may contain only letters, digits, '-', '_' and '.', and must start with a letter or digit", shorten(name))
 		}
 	}
 	return nil
@@ -172,7 +172,7 @@ func ParseProtocol(s string) (string, error) {
 	case ProtocolAny:
 		return ProtocolAny, nil
 	}
-	return "", Errorf(EINVALID, "protocol %q is not supported: use TCP, UDP or *", s)
+	return "", Errorf(EINVALID, "protocol %q is not supported: use TCP, UDP or *", shorten(s))
 }
 
 func protocolsOverlap(a, b string) bool {

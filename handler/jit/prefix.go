@@ -104,9 +104,15 @@ func toPrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
-func shorten(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "..."
+// Shorten returns s as a user message may quote it: at most n bytes of it,
+// cut at a character boundary, with "..." when something was cut. Outside
+// input can be megabytes long; an error message that echoed it whole would be
+// as long.
+func Shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return s
+	return clip(s, n) + "..."
 }
+
+func shorten(s string) string { return Shorten(s, 64) }

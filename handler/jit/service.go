@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rs/zerolog"
 )
@@ -118,7 +119,7 @@ func (s *Service) getPolicy(ctx context.Context, name string) (Policy, error) {
 // getRequest reads a request, saying in words when it does not exist.
 func (s *Service) getRequest(ctx context.Context, id string) (Request, error) {
 	if !ValidRequestID(id) {
-		return Request{}, Errorf(ENOTFOUND, "request %q does not exist", clip(id, 64))
+		return Request{}, Errorf(ENOTFOUND, "request %q does not exist", shorten(id))
 	}
 	r, err := s.store.GetRequest(ctx, id)
 	if ErrorCode(err) == ENOTFOUND {
@@ -376,11 +377,15 @@ func portStrings(ns []int) []string {
 	return out
 }
 
+// clip returns at most n bytes of s, cut at a character boundary.
 func clip(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
+	if len(s) <= n {
+		return s
 	}
-	return s
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // audit appends ev, filling in its ID and time when unset.
