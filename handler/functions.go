@@ -22,6 +22,7 @@ import (
 	"jitaccess/handler/funcs"
 	"jitaccess/handler/httpapi"
 	"jitaccess/handler/jit"
+	"jitaccess/handler/portal"
 	"jitaccess/handler/servicebus"
 	"jitaccess/handler/tablestore"
 )
@@ -108,6 +109,7 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 	// The Functions host is the direct peer of every forwarded request.
 	proxies := append([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}, cfg.TrustedProxies...)
 	api := httpapi.New(svc, httpapi.Config{TrustedProxies: proxies, Log: log})
+	portal.Mount(api)
 	h := funcs.New(funcs.Config{API: api, Service: svc, DecodeOperation: servicebus.DecodeOperation,
 		MaxDeliveries: cfg.MaxDeliveries, Log: log})
 

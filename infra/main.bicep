@@ -103,14 +103,16 @@ var builtInRoles = {
 }
 
 // The custom role on every target subscription: read VMs and their network,
-// write and delete security rules, follow ARM's asynchronous operations.
-// Nothing else: no NSG write, no join/action (rules do not associate an NSG).
+// write NSGs (an NSG's due operations are applied in one NSG write) and
+// security rules, delete security rules, follow ARM's asynchronous operations.
+// Nothing else: no NSG delete, no join/action (rules do not associate an NSG).
 var jitOperatorActions = [
   'Microsoft.Compute/virtualMachines/read'
   'Microsoft.Network/networkInterfaces/read'
   'Microsoft.Network/virtualNetworks/read'
   'Microsoft.Network/virtualNetworks/subnets/read'
   'Microsoft.Network/networkSecurityGroups/read'
+  'Microsoft.Network/networkSecurityGroups/write'
   'Microsoft.Network/networkSecurityGroups/securityRules/read'
   'Microsoft.Network/networkSecurityGroups/securityRules/write'
   'Microsoft.Network/networkSecurityGroups/securityRules/delete'

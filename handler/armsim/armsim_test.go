@@ -419,3 +419,25 @@ func TestPutWholeNSG(t *testing.T) {
 		t.Errorf("unchanged rule was rewritten:\n%s\n%s", before, after)
 	}
 }
+
+func TestRoleAction(t *testing.T) {
+	for kind, want := range map[string]string{
+		"GET virtualMachines":          "Microsoft.Compute/virtualMachines/read",
+		"LIST networkInterfaces":       "Microsoft.Network/networkInterfaces/read",
+		"GET subnets":                  "Microsoft.Network/virtualNetworks/subnets/read",
+		"PUT securityRules":            "Microsoft.Network/networkSecurityGroups/securityRules/write",
+		"DELETE securityRules":         "Microsoft.Network/networkSecurityGroups/securityRules/delete",
+		"PUT networkSecurityGroups":    "Microsoft.Network/networkSecurityGroups/write",
+		"POLL operations":              "Microsoft.Network/locations/operations/read",
+		"POLL operationResults":        "Microsoft.Network/locations/operationResults/read",
+		"PUT virtualMachines":          "",
+		"DELETE subnets":               "",
+		"GET applicationSecurityGroup": "",
+		"virtualMachines":              "",
+	} {
+		got, ok := armsim.RoleAction(kind)
+		if got != want || ok != (want != "") {
+			t.Errorf("RoleAction(%q) = %q, %v; want %q", kind, got, ok, want)
+		}
+	}
+}

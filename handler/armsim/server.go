@@ -193,6 +193,9 @@ func parseRoute(path string) (route, *armError) {
 }
 
 func (rt route) call(method, path string) Call {
+	if rt.op == "operationresults" {
+		return Call{Method: "POLL", Type: "operationResults", ID: path}
+	}
 	if rt.op != "" {
 		return Call{Method: "POLL", Type: "operations", ID: path}
 	}

@@ -69,6 +69,7 @@ type chaosHandler struct {
 	faults   int // injected ARM faults, summed over the process's lives
 	lastSeen int // faults seen in the current life
 	kills    []string
+	calls    callKinds // ARM calls seen over every life
 }
 
 func (c *chaosHandler) start() {
@@ -87,6 +88,9 @@ func (c *chaosHandler) current() (*proc, bool) {
 // crash kills the process at once and starts it again after a pause.
 func (c *chaosHandler) crash(down time.Duration) {
 	c.sampleFaults()
+	if p, up := c.current(); up {
+		c.calls.addStats(p.base)
+	}
 	c.mu.Lock()
 	p := c.p
 	c.up = false
@@ -521,6 +525,10 @@ func TestChaos(t *testing.T) {
 	if missingDeny > 0 {
 		t.Errorf("%d deny rules missing at the end", missingDeny)
 	}
+	if p, up := c.current(); up {
+		c.calls.addStats(p.base)
+	}
+	c.calls.checkRoleCovers(t)
 	if c.restarts < 2 || faults < 50 {
 		t.Errorf("too little chaos: %d restarts, %d faults", c.restarts, faults)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -158,8 +159,11 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 	tokens := startTokenEndpoint(t)
 
 	var authSeen sync.Map
+	var calls callKinds
+	t.Cleanup(func() { calls.checkRoleCovers(t) })
 	sim := armsim.New(armsim.Options{Intercept: func(r *http.Request, c armsim.Call) *armsim.Fault {
 		authSeen.Store(r.Header.Get("Authorization"), true)
+		calls.add(c.Kind())
 		return nil
 	}})
 	armSrv := httptest.NewServer(sim)
@@ -209,6 +213,19 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
+
+	// The portal is served by the same forwarded HTTP function as the API.
+	for path, want := range map[string]string{"/": "<title>Just-in-time VM access", "/portal/app.js": "/api/v1/"} {
+		resp, err := http.Get(p.base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
+			t.Errorf("Functions mode GET %s = %d, body without %q", path, resp.StatusCode, want)
+		}
+	}
 
 	client, err := azservicebus.NewClientFromConnectionString(sb.ConnectionString(), nil)
 	if err != nil {

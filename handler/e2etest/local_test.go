@@ -304,6 +304,8 @@ func TestLocalEndToEnd(t *testing.T) {
 		_, y := p.nsgRules("nsg-vm-nic")[b.Grants[0].RuleName]
 		return x && y
 	})
+	var calls callKinds
+	calls.addStats(p.base)
 	p.kill()
 	endB := b.VirtualMachines[0].Ports[0].EndTimeUtc
 	time.Sleep(time.Until(endB) + 500*time.Millisecond) // b ends while the process is down
@@ -325,4 +327,6 @@ func TestLocalEndToEnd(t *testing.T) {
 	}
 	// The policy and the audit trail survived too.
 	p.must(200, "GET", "/api/v1/policies/demo", nil, nil)
+	calls.addStats(p.base)
+	calls.checkRoleCovers(t)
 }

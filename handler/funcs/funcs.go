@@ -86,12 +86,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if r.Method == http.MethodGet && r.URL.Path == "/" {
-		// The host polls GET / until it answers before sending work.
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
-		return
-	}
+	// Everything else is a forwarded HTTP request, at its original path. The
+	// host's readiness probe (GET / until any answer) lands here too and gets
+	// the portal page, which needs no store or network.
 	h.cfg.API.ServeHTTP(w, r)
 }
 

@@ -145,8 +145,8 @@ func TestReadinessAndForwarding(t *testing.T) {
 	h := newTestHandler(&recordingService{})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
-	if rec.Code != 200 {
-		t.Errorf("GET / = %d", rec.Code)
+	if rec.Code != 299 || !strings.Contains(rec.Body.String(), `"forwarded":"/"`) {
+		t.Errorf("GET / (the readiness probe and the portal page) was not forwarded: %d %s", rec.Code, rec.Body)
 	}
 	rec = httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("POST", "/api/v1/policies/p/initiate", strings.NewReader("{}")))
