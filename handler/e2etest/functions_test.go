@@ -238,6 +238,11 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 	go host.run(ctx)
 
 	admin := easyAuth("admin-1", "JIT.Admin")
+	// The API function forwards every path: a signed-in caller's POST /sweeper
+	// reaches the handler, and must not run the sweeper.
+	if code, body := p.call("POST", "/sweeper", map[string]any{"Data": map[string]any{"timer": map[string]any{}}, "Metadata": map[string]any{}}, nil, admin...); code != 404 {
+		t.Errorf("a forwarded POST /sweeper answered %d %s, want 404", code, body)
+	}
 	nicNSG := rgURL + "/providers/Microsoft.Network/networkSecurityGroups/nsg-vm-nic"
 	hasRule := func(name string) bool { return slices.Contains(sim.RuleNames(nicNSG), name) }
 

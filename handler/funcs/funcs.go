@@ -72,8 +72,27 @@ func New(cfg Config) *Handler {
 // most 256 KiB on the standard tier, 100 MiB on premium; ours are tiny).
 const maxInvocation = 1 << 20
 
+// outsideHeaders are headers that App Service's front end or its
+// authentication adds to every request from outside, and that the host's own
+// invocation requests never carry. The API function forwards every path, so
+// POST /worker from the internet reaches this handler too: one with any of
+// these headers is a forwarded request, not an invocation.
+var outsideHeaders = []string{
+	"X-Ms-Client-Principal", "X-Ms-Client-Principal-Id", "X-Ms-Client-Principal-Name", "X-Ms-Client-Principal-Idp",
+	"Authorization", "Cookie", "X-Forwarded-For", "X-Original-Url", "X-Arr-Log-Id", "X-Client-Ip",
+}
+
+func fromOutside(h http.Header) bool {
+	for _, k := range outsideHeaders {
+		if _, ok := h[k]; ok {
+			return true
+		}
+	}
+	return false
+}
+
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodPost {
+	if r.Method == http.MethodPost && !fromOutside(r.Header) {
 		switch strings.TrimPrefix(r.URL.Path, "/") {
 		case WorkerFunction:
 			h.invoke(w, r, h.worker)

@@ -163,3 +163,29 @@ func TestMetaTime(t *testing.T) {
 		}
 	}
 }
+
+// The API function forwards every path, so a caller on the internet can POST
+// /worker, /events or /sweeper too: with the headers that the front end and
+// its authentication add, that is a forwarded request for the API (which has
+// no such path), never an invocation.
+func TestInvocationPathsFromOutsideAreNotInvocations(t *testing.T) {
+	bodies := map[string]string{
+		"/worker":  `{"Data":{"msg":{"ID":"open-x","Kind":"open","RequestID":"r","Grant":0,"NSG":"/subscriptions/s/nsg"}},"Metadata":{"DeliveryCount":"1"}}`,
+		"/events":  `{"Data":{"event":{"id":"e","eventType":"Microsoft.Resources.ResourceDeleteSuccess","subject":"/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/v"}},"Metadata":{}}`,
+		"/sweeper": `{"Data":{"timer":{"IsPastDue":false}},"Metadata":{}}`,
+	}
+	for path, body := range bodies {
+		for _, header := range []string{"X-MS-CLIENT-PRINCIPAL-ID", "X-Forwarded-For", "Authorization", "Cookie"} {
+			svc := &recordingService{}
+			req := httptest.NewRequest("POST", path, strings.NewReader(body))
+			req.Header.Set("X-Azure-Functions-InvocationId", "11111111-2222-3333-4444-555555555555")
+			req.Header.Set(header, "x")
+			rec := httptest.NewRecorder()
+			newTestHandler(svc).ServeHTTP(rec, req)
+			if rec.Code != 299 || len(svc.ops) != 0 || svc.sweeps != 0 || len(svc.events) != 0 {
+				t.Errorf("POST %s with %s: status %d, ops %d, sweeps %d, events %d: want it forwarded to the API, nothing run",
+					path, header, rec.Code, len(svc.ops), svc.sweeps, len(svc.events))
+			}
+		}
+	}
+}

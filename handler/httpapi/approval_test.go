@@ -56,6 +56,13 @@ func TestApprovalFlow(t *testing.T) {
 	if hasRule(r.Grants[0].RuleName) {
 		t.Fatal("a pending request opened a rule")
 	}
+	// An open operation for it, however it reached the worker, opens nothing.
+	if err := s.svc.ApplyOperation(t.Context(), jit.Operation{ID: "forged", Kind: jit.OpOpen, RequestID: r.ID, Grant: 0, NSG: nic}); err != nil {
+		t.Fatal(err)
+	}
+	if hasRule(r.Grants[0].RuleName) {
+		t.Fatal("an open operation opened a rule of a pending request")
+	}
 	// Self-approval is refused, whatever roles the requestor has.
 	if code, body := s.do(alice, "POST", "/api/v1/requests/"+r.ID+"/approve", nil, nil); code != 403 || !strings.Contains(body, "your own request") {
 		t.Fatalf("self-approval: %d %s", code, body)

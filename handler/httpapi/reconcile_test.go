@@ -197,6 +197,18 @@ func TestEventsEnrolAndRetireVMs(t *testing.T) {
 	var r request
 	s.must(202, nil, "POST", "/api/v1/policies/auto/initiate", initiate("vm-both-nsg", "PT1H"), &r)
 	waitFor(t, "rule open", func() bool { _, ok := s.rule("nsg-vm-both", r.Grants[0].RuleName); return ok })
+	// A delete event for a VM that still exists (late, after the VM was
+	// created again, or forged) lifts nothing.
+	if err := s.svc.HandleResourceEvent(ctx, jit.ResourceEvent{ID: "e-stale", Type: jit.EventDeleteSuccess, Subject: vm}); err != nil {
+		t.Fatal(err)
+	}
+	s.must(200, nil, "GET", "/api/v1/policies/auto", nil, nil)
+	if _, ok := s.rule("nsg-vm-both", jit.DenyRuleName(vm)); !ok {
+		t.Fatal("a delete event for an existing VM removed its lockdown")
+	}
+	if _, ok := s.rule("nsg-vm-both", r.Grants[0].RuleName); !ok {
+		t.Fatal("a delete event for an existing VM closed its grant")
+	}
 	if err := s.sim.DeleteVM(vm); err != nil {
 		t.Fatal(err)
 	}

@@ -75,11 +75,20 @@ func (s *Service) policyOf(ctx context.Context, vmID string) (Policy, bool, erro
 	return Policy{}, false, nil
 }
 
-// vmDeleted takes a deleted VM out of its policy and ends its grants.
+// vmDeleted takes a deleted VM out of its policy and ends its grants, once
+// ARM confirms the VM is gone: a delete event that arrives after the VM was
+// created again, or one that did not come from Event Grid, must not lift
+// its lockdown.
 func (s *Service) vmDeleted(ctx context.Context, vmID string) error {
 	pol, ok, err := s.policyOf(ctx, vmID)
 	if err != nil || !ok {
 		return err
+	}
+	if _, err := s.net.ResolveVM(ctx, vmID); err == nil {
+		s.cfg.Log.Info().Str("vm", vmID).Msg("delete event for a VM that exists ignored")
+		return nil
+	} else if ErrorCode(err) != ENOTFOUND {
+		return fmt.Errorf("checking that VM %s is gone: %w", vmID, err)
 	}
 	vm, _ := pol.VM(vmID)
 	if err := s.releaseVM(ctx, System, pol.Name, *vm); err != nil {

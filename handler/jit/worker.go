@@ -75,6 +75,12 @@ func (s *Service) planOperation(ctx context.Context, op Operation) (req Request,
 	}
 	switch op.Kind {
 	case OpOpen:
+		switch req.Status {
+		case RequestPending, RequestDenied, RequestExpired:
+			// Nothing was approved, so nothing opens, whoever queued this.
+			s.cfg.Log.Warn().Str("request", req.ID).Str("status", req.Status).Msg("open of a request that is not approved dropped")
+			return req, ruleNothing, n.ID, nil
+		}
 		if g.Ended(now) {
 			return req, closeUnlessClosed, n.ID, nil
 		}
