@@ -199,3 +199,29 @@ func TestDelegationRequestersAndMyIP(t *testing.T) {
 		t.Errorf("X-Forwarded-For believed from an untrusted peer: source %s", src)
 	}
 }
+
+// A request approved long after it was made gets the full StuckAfter to open,
+// counted from the approval; and a pending request cannot be extended.
+func TestLateApprovalIsNotStuck(t *testing.T) {
+	s := newStack(t, stackOptions{stuckAfter: time.Second, dropOpens: true, pendingExpiry: time.Hour})
+	admin := easyAuth("admin-0", []string{jit.RoleAdmin})
+	alice := easyAuth("alice", []string{jit.RoleRequester})
+	bob := easyAuth("bob", []string{jit.RoleApprover})
+	s.must(200, admin, "PUT", "/api/v1/policies/gated", policyBody("vm-nic-nsg", map[string]any{
+		"approval": map[string]any{"required": true, "approvers": []string{"bob"}}}), nil)
+	var r request
+	s.must(202, alice, "POST", "/api/v1/policies/gated/initiate", initiate("vm-nic-nsg", "PT1H"), &r)
+	if code, body := s.do(alice, "POST", "/api/v1/requests/"+r.ID+"/extend", map[string]any{"duration": "PT2H"}, nil); code != 409 {
+		t.Errorf("extending a pending request: %d %s, want 409", code, body)
+	}
+	time.Sleep(1200 * time.Millisecond) // longer than StuckAfter since the request was made
+	s.must(200, bob, "POST", "/api/v1/requests/"+r.ID+"/approve", nil, &r)
+	rep, err := s.svc.Reconcile(t.Context())
+	if err != nil || rep.Stuck != 0 {
+		t.Fatalf("sweep just after a late approval: %+v, %v; want nothing stuck", rep, err)
+	}
+	time.Sleep(1100 * time.Millisecond) // the open (dropped) never happened within StuckAfter of the approval
+	if rep, err = s.svc.Reconcile(t.Context()); err != nil || rep.Stuck != 1 {
+		t.Fatalf("sweep StuckAfter after the approval: %+v, %v; want the open given up", rep, err)
+	}
+}

@@ -275,3 +275,31 @@ func TestVMInventoryIsCachedUntilAnEvent(t *testing.T) {
 		t.Errorf("after an event GET /vms made %d list calls in all, want %d", lists(), 2*first)
 	}
 }
+
+// Extending a grant moves its end time without an ARM write; the sweep that
+// follows must find the rule as it should be: no repair, no drift alarm.
+func TestSweepAfterExtendFindsNoDrift(t *testing.T) {
+	s := newStack(t, stackOptions{local: true})
+	s.must(200, nil, "PUT", "/api/v1/policies/p", policyBody("vm-nic-nsg", nil), nil)
+	var r request
+	s.must(202, nil, "POST", "/api/v1/policies/p/initiate", initiate("vm-nic-nsg", "PT10M"), &r)
+	waitFor(t, "rule open", func() bool { _, ok := s.rule("nsg-vm-nic", r.Grants[0].RuleName); return ok })
+	s.must(200, nil, "POST", "/api/v1/requests/"+r.ID+"/extend", map[string]any{"duration": "PT1H"}, nil)
+	writes := s.sim.Calls().Writes
+	rep, err := s.svc.Reconcile(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Repaired != 0 || rep.Closed != 0 || rep.Orphans != 0 {
+		t.Errorf("sweep after an extend: %+v, want nothing to repair", rep)
+	}
+	if d := s.auditDetails("drift"); len(d) != 0 {
+		t.Errorf("sweep after an extend audited drift: %v", d)
+	}
+	if w := s.sim.Calls().Writes - writes; w != 0 {
+		t.Errorf("sweep after an extend made %d ARM writes", w)
+	}
+	if _, ok := s.rule("nsg-vm-nic", r.Grants[0].RuleName); !ok {
+		t.Error("the extended grant's rule is gone")
+	}
+}

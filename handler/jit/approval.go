@@ -88,6 +88,20 @@ func (a *RequestApproval) Approvals() int {
 	return n
 }
 
+// AcceptedAt is when the request was accepted and its opens queued: its
+// start, or the last approval for a request that needed approval.
+func (r Request) AcceptedAt() time.Time {
+	at := r.StartTime
+	if r.Approval != nil {
+		for _, d := range r.Approval.Decisions {
+			if d.Approve && d.At.After(at) {
+				at = d.At
+			}
+		}
+	}
+	return at
+}
+
 // approvalFor merges the approval rules that apply to a request: the
 // policy's and those of every requested port. The strictest wins: any
 // required makes it required, the largest minimum counts, the approver

@@ -14,7 +14,8 @@ type ExtendInput struct {
 }
 
 // Extend moves the end time of a request's live grants, within each port's
-// maximum counted from the request's start. The old scheduled closes are
+// maximum counted from when the request was accepted (its start, or its last
+// approval). The old scheduled closes are
 // cancelled (and would be no-ops anyway) and new ones scheduled. The
 // requestor or a JIT.Admin may extend.
 func (s *Service) Extend(ctx context.Context, p Principal, id string, in ExtendInput) (Request, error) {
@@ -27,6 +28,9 @@ func (s *Service) Extend(ctx context.Context, p Principal, id string, in ExtendI
 	}
 	if r.Requestor != p.ID && !p.Has(RoleAdmin) {
 		return Request{}, Errorf(EFORBIDDEN, "only the requestor or a JIT.Admin may extend request %s", id)
+	}
+	if r.Status != RequestActive {
+		return Request{}, Errorf(ECONFLICT, "request %s is %s: only active access can be extended", id, r.Status)
 	}
 	now := s.now()
 	end := in.End.UTC()
@@ -63,9 +67,9 @@ func (s *Service) Extend(ctx context.Context, p Principal, id string, in ExtendI
 				if !ok {
 					return Errorf(ECONFLICT, "port %d of VM %s is no longer in policy %s", n, ResourceName(g.VM), pol.Name)
 				}
-				if end.Sub(r.StartTime) > rule.MaxDuration+endSlack {
-					return Errorf(EINVALID, "the new end time is more than the maximum %s after the request started (%s) for port %d",
-						FormatDuration(rule.MaxDuration), r.StartTime.Format(time.RFC3339), n)
+				if from := r.AcceptedAt(); end.Sub(from) > rule.MaxDuration+endSlack {
+					return Errorf(EINVALID, "the new end time is more than the maximum %s after the request was accepted (%s) for port %d",
+						FormatDuration(rule.MaxDuration), from.Format(time.RFC3339), n)
 				}
 			}
 			g.End = end

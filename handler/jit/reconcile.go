@@ -227,7 +227,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 			rep.Repaired++
 			s.drift(ctx, ref.req, g.VM, n.ID, "allow rule "+name+" was deleted or changed by hand; put back")
 		case RulePending:
-			if now.Sub(ref.req.StartTime) < s.cfg.StuckAfter {
+			if now.Sub(ref.req.AcceptedAt()) < s.cfg.StuckAfter {
 				continue
 			}
 			if err := s.giveUp(ctx, ref.req.ID, ref.i, n.ID); err != nil {

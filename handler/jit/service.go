@@ -349,8 +349,10 @@ func allowRule(r Request, i int) SecurityRule {
 	g := r.Grants[i]
 	return SecurityRule{
 		Name: RuleName(r.ID, i),
-		Description: clip(fmt.Sprintf("Managed by jitaccess: grant %s-%d for VM %s until %s. Do not edit.",
-			r.ID, i, ResourceName(g.VM), g.End.UTC().Format(time.RFC3339)), 140),
+		// No end time here: extend moves it without a write, and the sweeper
+		// compares descriptions to find rules edited by hand.
+		Description: clip(fmt.Sprintf("Managed by jitaccess: grant %s-%d for VM %s. Do not edit.",
+			r.ID, i, ResourceName(g.VM)), 140),
 		Access:       AccessAllow,
 		Protocol:     armProtocol(g.Protocol),
 		Ports:        portStrings(g.Ports),
