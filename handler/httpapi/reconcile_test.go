@@ -11,6 +11,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v9"
 
+	"jitaccess/handler/armsim"
 	"jitaccess/handler/jit"
 )
 
@@ -301,5 +302,28 @@ func TestSweepAfterExtendFindsNoDrift(t *testing.T) {
 	}
 	if _, ok := s.rule("nsg-vm-nic", r.Grants[0].RuleName); !ok {
 		t.Error("the extended grant's rule is gone")
+	}
+}
+
+// A repair the sweep cannot make is an audit event, not only a log line.
+func TestFailedRepairIsAudited(t *testing.T) {
+	s := newStack(t, stackOptions{local: true})
+	s.must(200, nil, "PUT", "/api/v1/policies/p", policyBody("vm-nic-nsg", nil), nil)
+	deny := jit.DenyRuleName(vmID("vm-nic-nsg"))
+	s.handEdit("DELETE", nsgID("nsg-vm-nic")+"/securityRules/"+deny, nil)
+	s.sim.FailNext(armsim.Writes, 1000, armsim.Fault{Status: http.StatusForbidden, Code: "AuthorizationFailed",
+		Message: "The client does not have authorization to perform action 'Microsoft.Network/networkSecurityGroups/write'."})
+	if _, err := s.svc.Reconcile(t.Context()); err == nil {
+		t.Fatal("a sweep whose every write failed reported no error")
+	}
+	s.sim.ClearFaults()
+	if f := s.auditDetails("failure"); !slices.ContainsFunc(f, func(d string) bool { return strings.Contains(d, "restoring deny rule "+deny) }) {
+		t.Errorf("failed deny restore not audited: %v", f)
+	}
+	if _, err := s.svc.Reconcile(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.rule("nsg-vm-nic", deny); !ok {
+		t.Error("deny rule not restored once ARM recovered")
 	}
 }

@@ -95,6 +95,7 @@ func (s *Service) Reconcile(ctx context.Context) (SweepReport, error) {
 	}
 	nsgs, err := s.net.ListNSGs(ctx)
 	if err != nil {
+		s.auditFailure(ctx, System, "sweep: listing network security groups", "", "", "", "", err)
 		return rep, errors.Join(append(errs, Wrap(EUNAVAILABLE, err, "listing network security groups failed"))...)
 	}
 	for i, n := range nsgs {
@@ -162,6 +163,12 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 		present[strings.ToLower(r.Name)] = r
 	}
 	var errs []error
+	// fail keeps a repair's error for the caller and audits it: a sweep that
+	// cannot do its work must say so in the trail, not only in the log.
+	fail := func(r Request, vm, what string, err error) {
+		errs = append(errs, err)
+		s.auditFailure(ctx, System, "sweep: "+what, r.Policy, r.ID, vm, n.ID, err)
+	}
 
 	// Allow rules: each must belong to a live grant that includes this NSG.
 	for _, r := range n.Rules {
@@ -176,7 +183,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 			if err == nil {
 				req, known = fresh, true
 			} else if ErrorCode(err) != ENOTFOUND {
-				errs = append(errs, err)
+				fail(Request{ID: reqID}, "", "reading the request of allow rule "+r.Name, err)
 				continue
 			}
 		}
@@ -190,7 +197,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 			continue
 		}
 		if err := s.net.DeleteRule(ctx, n.ID, r.Name); err != nil {
-			errs = append(errs, err)
+			fail(req, "", "removing allow rule "+r.Name+" that no live grant owns", err)
 			continue
 		}
 		rep.Orphans++
@@ -221,7 +228,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 				continue
 			}
 			if err := s.net.PutRule(ctx, n.ID, want); err != nil {
-				errs = append(errs, err)
+				fail(ref.req, g.VM, "putting back allow rule "+name, err)
 				continue
 			}
 			rep.Repaired++
@@ -231,7 +238,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 				continue
 			}
 			if err := s.giveUp(ctx, ref.req.ID, ref.i, n.ID); err != nil {
-				errs = append(errs, err)
+				fail(ref.req, g.VM, "giving up an open that never happened", err)
 				continue
 			}
 			rep.Stuck++
@@ -247,7 +254,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 			continue
 		}
 		if err := s.net.PutRule(ctx, n.ID, want); err != nil {
-			errs = append(errs, err)
+			fail(Request{Policy: d.policy}, d.vm.ID, "restoring deny rule "+want.Name, err)
 			continue
 		}
 		rep.DenyRestored++
@@ -258,7 +265,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 	for _, r := range n.Rules {
 		if strings.HasPrefix(strings.ToLower(r.Name), RulePrefix+"deny-") && !wantDeny[strings.ToLower(r.Name)] {
 			if err := s.net.DeleteRule(ctx, n.ID, r.Name); err != nil {
-				errs = append(errs, err)
+				fail(Request{}, "", "removing deny rule "+r.Name+" that no policy wants", err)
 				continue
 			}
 			s.drift(ctx, Request{}, "", n.ID, "removed deny rule "+r.Name+" that no policy wants")
