@@ -281,7 +281,10 @@ func testSameNSG(t *testing.T, newQueue func(*testing.T, jit.Worker) jit.Queue) 
 	r := NewRecorder()
 	r.Hold = 30 * time.Millisecond
 	q := newQueue(t, r)
-	base := time.Now().Add(500 * time.Millisecond)
+	// Every operation is enqueued before the first falls due: the margin is
+	// generous so that a loaded machine fails nothing, and a machine too slow
+	// for it fails the test instead of skipping it.
+	base := time.Now().Add(2 * time.Second)
 	ms := func(n int) time.Time { return base.Add(time.Duration(n) * time.Millisecond) }
 	// One NSG, spelled in two cases; enqueued out of due order, with two
 	// pairs of equal due times that must keep their enqueue order.
@@ -298,8 +301,8 @@ func testSameNSG(t *testing.T, newQueue func(*testing.T, jit.Worker) jit.Queue) 
 		others = append(others, newOp(fmt.Sprintf("other%d", i), nsg2, ms(5+10*i)))
 	}
 	enqueue(t, q, others...)
-	if time.Now().After(base.Add(-50 * time.Millisecond)) {
-		t.Skip("enqueueing took too long on this machine to test due order")
+	if late := time.Since(base.Add(-50 * time.Millisecond)); late > 0 {
+		t.Fatalf("enqueueing 17 operations took over 1.95 s (%s too long): due order cannot be tested", late)
 	}
 	want := []string{"o1", "o5", "o2", "o3", "o4a", "o4b"}
 	WaitFor(t, "all operations to run", succeeded(r, want...))
