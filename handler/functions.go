@@ -33,6 +33,11 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 	if cfg.Port == "" {
 		return fmt.Errorf("FUNCTIONS_CUSTOMHANDLER_PORT is not set: the Functions host sets it; on a laptop use `handler local`")
 	}
+	if !cfg.SubscriptionsSet {
+		// The default is the demo estate's: in Azure it would protect nothing
+		// and say nothing.
+		return fmt.Errorf("JIT_SUBSCRIPTIONS is not set: name the subscriptions whose VMs jitaccess protects")
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 

@@ -37,7 +37,7 @@ var allSettings = []setting{
 	{"JIT_DENY_PRIORITIES", "4000-4095", "both", "priority band of deny (lockdown) rules"},
 	{"JIT_SWEEP_INTERVAL", "30s", "local", "how often `handler local` sweeps overdue grants closed"},
 	{"JIT_SWEEP_SCHEDULE", "0 */1 * * * *", "functions", "NCRONTAB schedule of the sweeper function (read by the Functions host)"},
-	{"JIT_SUBSCRIPTIONS", "11111111-1111-1111-1111-111111111111", "both", "subscriptions in scope, comma-separated (the demo subscription in local mode)"},
+	{"JIT_SUBSCRIPTIONS", "11111111-1111-1111-1111-111111111111", "both", "subscriptions in scope, comma-separated (the demo subscription in local mode; required in Functions mode)"},
 	{"JIT_LOG_LEVEL", "info", "both", "debug, info, warn or error"},
 	{"JIT_PENDING_EXPIRY", "1h", "both", "how long a request waits for approval before it expires"},
 	{"JIT_INVENTORY_TTL", "1m", "both", "how long the VM list read from Azure serves GET /api/v1/vms; resource events refresh it at once"},
@@ -71,6 +71,9 @@ type settings struct {
 	ARMLatency    time.Duration
 	Estate        string
 	Subscriptions []string
+	// SubscriptionsSet: JIT_SUBSCRIPTIONS was given, not defaulted to the
+	// demo estate's subscription.
+	SubscriptionsSet bool
 
 	Cloud             string
 	ARMEndpoint       string
@@ -113,6 +116,7 @@ func readSettings(getenv func(string) string) (settings, error) {
 		LogLevel:          get("JIT_LOG_LEVEL"),
 		Estate:            get("JIT_ARM_ESTATE"),
 		Subscriptions:     splitList(get("JIT_SUBSCRIPTIONS")),
+		SubscriptionsSet:  getenv("JIT_SUBSCRIPTIONS") != "",
 		Cloud:             get("JIT_CLOUD"),
 		ARMEndpoint:       get("JIT_ARM_ENDPOINT"),
 		TablesURL:         get("JIT_TABLES_URL"),

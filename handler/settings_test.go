@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/rs/zerolog"
 )
 
 // The settings registry (allSettings) is the single source of truth; these
@@ -454,5 +456,17 @@ func TestSettingNamesWorkOnLinux(t *testing.T) {
 		if !re.MatchString(s.Name) {
 			t.Errorf("setting name %q: use letters, digits and underscores", s.Name)
 		}
+	}
+}
+
+func TestFunctionsModeNeedsSubscriptions(t *testing.T) {
+	cfg, err := readSettings(func(k string) string {
+		return map[string]string{"FUNCTIONS_CUSTOMHANDLER_PORT": "1"}[k]
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runFunctions(zerolog.Nop(), cfg); err == nil || !strings.Contains(err.Error(), "JIT_SUBSCRIPTIONS is not set") {
+		t.Fatalf("Functions mode without JIT_SUBSCRIPTIONS: %v, want a refusal naming it", err)
 	}
 }
