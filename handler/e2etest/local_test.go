@@ -176,7 +176,7 @@ func TestLocalEndToEnd(t *testing.T) {
 	waitFor(t, 5*time.Second, "allow rule in nsg-vm-nic", func() bool { _, ok := p.nsgRules("nsg-vm-nic")[lrule]; return ok })
 	// "My IP": no prefix means the caller's own address.
 	var mine requestRec
-	p.must(202, "POST", "/api/v1/policies/demo/initiate", initiateBody("vm-subnet-nsg", 22, map[string]any{"duration": "PT10M"}), &mine)
+	p.must(202, "POST", "/api/v1/policies/demo/initiate", initiateBody("vm-subnet-nsg", 22, map[string]any{"duration": "PT3S"}), &mine)
 	if got := mine.VirtualMachines[0].Ports[0].Source; got != "127.0.0.1" {
 		t.Errorf("My IP source = %q, want 127.0.0.1", got)
 	}
@@ -188,6 +188,8 @@ func TestLocalEndToEnd(t *testing.T) {
 	}
 	p.must(409, "POST", "/api/v1/requests/"+long.ID+"/revoke", nil, nil)
 	p.must(200, "POST", "/api/v1/requests/"+mine.ID+"/revoke", nil, nil)
+	waitFor(t, 5*time.Second, "revoke of the short grant closed", func() bool { return closesOf(p, "vm-subnet-nsg", mine.ID) == 1 })
+	mineEnd := mine.VirtualMachines[0].Ports[0].EndTimeUtc
 
 	// A refused request is audited too.
 	p.must(400, "POST", "/api/v1/policies/demo/initiate", initiateBody("vm-nic-nsg", 8080, map[string]any{"duration": "PT10M"}), nil)
@@ -327,6 +329,32 @@ func TestLocalEndToEnd(t *testing.T) {
 	}
 	// The policy and the audit trail survived too.
 	p.must(200, "GET", "/api/v1/policies/demo", nil, nil)
+	// The revoked grant's scheduled close fell due long ago (across a
+	// restart): it was a no-op, not a second close.
+	if time.Now().Before(mineEnd.Add(time.Second)) {
+		t.Fatalf("the test ran faster than the revoked grant's end time %s", mineEnd)
+	}
+	if n := closesOf(p, "vm-subnet-nsg", mine.ID); n != 1 {
+		t.Errorf("revoked request %s has %d close events after its scheduled close fell due, want 1", mine.ID, n)
+	}
 	calls.addStats(p.base)
 	calls.checkRoleCovers(t)
+}
+
+// closesOf counts the close events of one request in a VM's audit trail.
+func closesOf(p *proc, vm, request string) int {
+	var out struct {
+		Value []struct {
+			Action  string `json:"action"`
+			Request string `json:"request"`
+		} `json:"value"`
+	}
+	p.must(200, "GET", "/api/v1/audit?vm="+vmID(vm), nil, &out)
+	n := 0
+	for _, ev := range out.Value {
+		if ev.Action == "close" && ev.Request == request {
+			n++
+		}
+	}
+	return n
 }
