@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 
 	"jitaccess/handler/jit"
@@ -92,4 +93,42 @@ func TestAuthorizationMatrix(t *testing.T) {
 			t.Errorf("a requester's list shows %s's request", full.RequestorID)
 		}
 	}
+}
+
+// Another site's page cannot use a signed-in person's cookie to change
+// anything: a cross-site fetch says so in Sec-Fetch-Site, and an HTML form
+// (which needs no script) can only send form or text content types, even
+// with an empty body.
+func TestCrossSiteChangesAreRefused(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	admin := easyAuth("admin-0", []string{jit.RoleAdmin})
+	s.must(200, admin, "PUT", "/api/v1/policies/p", policyBody("vm-nic-nsg", nil), nil)
+	var r request
+	s.must(202, admin, "POST", "/api/v1/policies/p/initiate", initiate("vm-nic-nsg", "PT1H"), &r)
+	revoke := "/api/v1/requests/" + r.ID + "/revoke"
+	for _, c := range []struct {
+		name  string
+		extra as
+		want  int
+	}{
+		{"cross-site fetch", as{"Sec-Fetch-Site", "cross-site"}, 403},
+		{"same-site fetch from a sibling host", as{"Sec-Fetch-Site", "same-site"}, 403},
+		{"HTML form, empty body", as{"Content-Type", "application/x-www-form-urlencoded"}, 415},
+		{"text/plain form", as{"Content-Type", "text/plain;charset=UTF-8"}, 415},
+		{"multipart form", as{"Content-Type", "multipart/form-data; boundary=x"}, 415},
+	} {
+		if code, body := s.do(append(slices.Clone(admin), c.extra...), "POST", revoke, nil, nil); code != c.want {
+			t.Errorf("%s: revoke answered %d %s, want %d", c.name, code, body, c.want)
+		}
+		if code, _ := s.do(append(slices.Clone(admin), c.extra...), "DELETE", "/api/v1/policies/p", nil, nil); code != c.want {
+			t.Errorf("%s: policy delete answered %d, want %d", c.name, code, c.want)
+		}
+	}
+	s.must(200, admin, "GET", "/api/v1/requests/"+r.ID, nil, &r)
+	if r.Status != "Active" {
+		t.Fatalf("after refused cross-site revokes the request is %s", r.Status)
+	}
+	s.must(200, admin, "GET", "/api/v1/policies/p", nil, nil)
+	// The portal's own requests are same-origin; curl sends no such header.
+	s.must(200, append(slices.Clone(admin), "Sec-Fetch-Site", "same-origin"), "POST", revoke, nil, nil)
 }

@@ -247,12 +247,39 @@ func (s *Server) trusted(a netip.Addr) bool {
 
 // call identifies the caller and writes the error if that fails.
 func (s *Server) call(w http.ResponseWriter, r *http.Request) (jit.Principal, bool) {
+	if err := refuseCrossSite(r); err != nil {
+		writeError(w, err)
+		return jit.Principal{}, false
+	}
 	p, err := s.principal(r)
 	if err != nil {
 		writeError(w, err)
 		return p, false
 	}
 	return p, true
+}
+
+// refuseCrossSite refuses a change that another site's page could have made
+// with the caller's sign-in cookie: a browser says so in Sec-Fetch-Site, and
+// an HTML form can only send the content types below, even with no body
+// (approve, deny and revoke need none). Scripts, bots and the portal itself
+// are not affected.
+func refuseCrossSite(r *http.Request) error {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return nil
+	}
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
+		return &httpError{status: http.StatusForbidden, code: "CrossSiteRequest",
+			msg: "a " + r.Method + " from another site's page is refused: use the portal, or call the API directly"}
+	}
+	mt, _, _ := strings.Cut(strings.ToLower(r.Header.Get("Content-Type")), ";")
+	switch strings.TrimSpace(mt) {
+	case "application/x-www-form-urlencoded", "multipart/form-data", "text/plain":
+		return &httpError{status: http.StatusUnsupportedMediaType, code: "UnsupportedMediaType",
+			msg: "Content-Type " + mt + " is not supported: send application/json, or no body"}
+	}
+	return nil
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
