@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"math/rand/v2"
+	"net/http"
 	"sync"
 	"time"
 
@@ -17,15 +18,29 @@ import (
 // they exist to prove that access still ends when ARM fails and messages
 // are lost or repeated.
 
-// armChaos makes the simulator answer that share of ARM writes with 429
-// (Retry-After), 409 AnotherOperationInProgress or 500, in equal parts.
+// armChaos makes the simulator answer that share of ARM writes with a fault,
+// the kinds in equal parts: 429 with Retry-After, 409
+// AnotherOperationInProgress, 429 RetryableErrorDueToAnotherOperation, 500,
+// and writes accepted whose long-running operation then ends Failed
+// (superseded by another operation, or an internal error).
 func armChaos(rate float64) *armsim.Chaos {
-	third := rate / 3
-	return &armsim.Chaos{Seed: uint64(time.Now().UnixNano()), Target: armsim.Writes, Faults: []armsim.ChaosFault{
-		{Probability: third, Fault: armsim.Throttled(200 * time.Millisecond)},
-		{Probability: third / (1 - third), Fault: armsim.AnotherOperationInProgress()},
-		{Probability: third / (1 - 2*third), Fault: armsim.InternalServerError()},
-	}}
+	faults := []armsim.Fault{
+		armsim.Throttled(200 * time.Millisecond),
+		armsim.AnotherOperationInProgress(),
+		{Status: http.StatusTooManyRequests, Code: "RetryableErrorDueToAnotherOperation", RetryAfter: 100 * time.Millisecond,
+			Message: "Operation is not allowed because another operation on the resource is in progress. Retry later."},
+		armsim.InternalServerError(),
+		armsim.LROFailed("CanceledAndSupersededDueToAnotherOperation"),
+		armsim.LROFailed("InternalServerError"),
+	}
+	// Tried in order, at most one per call: each probability is conditional
+	// on the ones before it not applying, so every kind gets rate/len.
+	share := rate / float64(len(faults))
+	c := &armsim.Chaos{Seed: uint64(time.Now().UnixNano()), Target: armsim.Writes}
+	for i, f := range faults {
+		c.Faults = append(c.Faults, armsim.ChaosFault{Probability: share / (1 - float64(i)*share), Fault: f})
+	}
+	return c
 }
 
 // chaosQueue loses and repeats close operations on their way to the queue,

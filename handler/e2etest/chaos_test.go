@@ -324,12 +324,16 @@ func TestChaos(t *testing.T) {
 			var got struct {
 				Properties struct {
 					SecurityRules []struct {
-						Name string `json:"name"`
+						Name       string `json:"name"`
+						Properties struct {
+							Priority int `json:"priority"`
+						} `json:"properties"`
 					} `json:"securityRules"`
 				} `json:"properties"`
 			}
 			_ = json.Unmarshal(raw, &got)
-			if i%2 == 0 {
+			switch i % 3 {
+			case 0:
 				// Delete a deny rule: JIT must put it back.
 				for _, r := range got.Properties.SecurityRules {
 					if strings.HasPrefix(r.Name, "jit-deny-") {
@@ -339,7 +343,7 @@ func TestChaos(t *testing.T) {
 						break
 					}
 				}
-			} else {
+			case 1:
 				// Open SSH to the world under our prefix: JIT must remove it.
 				rule := map[string]any{"properties": map[string]any{"access": "Allow", "direction": "Inbound", "priority": 1900 + i%90,
 					"protocol": "Tcp", "sourceAddressPrefix": "*", "sourcePortRange": "*", "destinationAddressPrefix": "*", "destinationPortRange": "22"}}
@@ -349,6 +353,19 @@ func TestChaos(t *testing.T) {
 					obsMu.Lock()
 					present[name] = true
 					obsMu.Unlock()
+				}
+			case 2:
+				// Widen a live grant's rule to any source: JIT must put it
+				// back as granted, and still remove it at the end.
+				for _, r := range got.Properties.SecurityRules {
+					if strings.HasPrefix(r.Name, "jit-allow-") {
+						rule := map[string]any{"properties": map[string]any{"access": "Allow", "direction": "Inbound", "priority": r.Properties.Priority,
+							"protocol": "*", "sourceAddressPrefix": "*", "sourcePortRange": "*", "destinationAddressPrefix": "*", "destinationPortRange": "*"}}
+						if s, _ := c.callQuiet(p, "PUT", base+"/securityRules/"+r.Name+"?api-version=2024-05-01", rule); s/100 == 2 {
+							handEdits.Add(1)
+						}
+						break
+					}
 				}
 			}
 		}
@@ -440,8 +457,9 @@ func TestChaos(t *testing.T) {
 	obsMu.Unlock()
 	slices.SortFunc(lags, func(a, b lagRec) int { return int(b.lag - a.lag) })
 
-	// The audit trail: a request event per grant and a close event per
-	// grant and NSG, whatever happened in between.
+	// The audit trail: a request event per grant, an open event for every
+	// rule seen, and a close event per grant and NSG, whatever happened in
+	// between.
 	p, _ := c.current()
 	var audit struct {
 		Value []struct {
@@ -468,8 +486,14 @@ func TestChaos(t *testing.T) {
 	t.Logf("kills at: %v", c.kills)
 	c.mu.Unlock()
 	lost := 0
+	obsMu.Lock()
 	for _, r := range recs {
 		if !ids["request-"+r.id+"-0"] {
+			lost++
+		}
+		// A rule seen in an NSG was written by an open, which was audited
+		// first.
+		if present[r.rule] && !slices.ContainsFunc(r.nsgs, func(n string) bool { return ids["open-"+r.id+"-0-"+jit.ShortHash(n)] }) {
 			lost++
 		}
 		for _, n := range r.nsgs {
@@ -478,6 +502,7 @@ func TestChaos(t *testing.T) {
 			}
 		}
 	}
+	obsMu.Unlock()
 	// Deny rules are all back.
 	missingDeny := 0
 	for _, vm := range vms {
@@ -495,10 +520,10 @@ func TestChaos(t *testing.T) {
 
 	report := fmt.Sprintf(`fault test (TestChaos)
   grants:                 %d on %d VMs sharing %d NSGs
-  ARM faults injected:    %d (20%% of writes: 429 / 409 / 500, 10 ms write latency)
+  ARM faults injected:    %d (20%% of writes: 429, 409, 429 another operation, 500, LRO failed or superseded; 10 ms write latency)
   close operations:       %.0f%% dropped, %.0f%% duplicated
   process kills/restarts: %d
-  hand edits via /_arm:   %d
+  hand edits via /_arm:   %d (deny rules deleted, world-open rules under our prefix, live rules widened)
   rules seen removed:     %d
   largest close lag:      %s (bound: sweep %s + 10s)
   grants still open:      %d
