@@ -4,11 +4,14 @@ import (
 	"bytes"
 	_ "embed"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
@@ -41,6 +44,9 @@ func DemoID(resourceType, name string) string {
 // rules), convenient to write by hand; and a list of raw ARM resources, which
 // is what Snapshot writes so that local mode keeps its rules across restarts.
 type estateFile struct {
+	// Generation is set in snapshots Save writes: the journal lines of this
+	// generation apply to it.
+	Generation    uint64               `json:"generation,omitempty"`
 	Subscriptions []estateSubscription `json:"subscriptions,omitempty"`
 	Resources     []json.RawMessage    `json:"resources,omitempty"`
 }
@@ -126,6 +132,10 @@ func parseEstate(r io.Reader, etag func() string) (state, error) {
 	if err := dec.Decode(&f); err != nil {
 		return state{}, fmt.Errorf("decode estate: %w", err)
 	}
+	return buildState(f, etag)
+}
+
+func buildState(f estateFile, etag func() string) (state, error) {
 	st := newState()
 	for _, sub := range f.Subscriptions {
 		for _, g := range sub.ResourceGroups {
@@ -387,21 +397,21 @@ type cachedJSON struct {
 	b    []byte
 }
 
-// snapshotLocked writes the state as raw ARM resources, one per line;
-// callers hold s.mu.
-func (s *Server) snapshotLocked() ([]byte, error) {
+// eachResourceLocked visits every resource with its JSON, in the estate
+// file's order when sorted, marshalling only those the cache does not hold
+// as they are now (changed is then true). It drops the cache entries of
+// resources that are gone and returns their ids. Callers hold s.mu.
+func (s *Server) eachResourceLocked(sorted bool, visit func(id string, b []byte, changed bool)) (gone []string, err error) {
 	if s.snap == nil {
 		s.snap = snapshotCache{}
 	}
 	seen := make(map[string]bool, len(s.snap))
-	var buf bytes.Buffer
-	buf.Grow(s.snapSize)
-	buf.WriteString("{\n  \"resources\": [")
-	first := true
-	add := func(k string, v any, etag *string) error {
+	add := func(kind string, v any, id, etag *string) error {
+		k := kind + " " + key(deref(id))
 		seen[k] = true
 		c, ok := s.snap[k]
-		if !ok || c.ptr != v || c.etag != deref(etag) {
+		changed := !ok || c.ptr != v || c.etag != deref(etag)
+		if changed {
 			b, err := json.Marshal(v)
 			if err != nil {
 				return err
@@ -409,52 +419,171 @@ func (s *Server) snapshotLocked() ([]byte, error) {
 			c = cachedJSON{ptr: v, etag: deref(etag), b: b}
 			s.snap[k] = c
 		}
+		visit(deref(id), c.b, changed)
+		return nil
+	}
+	if err := eachValue(s.st.nsgs, sorted, func(v *armnetwork.SecurityGroup) error { return add("nsg", v, v.ID, v.Etag) }); err != nil {
+		return nil, err
+	}
+	if err := eachValue(s.st.vnets, sorted, func(v *armnetwork.VirtualNetwork) error { return add("vnet", v, v.ID, v.Etag) }); err != nil {
+		return nil, err
+	}
+	if err := eachValue(s.st.nics, sorted, func(v *armnetwork.Interface) error { return add("nic", v, v.ID, v.Etag) }); err != nil {
+		return nil, err
+	}
+	if err := eachValue(s.st.vms, sorted, func(v *armcompute.VirtualMachine) error { return add("vm", v, v.ID, nil) }); err != nil {
+		return nil, err
+	}
+	for k := range s.snap {
+		if !seen[k] {
+			delete(s.snap, k)
+			_, id, _ := strings.Cut(k, " ")
+			gone = append(gone, id)
+		}
+	}
+	return gone, nil
+}
+
+func eachValue[T any](m map[string]*T, sorted bool, fn func(*T) error) error {
+	if sorted {
+		for _, v := range sortedValues(m) {
+			if err := fn(v); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, v := range m {
+		if err := fn(v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// snapshotLocked writes the state as raw ARM resources, one per line, with
+// the journal generation it starts; callers hold s.mu.
+func (s *Server) snapshotLocked(buf *bytes.Buffer, generation uint64) ([]byte, error) {
+	buf.Reset()
+	fmt.Fprintf(buf, "{\n  \"generation\": %d,\n  \"resources\": [", generation)
+	first := true
+	_, err := s.eachResourceLocked(true, func(_ string, b []byte, _ bool) {
 		if !first {
 			buf.WriteByte(',')
 		}
 		first = false
 		buf.WriteString("\n    ")
-		buf.Write(c.b)
-		return nil
-	}
-	for _, v := range sortedValues(s.st.nsgs) {
-		if err := add("nsg "+key(deref(v.ID)), v, v.Etag); err != nil {
-			return nil, err
-		}
-	}
-	for _, v := range sortedValues(s.st.vnets) {
-		if err := add("vnet "+key(deref(v.ID)), v, v.Etag); err != nil {
-			return nil, err
-		}
-	}
-	for _, v := range sortedValues(s.st.nics) {
-		if err := add("nic "+key(deref(v.ID)), v, v.Etag); err != nil {
-			return nil, err
-		}
-	}
-	for _, v := range sortedValues(s.st.vms) {
-		if err := add("vm "+key(deref(v.ID)), v, nil); err != nil {
-			return nil, err
-		}
+		buf.Write(b)
+	})
+	if err != nil {
+		return nil, err
 	}
 	buf.WriteString("\n  ]\n}\n")
-	for k := range s.snap {
-		if !seen[k] {
-			delete(s.snap, k)
-		}
-	}
-	s.snapSize = buf.Len()
 	return buf.Bytes(), nil
 }
 
-// LoadFile replaces the simulator's resources with the estate in the file.
+// The estate on disk is a snapshot (the estate file) and a journal beside it
+// (path + ".journal"). Save appends to the journal the resources that
+// changed since the last save, one JSON line each, and writes a new snapshot
+// only when the journal has grown to the snapshot's size: a rule write on a
+// 5,000-VM estate costs a line, not megabytes. Each snapshot starts a new
+// generation and journal lines carry theirs, so lines left over from an
+// older snapshot (a crash between the rename and the truncation) are never
+// applied to a newer one.
+
+// journalLine is one resource as it is after a change; a null resource was
+// deleted.
+type journalLine struct {
+	Generation uint64          `json:"generation"`
+	ID         string          `json:"id"`
+	Resource   json.RawMessage `json:"resource"`
+}
+
+// saveState is what the files at path hold; under saveMu.
+type saveState struct {
+	path        string
+	generation  uint64
+	changes     uint64 // writes included
+	snapSize    int
+	journalSize int
+}
+
+// minJournal is the journal size below which no snapshot is rewritten.
+const minJournal = 1 << 20
+
+func journalPath(path string) string { return path + ".journal" }
+
+// LoadFile replaces the simulator's resources with the estate in the file,
+// and the journal beside it when the file is a snapshot Save wrote.
 func (s *Server) LoadFile(path string) error {
-	f, err := os.Open(path)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("open estate: %w", err)
 	}
-	defer f.Close()
-	return s.Load(f)
+	var f estateFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return fmt.Errorf("decode estate: %w", err)
+	}
+	if f.Generation != 0 {
+		j, err := os.ReadFile(journalPath(path))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("read estate journal: %w", err)
+		}
+		if err := f.applyJournal(j); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, err := buildState(f, s.newEtag)
+	if err != nil {
+		return err
+	}
+	s.st = st
+	s.snap = nil
+	return nil
+}
+
+// applyJournal brings the snapshot's resources up to date with the journal
+// lines of its generation. A torn last line (a crash mid-append) ends it.
+func (f *estateFile) applyJournal(journal []byte) error {
+	index := make(map[string]int, len(f.Resources))
+	for i, raw := range f.Resources {
+		var head struct {
+			ID string `json:"id"`
+		}
+		if err := json.Unmarshal(raw, &head); err != nil {
+			return fmt.Errorf("estate: decode resource: %w", err)
+		}
+		index[strings.ToLower(head.ID)] = i
+	}
+	for len(journal) > 0 {
+		line, rest, _ := bytes.Cut(journal, []byte("\n"))
+		journal = rest
+		var l journalLine
+		if json.Unmarshal(line, &l) != nil {
+			break
+		}
+		if l.Generation != f.Generation {
+			continue
+		}
+		k := strings.ToLower(l.ID)
+		i, ok := index[k]
+		switch {
+		case len(l.Resource) == 0 || string(l.Resource) == "null":
+			if ok {
+				f.Resources[i] = nil
+				delete(index, k)
+			}
+		case ok:
+			f.Resources[i] = l.Resource
+		default:
+			index[k] = len(f.Resources)
+			f.Resources = append(f.Resources, l.Resource)
+		}
+	}
+	f.Resources = slices.DeleteFunc(f.Resources, func(r json.RawMessage) bool { return r == nil })
+	return nil
 }
 
 // Load replaces the simulator's resources with the estate read from r, in
@@ -476,41 +605,90 @@ func (s *Server) Load(r io.Reader) error {
 func (s *Server) Snapshot() ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.snapshotLocked()
+	s.snap = nil // the cache stands for what Save last wrote
+	var buf bytes.Buffer
+	return s.snapshotLocked(&buf, 0)
 }
 
-// Save writes Snapshot to path atomically (a temporary file renamed over it),
-// so a crash never leaves half an estate behind. When it returns, every
-// write that completed before the call is in the file.
+// Save brings the estate at path up to date: the changes since the last
+// save appended to its journal, or a new snapshot written atomically (a
+// temporary file renamed over it) when there is none yet or the journal has
+// grown large. A crash never leaves half an estate behind. When it returns,
+// every write that completed before the call is on disk.
 //
 // Concurrent calls are coalesced: OnChange hooks call Save after every write,
-// and a caller that waited for another's save finds its change already in the
-// file when that save's snapshot was taken after the change, so N concurrent
+// and a caller that waited for another's save finds its change already saved
+// when that save looked at the estate after the change, so N concurrent
 // writers cost about two saves, not N.
 func (s *Server) Save(path string) error {
 	want := s.changes.Load()
 	s.saveMu.Lock()
 	defer s.saveMu.Unlock()
-	if done, ok := s.saved[path]; ok && done >= want {
+	sv := &s.saved
+	if sv.path == path && sv.changes >= want {
 		return nil
 	}
 	s.mu.Lock()
-	gen := s.changes.Load()
-	b, err := s.snapshotLocked()
+	changes := s.changes.Load()
+	if sv.path != path || s.snap == nil || sv.journalSize > max(sv.snapSize, minJournal) {
+		// Unique across lives, so no journal line of another snapshot matches.
+		gen := max(sv.generation+1, uint64(time.Now().UnixNano()))
+		b, err := s.snapshotLocked(&s.saveBuf, gen)
+		s.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("snapshot estate: %w", err)
+		}
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, b, 0o600); err != nil {
+			return fmt.Errorf("write estate: %w", err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return fmt.Errorf("write estate: %w", err)
+		}
+		if err := os.WriteFile(journalPath(path), nil, 0o600); err != nil {
+			return fmt.Errorf("start estate journal: %w", err)
+		}
+		*sv = saveState{path: path, generation: gen, changes: changes, snapSize: len(b)}
+		return nil
+	}
+	buf := &s.saveBuf
+	buf.Reset()
+	line := func(id string, b []byte) {
+		fmt.Fprintf(buf, "{\"generation\":%d,\"id\":%q,\"resource\":", sv.generation, id)
+		buf.Write(b)
+		buf.WriteString("}\n")
+	}
+	gone, err := s.eachResourceLocked(false, func(id string, b []byte, changed bool) {
+		if changed {
+			line(id, b)
+		}
+	})
+	for _, id := range gone {
+		line(id, []byte("null"))
+	}
 	s.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("snapshot estate: %w", err)
+		s.mu.Lock()
+		s.snap = nil // the journal misses what was cached: snapshot next time
+		s.mu.Unlock()
+		return fmt.Errorf("journal estate: %w", err)
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("write estate: %w", err)
+	if buf.Len() > 0 {
+		f, err := os.OpenFile(journalPath(path), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err == nil {
+			_, err = f.Write(buf.Bytes())
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if err != nil {
+			s.mu.Lock()
+			s.snap = nil
+			s.mu.Unlock()
+			return fmt.Errorf("append to estate journal: %w", err)
+		}
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write estate: %w", err)
-	}
-	if s.saved == nil {
-		s.saved = map[string]uint64{}
-	}
-	s.saved[path] = gen
+	sv.changes = changes
+	sv.journalSize += buf.Len()
 	return nil
 }

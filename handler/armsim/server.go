@@ -75,10 +75,10 @@ type Server struct {
 	saveMu   sync.Mutex
 	opts     Options
 	st       state
-	snap     snapshotCache     // resources' JSON as last saved; under mu
-	snapSize int               // size of the last snapshot, to size the next
-	changes  atomic.Uint64     // successful writes so far
-	saved    map[string]uint64 // path → changes included in its last Save; under saveMu
+	snap     snapshotCache // resources' JSON as last saved; under mu
+	changes  atomic.Uint64 // successful writes so far
+	saved    saveState     // what the files Save writes hold; under saveMu
+	saveBuf  bytes.Buffer  // Save's buffer, reused; under saveMu
 	ops      map[string]*operation
 	opSeq    uint64
 	etagSeq  uint64
