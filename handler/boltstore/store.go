@@ -261,20 +261,54 @@ func (s *Store) CreateRequest(ctx context.Context, r jit.Request) (jit.Request, 
 	}
 	r = utcRequest(r)
 	r.ETag = newETag()
-	err := s.db.Batch(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketRequests)
-		if b.Get([]byte(r.ID)) != nil {
-			return jit.Errorf(jit.ECONFLICT, "request %q already exists", r.ID)
+	if err := s.db.Batch(func(tx *bbolt.Tx) error { return createRequest(tx, r) }); err != nil {
+		return jit.Request{}, err
+	}
+	return r, nil
+}
+
+// CreateRequestAudited stores a new request and its audit events in one
+// transaction (jit.RequestRecorder): all of them, or none.
+func (s *Store) CreateRequestAudited(ctx context.Context, r jit.Request, events []jit.AuditEvent) (jit.Request, error) {
+	if err := ctx.Err(); err != nil {
+		return jit.Request{}, err
+	}
+	if r.ID == "" {
+		return jit.Request{}, jit.Errorf(jit.EINVALID, "request id is required")
+	}
+	for i := range events {
+		if err := checkAudit(&events[i]); err != nil {
+			return jit.Request{}, err
 		}
-		if err := put(b, []byte(r.ID), r); err != nil {
+	}
+	r = utcRequest(r)
+	r.ETag = newETag()
+	err := s.db.Batch(func(tx *bbolt.Tx) error {
+		if err := createRequest(tx, r); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketRequestsByStart).Put(indexKey(r.StartTime, r.ID), nil)
+		for _, ev := range events {
+			if err := appendAudit(tx, ev); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return jit.Request{}, err
 	}
 	return r, nil
+}
+
+func createRequest(tx *bbolt.Tx, r jit.Request) error {
+	b := tx.Bucket(bucketRequests)
+	if b.Get([]byte(r.ID)) != nil {
+		return jit.Errorf(jit.ECONFLICT, "request %q already exists", r.ID)
+	}
+	if err := put(b, []byte(r.ID), r); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketRequestsByStart).Put(indexKey(r.StartTime, r.ID), nil)
 }
 
 // UpdateRequest replaces a request. A non-empty r.ETag must match the stored one.
@@ -365,6 +399,14 @@ func (s *Store) AppendAudit(ctx context.Context, ev jit.AuditEvent) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if err := checkAudit(&ev); err != nil {
+		return err
+	}
+	return s.db.Batch(func(tx *bbolt.Tx) error { return appendAudit(tx, ev) })
+}
+
+// checkAudit refuses an event without id or time and puts its time in UTC.
+func checkAudit(ev *jit.AuditEvent) error {
 	if ev.ID == "" {
 		return jit.Errorf(jit.EINVALID, "audit event id is required")
 	}
@@ -372,17 +414,19 @@ func (s *Store) AppendAudit(ctx context.Context, ev jit.AuditEvent) error {
 		return jit.Errorf(jit.EINVALID, "audit event %q has no time", ev.ID)
 	}
 	ev.Time = ev.Time.UTC()
-	return s.db.Batch(func(tx *bbolt.Tx) error {
-		ids := tx.Bucket(bucketAuditIDs)
-		if ids.Get([]byte(ev.ID)) != nil {
-			return nil
-		}
-		key := indexKey(ev.Time, ev.ID)
-		if err := put(tx.Bucket(bucketAudit), key, ev); err != nil {
-			return err
-		}
-		return ids.Put([]byte(ev.ID), key)
-	})
+	return nil
+}
+
+func appendAudit(tx *bbolt.Tx, ev jit.AuditEvent) error {
+	ids := tx.Bucket(bucketAuditIDs)
+	if ids.Get([]byte(ev.ID)) != nil {
+		return nil
+	}
+	key := indexKey(ev.Time, ev.ID)
+	if err := put(tx.Bucket(bucketAudit), key, ev); err != nil {
+		return err
+	}
+	return ids.Put([]byte(ev.ID), key)
 }
 
 // ScanAudit calls fn for each event that matches f, newest first, ties in

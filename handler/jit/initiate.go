@@ -69,10 +69,14 @@ func (s *Service) Initiate(ctx context.Context, p Principal, policyName string, 
 		a.PendingUntil = now.Add(s.cfg.PendingExpiry)
 		req.Approval, req.Status = a, RequestPending
 	}
-	req, err = s.store.CreateRequest(ctx, req)
-	if err != nil {
-		return Request{}, fmt.Errorf("storing request: %w", err)
+	if tn, ok := s.queue.(TicketNamer); ok && req.Status == RequestActive {
+		for _, op := range grantOps(req) {
+			if n, ok := req.Grants[op.Grant].NSG(op.NSG); ok && op.Kind == OpClose {
+				n.CloseTicket = tn.TicketFor(op)
+			}
+		}
 	}
+	events := make([]AuditEvent, len(req.Grants))
 	for i, g := range req.Grants {
 		detail := "until " + g.End.Format(time.RFC3339)
 		if req.SubmittedBy != "" {
@@ -81,11 +85,12 @@ func (s *Service) Initiate(ctx context.Context, p Principal, policyName string, 
 		if req.Status == RequestPending {
 			detail += "; waiting for approval"
 		}
-		if err := s.audit(ctx, AuditEvent{ID: "request-" + req.ID + "-" + itoa(i), Time: now, Action: AuditRequest, Actor: p.ID,
+		events[i] = AuditEvent{ID: "request-" + req.ID + "-" + itoa(i), Time: now, Action: AuditRequest, Actor: p.ID,
 			Policy: pol.Name, Request: req.ID, VM: g.VM, Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources,
-			Result: ResultSuccess, Detail: clip(detail+"; "+req.Justification, 500)}); err != nil {
-			return Request{}, err
-		}
+			Result: ResultSuccess, Detail: clip(detail+"; "+req.Justification, 500)}
+	}
+	if req, err = s.recordRequest(ctx, req, events); err != nil {
+		return Request{}, err
 	}
 	if req.Status == RequestPending {
 		s.cfg.Log.Info().Str("request", req.ID).Str("policy", pol.Name).Str("requestor", req.Requestor).Msg("access requested; waiting for approval")
@@ -255,7 +260,31 @@ func mergeGrant(gs []Grant, g Grant) []Grant {
 // queueGrants puts each grant's open (now) and close (at its end) on the
 // queue for every NSG and records the close tickets. If the queue fails, the
 // grants are marked failed; the sweeper still removes anything that opened.
-func (s *Service) queueGrants(ctx context.Context, req Request) (Request, error) {
+// recordRequest stores a new request and its audit events: in one
+// transaction where the store can, else the request first.
+func (s *Service) recordRequest(ctx context.Context, req Request, events []AuditEvent) (Request, error) {
+	if rr, ok := s.store.(RequestRecorder); ok {
+		saved, err := rr.CreateRequestAudited(ctx, req, events)
+		if err != nil {
+			return Request{}, fmt.Errorf("storing request: %w", err)
+		}
+		return saved, nil
+	}
+	saved, err := s.store.CreateRequest(ctx, req)
+	if err != nil {
+		return Request{}, fmt.Errorf("storing request: %w", err)
+	}
+	for _, ev := range events {
+		if err := s.audit(ctx, ev); err != nil {
+			return Request{}, err
+		}
+	}
+	return saved, nil
+}
+
+// grantOps are the operations of req's grants: for each grant and NSG, an
+// open now and a close at the grant's end.
+func grantOps(req Request) []Operation {
 	var ops []Operation
 	for i, g := range req.Grants {
 		for _, n := range g.NSGs {
@@ -264,7 +293,32 @@ func (s *Service) queueGrants(ctx context.Context, req Request) (Request, error)
 				Operation{ID: OperationID(OpClose, req.ID, i, n.ID, g.End), Kind: OpClose, RequestID: req.ID, Grant: i, NSG: n.ID, Due: g.End})
 		}
 	}
+	return ops
+}
+
+// ticketsRecorded reports whether req already holds the tickets the queue
+// gave its close operations.
+func ticketsRecorded(req Request, ops []Operation, tickets []string) bool {
+	if len(tickets) != len(ops) {
+		return false
+	}
+	for k, op := range ops {
+		if op.Kind != OpClose {
+			continue
+		}
+		if n, ok := req.Grants[op.Grant].NSG(op.NSG); !ok || n.CloseTicket != tickets[k] {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Service) queueGrants(ctx context.Context, req Request) (Request, error) {
+	ops := grantOps(req)
 	tickets, qerr := s.queue.Enqueue(ctx, ops)
+	if qerr == nil && ticketsRecorded(req, ops, tickets) {
+		return req, nil // nothing new to record
+	}
 	updated, err := s.mutateRequest(ctx, req.ID, func(r *Request) error {
 		for k, op := range ops {
 			n, ok := r.Grants[op.Grant].NSG(op.NSG)

@@ -34,6 +34,14 @@ type Queue interface {
 	Cancel(ctx context.Context, tickets []string) error
 }
 
+// TicketNamer is implemented by queues whose ticket for an operation is
+// known before it is enqueued (the local queue's are the operations' ids).
+// The service then stores the close tickets with the new request, and need
+// not write the request again once its operations are queued.
+type TicketNamer interface {
+	TicketFor(op Operation) string
+}
+
 // Worker is what a Queue delivers operations to.
 type Worker interface {
 	// ApplyOperation does op. An error means it should be delivered again.

@@ -34,6 +34,13 @@ type Store interface {
 	ScanAudit(ctx context.Context, f AuditFilter, fn func(AuditEvent) error) error
 }
 
+// RequestRecorder is implemented by stores that can store a new request and
+// its audit events in one transaction: both are kept or neither, in one
+// write instead of one each.
+type RequestRecorder interface {
+	CreateRequestAudited(ctx context.Context, r Request, events []AuditEvent) (Request, error)
+}
+
 // RequestFilter selects requests. Zero fields match everything.
 type RequestFilter struct {
 	VM        string    // VM id, compared case-insensitively

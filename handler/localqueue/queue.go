@@ -258,9 +258,13 @@ func (q *Queue) Close(ctx context.Context) error {
 	}
 }
 
+// TicketFor is the ticket Enqueue gives op (jit.TicketNamer): its id, known
+// before it is queued.
+func (q *Queue) TicketFor(op jit.Operation) string { return op.ID }
+
 // Enqueue stores ops and schedules each at its Due time (now when zero).
-// An op whose ID is queued already is not stored again: its ticket is the
-// queued twin's.
+// An op whose ID is queued already is not stored again. Each op's ticket is
+// its id.
 func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -283,8 +287,8 @@ func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, err
 		added = added[:0] // Batch may run this more than once
 		b, ids := tx.Bucket(bucketOps), tx.Bucket(bucketOpIDs)
 		for i, op := range ops {
-			if k := ids.Get([]byte(op.ID)); k != nil {
-				tickets[i] = ticket(binary.BigEndian.Uint64(k))
+			tickets[i] = op.ID
+			if ids.Get([]byte(op.ID)) != nil {
 				continue
 			}
 			seq, err := b.NextSequence()
@@ -301,7 +305,6 @@ func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, err
 			if err := ids.Put([]byte(op.ID), seqKey(seq)); err != nil {
 				return err
 			}
-			tickets[i] = ticket(seq)
 			added = append(added, it)
 		}
 		return nil
@@ -314,7 +317,7 @@ func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, err
 	for _, it := range added {
 		q.waiting.add(it)
 		q.log.Debug().Str("op", it.rec.Op.ID).Str("kind", it.rec.Op.Kind).Str("nsg", it.rec.Op.NSG).
-			Time("due", it.rec.Due).Str("ticket", ticket(it.seq)).Msg("operation queued")
+			Time("due", it.rec.Due).Uint64("seq", it.seq).Msg("operation queued")
 	}
 	q.signal()
 	return tickets, nil
@@ -327,22 +330,28 @@ func (q *Queue) Cancel(ctx context.Context, tickets []string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	var seqs []uint64
-	for _, t := range tickets {
-		if seq, ok := parseTicket(t); ok {
-			seqs = append(seqs, seq)
-		}
-	}
-	if len(seqs) == 0 {
+	if len(tickets) == 0 {
 		return nil
 	}
+	var seqs []uint64
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	err := q.db.Batch(func(tx *bbolt.Tx) error {
-		for _, seq := range seqs {
+		seqs = seqs[:0] // Batch may run this more than once
+		ids := tx.Bucket(bucketOpIDs)
+		for _, t := range tickets {
+			// A ticket is an op id; sequence numbers were tickets once.
+			seq, ok := parseTicket(t)
+			if k := ids.Get([]byte(t)); k != nil {
+				seq, ok = binary.BigEndian.Uint64(k), true
+			}
+			if !ok {
+				continue
+			}
 			if err := removeRecord(tx, seq); err != nil {
 				return err
 			}
+			seqs = append(seqs, seq)
 		}
 		return nil
 	})
@@ -535,7 +544,7 @@ func (q *Queue) settle(items []*item, errs []error) {
 			outcomes[i] = done
 		case it.rec.Attempts+1 >= q.opt.MaxAttempts:
 			outcomes[i] = dead
-			dls[i] = DeadLetter{Ticket: ticket(it.seq), Op: it.rec.Op, Attempts: it.rec.Attempts + 1,
+			dls[i] = DeadLetter{Ticket: it.rec.Op.ID, Op: it.rec.Op, Attempts: it.rec.Attempts + 1,
 				LastError: err.Error(), DeadAt: q.opt.Now().UTC()}
 		default:
 			outcomes[i] = retry
@@ -673,8 +682,6 @@ func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) 
 
 // Tickets are the sequence number in decimal: stable across restarts, and
 // short enough to keep in a request record.
-func ticket(seq uint64) string { return strconv.FormatUint(seq, 10) }
-
 func parseTicket(t string) (uint64, bool) {
 	seq, err := strconv.ParseUint(t, 10, 64)
 	return seq, err == nil && seq > 0

@@ -141,15 +141,30 @@ func TestDuplicateEnqueueReturnsSameTicket(t *testing.T) {
 	}
 	queuetest.WaitFor(t, "the operation to run", func() bool { return r.Calls(o.ID) == 1 })
 	queuetest.WaitFor(t, "the queue to empty", func() bool { n, _ := q.Pending(ctx); return n == 0 })
-	// Once it has run, the same ID is new work again.
-	t3, err := q.Enqueue(ctx, []jit.Operation{o})
+	if t1[0] != q.TicketFor(o) {
+		t.Errorf("Enqueue gave ticket %q, TicketFor says %q: the service stores TicketFor's before enqueueing", t1[0], q.TicketFor(o))
+	}
+	// Once it has run, the same ID is new work again, and its ticket
+	// cancels that new work.
+	again := o
+	again.Due = time.Now().Add(time.Second)
+	t3, err := q.Enqueue(ctx, []jit.Operation{again})
 	if err != nil {
 		t.Fatalf("Enqueue: %v", err)
 	}
-	if t3[0] == t1[0] {
-		t.Errorf("re-enqueue after delivery got the old ticket %q", t3[0])
+	if n, _ := q.Pending(ctx); n != 1 {
+		t.Fatalf("re-enqueue after delivery: %d pending, want 1", n)
 	}
-	queuetest.WaitFor(t, "the operation to run again", func() bool { return r.Calls(o.ID) == 2 })
+	if err := q.Cancel(ctx, t3); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := q.Pending(ctx); n != 0 {
+		t.Errorf("cancel by ticket left %d pending", n)
+	}
+	time.Sleep(1200 * time.Millisecond)
+	if n := r.Calls(o.ID); n != 1 {
+		t.Errorf("a cancelled re-enqueue ran: %d calls, want 1", n)
+	}
 }
 
 func TestDeadLetter(t *testing.T) {

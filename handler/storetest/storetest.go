@@ -62,6 +62,7 @@ func Run(t *testing.T, newStore func(t *testing.T) jit.Store) {
 		{"AuditScanStopsOnError", testAuditScanStops},
 		{"AuditManyEvents", testAuditMany},
 		{"Empty", testEmpty},
+		{"RequestRecorder", testRequestRecorder},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1008,4 +1009,50 @@ func assertUTC(t *testing.T, what string, v any) {
 		}
 	}
 	walk("", reflect.ValueOf(v))
+}
+
+// testRequestRecorder holds a store that offers jit.RequestRecorder to its
+// promise: the request and its audit events are stored together, and a
+// conflict stores none of the events. A store without it passes: the service
+// then writes the request and the events one by one.
+func testRequestRecorder(t *testing.T, s jit.Store) {
+	rr, ok := s.(jit.RequestRecorder)
+	if !ok {
+		return
+	}
+	ctx := context.Background()
+	r := fullRequest("recorded")
+	events := []jit.AuditEvent{fullEvent("request-recorded-0"), fullEvent("request-recorded-1")}
+	events[1].Time = events[0].Time.Add(time.Second)
+	created, err := rr.CreateRequestAudited(ctx, r, events)
+	if err != nil {
+		t.Fatalf("CreateRequestAudited: %v", err)
+	}
+	if created.ETag == "" {
+		t.Error("CreateRequestAudited returned no ETag")
+	}
+	got, err := s.GetRequest(ctx, r.ID)
+	if err != nil {
+		t.Fatalf("GetRequest after CreateRequestAudited: %v", err)
+	}
+	want := r
+	want.ETag = created.ETag
+	assertEqual(t, "recorded request", got, want)
+	if n := len(scanAll(t, s, jit.AuditFilter{})); n != 2 {
+		t.Fatalf("%d audit events after CreateRequestAudited, want 2", n)
+	}
+	// The same id again: a conflict, and its events are not stored either.
+	if _, err := rr.CreateRequestAudited(ctx, r, []jit.AuditEvent{fullEvent("request-recorded-again")}); jit.ErrorCode(err) != jit.ECONFLICT {
+		t.Fatalf("CreateRequestAudited of an existing id: %v, want a conflict", err)
+	}
+	if n := len(scanAll(t, s, jit.AuditFilter{})); n != 2 {
+		t.Errorf("a refused CreateRequestAudited stored audit events: %d, want 2", n)
+	}
+	// An event without a time is refused before anything is stored.
+	if _, err := rr.CreateRequestAudited(ctx, fullRequest("recorded-2"), []jit.AuditEvent{{ID: "no-time"}}); jit.ErrorCode(err) != jit.EINVALID {
+		t.Errorf("CreateRequestAudited with an event without time: %v, want invalid", err)
+	}
+	if _, err := s.GetRequest(ctx, "recorded-2"); jit.ErrorCode(err) != jit.ENOTFOUND {
+		t.Errorf("a refused CreateRequestAudited stored its request: %v", err)
+	}
 }
