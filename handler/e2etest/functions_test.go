@@ -22,6 +22,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 
 	"jitaccess/handler/armsim"
+	"jitaccess/handler/jit"
 	"jitaccess/handler/testenv"
 )
 
@@ -319,11 +320,10 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 	}
 	p.must(400, "POST", "/api/v1/requests/"+ext.ID+"/extend", map[string]any{"duration": "PT4H"}, nil, admin...)
 
-	// The timer and Event Grid functions answer in the host's shape.
-	for fn, payload := range map[string]string{
-		"sweeper": `{"Data":{"timer":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":null,"IsPastDue":false}},"Metadata":{}}`,
-		"events":  `{"Data":{"event":{"id":"e-1","topic":"/subscriptions/` + sub + `","subject":"` + nicNSG + `","eventType":"Microsoft.Resources.ResourceWriteSuccess","eventTime":"2026-11-24T07:00:00Z","data":{}}},"Metadata":{}}`,
-	} {
+	// The Event Grid and timer functions, invoked in the host's shape, repair
+	// what was changed by hand.
+	invoke := func(fn, payload string) {
+		t.Helper()
 		var out struct {
 			Outputs map[string]any `json:"Outputs"`
 			Logs    []string       `json:"Logs"`
@@ -332,6 +332,30 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 		if out.Outputs == nil {
 			t.Errorf("%s: no Outputs object", fn)
 		}
+	}
+	handDelete := func(rule string) {
+		t.Helper()
+		req, _ := http.NewRequest("DELETE", armSrv.URL+nicNSG+"/securityRules/"+rule+"?api-version=2024-05-01", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode/100 != 2 || hasRule(rule) {
+			t.Fatalf("deleting %s by hand: %d", rule, resp.StatusCode)
+		}
+	}
+	deny := jit.DenyRuleName(vmID("vm-nic-nsg"))
+	handDelete(deny)
+	invoke("events", `{"Data":{"event":{"id":"e-1","topic":"/subscriptions/`+sub+`","subject":"`+nicNSG+`/securityRules/`+deny+
+		`","eventType":"Microsoft.Resources.ResourceDeleteSuccess","eventTime":"2026-11-24T07:00:00Z","data":{}}},"Metadata":{}}`)
+	if !hasRule(deny) {
+		t.Errorf("the events function did not restore the deny rule deleted by hand")
+	}
+	handDelete(ext.Grants[0].RuleName)
+	invoke("sweeper", `{"Data":{"timer":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":null,"IsPastDue":false}},"Metadata":{}}`)
+	if !hasRule(ext.Grants[0].RuleName) {
+		t.Errorf("the sweeper function did not put back a live grant's rule deleted by hand")
 	}
 
 	// State lives in Azurite's tables.
