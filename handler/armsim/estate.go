@@ -533,6 +533,11 @@ func (s *Server) LoadFile(path string) error {
 			return err
 		}
 	}
+	return s.replaceEstate(f)
+}
+
+// replaceEstate makes f the simulator's resources.
+func (s *Server) replaceEstate(f estateFile) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st, err := buildState(f, s.newEtag)
@@ -589,15 +594,11 @@ func (f *estateFile) applyJournal(journal []byte) error {
 // Load replaces the simulator's resources with the estate read from r, in
 // either of its forms (see testdata/demo-estate.json and Snapshot).
 func (s *Server) Load(r io.Reader) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	st, err := parseEstate(r, s.newEtag)
-	if err != nil {
-		return err
+	var f estateFile
+	if err := json.NewDecoder(r).Decode(&f); err != nil {
+		return fmt.Errorf("decode estate: %w", err)
 	}
-	s.st = st
-	s.snap = nil
-	return nil
+	return s.replaceEstate(f)
 }
 
 // Snapshot returns the simulator's resources as an estate file of raw ARM
