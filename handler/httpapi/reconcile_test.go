@@ -1,6 +1,7 @@
 package httpapi_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"slices"
@@ -325,5 +326,83 @@ func TestFailedRepairIsAudited(t *testing.T) {
 	}
 	if _, ok := s.rule("nsg-vm-nic", deny); !ok {
 		t.Error("deny rule not restored once ARM recovered")
+	}
+}
+
+// A NIC event re-reads the inventory in list calls, not one read per
+// protected VM, and the deny rules follow a NIC that lost its NSG.
+func TestNICEventFollowsTopology(t *testing.T) {
+	s := newStack(t, stackOptions{local: true})
+	ctx := t.Context()
+	vm := vmID("vm-both-nsg")
+	s.must(200, nil, "PUT", "/api/v1/policies/p", policyBody("vm-both-nsg", nil), nil)
+	deny := jit.DenyRuleName(vm)
+	if _, ok := s.rule("nsg-vm-both", deny); !ok {
+		t.Fatal("no deny rule in the NIC's NSG")
+	}
+	nic := "/subscriptions/" + sub + "/resourceGroups/demo/providers/Microsoft.Network/networkInterfaces/vm-both-nsg-nic"
+	ev := jit.ResourceEvent{ID: "nic-1", Type: jit.EventWriteSuccess, Subject: nic}
+
+	// Nothing moved: list calls only, no write.
+	before := s.sim.Calls()
+	if err := s.svc.HandleResourceEvent(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	after := s.sim.Calls()
+	if w := after.Writes - before.Writes; w != 0 {
+		t.Errorf("a NIC event with nothing moved made %d writes", w)
+	}
+	for _, kind := range []string{"GET virtualMachines", "GET networkInterfaces"} {
+		if n := after.ByKind[kind] - before.ByKind[kind]; n != 0 {
+			t.Errorf("a NIC event made %d %s calls: want list calls, not reads per VM", n, kind)
+		}
+	}
+	if after.ByKind["LIST virtualMachines"] == before.ByKind["LIST virtualMachines"] {
+		t.Error("a NIC event did not list the VMs")
+	}
+
+	// The NIC loses its NSG (an edit of the estate behind the service's back).
+	snap, err := s.sim.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var estate struct {
+		Resources []map[string]any `json:"resources"`
+	}
+	if err := json.Unmarshal(snap, &estate); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, r := range estate.Resources {
+		if id, _ := r["id"].(string); strings.EqualFold(id, nic) {
+			delete(r["properties"].(map[string]any), "networkSecurityGroup")
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("no NIC %s in the estate", nic)
+	}
+	edited, _ := json.Marshal(estate)
+	if err := s.sim.Load(bytes.NewReader(edited)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.svc.HandleResourceEvent(ctx, jit.ResourceEvent{ID: "nic-2", Type: jit.EventWriteSuccess, Subject: nic}); err != nil {
+		t.Fatal(err)
+	}
+	var pol struct {
+		Properties struct {
+			VirtualMachines []struct {
+				NSGs []struct {
+					ID string `json:"id"`
+				} `json:"networkSecurityGroups"`
+			} `json:"virtualMachines"`
+		} `json:"properties"`
+	}
+	s.must(200, nil, "GET", "/api/v1/policies/p", nil, &pol)
+	if vms := pol.Properties.VirtualMachines; len(vms) != 1 || len(vms[0].NSGs) != 1 || !strings.HasSuffix(vms[0].NSGs[0].ID, "/nsg-subnet-protected") {
+		t.Errorf("after the NIC lost its NSG the policy's VM is guarded by %+v, want only nsg-subnet-protected", vms)
+	}
+	if _, ok := s.rule("nsg-subnet-protected", deny); !ok {
+		t.Error("deny rule missing from the subnet's NSG")
 	}
 }

@@ -181,14 +181,37 @@ func (s *Service) refreshVM(ctx context.Context, pol Policy, vmID string) error 
 	return err
 }
 
-// refreshTopology re-resolves every protected VM (a NIC changed: its NSG
-// or subnet may be another now).
+// refreshTopology follows a NIC change (its NSG or subnet may be another
+// now): one inventory, read in list calls per page, says which protected VMs
+// moved, and only their policies are looked at VM by VM.
 func (s *Service) refreshTopology(ctx context.Context) error {
 	pols, err := s.store.ListPolicies(ctx)
+	if err != nil || len(pols) == 0 {
+		return err
+	}
+	vms, err := s.net.ListVMs(ctx)
 	if err != nil {
 		return err
 	}
+	s.invMu.Lock()
+	s.inv, s.invAt = vms, s.now()
+	s.invMu.Unlock()
+	byID := make(map[string]VMInfo, len(vms))
+	for _, v := range vms {
+		byID[strings.ToLower(v.ID)] = v
+	}
+	moved := func(p Policy) bool {
+		for _, vm := range p.VMs {
+			if info, ok := byID[strings.ToLower(vm.ID)]; !ok || !sameTopology(vm, info) {
+				return true
+			}
+		}
+		return false
+	}
 	for _, p := range pols {
+		if !moved(p) {
+			continue
+		}
 		for _, vm := range p.VMs {
 			if err := s.refreshVM(ctx, p, vm.ID); err != nil {
 				return err
