@@ -1,8 +1,10 @@
 package httpapi_test
 
 import (
+	"encoding/csv"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"jitaccess/handler/jit"
@@ -31,6 +33,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"admin", easyAuth("c-admin", []string{jit.RoleAdmin})},
 		{"no principal", nil},
 		{"forged dev header", as{"X-Dev-Principal", "mallory", "X-Dev-Roles", jit.RoleAdmin}},
+		{"owner of the request", owner},
+		{"delegate (bot)", easyAuth("c-bot", []string{jit.RoleRequester, jit.RoleDelegate})},
 	}
 	// setup prepares what a route acts on and returns its path.
 	ownRequest := func() string {
@@ -43,31 +47,34 @@ func TestAuthorizationMatrix(t *testing.T) {
 		s.must(202, owner, "POST", "/api/v1/policies/gated/initiate", initiate("vm-subnet-nsg", "PT1H"), &r)
 		return r.ID
 	}
+	onBehalf := initiate("vm-nic-nsg", "PT1H")
+	onBehalf["onBehalfOf"] = "alice"
 	routes := []struct {
 		method string
 		path   func() string
 		body   any
-		want   [7]int // in the order of callers
+		want   [9]int // in the order of callers
 	}{
-		{"GET", func() string { return "/healthz" }, nil, [7]int{200, 200, 200, 200, 200, 200, 200}},
-		{"GET", func() string { return "/api/v1/me" }, nil, [7]int{200, 200, 200, 200, 200, 401, 401}},
-		{"GET", func() string { return "/api/v1/policies" }, nil, [7]int{403, 200, 200, 200, 200, 401, 401}},
-		{"GET", func() string { return "/api/v1/policies/open" }, nil, [7]int{403, 200, 200, 200, 200, 401, 401}},
-		{"PUT", func() string { return "/api/v1/policies/open" }, policyBody("vm-nic-nsg", nil), [7]int{403, 403, 403, 403, 200, 401, 401}},
+		{"GET", func() string { return "/healthz" }, nil, [9]int{200, 200, 200, 200, 200, 200, 200, 200, 200}},
+		{"GET", func() string { return "/api/v1/me" }, nil, [9]int{200, 200, 200, 200, 200, 401, 401, 200, 200}},
+		{"GET", func() string { return "/api/v1/policies" }, nil, [9]int{403, 200, 200, 200, 200, 401, 401, 200, 200}},
+		{"GET", func() string { return "/api/v1/policies/open" }, nil, [9]int{403, 200, 200, 200, 200, 401, 401, 200, 200}},
+		{"PUT", func() string { return "/api/v1/policies/open" }, policyBody("vm-nic-nsg", nil), [9]int{403, 403, 403, 403, 200, 401, 401, 403, 403}},
 		{"DELETE", func() string {
 			s.must(200, admin, "PUT", "/api/v1/policies/doomed", policyBody("vm-both-nsg", nil), nil)
 			return "/api/v1/policies/doomed"
-		}, nil, [7]int{403, 403, 403, 403, 204, 401, 401}},
-		{"POST", func() string { return "/api/v1/policies/open/initiate" }, initiate("vm-nic-nsg", "PT1H"), [7]int{403, 403, 202, 403, 202, 401, 401}},
-		{"GET", func() string { return "/api/v1/requests" }, nil, [7]int{403, 200, 200, 200, 200, 401, 401}},
-		{"GET", func() string { return "/api/v1/requests/" + ownRequest() }, nil, [7]int{404, 200, 404, 200, 200, 401, 401}},
-		{"POST", func() string { return "/api/v1/requests/" + ownRequest() + "/revoke" }, nil, [7]int{403, 403, 403, 403, 200, 401, 401}},
-		{"POST", func() string { return "/api/v1/requests/" + ownRequest() + "/extend" }, map[string]any{"duration": "PT2H"}, [7]int{403, 403, 403, 403, 200, 401, 401}},
-		{"POST", func() string { return "/api/v1/requests/" + pendingRequest() + "/approve" }, nil, [7]int{403, 403, 403, 200, 200, 401, 401}},
-		{"POST", func() string { return "/api/v1/requests/" + pendingRequest() + "/deny" }, nil, [7]int{403, 403, 403, 200, 200, 401, 401}},
-		{"GET", func() string { return "/api/v1/vms" }, nil, [7]int{403, 200, 200, 200, 200, 401, 401}},
-		{"GET", func() string { return "/api/v1/audit" }, nil, [7]int{403, 200, 403, 403, 200, 401, 401}},
-		{"GET", func() string { return "/api/v1/audit?format=csv" }, nil, [7]int{403, 200, 403, 403, 200, 401, 401}},
+		}, nil, [9]int{403, 403, 403, 403, 204, 401, 401, 403, 403}},
+		{"POST", func() string { return "/api/v1/policies/open/initiate" }, initiate("vm-nic-nsg", "PT1H"), [9]int{403, 403, 202, 403, 202, 401, 401, 202, 202}},
+		{"POST", func() string { return "/api/v1/policies/open/initiate" }, onBehalf, [9]int{403, 403, 403, 403, 202, 401, 401, 403, 202}},
+		{"GET", func() string { return "/api/v1/requests" }, nil, [9]int{403, 200, 200, 200, 200, 401, 401, 200, 200}},
+		{"GET", func() string { return "/api/v1/requests/" + ownRequest() }, nil, [9]int{404, 200, 404, 200, 200, 401, 401, 200, 404}},
+		{"POST", func() string { return "/api/v1/requests/" + ownRequest() + "/revoke" }, nil, [9]int{403, 403, 403, 403, 200, 401, 401, 200, 403}},
+		{"POST", func() string { return "/api/v1/requests/" + ownRequest() + "/extend" }, map[string]any{"duration": "PT2H"}, [9]int{403, 403, 403, 403, 200, 401, 401, 200, 403}},
+		{"POST", func() string { return "/api/v1/requests/" + pendingRequest() + "/approve" }, nil, [9]int{403, 403, 403, 200, 200, 401, 401, 403, 403}},
+		{"POST", func() string { return "/api/v1/requests/" + pendingRequest() + "/deny" }, nil, [9]int{403, 403, 403, 200, 200, 401, 401, 403, 403}},
+		{"GET", func() string { return "/api/v1/vms" }, nil, [9]int{403, 200, 200, 200, 200, 401, 401, 200, 200}},
+		{"GET", func() string { return "/api/v1/audit" }, nil, [9]int{403, 200, 403, 403, 200, 401, 401, 403, 403}},
+		{"GET", func() string { return "/api/v1/audit?format=csv" }, nil, [9]int{403, 200, 403, 403, 200, 401, 401, 403, 403}},
 	}
 	for _, r := range routes {
 		for i, c := range callers {
@@ -131,4 +138,37 @@ func TestCrossSiteChangesAreRefused(t *testing.T) {
 	s.must(200, admin, "GET", "/api/v1/policies/p", nil, nil)
 	// The portal's own requests are same-origin; curl sends no such header.
 	s.must(200, append(slices.Clone(admin), "Sec-Fetch-Site", "same-origin"), "POST", revoke, nil, nil)
+}
+
+// A hostile value that reaches the audit trail (here an identity and a
+// justification) comes out of the CSV export as text, never as a formula.
+func TestAuditCSVNeutralisesFormulas(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	evil := easyAuth("=HYPERLINK(\"http://x\")", []string{jit.RoleAdmin})
+	s.must(200, evil, "PUT", "/api/v1/policies/p", policyBody("vm-nic-nsg", nil), nil)
+	body := initiate("vm-nic-nsg", "PT1H")
+	body["justification"] = "@SUM(1+1)"
+	s.must(202, evil, "POST", "/api/v1/policies/p/initiate", body, nil)
+	_, raw := s.do(easyAuth("auditor", []string{jit.RoleReader}), "GET", "/api/v1/audit?format=csv", nil, nil)
+	rows, err := csv.NewReader(strings.NewReader(raw)).ReadAll()
+	if err != nil {
+		t.Fatalf("the export is not CSV: %v\n%s", err, raw)
+	}
+	if len(rows) < 3 {
+		t.Fatalf("CSV has %d rows, want a header and the events:\n%s", len(rows), raw)
+	}
+	seen := false
+	for _, row := range rows[1:] {
+		for _, cell := range row {
+			if cell != "" && strings.ContainsRune("=+-@\t\r", rune(cell[0])) {
+				t.Errorf("cell %q would be read as a formula", cell)
+			}
+			if cell == `'=HYPERLINK("http://x")` {
+				seen = true
+			}
+		}
+	}
+	if !seen {
+		t.Errorf("the hostile actor is not in the export as text:\n%s", raw)
+	}
 }
