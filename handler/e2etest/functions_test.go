@@ -3,6 +3,8 @@ package e2etest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -18,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
 	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 
@@ -34,28 +37,46 @@ type tokenEndpoint struct {
 	mu       sync.Mutex
 	resource []string
 	clientID []string
+	issued   map[string][]string // resource -> tokens handed out
 }
 
 const identityHeader = "test-identity-header"
 
 func startTokenEndpoint(t *testing.T) *tokenEndpoint {
-	te := &tokenEndpoint{}
+	te := &tokenEndpoint{issued: map[string][]string{}}
 	te.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("X-IDENTITY-HEADER") != identityHeader {
 			http.Error(w, `{"error":"bad identity header"}`, http.StatusUnauthorized)
 			return
 		}
 		te.calls.Add(1)
+		resource := r.URL.Query().Get("resource")
+		token := miToken(resource)
 		te.mu.Lock()
-		te.resource = append(te.resource, r.URL.Query().Get("resource"))
+		te.resource = append(te.resource, resource)
 		te.clientID = append(te.clientID, r.URL.Query().Get("client_id"))
+		te.issued[resource] = append(te.issued[resource], token)
 		te.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"access_token":"mi-token-for-arm","expires_on":"%d","resource":%q,"token_type":"Bearer"}`,
-			time.Now().Add(time.Hour).Unix(), r.URL.Query().Get("resource"))
+		fmt.Fprintf(w, `{"access_token":%q,"expires_on":"%d","resource":%q,"token_type":"Bearer"}`,
+			token, time.Now().Add(time.Hour).Unix(), resource)
 	}))
 	t.Cleanup(te.srv.Close)
 	return te
+}
+
+// miToken is the access token the local endpoint hands out for resource:
+// JWT-shaped with the claims a service checks (audience, Entra ID issuer,
+// lifetime), signed by nobody. Azurite's "--oauth basic" takes it as it
+// takes Entra ID's; the ARM simulator takes any token.
+func miToken(resource string) string {
+	enc := base64.RawURLEncoding.EncodeToString
+	claims, _ := json.Marshal(map[string]any{
+		"aud": resource, "iss": "https://sts.windows.net/00000000-0000-0000-0000-0000000000aa/",
+		"iat": time.Now().Add(-time.Minute).Unix(), "nbf": time.Now().Add(-time.Minute).Unix(), "exp": time.Now().Add(time.Hour).Unix(),
+		"oid": "00000000-0000-0000-0000-0000000000c1",
+	})
+	return enc([]byte(`{"alg":"none","typ":"JWT"}`)) + "." + enc(claims) + "." + enc([]byte("unsigned"))
 }
 
 // fakeHost plays the Functions host's Service Bus trigger: it takes messages
@@ -155,7 +176,7 @@ func easyAuth(id string, roles ...string) []string {
 // would, on Azurite, the Service Bus double and the ARM simulator, with the
 // managed identity served by a local token endpoint.
 func TestFunctionsModeEndToEnd(t *testing.T) {
-	azurite := testenv.StartAzurite(t)
+	azurite := testenv.StartAzuriteOAuth(t) // HTTPS and Entra ID tokens, as in Azure
 	sb := testenv.StartServiceBus(t)
 	tokens := startTokenEndpoint(t)
 
@@ -177,7 +198,8 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 	cmd := exec.Command(handlerBinary(t))
 	cmd.Env = append(os.Environ(),
 		"FUNCTIONS_CUSTOMHANDLER_PORT="+port,
-		"JIT_TABLES_CONNECTION="+azurite.ConnectionString(),
+		"JIT_TABLES_URL="+azurite.TableURL(), // with the managed identity
+		"SSL_CERT_FILE="+azurite.CertFile(),
 		"JIT_TABLE_PREFIX="+prefix,
 		"ServiceBusConnection="+sb.ConnectionString(),
 		"JIT_SERVICEBUS_QUEUE="+queue,
@@ -255,12 +277,21 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 	p.must(200, "PUT", "/api/v1/policies/fn", map[string]any{"properties": map[string]any{"virtualMachines": []any{
 		map[string]any{"id": vmID("vm-nic-nsg"), "ports": []any{map[string]any{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}}},
 	}}}, nil, admin...)
-	if _, ok := authSeen.Load("Bearer mi-token-for-arm"); !ok {
-		t.Errorf("ARM never saw the managed identity's token")
-	}
+	// Tables are reached with the same identity (Azurite refuses anything
+	// but a bearer token for storage over HTTPS here).
 	tokens.mu.Lock()
-	if len(tokens.resource) == 0 || tokens.resource[0] != "https://management.core.windows.net/" || tokens.clientID[0] != "00000000-0000-0000-0000-0000000000c1" {
-		t.Errorf("token requests: resources %v client ids %v", tokens.resource, tokens.clientID)
+	if !slices.ContainsFunc(tokens.issued["https://management.core.windows.net/"], func(tok string) bool { _, ok := authSeen.Load("Bearer " + tok); return ok }) {
+		t.Errorf("ARM never saw a token the managed identity endpoint issued for ARM")
+	}
+	for _, want := range []string{"https://management.core.windows.net/", "https://storage.azure.com"} {
+		if !slices.Contains(tokens.resource, want) {
+			t.Errorf("no token asked for %s: resources %v", want, tokens.resource)
+		}
+	}
+	for _, id := range tokens.clientID {
+		if id != "00000000-0000-0000-0000-0000000000c1" {
+			t.Errorf("a token was asked for client id %q, want the user-assigned identity's", id)
+		}
 	}
 	tokens.mu.Unlock()
 
@@ -359,7 +390,7 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 	}
 
 	// State lives in Azurite's tables.
-	svc, err := aztables.NewServiceClientFromConnectionString(azurite.ConnectionString(), nil)
+	svc, err := azuriteClient(t, azurite)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,4 +410,21 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 		t.Errorf("the host delivered %d messages", host.delivered.Load())
 	}
 	t.Logf("host delivered %d messages (%d failed); token endpoint called %d times", host.delivered.Load(), host.failed.Load(), tokens.calls.Load())
+}
+
+// azuriteClient reads an OAuth Azurite's tables with the development
+// account's key, over HTTPS with the test's certificate.
+func azuriteClient(t *testing.T, a *testenv.Azurite) (*aztables.ServiceClient, error) {
+	pemBytes, err := os.ReadFile(a.CertFile())
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pemBytes)
+	cred, err := aztables.NewSharedKeyCredential(testenv.AzuriteAccount, testenv.AzuriteKey)
+	if err != nil {
+		return nil, err
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	return aztables.NewServiceClientWithSharedKey(a.TableURL(), cred, &aztables.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: client}})
 }

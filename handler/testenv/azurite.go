@@ -24,7 +24,8 @@ const azuriteStartTimeout = 30 * time.Second
 
 // Azurite is a running Azurite table service (tables only, in memory).
 type Azurite struct {
-	port int
+	port     int
+	certFile string // HTTPS with Entra ID tokens when set
 }
 
 // StartAzurite starts azurite-table on a free loopback port, waits until
@@ -32,20 +33,41 @@ type Azurite struct {
 // only. Failing to start is fatal, never a skip.
 func StartAzurite(t testing.TB) *Azurite {
 	t.Helper()
+	return startAzurite(t, "")
+}
+
+// StartAzuriteOAuth starts azurite-table as StartAzurite does, but over
+// HTTPS (a certificate made for the test, in CertFile) and taking Entra ID
+// bearer tokens ("--oauth basic": Azurite checks the token's audience,
+// issuer and lifetime, not its signature), as a storage account reached with
+// a managed identity is.
+func StartAzuriteOAuth(t testing.TB) *Azurite {
+	t.Helper()
+	return startAzurite(t, t.TempDir())
+}
+
+func startAzurite(t testing.TB, tlsDir string) *Azurite {
 	bin := filepath.Join(NodeModules(t), ".bin", "azurite-table")
 	port := FreePort(t)
 	out := &azuriteLog{}
 	// --location cannot be combined with --inMemoryPersistence (Azurite
 	// 3.37 refuses); the working directory is a temporary one instead, in
 	// case Azurite writes anything. Telemetry off: no outside calls.
-	cmd := exec.Command(bin,
+	args := []string{
 		"--tableHost", "127.0.0.1",
 		"--tablePort", strconv.Itoa(port),
 		"--skipApiVersionCheck",
 		"--loose",
 		"--inMemoryPersistence",
 		"--disableTelemetry",
-	)
+	}
+	a := &Azurite{port: port}
+	if tlsDir != "" {
+		cert, key := SelfSignedCert(t, tlsDir)
+		args = append(args, "--cert", cert, "--key", key, "--oauth", "basic")
+		a.certFile = cert
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = t.TempDir()
 	cmd.Stdout = out
 	cmd.Stderr = out
@@ -65,7 +87,7 @@ func StartAzurite(t testing.TB) *Azurite {
 		conn, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			conn.Close()
-			return &Azurite{port: port}
+			return a
 		}
 		select {
 		case err := <-exited:
@@ -84,8 +106,16 @@ func (a *Azurite) Port() int { return a.port }
 
 // TableURL returns the table service's URL for the development account.
 func (a *Azurite) TableURL() string {
-	return fmt.Sprintf("http://127.0.0.1:%d/%s", a.port, AzuriteAccount)
+	scheme := "http"
+	if a.certFile != "" {
+		scheme = "https"
+	}
+	return fmt.Sprintf("%s://127.0.0.1:%d/%s", scheme, a.port, AzuriteAccount)
 }
+
+// CertFile is the PEM certificate an OAuth Azurite serves, for clients to
+// trust (SSL_CERT_FILE for a child process); empty for plain HTTP.
+func (a *Azurite) CertFile() string { return a.certFile }
 
 // ConnectionString returns an explicit connection string for the
 // development account on this Azurite.
