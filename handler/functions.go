@@ -82,7 +82,7 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 	var queue *servicebus.Queue
 	switch {
 	case cfg.ServiceBusNS != "":
-		c, err := servicebus.NewClient(cfg.ServiceBusNS, cred)
+		c, err := servicebus.NewClient(cfg.ServiceBusNS, cfg.ServiceBusAddr, cred)
 		if err != nil {
 			return err
 		}

@@ -52,6 +52,7 @@ var allSettings = []setting{
 	{"JIT_SERVICEBUS_QUEUE", "jit-operations", "functions", "session-enabled queue of open/close operations (also read by the Functions host)"},
 	{"JIT_MAX_DELIVERIES", "10", "functions", "the queue's max delivery count, so the last failed delivery is logged as final"},
 	{"ServiceBusConnection__fullyQualifiedNamespace", "", "functions", "Service Bus namespace (NS.servicebus.windows.net), used with the managed identity"},
+	{"JIT_SERVICEBUS_ENDPOINT", "", "functions", "host:port to connect to instead of the namespace's own address (tests point it at the Service Bus double)"},
 	{"ServiceBusConnection__credential", "", "functions", "managedidentity (read by the Functions host)"},
 	{"ServiceBusConnection__clientId", "", "functions", "client id of the user-assigned identity (read by the Functions host)"},
 	{"ServiceBusConnection", "", "functions", "Service Bus connection string instead of the namespace (tests, emulators)"},
@@ -83,6 +84,7 @@ type settings struct {
 	Queue             string
 	MaxDeliveries     int64
 	ServiceBusNS      string
+	ServiceBusAddr    string // JIT_SERVICEBUS_ENDPOINT: where to connect, when not the namespace itself
 	ServiceBusConnStr string
 	ClientID          string
 	Port              string
@@ -124,6 +126,7 @@ func readSettings(getenv func(string) string) (settings, error) {
 		TablePrefix:       get("JIT_TABLE_PREFIX"),
 		Queue:             get("JIT_SERVICEBUS_QUEUE"),
 		ServiceBusNS:      get("ServiceBusConnection__fullyQualifiedNamespace"),
+		ServiceBusAddr:    get("JIT_SERVICEBUS_ENDPOINT"),
 		ServiceBusConnStr: get("ServiceBusConnection"),
 		ClientID:          get("AZURE_CLIENT_ID"),
 		Port:              get("FUNCTIONS_CUSTOMHANDLER_PORT"),

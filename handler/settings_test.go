@@ -37,6 +37,7 @@ var hostOwnedBicep = []string{
 // notSetInAzure are functions-mode settings main.bicep leaves unset on purpose.
 var notSetInAzure = map[string]string{
 	"JIT_ARM_ENDPOINT":             "tests point it at the ARM simulator; in Azure the cloud's endpoint is right",
+	"JIT_SERVICEBUS_ENDPOINT":      "tests point it at the Service Bus double; in Azure the namespace's own address is right",
 	"JIT_TABLES_CONNECTION":        "a connection string; Azure uses JIT_TABLES_URL with the managed identity",
 	"ServiceBusConnection":         "a connection string; Azure uses ServiceBusConnection__fullyQualifiedNamespace",
 	"FUNCTIONS_CUSTOMHANDLER_PORT": "set by the Functions host",

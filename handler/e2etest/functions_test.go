@@ -176,8 +176,12 @@ func easyAuth(id string, roles ...string) []string {
 // would, on Azurite, the Service Bus double and the ARM simulator, with the
 // managed identity served by a local token endpoint.
 func TestFunctionsModeEndToEnd(t *testing.T) {
-	azurite := testenv.StartAzuriteOAuth(t) // HTTPS and Entra ID tokens, as in Azure
-	sb := testenv.StartServiceBus(t)
+	// Table Storage and Service Bus are reached as in Azure: by name, over
+	// TLS, with the managed identity's tokens. One certificate serves both,
+	// and the handler trusts it (SSL_CERT_FILE).
+	cert, key := testenv.SelfSignedCert(t, t.TempDir())
+	azurite := testenv.StartAzuriteOAuth(t, cert, key)
+	sb := testenv.StartServiceBusTLS(t, cert, key)
 	tokens := startTokenEndpoint(t)
 
 	var authSeen sync.Map
@@ -199,9 +203,12 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 	cmd.Env = append(os.Environ(),
 		"FUNCTIONS_CUSTOMHANDLER_PORT="+port,
 		"JIT_TABLES_URL="+azurite.TableURL(), // with the managed identity
-		"SSL_CERT_FILE="+azurite.CertFile(),
+		"SSL_CERT_FILE="+cert,
 		"JIT_TABLE_PREFIX="+prefix,
-		"ServiceBusConnection="+sb.ConnectionString(),
+		// With the managed identity; the name is the certificate's, the
+		// address the double's.
+		"ServiceBusConnection__fullyQualifiedNamespace=localhost",
+		"JIT_SERVICEBUS_ENDPOINT="+sb.Namespace(),
 		"JIT_SERVICEBUS_QUEUE="+queue,
 		"JIT_ARM_ENDPOINT="+armSrv.URL,
 		"JIT_SUBSCRIPTIONS="+sub,
@@ -277,21 +284,9 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 	p.must(200, "PUT", "/api/v1/policies/fn", map[string]any{"properties": map[string]any{"virtualMachines": []any{
 		map[string]any{"id": vmID("vm-nic-nsg"), "ports": []any{map[string]any{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}}},
 	}}}, nil, admin...)
-	// Tables are reached with the same identity (Azurite refuses anything
-	// but a bearer token for storage over HTTPS here).
 	tokens.mu.Lock()
 	if !slices.ContainsFunc(tokens.issued["https://management.core.windows.net/"], func(tok string) bool { _, ok := authSeen.Load("Bearer " + tok); return ok }) {
 		t.Errorf("ARM never saw a token the managed identity endpoint issued for ARM")
-	}
-	for _, want := range []string{"https://management.core.windows.net/", "https://storage.azure.com"} {
-		if !slices.Contains(tokens.resource, want) {
-			t.Errorf("no token asked for %s: resources %v", want, tokens.resource)
-		}
-	}
-	for _, id := range tokens.clientID {
-		if id != "00000000-0000-0000-0000-0000000000c1" {
-			t.Errorf("a token was asked for client id %q, want the user-assigned identity's", id)
-		}
 	}
 	tokens.mu.Unlock()
 
@@ -387,6 +382,30 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 	invoke("sweeper", `{"Data":{"timer":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":null,"IsPastDue":false}},"Metadata":{}}`)
 	if !hasRule(ext.Grants[0].RuleName) {
 		t.Errorf("the sweeper function did not put back a live grant's rule deleted by hand")
+	}
+
+	// ARM, Tables and Service Bus were all reached with the one identity
+	// (Azurite and the double's TLS listener take nothing else here).
+	tokens.mu.Lock()
+	for _, want := range []string{"https://management.core.windows.net/", "https://storage.azure.com", "https://servicebus.azure.net"} {
+		if !slices.ContainsFunc(tokens.resource, func(r string) bool { return strings.TrimSuffix(r, "/") == strings.TrimSuffix(want, "/") }) {
+			t.Errorf("no token asked for %s: resources %v", want, tokens.resource)
+		}
+	}
+	for _, id := range tokens.clientID {
+		if id != "00000000-0000-0000-0000-0000000000c1" {
+			t.Errorf("a token was asked for client id %q, want the user-assigned identity's", id)
+		}
+	}
+	tokens.mu.Unlock()
+	// The handler's Service Bus links were authorised with the managed
+	// identity's token for Service Bus (the host here uses a key).
+	jwt := false
+	for _, c := range sb.State(t).CBS {
+		jwt = jwt || c.Type == "jwt" && strings.TrimSuffix(c.Aud, "/") == "https://servicebus.azure.net" && strings.HasPrefix(c.Name, "amqps://localhost/")
+	}
+	if !jwt {
+		t.Errorf("no put-token with an Entra ID token for Service Bus reached the namespace: %+v", sb.State(t).CBS)
 	}
 
 	// State lives in Azurite's tables.

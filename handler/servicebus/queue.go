@@ -87,8 +87,11 @@ func NewClientFromConnectionString(conn string) (*azservicebus.Client, error) {
 
 // NewClient returns a client for a namespace ("<ns>.servicebus.windows.net")
 // that authenticates with cred, such as a managed identity.
-func NewClient(namespace string, cred azcore.TokenCredential) (*azservicebus.Client, error) {
-	c, err := azservicebus.NewClient(namespace, cred, nil)
+// endpoint, when not empty, is the host:port to connect to instead of the
+// namespace's own address; the namespace still names the audience and the
+// TLS server name.
+func NewClient(namespace, endpoint string, cred azcore.TokenCredential) (*azservicebus.Client, error) {
+	c, err := azservicebus.NewClient(namespace, cred, &azservicebus.ClientOptions{CustomEndpoint: endpoint})
 	if err != nil {
 		return nil, fmt.Errorf("creating a Service Bus client for %s: %w", namespace, err)
 	}

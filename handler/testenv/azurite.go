@@ -33,20 +33,20 @@ type Azurite struct {
 // only. Failing to start is fatal, never a skip.
 func StartAzurite(t testing.TB) *Azurite {
 	t.Helper()
-	return startAzurite(t, "")
+	return startAzurite(t, "", "")
 }
 
 // StartAzuriteOAuth starts azurite-table as StartAzurite does, but over
-// HTTPS (a certificate made for the test, in CertFile) and taking Entra ID
-// bearer tokens ("--oauth basic": Azurite checks the token's audience,
-// issuer and lifetime, not its signature), as a storage account reached with
-// a managed identity is.
-func StartAzuriteOAuth(t testing.TB) *Azurite {
+// HTTPS (the certificate and key files given, see SelfSignedCert) and
+// taking Entra ID bearer tokens ("--oauth basic": Azurite checks the
+// token's audience, issuer and lifetime, not its signature), as a storage
+// account reached with a managed identity is.
+func StartAzuriteOAuth(t testing.TB, certFile, keyFile string) *Azurite {
 	t.Helper()
-	return startAzurite(t, t.TempDir())
+	return startAzurite(t, certFile, keyFile)
 }
 
-func startAzurite(t testing.TB, tlsDir string) *Azurite {
+func startAzurite(t testing.TB, certFile, keyFile string) *Azurite {
 	bin := filepath.Join(NodeModules(t), ".bin", "azurite-table")
 	port := FreePort(t)
 	out := &azuriteLog{}
@@ -62,10 +62,9 @@ func startAzurite(t testing.TB, tlsDir string) *Azurite {
 		"--disableTelemetry",
 	}
 	a := &Azurite{port: port}
-	if tlsDir != "" {
-		cert, key := SelfSignedCert(t, tlsDir)
-		args = append(args, "--cert", cert, "--key", key, "--oauth", "basic")
-		a.certFile = cert
+	if certFile != "" {
+		args = append(args, "--cert", certFile, "--key", keyFile, "--oauth", "basic")
+		a.certFile = certFile
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = t.TempDir()
@@ -114,7 +113,7 @@ func (a *Azurite) TableURL() string {
 }
 
 // CertFile is the PEM certificate an OAuth Azurite serves, for clients to
-// trust (SSL_CERT_FILE for a child process); empty for plain HTTP.
+// trust; empty for plain HTTP.
 func (a *Azurite) CertFile() string { return a.certFile }
 
 // ConnectionString returns an explicit connection string for the

@@ -23,6 +23,8 @@ const ServiceBusQueue = "jit-operations"
 type ServiceBusDouble struct {
 	AMQPPort int
 	HTTPPort int
+	// AMQPSPort is the TLS listener's port (StartServiceBusTLS), else 0.
+	AMQPSPort int
 }
 
 // StartServiceBus starts the Service Bus test double on free loopback ports
@@ -30,9 +32,22 @@ type ServiceBusDouble struct {
 // ready within 20 seconds.
 func StartServiceBus(t testing.TB) *ServiceBusDouble {
 	t.Helper()
+	return startServiceBus(t)
+}
+
+// StartServiceBusTLS starts the double as StartServiceBus does, listening
+// also with TLS (the certificate and key files given, see SelfSignedCert),
+// so that a client can reach it as a namespace by name (Namespace) with a
+// token credential, as in Azure.
+func StartServiceBusTLS(t testing.TB, certFile, keyFile string) *ServiceBusDouble {
+	t.Helper()
+	return startServiceBus(t, "--tls-cert", certFile, "--tls-key", keyFile, "--amqps-port", "0")
+}
+
+func startServiceBus(t testing.TB, extra ...string) *ServiceBusDouble {
 	NodeModules(t)
 	script := filepath.Join(RepoRoot(t), "testing", "servicebus-double", "server.js")
-	cmd := exec.Command("node", script, "--amqp-port", "0", "--http-port", "0")
+	cmd := exec.Command("node", append([]string{script, "--amqp-port", "0", "--http-port", "0"}, extra...)...)
 	cmd.Dir = RepoRoot(t)
 	cmd.Stderr = os.Stderr
 	// The double exits when its stdin closes, so it dies with the test
@@ -80,7 +95,7 @@ func StartServiceBus(t testing.TB) *ServiceBusDouble {
 	d := &ServiceBusDouble{}
 	select {
 	case line := <-ready:
-		if _, err := fmt.Sscanf(line, "READY amqp=%d http=%d", &d.AMQPPort, &d.HTTPPort); err != nil {
+		if _, err := fmt.Sscanf(line, "READY amqp=%d http=%d amqps=%d", &d.AMQPPort, &d.HTTPPort, &d.AMQPSPort); err != nil {
 			t.Fatalf("Service Bus double said %q: %v", line, err)
 		}
 	case <-exited:
@@ -90,6 +105,10 @@ func StartServiceBus(t testing.TB) *ServiceBusDouble {
 	}
 	return d
 }
+
+// Namespace is the "fully qualified namespace" that reaches the TLS
+// listener (host and port), for azservicebus.NewClient with a credential.
+func (d *ServiceBusDouble) Namespace() string { return fmt.Sprintf("127.0.0.1:%d", d.AMQPSPort) }
 
 // ConnectionString returns a connection string for azservicebus: the
 // emulator flag makes the client dial plain AMQP on this host and port.
@@ -101,6 +120,14 @@ func (d *ServiceBusDouble) ConnectionString() string {
 // ServiceBusState is what the double's admin endpoint reports.
 type ServiceBusState struct {
 	Queues map[string]ServiceBusQueueState `json:"queues"`
+	// CBS lists the put-token requests the double took: the token's type
+	// ("jwt" for an Entra ID token, "servicebus.windows.net:sastoken" for a
+	// key), the audience it was sent for, and a JWT's own aud claim.
+	CBS []struct {
+		Type string `json:"type"`
+		Name string `json:"name"`
+		Aud  string `json:"aud"`
+	} `json:"cbs"`
 }
 
 // ServiceBusQueueState is one queue's state in the double.

@@ -5,7 +5,9 @@
 // cancel and receive session messages. Microsoft's emulator needs Docker,
 // which the test machines lack; this is test tooling only, never shipped.
 //
-// Supported: SASL ANONYMOUS without TLS; CBS put-token (always accepted);
+// Supported: SASL ANONYMOUS, without TLS and, given a certificate, also with
+// TLS (as a namespace reached by its name and an Entra ID token is); CBS
+// put-token (always accepted; its type and audience are recorded);
 // queues created on first use, every one session-enabled; sends (single and
 // batched, format 0x80013700); duplicate detection by message-id; the
 // management operations schedule-message, cancel-scheduled-message,
@@ -17,11 +19,14 @@
 // peek, TTL/expiry, lock expiry (locks last until settled or the link goes).
 //
 // Usage: node server.js [--amqp-port N] [--http-port M] [--max-delivery-count K]
-// (0 = any free port). Prints one line "READY amqp=PORT http=PORT", then logs
+//        [--tls-cert FILE --tls-key FILE [--amqps-port P]]
+// (0 = any free port). Prints one line "READY amqp=PORT http=PORT amqps=PORT"
+// (amqps=0 without TLS), then logs
 // to stderr when SB_DOUBLE_DEBUG is set. Exits on SIGTERM, and when its stdin
 // is a pipe that closes, so a test harness that dies leaves no orphan behind.
 'use strict';
 
+const fs = require('fs');
 const http = require('http');
 const crypto = require('crypto');
 const rhea = require('rhea');
@@ -39,10 +44,13 @@ amqpMessage.decode = function (buf) {
 };
 
 function parseArgs(argv) {
-  const opts = { amqpPort: 0, httpPort: 0, maxDeliveryCount: 10, dupWindowMs: 10 * 60 * 1000 };
+  const opts = { amqpPort: 0, httpPort: 0, amqpsPort: 0, maxDeliveryCount: 10, dupWindowMs: 10 * 60 * 1000 };
   for (let i = 2; i < argv.length; i++) {
     const next = () => Number(argv[++i]);
     switch (argv[i]) {
+      case '--tls-cert': opts.tlsCert = argv[++i]; break;
+      case '--tls-key': opts.tlsKey = argv[++i]; break;
+      case '--amqps-port': opts.amqpsPort = next(); break;
       case '--amqp-port': opts.amqpPort = next(); break;
       case '--http-port': opts.httpPort = next(); break;
       case '--max-delivery-count': opts.maxDeliveryCount = next(); break;
@@ -354,7 +362,16 @@ function handleManagement(link, address, request) {
   const props = request.application_properties || {};
   const op = props.operation;
   if (address === '$cbs') {
-    // Any token is good: the double checks no credentials.
+    // Any token is good: the double checks no credentials. What kind of
+    // token came, for which audience, is kept (never the token itself), and
+    // for a JWT the audience it was issued for.
+    const seen = { type: String(props.type || ''), name: String(props.name || '') };
+    if (seen.type === 'jwt' && typeof request.body === 'string') {
+      try {
+        seen.aud = JSON.parse(Buffer.from(request.body.split('.')[1], 'base64url').toString()).aud;
+      } catch { /* not a JWT: no audience */ }
+    }
+    cbs.push(seen);
     reply(link, request, 200);
     return;
   }
@@ -603,8 +620,10 @@ container.on('error', (err) => log('error', err && err.message));
 
 // ---- HTTP admin ----------------------------------------------------------
 
+const cbs = []; // put-token requests seen: {type, name, aud}
+
 function stateJSON() {
-  const out = { queues: {} };
+  const out = { queues: {}, cbs };
   for (const q of queues.values()) {
     out.queues[q.name] = {
       active: q.active.map((m) => ({
@@ -644,9 +663,19 @@ const admin = http.createServer((req, res) => {
 // ---- start and stop ------------------------------------------------------
 
 const amqpServer = container.listen({ port: opts.amqpPort, host: '127.0.0.1' });
-amqpServer.on('listening', () => {
+let amqpsServer;
+if (opts.tlsCert) {
+  amqpsServer = container.listen({
+    transport: 'tls', port: opts.amqpsPort, host: '127.0.0.1',
+    cert: fs.readFileSync(opts.tlsCert), key: fs.readFileSync(opts.tlsKey),
+  });
+  amqpsServer.on('error', (err) => { console.error('amqps listen:', err.message); process.exit(1); });
+}
+const listening = (server) => new Promise((resolve) => server.on('listening', resolve));
+Promise.all([amqpServer, amqpsServer].filter(Boolean).map(listening)).then(() => {
   admin.listen(opts.httpPort, '127.0.0.1', () => {
-    process.stdout.write(`READY amqp=${amqpServer.address().port} http=${admin.address().port}\n`);
+    const amqps = amqpsServer ? amqpsServer.address().port : 0;
+    process.stdout.write(`READY amqp=${amqpServer.address().port} http=${admin.address().port} amqps=${amqps}\n`);
   });
 });
 amqpServer.on('error', (err) => { console.error('amqp listen:', err.message); process.exit(1); });
