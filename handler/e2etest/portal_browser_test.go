@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	cdpbrowser "github.com/chromedp/cdproto/browser"
 	"github.com/chromedp/chromedp"
 )
 
@@ -169,4 +170,42 @@ func (b *browser) screenshot(name string) {
 	if err := os.WriteFile(filepath.Join(dir, name+".png"), png, 0o644); err != nil {
 		b.t.Fatal(err)
 	}
+}
+
+// download clicks the link css and returns the file the browser saved.
+func (b *browser) download(what, css string) []byte {
+	b.t.Helper()
+	dir := b.t.TempDir()
+	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	defer cancel()
+	progress := chromedp.Events(ctx, cdpbrowser.DownloadProgress)
+	err := chromedp.Do(ctx,
+		chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
+			enabled := true
+			_, err := chromedp.Call(ctx, cdpbrowser.SetDownloadBehavior, cdpbrowser.SetDownloadBehaviorParams{
+				Behavior: cdpbrowser.SetDownloadBehaviorBehaviorAllowAndName, DownloadPath: dir, EventsEnabled: &enabled})
+			return err
+		}),
+		chromedp.Click(chromedp.CSS(css)),
+	)
+	if err != nil {
+		b.t.Fatalf("%s: %v\n%s", what, err, b.describe())
+	}
+	for ev, err := range progress {
+		if err != nil {
+			b.t.Fatalf("%s: %v", what, err)
+		}
+		switch ev.State {
+		case cdpbrowser.DownloadProgressStateCanceled:
+			b.t.Fatalf("%s: the browser cancelled the download", what)
+		case cdpbrowser.DownloadProgressStateCompleted:
+			data, err := os.ReadFile(filepath.Join(dir, ev.GUID))
+			if err != nil {
+				b.t.Fatalf("%s: %v", what, err)
+			}
+			return data
+		}
+	}
+	b.t.Fatalf("%s: no completed download", what)
+	return nil
 }

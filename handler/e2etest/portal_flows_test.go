@@ -94,6 +94,7 @@ func TestPortalApprovals(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS(`#table-approvals tr[data-request-id="`+approveID+`"]`)),
 		chromedp.WaitVisible(chromedp.CSS(`#table-approvals tr[data-request-id="`+denyID+`"]`)),
 	)
+	b.screenshot("approvals")
 	if got := b.text("#count-approvals"); got != "(2)" {
 		t.Errorf("approvals tab counts %q, want (2)", got)
 	}
