@@ -466,6 +466,12 @@ func (d *Driver) PutRule(ctx context.Context, nsgID string, rule jit.SecurityRul
 			if isNotFound(err) {
 				return jit.Wrap(jit.ENOTFOUND, err, fmt.Sprintf("network security group %s not found", nsgID))
 			}
+			if isTransient(err) && attempt < d.cfg.MaxAttempts {
+				if err := d.backoff(ctx, attempt, err); err != nil {
+					return err
+				}
+				continue
+			}
 			return classify(err, "read network security group "+nsgID)
 		}
 		var existing *armnetwork.SecurityRule
@@ -509,7 +515,7 @@ func (d *Driver) PutRule(ctx context.Context, nsgID string, rule jit.SecurityRul
 				return classify(err, "write security rule "+rule.Name+" in "+nsgID)
 			}
 			log.Warn().Err(err).Int("attempt", attempt).Msg("security rule write failed, retrying")
-			if err := d.backoff(ctx, attempt); err != nil {
+			if err := d.backoff(ctx, attempt, err); err != nil {
 				return err
 			}
 		default:
@@ -555,7 +561,7 @@ func (d *Driver) DeleteRule(ctx context.Context, nsgID, name string) error {
 			return nil
 		case isTransient(err) && attempt < d.cfg.MaxAttempts:
 			log.Warn().Err(err).Int("attempt", attempt).Msg("security rule delete failed, retrying")
-			if err := d.backoff(ctx, attempt); err != nil {
+			if err := d.backoff(ctx, attempt, err); err != nil {
 				return err
 			}
 		default:
@@ -626,13 +632,15 @@ func (d *Driver) ListNSGs(ctx context.Context) ([]jit.NSGInfo, error) {
 }
 
 // backoff sleeps before attempt+1: exponential from RetryDelay, capped, with
-// jitter so that workers contending for one NSG spread out.
-func (d *Driver) backoff(ctx context.Context, attempt int) error {
+// jitter so that workers contending for one NSG spread out, and never less
+// than a throttled answer's Retry-After.
+func (d *Driver) backoff(ctx context.Context, attempt int, cause error) error {
 	delay := d.cfg.RetryDelay << min(attempt-1, 16)
 	if delay > d.cfg.MaxRetryDelay || delay <= 0 {
 		delay = d.cfg.MaxRetryDelay
 	}
 	delay = delay/2 + rand.N(delay/2+1)
+	delay = max(delay, throttledFor(cause))
 	t := time.NewTimer(delay)
 	defer t.Stop()
 	select {
@@ -801,14 +809,34 @@ func isPriorityClash(err error) bool {
 	return re != nil && re.StatusCode == http.StatusBadRequest && re.ErrorCode == "SecurityRuleConflict"
 }
 
-// isTransient reports whether the driver's own retry should try again.
-// Throttling and 5xx were already retried by azcore, so they are not.
+// maxThrottleWait is the longest Retry-After the driver waits out itself.
+// azcore retries a 429 only while its Retry-After is within azcore's own
+// maximum delay; ARM's throttling often asks for longer. Beyond this the
+// operation fails and is retried later by its queue (or the sweeper).
+const maxThrottleWait = 30 * time.Second
+
+// throttledFor is how long a 429 answer asked to wait, or 0.
+func throttledFor(err error) time.Duration {
+	re := responseError(err)
+	if re == nil || re.StatusCode != http.StatusTooManyRequests || re.RawResponse == nil {
+		return 0
+	}
+	return retryAfter(re.RawResponse)
+}
+
+// isTransient reports whether the driver's own retry should try again:
+// NSG write conflicts, failed long-running operations, and throttling that
+// azcore gave up waiting for (a Retry-After beyond its maximum delay, up to
+// maxThrottleWait). Other 5xx were already retried by azcore.
 func isTransient(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
 	var lro lroError
 	if errors.As(err, &lro) && !isNotFound(err) {
+		return true
+	}
+	if ra := throttledFor(err); ra > 0 && ra <= maxThrottleWait {
 		return true
 	}
 	re := responseError(err)

@@ -389,3 +389,43 @@ func TestNewRejectsBadBands(t *testing.T) {
 		}
 	}
 }
+
+// A 429's Retry-After is waited out before the call is tried again, also
+// when it is longer than azcore's own maximum retry delay (200 ms here),
+// for which azcore gives up at once. A lower bound only: a slow machine
+// takes longer and still passes.
+func TestThrottlingWaitsRetryAfter(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		target armsim.Target
+		kind   string
+	}{{"write", armsim.Writes, "PUT securityRules"}, {"read", armsim.Reads, "GET networkSecurityGroups"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			sim, d := newEnv(t, armsim.Options{})
+			const wait = 400 * time.Millisecond
+			sim.FailNext(tc.target, 1, armsim.Throttled(wait))
+			start := time.Now()
+			if err := d.PutRule(context.Background(), nsgVMNIC, allowRule("jit-allow-1", "203.0.113.7")); err != nil {
+				t.Fatal(err)
+			}
+			if el := time.Since(start); el < wait {
+				t.Errorf("retried %v after a 429 asking for %v", el, wait)
+			}
+			if c := sim.Calls(); c.Faults != 1 || c.ByKind[tc.kind] != 2 {
+				t.Errorf("calls %+v: want the throttled %s and one retry", c.ByKind, tc.kind)
+			}
+		})
+	}
+	// A Retry-After beyond what a worker waits out fails the operation at
+	// once, for the queue to deliver again later.
+	sim, d := newEnv(t, armsim.Options{})
+	sim.FailNext(armsim.Writes, 1, armsim.Throttled(10*time.Minute))
+	start := time.Now()
+	err := d.PutRule(context.Background(), nsgVMNIC, allowRule("jit-allow-1", "203.0.113.7"))
+	if jit.ErrorCode(err) != jit.EUNAVAILABLE {
+		t.Errorf("a 429 asking for 10 minutes: %v, want unavailable", err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("a 429 asking for 10 minutes held the worker %v", el)
+	}
+}

@@ -53,6 +53,12 @@ func (d *Driver) ApplyRules(ctx context.Context, nsgID string, put []jit.Securit
 				}
 				return jit.Wrap(jit.ENOTFOUND, err, fmt.Sprintf("network security group %s not found", nsgID))
 			}
+			if isTransient(err) && attempt < d.cfg.MaxAttempts {
+				if err := d.backoff(ctx, attempt, err); err != nil {
+					return err
+				}
+				continue
+			}
 			return classify(err, "read network security group "+nsgID)
 		}
 		nsg := resp.SecurityGroup
@@ -85,7 +91,7 @@ func (d *Driver) ApplyRules(ctx context.Context, nsgID string, put []jit.Securit
 				return classify(err, "write network security group "+nsgID)
 			}
 			log.Warn().Err(err).Int("attempt", attempt).Msg("network security group write failed, retrying")
-			if err := d.backoff(ctx, attempt); err != nil {
+			if err := d.backoff(ctx, attempt, err); err != nil {
 				return err
 			}
 		default:
