@@ -189,13 +189,10 @@ func (s *Service) refreshTopology(ctx context.Context) error {
 	if err != nil || len(pols) == 0 {
 		return err
 	}
-	vms, err := s.net.ListVMs(ctx)
+	vms, err := s.readInventory(ctx)
 	if err != nil {
 		return err
 	}
-	s.invMu.Lock()
-	s.inv, s.invAt = vms, s.now()
-	s.invMu.Unlock()
 	byID := make(map[string]VMInfo, len(vms))
 	for _, v := range vms {
 		byID[strings.ToLower(v.ID)] = v

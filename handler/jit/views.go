@@ -172,14 +172,20 @@ func (s *Service) inventory(ctx context.Context) ([]VMInfo, error) {
 // RefreshInventory reads the VM inventory from Azure now, so GET /vms is
 // served from memory: at start-up and by every sweep.
 func (s *Service) RefreshInventory(ctx context.Context) error {
+	_, err := s.readInventory(ctx)
+	return err
+}
+
+// readInventory lists every VM in scope and keeps the list for GET /vms.
+func (s *Service) readInventory(ctx context.Context) ([]VMInfo, error) {
 	vms, err := s.net.ListVMs(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	s.invMu.Lock()
 	s.inv, s.invAt = vms, s.now()
 	s.invMu.Unlock()
-	return nil
+	return vms, nil
 }
 
 // forgetInventory makes the next GET /vms read Azure again.
