@@ -46,7 +46,19 @@ DIST ?= dist
 APP_DIR = $(DIST)/app
 DEPLOYMENT ?= jitaccess
 
-.PHONY: package publish deploy publish-check deploy-check
+.PHONY: package publish deploy publish-check deploy-check app-registration
+
+# make app-registration NAME=jitaccess-api   creates the API's Entra ID app registration with
+# the app roles of infra/app-roles.json (az CLI, signed in to the tenant) and prints the client
+# id that main.bicep's apiClientId parameter takes.
+app-registration:
+	@if [ -z "$(NAME)" ]; then echo "make app-registration: NAME is missing: make app-registration NAME=<display name>" >&2; exit 2; fi
+	@command -v az >/dev/null 2>&1 || { echo "make app-registration: the Azure CLI ('az') is not installed; see docs/deploy.md" >&2; exit 127; }
+	@id=$$(az ad app create --display-name "$(NAME)" --sign-in-audience AzureADMyOrg \
+	  --app-roles @infra/app-roles.json --enable-id-token-issuance true --query appId --output tsv) && \
+	az ad app update --id $$id --identifier-uris api://$$id && \
+	az ad sp create --id $$id --output none && \
+	echo "app registration $(NAME): client id $$id (apiClientId); assign people and groups to its roles in Enterprise applications"
 
 package:
 	rm -rf $(APP_DIR)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"maps"
 	"os"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/rs/zerolog"
+
+	"jitaccess/handler/jit"
 )
 
 // The settings registry (allSettings) is the single source of truth; these
@@ -469,5 +472,50 @@ func TestFunctionsModeNeedsSubscriptions(t *testing.T) {
 	}
 	if err := runFunctions(zerolog.Nop(), cfg); err == nil || !strings.Contains(err.Error(), "JIT_SUBSCRIPTIONS is not set") {
 		t.Fatalf("Functions mode without JIT_SUBSCRIPTIONS: %v, want a refusal naming it", err)
+	}
+}
+
+// infra/app-roles.json, which make app-registration gives the API's app
+// registration, holds exactly the roles the handler checks, each with its
+// own fixed id.
+func TestAppRolesMatchHandler(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "infra", "app-roles.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var roles []struct {
+		AllowedMemberTypes []string `json:"allowedMemberTypes"`
+		Description        string   `json:"description"`
+		DisplayName        string   `json:"displayName"`
+		ID                 string   `json:"id"`
+		IsEnabled          bool     `json:"isEnabled"`
+		Value              string   `json:"value"`
+	}
+	if err := json.Unmarshal(b, &roles); err != nil {
+		t.Fatalf("infra/app-roles.json: %v", err)
+	}
+	guid := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+	var values []string
+	ids := map[string]bool{}
+	for _, r := range roles {
+		values = append(values, r.Value)
+		if !guid.MatchString(r.ID) || ids[r.ID] {
+			t.Errorf("role %s: id %q is not a fresh GUID", r.Value, r.ID)
+		}
+		ids[r.ID] = true
+		if !r.IsEnabled || r.Description == "" || r.DisplayName == "" || len(r.AllowedMemberTypes) == 0 {
+			t.Errorf("role %s is incomplete: %+v", r.Value, r)
+		}
+		for _, m := range r.AllowedMemberTypes {
+			if m != "User" && m != "Application" {
+				t.Errorf("role %s: member type %q", r.Value, m)
+			}
+		}
+	}
+	want := []string{jit.RoleAdmin, jit.RoleApprover, jit.RoleRequester, jit.RoleReader, jit.RoleDelegate}
+	slices.Sort(values)
+	slices.Sort(want)
+	if !slices.Equal(values, want) {
+		t.Errorf("infra/app-roles.json has roles %v, the handler checks %v", values, want)
 	}
 }
