@@ -606,16 +606,22 @@ func (s *Server) Load(r io.Reader) error {
 func (s *Server) Snapshot() ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.snap = nil // the cache stands for what Save last wrote
+	// The cache stands for what Save last wrote: build this snapshot with a
+	// cache of its own and leave Save's as it was.
+	saved := s.snap
+	s.snap = nil
+	defer func() { s.snap = saved }()
 	var buf bytes.Buffer
-	return s.snapshotLocked(&buf, 0)
+	b, err := s.snapshotLocked(&buf, 0)
+	return bytes.Clone(b), err
 }
 
 // Save brings the estate at path up to date: the changes since the last
 // save appended to its journal, or a new snapshot written atomically (a
 // temporary file renamed over it) when there is none yet or the journal has
 // grown large. A crash never leaves half an estate behind. When it returns,
-// every write that completed before the call is on disk.
+// every write that completed before the call is in the files (written, not
+// fsynced: the simulator outlives a process kill, not a power cut).
 //
 // Concurrent calls are coalesced: OnChange hooks call Save after every write,
 // and a caller that waited for another's save finds its change already saved
@@ -636,26 +642,34 @@ func (s *Server) Save(path string) error {
 		gen := max(sv.generation+1, uint64(time.Now().UnixNano()))
 		b, err := s.snapshotLocked(&s.saveBuf, gen)
 		s.mu.Unlock()
+		if err == nil {
+			tmp := path + ".tmp"
+			if err = os.WriteFile(tmp, b, 0o600); err == nil {
+				err = os.Rename(tmp, path)
+			}
+			if err != nil {
+				err = fmt.Errorf("write estate: %w", err)
+			}
+		}
+		if err == nil {
+			// The snapshot on disk is the new generation from here on, even
+			// if the journal cannot be started: its old lines do not apply.
+			*sv = saveState{path: path, generation: gen, changes: changes, snapSize: len(b)}
+			if err = os.WriteFile(journalPath(path), nil, 0o600); err != nil {
+				err = fmt.Errorf("start estate journal: %w", err)
+			}
+		}
 		if err != nil {
-			return fmt.Errorf("snapshot estate: %w", err)
+			s.forgetSaved() // the cache holds what did not reach the disk
+			return err
 		}
-		tmp := path + ".tmp"
-		if err := os.WriteFile(tmp, b, 0o600); err != nil {
-			return fmt.Errorf("write estate: %w", err)
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			return fmt.Errorf("write estate: %w", err)
-		}
-		if err := os.WriteFile(journalPath(path), nil, 0o600); err != nil {
-			return fmt.Errorf("start estate journal: %w", err)
-		}
-		*sv = saveState{path: path, generation: gen, changes: changes, snapSize: len(b)}
 		return nil
 	}
 	buf := &s.saveBuf
 	buf.Reset()
 	line := func(id string, b []byte) {
-		fmt.Fprintf(buf, "{\"generation\":%d,\"id\":%q,\"resource\":", sv.generation, id)
+		quoted, _ := json.Marshal(id) // a string always marshals
+		fmt.Fprintf(buf, "{\"generation\":%d,\"id\":%s,\"resource\":", sv.generation, quoted)
 		buf.Write(b)
 		buf.WriteString("}\n")
 	}
@@ -669,9 +683,7 @@ func (s *Server) Save(path string) error {
 	}
 	s.mu.Unlock()
 	if err != nil {
-		s.mu.Lock()
-		s.snap = nil // the journal misses what was cached: snapshot next time
-		s.mu.Unlock()
+		s.forgetSaved()
 		return fmt.Errorf("journal estate: %w", err)
 	}
 	if buf.Len() > 0 {
@@ -683,13 +695,19 @@ func (s *Server) Save(path string) error {
 			}
 		}
 		if err != nil {
-			s.mu.Lock()
-			s.snap = nil
-			s.mu.Unlock()
+			s.forgetSaved()
 			return fmt.Errorf("append to estate journal: %w", err)
 		}
 	}
 	sv.changes = changes
 	sv.journalSize += buf.Len()
 	return nil
+}
+
+// forgetSaved drops the cache of what was saved, after a save that did not
+// reach the disk: the next Save writes a whole snapshot.
+func (s *Server) forgetSaved() {
+	s.mu.Lock()
+	s.snap = nil
+	s.mu.Unlock()
 }

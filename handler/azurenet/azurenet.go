@@ -466,7 +466,7 @@ func (d *Driver) PutRule(ctx context.Context, nsgID string, rule jit.SecurityRul
 			if isNotFound(err) {
 				return jit.Wrap(jit.ENOTFOUND, err, fmt.Sprintf("network security group %s not found", nsgID))
 			}
-			if isTransient(err) && attempt < d.cfg.MaxAttempts {
+			if d.isTransient(err) && attempt < d.cfg.MaxAttempts {
 				if err := d.backoff(ctx, attempt, err); err != nil {
 					return err
 				}
@@ -510,7 +510,7 @@ func (d *Driver) PutRule(ctx context.Context, nsgID string, rule jit.SecurityRul
 			if attempt >= d.cfg.MaxAttempts {
 				return jit.Wrap(jit.EUNAVAILABLE, err, fmt.Sprintf("write security rule %s in %s: priorities kept being taken concurrently", rule.Name, nsgID))
 			}
-		case isTransient(err):
+		case d.isTransient(err):
 			if attempt >= d.cfg.MaxAttempts {
 				return classify(err, "write security rule "+rule.Name+" in "+nsgID)
 			}
@@ -559,7 +559,7 @@ func (d *Driver) DeleteRule(ctx context.Context, nsgID, name string) error {
 		case isNotFound(err):
 			log.Debug().Msg("security rule or NSG already gone")
 			return nil
-		case isTransient(err) && attempt < d.cfg.MaxAttempts:
+		case d.isTransient(err) && attempt < d.cfg.MaxAttempts:
 			log.Warn().Err(err).Int("attempt", attempt).Msg("security rule delete failed, retrying")
 			if err := d.backoff(ctx, attempt, err); err != nil {
 				return err
@@ -811,8 +811,9 @@ func isPriorityClash(err error) bool {
 
 // maxThrottleWait is the longest Retry-After the driver waits out itself.
 // azcore retries a 429 only while its Retry-After is within azcore's own
-// maximum delay; ARM's throttling often asks for longer. Beyond this the
-// operation fails and is retried later by its queue (or the sweeper).
+// maximum delay (MaxRetryDelay) and returns it at once otherwise; the driver
+// waits out those up to this bound. Beyond it the operation fails and is
+// retried later by its queue (or the sweeper).
 const maxThrottleWait = 30 * time.Second
 
 // throttledFor is how long a 429 answer asked to wait, or 0.
@@ -826,9 +827,9 @@ func throttledFor(err error) time.Duration {
 
 // isTransient reports whether the driver's own retry should try again:
 // NSG write conflicts, failed long-running operations, and throttling that
-// azcore gave up waiting for (a Retry-After beyond its maximum delay, up to
-// maxThrottleWait). Other 5xx were already retried by azcore.
-func isTransient(err error) bool {
+// azcore did not wait for (a Retry-After beyond its maximum delay, up to
+// maxThrottleWait). Other 429s and 5xx were already retried by azcore.
+func (d *Driver) isTransient(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
@@ -836,7 +837,11 @@ func isTransient(err error) bool {
 	if errors.As(err, &lro) && !isNotFound(err) {
 		return true
 	}
-	if ra := throttledFor(err); ra > 0 && ra <= maxThrottleWait {
+	azcoreMax := d.opts.Retry.MaxRetryDelay
+	if azcoreMax == 0 {
+		azcoreMax = 60 * time.Second // azcore's default
+	}
+	if ra := throttledFor(err); ra > azcoreMax && ra <= maxThrottleWait {
 		return true
 	}
 	re := responseError(err)

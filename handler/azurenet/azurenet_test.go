@@ -416,6 +416,20 @@ func TestThrottlingWaitsRetryAfter(t *testing.T) {
 			}
 		})
 	}
+	// Throttling azcore already waits out (Retry-After within its maximum)
+	// is not retried again on top: the driver gives up when azcore does,
+	// instead of multiplying the calls to a throttled ARM.
+	{
+		sim, d := newEnv(t, armsim.Options{})
+		sim.FailNext(armsim.Writes, 100, armsim.Throttled(20*time.Millisecond))
+		err := d.PutRule(context.Background(), nsgVMNIC, allowRule("jit-allow-1", "203.0.113.7"))
+		if jit.ErrorCode(err) != jit.EUNAVAILABLE {
+			t.Errorf("persistent throttling: %v, want unavailable", err)
+		}
+		if n := sim.Calls().ByKind["PUT securityRules"]; n != 4 {
+			t.Errorf("persistent throttling made %d PUTs, want 4 (azcore's first try and 3 retries)", n)
+		}
+	}
 	// A Retry-After beyond what a worker waits out fails the operation at
 	// once, for the queue to deliver again later.
 	sim, d := newEnv(t, armsim.Options{})

@@ -53,7 +53,7 @@ func (d *Driver) ApplyRules(ctx context.Context, nsgID string, put []jit.Securit
 				}
 				return jit.Wrap(jit.ENOTFOUND, err, fmt.Sprintf("network security group %s not found", nsgID))
 			}
-			if isTransient(err) && attempt < d.cfg.MaxAttempts {
+			if d.isTransient(err) && attempt < d.cfg.MaxAttempts {
 				if err := d.backoff(ctx, attempt, err); err != nil {
 					return err
 				}
@@ -86,7 +86,7 @@ func (d *Driver) ApplyRules(ctx context.Context, nsgID string, put []jit.Securit
 				return jit.Wrap(jit.EUNAVAILABLE, err, "write network security group "+nsgID+": it kept changing concurrently")
 			}
 			log.Warn().Int("attempt", attempt).Msg("network security group changed concurrently, reading it again")
-		case isTransient(err):
+		case d.isTransient(err):
 			if attempt >= d.cfg.MaxAttempts {
 				return classify(err, "write network security group "+nsgID)
 			}

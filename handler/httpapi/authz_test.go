@@ -1,8 +1,11 @@
 package httpapi_test
 
 import (
+	"bytes"
 	"encoding/csv"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -136,6 +139,28 @@ func TestCrossSiteChangesAreRefused(t *testing.T) {
 		t.Fatalf("after refused cross-site revokes the request is %s", r.Status)
 	}
 	s.must(200, admin, "GET", "/api/v1/policies/p", nil, nil)
+	// A body without a Content-Type (what a no-cors fetch can send) is not
+	// taken as JSON.
+	body, _ := json.Marshal(initiate("vm-nic-nsg", "PT1H"))
+	req, _ := http.NewRequest("POST", s.url+"/api/v1/policies/p/initiate", bytes.NewReader(body))
+	for i := 0; i+1 < len(admin); i += 2 {
+		req.Header.Set(admin[i], admin[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 415 {
+		t.Errorf("a JSON body without Content-Type answered %d, want 415", resp.StatusCode)
+	}
+	var list struct {
+		Value []request `json:"value"`
+	}
+	s.must(200, admin, "GET", "/api/v1/requests", nil, &list)
+	if len(list.Value) != 1 {
+		t.Errorf("%d requests after a refused one, want 1", len(list.Value))
+	}
 	// The portal's own requests are same-origin; curl sends no such header.
 	s.must(200, append(slices.Clone(admin), "Sec-Fetch-Site", "same-origin"), "POST", revoke, nil, nil)
 }

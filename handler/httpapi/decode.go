@@ -32,6 +32,12 @@ func decodeStrict(w http.ResponseWriter, r *http.Request, limit int64, v any) er
 	if len(bytes.TrimSpace(body)) == 0 {
 		return jit.Errorf(jit.EINVALID, "request body is empty: send a JSON object")
 	}
+	if r.Header.Get("Content-Type") == "" {
+		// A browser lets another site's page send a body without a type
+		// (no-cors); a body is only taken as JSON when it says so.
+		return &httpError{status: http.StatusUnsupportedMediaType, code: "UnsupportedMediaType",
+			msg: "Content-Type is missing: send application/json"}
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

@@ -406,3 +406,19 @@ func TestNICEventFollowsTopology(t *testing.T) {
 		t.Error("deny rule missing from the subnet's NSG")
 	}
 }
+
+// Extending twice to the same end time keeps the one close queued for it:
+// the second extend's "old" close is its own new one, and must not be
+// cancelled (nothing but that close removes the rule here: no sweeper runs).
+func TestExtendToSameEndKeepsTheClose(t *testing.T) {
+	s := newStack(t, stackOptions{local: true})
+	s.must(200, nil, "PUT", "/api/v1/policies/p", policyBody("vm-nic-nsg", nil), nil)
+	var r request
+	s.must(202, nil, "POST", "/api/v1/policies/p/initiate", initiate("vm-nic-nsg", "PT2S"), &r)
+	waitFor(t, "rule open", func() bool { _, ok := s.rule("nsg-vm-nic", r.Grants[0].RuleName); return ok })
+	end := time.Now().Add(4 * time.Second).UTC().Truncate(time.Second).Format(time.RFC3339)
+	for range 2 {
+		s.must(200, nil, "POST", "/api/v1/requests/"+r.ID+"/extend", map[string]any{"endTimeUtc": end}, nil)
+	}
+	waitFor(t, "the rule closed at the extended end", func() bool { _, ok := s.rule("nsg-vm-nic", r.Grants[0].RuleName); return !ok })
+}

@@ -163,7 +163,10 @@ func (s *Service) vmWritten(ctx context.Context, vmID string) error {
 // refreshVM re-resolves a protected VM's network; when its NSGs or IPs
 // changed, the policy is rewritten so the deny rules follow.
 func (s *Service) refreshVM(ctx context.Context, pol Policy, vmID string) error {
-	vm, _ := pol.VM(vmID)
+	vm, ok := pol.VM(vmID)
+	if !ok {
+		return nil // taken out of the policy meanwhile
+	}
 	info, err := s.net.ResolveVM(ctx, vmID)
 	if ErrorCode(err) == ENOTFOUND {
 		return s.vmDeleted(ctx, vmID)
@@ -213,8 +216,10 @@ func (s *Service) refreshTopology(ctx context.Context) error {
 			if err := s.refreshVM(ctx, p, vm.ID); err != nil {
 				return err
 			}
-			if p, err = s.store.GetPolicy(ctx, p.Name); err != nil {
-				break
+			if p, err = s.store.GetPolicy(ctx, p.Name); ErrorCode(err) == ENOTFOUND {
+				break // its last VM was deleted: the policy went with it
+			} else if err != nil {
+				return err
 			}
 		}
 	}

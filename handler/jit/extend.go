@@ -3,6 +3,7 @@ package jit
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -95,6 +96,9 @@ func (s *Service) Extend(ctx context.Context, p Principal, id string, in ExtendI
 		s.auditFailure(ctx, p, "extend", r.Policy, id, "", "", err)
 		return Request{}, Wrap(EUNAVAILABLE, err, "the new end time was recorded but its close could not be scheduled; the sweeper will close it on time")
 	}
+	// A close that is also among the new ones (extended to the same end)
+	// was queued once and must stay.
+	old = slices.DeleteFunc(old, func(t string) bool { return slices.Contains(tickets, t) })
 	if err := s.queue.Cancel(ctx, old); err != nil {
 		s.cfg.Log.Warn().Err(err).Str("request", id).Msg("cancelling old scheduled closes failed; they will be no-ops")
 	}
