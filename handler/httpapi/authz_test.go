@@ -103,6 +103,25 @@ func TestAuthorizationMatrix(t *testing.T) {
 			t.Errorf("a requester's list shows %s's request", full.RequestorID)
 		}
 	}
+	// A delegate sees the requests it submitted for others, as it may read
+	// them, and no one else's.
+	bot := easyAuth("c-bot", []string{jit.RoleRequester, jit.RoleDelegate})
+	var mine request
+	s.must(202, bot, "POST", "/api/v1/policies/open/initiate", onBehalf, &mine)
+	s.must(200, bot, "GET", "/api/v1/requests/"+mine.ID, nil, nil)
+	s.must(200, bot, "GET", "/api/v1/requests", nil, &list)
+	if !slices.ContainsFunc(list.Value, func(r request) bool { return r.ID == mine.ID }) {
+		t.Errorf("the delegate's list lacks the request it submitted for alice")
+	}
+	for _, r := range list.Value {
+		var full struct {
+			RequestorID string `json:"requestorId"`
+		}
+		s.must(200, admin, "GET", "/api/v1/requests/"+r.ID, nil, &full)
+		if full.RequestorID != "c-bot" && full.RequestorID != "alice" {
+			t.Errorf("the delegate's list shows %s's request", full.RequestorID)
+		}
+	}
 }
 
 // Another site's page cannot use a signed-in person's cookie to change

@@ -46,6 +46,7 @@ type RequestFilter struct {
 	VM        string    // VM id, compared case-insensitively
 	Policy    string    // policy name
 	Requestor string    // principal id
+	Party     string    // principal id of the requestor or of the delegate that submitted it
 	Statuses  []string  // any of these request statuses
 	Since     time.Time // StartTime at or after
 	Limit     int       // at most this many; 0 = no limit
@@ -59,6 +60,8 @@ func (f RequestFilter) Matches(r *Request) bool {
 	case f.Policy != "" && !strings.EqualFold(r.Policy, f.Policy):
 		return false
 	case f.Requestor != "" && r.Requestor != f.Requestor:
+		return false
+	case f.Party != "" && r.Requestor != f.Party && r.SubmittedBy != f.Party:
 		return false
 	case len(f.Statuses) > 0 && !slices.Contains(f.Statuses, r.Status):
 		return false

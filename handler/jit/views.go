@@ -55,7 +55,8 @@ func (s *Service) GetRequest(ctx context.Context, p Principal, id string) (Reque
 }
 
 // ListRequests returns requests matching f, newest first. Requesters see
-// their own only.
+// their own only: those for them, and those they submitted for someone else
+// (as GetRequest lets them read).
 func (s *Service) ListRequests(ctx context.Context, p Principal, f RequestFilter) ([]Request, error) {
 	if p.ID == "" {
 		return nil, Errorf(EUNAUTHORIZED, "sign in to list requests")
@@ -64,7 +65,7 @@ func (s *Service) ListRequests(ctx context.Context, p Principal, f RequestFilter
 		if !p.Has(RoleRequester) {
 			return nil, Errorf(EFORBIDDEN, "listing requests needs one of the roles %s, %s, %s", RoleReader, RoleRequester, RoleApprover)
 		}
-		f.Requestor = p.ID
+		f.Party = p.ID
 	}
 	return s.store.ListRequests(ctx, f)
 }

@@ -613,6 +613,7 @@ func listFixture(t *testing.T, s jit.Store) time.Time {
 		mk("r4", "Prod", "carol", jit.RequestActive, 4, vmC),
 		mk("r2", "prod", "bob", jit.RequestClosed, 2, vmB),
 	}
+	rs[4].SubmittedBy = "bot" // r4: carol's, asked for by a delegate
 	for _, r := range rs {
 		if _, err := s.CreateRequest(context.Background(), r); err != nil {
 			t.Fatalf("CreateRequest(%s): %v", r.ID, err)
@@ -645,6 +646,11 @@ func testListRequestsFilters(t *testing.T, s jit.Store) {
 		{"limit applies after filters", jit.RequestFilter{VM: vmC, Limit: 1}, []string{"r4"}},
 		{"combined", jit.RequestFilter{VM: vmA, Statuses: []string{jit.RequestClosed}, Since: t0.Add(2 * time.Hour), Limit: 5}, []string{"r5b", "r3"}},
 		{"combined with requestor", jit.RequestFilter{Requestor: "bob", Policy: "Prod", Statuses: []string{jit.RequestClosed}}, []string{"r2"}},
+		{"party: the submitter", jit.RequestFilter{Party: "bot"}, []string{"r4"}},
+		{"party: the requestor", jit.RequestFilter{Party: "carol"}, []string{"r4"}},
+		{"party: a requestor without delegates", jit.RequestFilter{Party: "alice"}, []string{"r5b", "r3", "r1"}},
+		{"party and requestor", jit.RequestFilter{Party: "bot", Requestor: "alice"}, nil},
+		{"party, hostile", jit.RequestFilter{Party: "bot' or '1' eq '1"}, nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -22,7 +22,7 @@ import (
 //	v_<vmKey(vm)>_<timeKey><id>   index: the requests for one VM, newest first
 //
 // (<id> is escapeKey(id).) Index rows carry the fields ListRequests filters
-// on (Status, lower-case Policy, Requestor) so that the service filters
+// on (Status, lower-case Policy, Requestor, SubmittedBy) so that the service filters
 // them; the records of the rows that pass are then read by key.
 const requestPartition = "r"
 
@@ -220,6 +220,7 @@ func indexEntities(r jit.Request) (map[string]entity, error) {
 		e["Status"] = r.Status
 		e["Policy"] = strings.ToLower(r.Policy)
 		e["Requestor"] = r.Requestor
+		e["SubmittedBy"] = r.SubmittedBy
 		rows[rk] = e
 	}
 	add(timeIdxPrefix + suffix)
@@ -230,7 +231,7 @@ func indexEntities(r jit.Request) (map[string]entity, error) {
 }
 
 func sameIndexRow(a, b entity) bool {
-	for _, p := range []string{"Id", "Status", "Policy", "Requestor"} {
+	for _, p := range []string{"Id", "Status", "Policy", "Requestor", "SubmittedBy"} {
 		if a.str(p) != b.str(p) {
 			return false
 		}
@@ -265,6 +266,9 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 	}
 	if f.Requestor != "" {
 		clauses = append(clauses, "Requestor eq "+odataString(f.Requestor))
+	}
+	if f.Party != "" {
+		clauses = append(clauses, "(Requestor eq "+odataString(f.Party)+" or SubmittedBy eq "+odataString(f.Party)+")")
 	}
 	if len(f.Statuses) > 0 {
 		var ors []string
