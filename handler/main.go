@@ -129,12 +129,15 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		return err
 	}
 	defer closeNotifier()
+	// A new request and its operations are stored in one transaction.
 	var q jit.Queue = queue
+	var st jit.Store = store.WithOutbox(queue)
 	if cfg.ChaosDrop > 0 || cfg.ChaosDuplicate > 0 {
 		log.Warn().Float64("drop", cfg.ChaosDrop).Float64("duplicate", cfg.ChaosDuplicate).Msg("fault injection: close operations will be lost and repeated")
-		q = newChaosQueue(queue, cfg.ChaosDrop, cfg.ChaosDuplicate, log)
+		// Every operation goes through the faulty queue instead.
+		q, st = newChaosQueue(queue, cfg.ChaosDrop, cfg.ChaosDuplicate, log), store
 	}
-	svc = jit.NewService(store, q, network, cfg.serviceConfig(notifier, log))
+	svc = jit.NewService(st, q, network, cfg.serviceConfig(notifier, log))
 
 	if err := queue.Start(ctx); err != nil {
 		return err

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -14,7 +16,32 @@ type loadResult struct {
 	Elapsed          time.Duration
 	Latencies        []time.Duration // of the successful calls
 	FirstError       string
+	// PerSecond[s] holds the latencies of the successful calls scheduled in
+	// second s of the run, to tell a steady tail from a stall.
+	PerSecond [][]time.Duration
 }
+
+// worstSecond is the second of the run whose calls had the highest p99.
+func (r loadResult) worstSecond() (sec int, p99 time.Duration) {
+	for s, ds := range r.PerSecond {
+		_, _, q, _ := percentiles(slices.Clone(ds))
+		if q > p99 {
+			sec, p99 = s, q
+		}
+	}
+	return sec, p99
+}
+
+// timeline is one line per second: calls, p50, p99 and max in ms.
+func (r loadResult) timeline() string {
+	var b strings.Builder
+	for s, ds := range r.PerSecond {
+		p50, _, p99, mx := percentiles(slices.Clone(ds))
+		fmt.Fprintf(&b, "%3d s  %5d calls  p50 %7.1f  p99 %7.1f  max %7.1f ms\n", s, len(ds), ms(p50), ms(p99), ms(mx))
+	}
+	return b.String()
+}
+
 
 // openLoop calls fn at rate per second for d, each call at its scheduled
 // time whether or not earlier calls have finished (up to maxInFlight at
@@ -32,6 +59,7 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, maxInFlight in
 	var mu sync.Mutex
 	var res loadResult
 	res.Latencies = make([]time.Duration, 0, n)
+	res.PerSecond = make([][]time.Duration, int(d/time.Second)+1)
 	var failed atomic.Int64
 	var wg sync.WaitGroup
 	for w := 0; w < maxInFlight; w++ {
@@ -52,6 +80,8 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, maxInFlight in
 					}
 				} else {
 					res.Latencies = append(res.Latencies, lat)
+					s := int(time.Duration(j.i) * interval / time.Second)
+					res.PerSecond[s] = append(res.PerSecond[s], lat)
 				}
 				mu.Unlock()
 			}

@@ -152,8 +152,12 @@ func (b *bench) initiateThroughput(ctx context.Context) ([]result, error) {
 		Requests: res.Sent, Seconds: res.Elapsed.Seconds(), Throughput: float64(res.OK) / res.Elapsed.Seconds(), PeakRSSMB: mb(hwm)}
 	r.setLatencies(res.Latencies)
 	r.Verdict = verdict(res.Failed == 0 && r.Throughput >= 1000*0.99 && r.P99ms <= 25 && b.cfg.initiateDuration >= 30*time.Second)
-	r.Notes = fmt.Sprintf("%d accepted, %d failed%s; 1,000 VMs with a NIC NSG each, 10 policies (created in %s); latency from each request's scheduled send time; the worker opens rules meanwhile",
-		res.OK, res.Failed, firstErr(res.FirstError), setup.Round(time.Millisecond))
+	ws, wp99 := res.worstSecond()
+	r.Notes = fmt.Sprintf("%d accepted, %d failed%s; 1,000 VMs with a NIC NSG each, 10 policies (created in %s); latency from each request's scheduled send time; the worker opens rules meanwhile; worst second %d (p99 %.1f ms)",
+		res.OK, res.Failed, firstErr(res.FirstError), setup.Round(time.Millisecond), ws, ms(wp99))
+	if b.cfg.timeline {
+		fmt.Fprint(os.Stderr, "initiate, per second of the run:\n"+res.timeline())
+	}
 	return []result{r}, nil
 }
 

@@ -89,6 +89,16 @@ func (s *Service) Initiate(ctx context.Context, p Principal, policyName string, 
 			Policy: pol.Name, Request: req.ID, VM: g.VM, Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources,
 			Result: ResultSuccess, Detail: clip(detail+"; "+req.Justification, 500)}
 	}
+	_, namer := s.queue.(TicketNamer)
+	if rq, ok := s.store.(RequestQueuer); ok && namer && req.Status == RequestActive {
+		// One transaction: the request, its audit and its operations.
+		saved, err := rq.CreateRequestQueued(ctx, req, events, grantOps(req))
+		if err != nil {
+			return Request{}, fmt.Errorf("storing request: %w", err)
+		}
+		s.cfg.Log.Info().Str("request", saved.ID).Str("policy", pol.Name).Str("requestor", p.ID).Int("grants", len(saved.Grants)).Msg("access requested")
+		return saved, nil
+	}
 	if req, err = s.recordRequest(ctx, req, events); err != nil {
 		return Request{}, err
 	}

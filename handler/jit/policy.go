@@ -181,9 +181,8 @@ func protocolsOverlap(a, b string) bool {
 
 // VM returns the policy's entry for the VM with the given id.
 func (p *Policy) VM(id string) (*VMPolicy, bool) {
-	key := strings.ToLower(id)
 	for i := range p.VMs {
-		if strings.ToLower(p.VMs[i].ID) == key {
+		if len(p.VMs[i].ID) == len(id) && strings.EqualFold(p.VMs[i].ID, id) {
 			return &p.VMs[i], true
 		}
 	}

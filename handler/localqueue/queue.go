@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -147,7 +146,6 @@ type Queue struct {
 	mu      sync.Mutex
 	waiting schedule // scheduled, not running
 	running map[uint64]*item
-	busy    map[string]bool // NSGs with an operation running
 	started bool
 	closed  bool
 	stop    chan struct{} // closed by Close
@@ -172,7 +170,6 @@ func New(db *bbolt.DB, w jit.Worker, opt Options) (*Queue, error) {
 		wake:    make(chan struct{}, 1),
 		waiting: newSchedule(),
 		running: map[uint64]*item{},
-		busy:    map[string]bool{},
 		stop:    make(chan struct{}),
 		stopped: make(chan struct{}),
 	}
@@ -269,58 +266,86 @@ func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, err
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	for i, op := range ops {
-		if op.ID == "" {
-			return nil, jit.Errorf(jit.EINVALID, "operation %d has no id", i)
-		}
-		if op.NSG == "" {
-			return nil, jit.Errorf(jit.EINVALID, "operation %q names no NSG", op.ID)
-		}
+	if err := checkOps(ops); err != nil {
+		return nil, err
 	}
-	tickets := make([]string, len(ops))
-	var added []*item
-	now := q.opt.Now()
+	var committed func()
 	// The commit runs without q.mu, so concurrent Enqueues share one
 	// commit and its fsync; the ids bucket, checked inside the
 	// transaction, still gives each op id one ticket.
 	err := q.db.Batch(func(tx *bbolt.Tx) error {
-		added = added[:0] // Batch may run this more than once
-		b, ids := tx.Bucket(bucketOps), tx.Bucket(bucketOpIDs)
-		for i, op := range ops {
-			tickets[i] = op.ID
-			if ids.Get([]byte(op.ID)) != nil {
-				continue
-			}
-			seq, err := b.NextSequence()
-			if err != nil {
-				return err
-			}
-			it := &item{seq: seq, nsg: strings.ToLower(op.NSG), rec: record{Op: op, Due: op.Due}}
-			if it.rec.Due.IsZero() {
-				it.rec.Due = now
-			}
-			if err := putRecord(b, seq, it.rec); err != nil {
-				return err
-			}
-			if err := ids.Put([]byte(op.ID), seqKey(seq)); err != nil {
-				return err
-			}
-			added = append(added, it)
-		}
-		return nil
+		var err error
+		committed, err = q.Stage(tx, ops) // Batch may run this more than once
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("enqueue operations: %w", err)
 	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for _, it := range added {
-		q.waiting.add(it)
-		q.log.Debug().Str("op", it.rec.Op.ID).Str("kind", it.rec.Op.Kind).Str("nsg", it.rec.Op.NSG).
-			Time("due", it.rec.Due).Uint64("seq", it.seq).Msg("operation queued")
+	committed()
+	tickets := make([]string, len(ops))
+	for i, op := range ops {
+		tickets[i] = op.ID
 	}
-	q.signal()
 	return tickets, nil
+}
+
+func checkOps(ops []jit.Operation) error {
+	for i, op := range ops {
+		if op.ID == "" {
+			return jit.Errorf(jit.EINVALID, "operation %d has no id", i)
+		}
+		if op.NSG == "" {
+			return jit.Errorf(jit.EINVALID, "operation %q names no NSG", op.ID)
+		}
+	}
+	return nil
+}
+
+// Stage stores ops in tx, a write transaction on the queue's file, so that
+// they are kept exactly when what else tx writes is (a request and its
+// operations, say). Once tx has committed, the caller calls the returned
+// func, which schedules them; if tx rolls back, it must not. An op whose ID
+// is queued already is not stored again; each op's ticket is its id.
+func (q *Queue) Stage(tx *bbolt.Tx, ops []jit.Operation) (committed func(), err error) {
+	if err := checkOps(ops); err != nil {
+		return nil, err
+	}
+	b, ids := tx.Bucket(bucketOps), tx.Bucket(bucketOpIDs)
+	if b == nil || ids == nil {
+		return nil, errors.New("the transaction is not on the local queue's file")
+	}
+	now := q.opt.Now()
+	var added []*item
+	for _, op := range ops {
+		if ids.Get([]byte(op.ID)) != nil {
+			continue
+		}
+		seq, err := b.NextSequence()
+		if err != nil {
+			return nil, err
+		}
+		it := &item{seq: seq, nsg: strings.ToLower(op.NSG), rec: record{Op: op, Due: op.Due}}
+		if it.rec.Due.IsZero() {
+			it.rec.Due = now
+		}
+		if err := putRecord(b, seq, it.rec); err != nil {
+			return nil, err
+		}
+		if err := ids.Put([]byte(op.ID), seqKey(seq)); err != nil {
+			return nil, err
+		}
+		added = append(added, it)
+	}
+	return func() {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		for _, it := range added {
+			q.waiting.add(it)
+			q.log.Debug().Str("op", it.rec.Op.ID).Str("kind", it.rec.Op.Kind).Str("nsg", it.rec.Op.NSG).
+				Time("due", it.rec.Due).Uint64("seq", it.seq).Msg("operation queued")
+		}
+		q.signal()
+	}, nil
 }
 
 // Cancel removes the operations with the given tickets. Unknown tickets and
@@ -443,38 +468,27 @@ func (q *Queue) startDue() (wait time.Duration, ok bool) {
 		return 0, false
 	}
 	now := q.opt.Now()
-	var due []*item
-	var next time.Time
-	q.waiting.heads(func(h *item) {
-		switch {
-		case q.busy[h.nsg]:
-			// The running operation holds its NSG's later ones.
-		case !h.rec.Due.After(now):
-			due = append(due, h)
-		case next.IsZero() || h.rec.Due.Before(next):
-			next = h.rec.Due
-		}
-	})
-	slices.SortFunc(due, func(a, b *item) int {
-		if a.before(b) {
-			return -1
-		}
-		return 1
-	})
 	bw, batching := q.w.(jit.BatchWorker)
-	for _, h := range due {
-		if q.deliveries >= q.opt.Concurrency {
-			break // a finishing operation wakes the dispatcher
+	limit := 1
+	if batching {
+		limit = q.opt.MaxBatch
+	}
+	for {
+		h := q.waiting.first()
+		if h == nil {
+			return 0, false
 		}
-		limit := 1
-		if batching {
-			limit = q.opt.MaxBatch
+		if h.rec.Due.After(now) {
+			return h.rec.Due.Sub(now), true
+		}
+		if q.deliveries >= q.opt.Concurrency {
+			return 0, false // a finishing operation wakes the dispatcher
 		}
 		batch := q.waiting.takeDue(h.nsg, func(it *item) bool { return !it.rec.Due.After(now) }, limit)
 		for _, it := range batch {
 			q.running[it.seq] = it
 		}
-		q.busy[h.nsg] = true
+		q.waiting.hold(h.nsg)
 		q.deliveries++
 		q.inflight.Add(1)
 		if batching && len(batch) > 1 {
@@ -483,10 +497,6 @@ func (q *Queue) startDue() (wait time.Duration, ok bool) {
 			go q.deliver(h)
 		}
 	}
-	if next.IsZero() {
-		return 0, false
-	}
-	return max(next.Sub(now), 0), true
 }
 
 // deliver runs one operation and records the outcome.
@@ -519,12 +529,13 @@ func (q *Queue) opLog(it *item) zerolog.Logger {
 // settle records the outcome of one delivery: finished operations leave
 // the file, failed ones are scheduled again after their backoff or, out of
 // attempts, move to the dead letters, all in one transaction.
+//
+// The commit runs without q.mu, so that settles of different NSGs share a
+// commit and Enqueue, Cancel and the dispatcher are not held up by it. The
+// items stay in q.running until it is done: a Cancel meanwhile marks them
+// cancelled and removes their records, and the transaction writes a retry or
+// a dead letter only for a record still there.
 func (q *Queue) settle(items []*item, errs []error) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	defer q.signal()
-	q.deliveries--
-	delete(q.busy, items[0].nsg)
 	type outcome int
 	const (
 		skip outcome = iota
@@ -534,9 +545,12 @@ func (q *Queue) settle(items []*item, errs []error) {
 	)
 	outcomes := make([]outcome, len(items))
 	dls := make([]DeadLetter, len(items))
+	recs := make([]record, len(items))
+	q.mu.Lock()
+	now := q.opt.Now()
 	for i, it := range items {
-		delete(q.running, it.seq)
 		err := errs[i]
+		recs[i] = it.rec
 		switch {
 		case it.cancelled:
 			outcomes[i] = skip
@@ -545,15 +559,17 @@ func (q *Queue) settle(items []*item, errs []error) {
 		case it.rec.Attempts+1 >= q.opt.MaxAttempts:
 			outcomes[i] = dead
 			dls[i] = DeadLetter{Ticket: it.rec.Op.ID, Op: it.rec.Op, Attempts: it.rec.Attempts + 1,
-				LastError: err.Error(), DeadAt: q.opt.Now().UTC()}
+				LastError: err.Error(), DeadAt: now.UTC()}
 		default:
 			outcomes[i] = retry
-			it.rec.Attempts++
-			it.rec.LastError = err.Error()
-			it.rec.Due = q.opt.Now().Add(q.backoff(it.rec.Attempts))
+			recs[i].Attempts++
+			recs[i].LastError = err.Error()
+			recs[i].Due = now.Add(q.backoff(recs[i].Attempts))
 		}
 	}
+	q.mu.Unlock()
 	txErr := q.db.Batch(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketOps)
 		for i, it := range items {
 			switch outcomes[i] {
 			case done:
@@ -561,10 +577,16 @@ func (q *Queue) settle(items []*item, errs []error) {
 					return err
 				}
 			case retry:
-				if err := putRecord(tx.Bucket(bucketOps), it.seq, it.rec); err != nil {
+				if b.Get(seqKey(it.seq)) == nil {
+					continue // cancelled meanwhile
+				}
+				if err := putRecord(b, it.seq, recs[i]); err != nil {
 					return err
 				}
 			case dead:
+				if b.Get(seqKey(it.seq)) == nil {
+					continue // cancelled meanwhile
+				}
 				if err := removeRecord(tx, it.seq); err != nil {
 					return err
 				}
@@ -579,7 +601,13 @@ func (q *Queue) settle(items []*item, errs []error) {
 		}
 		return nil
 	})
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	defer q.signal()
+	q.deliveries--
+	q.waiting.release(items[0].nsg)
 	for i, it := range items {
+		delete(q.running, it.seq)
 		log := q.opLog(it)
 		switch outcomes[i] {
 		case skip:
@@ -589,10 +617,18 @@ func (q *Queue) settle(items []*item, errs []error) {
 				// It stays in the file and runs again after a restart: at least once.
 				log.Error().Err(txErr).Msg("could not remove finished operation")
 			}
+		case retry, dead:
+			if it.cancelled {
+				log.Debug().AnErr("result", errs[i]).Msg("cancelled operation finished")
+				continue
+			}
+		}
+		switch outcomes[i] {
 		case retry:
 			if txErr != nil {
 				log.Error().Err(txErr).Msg("could not record failed attempt")
 			}
+			it.rec = recs[i]
 			q.waiting.add(it)
 			log.Warn().Err(errs[i]).Time("retry_at", it.rec.Due).Msg("operation failed; will retry")
 		case dead:

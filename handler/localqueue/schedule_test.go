@@ -1,6 +1,8 @@
 package localqueue
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 )
@@ -20,10 +22,17 @@ func TestScheduleKeepsDueOrderPerNSG(t *testing.T) {
 	if s.len() != 5 {
 		t.Fatalf("len %d", s.len())
 	}
-	heads := map[string]uint64{}
-	s.heads(func(it *item) { heads[it.nsg] = it.seq })
-	if heads["a"] != 2 || heads["b"] != 3 {
-		t.Fatalf("heads %v", heads)
+	if f := s.first(); f == nil || f.seq != 2 {
+		t.Fatalf("first = %v, want seq 2 (a, due 1)", f)
+	}
+	// A held NSG's operations wait: b's is first until a is released.
+	s.hold("a")
+	if f := s.first(); f == nil || f.seq != 3 {
+		t.Fatalf("first with a held = %v, want seq 3", f)
+	}
+	s.release("a")
+	if f := s.first(); f == nil || f.seq != 2 {
+		t.Fatalf("first after release = %v, want seq 2", f)
 	}
 	if _, ok := s.remove(4); !ok {
 		t.Fatal("remove of a waiting item failed")
@@ -46,5 +55,56 @@ func TestScheduleKeepsDueOrderPerNSG(t *testing.T) {
 	}
 	if _, ok := s.byNSG["a"]; ok || s.len() != 1 {
 		t.Fatalf("emptied NSG still indexed, len %d", s.len())
+	}
+	if f := s.first(); f == nil || f.seq != 3 {
+		t.Fatalf("first after a emptied = %v, want seq 3", f)
+	}
+	// Held while empty, it keeps its place; released, it is forgotten.
+	s.hold("c")
+	add(6, "c", 0)
+	if f := s.first(); f == nil || f.seq != 3 {
+		t.Fatalf("first with c held = %v, want seq 3", f)
+	}
+	s.takeDue("c", dueBy(10), 10)
+	s.release("c")
+	if _, ok := s.byNSG["c"]; ok {
+		t.Fatal("released empty NSG still indexed")
+	}
+}
+
+// TestScheduleFirstIsEarliest checks first against a scan of every
+// operation after a random mix of adds, removes, holds and releases.
+func TestScheduleFirstIsEarliest(t *testing.T) {
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	rng := rand.New(rand.NewPCG(1, 2))
+	s := newSchedule()
+	held := map[string]bool{}
+	var seq uint64
+	for step := 0; step < 5000; step++ {
+		nsg := fmt.Sprintf("n%d", rng.IntN(20))
+		switch r := rng.IntN(10); {
+		case r < 5:
+			seq++
+			s.add(&item{seq: seq, nsg: nsg, rec: record{Due: base.Add(time.Duration(rng.IntN(100)) * time.Second)}})
+		case r < 7 && seq > 0:
+			s.remove(uint64(rng.IntN(int(seq))) + 1)
+		case r < 8:
+			s.hold(nsg)
+			held[nsg] = true
+		case r < 9:
+			s.release(nsg)
+			delete(held, nsg)
+		default:
+			s.takeDue(nsg, func(*item) bool { return true }, 3)
+		}
+		var want *item
+		for _, it := range s.bySeq {
+			if !held[it.nsg] && (want == nil || it.before(want)) {
+				want = it
+			}
+		}
+		if got := s.first(); got != want {
+			t.Fatalf("step %d: first = %+v, want %+v", step, got, want)
+		}
 	}
 }
