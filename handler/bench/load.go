@@ -3,8 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"strings"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,7 +41,6 @@ func (r loadResult) timeline() string {
 	}
 	return b.String()
 }
-
 
 // openLoop calls fn at rate per second for d, each call at its scheduled
 // time whether or not earlier calls have finished (up to maxInFlight at
