@@ -27,6 +27,14 @@ type DB struct {
 	path string
 }
 
+// initialMmap is how much address space the file is mapped with at first.
+// bbolt remaps the file when it outgrows its map, and a remap waits for
+// every read transaction to end: a sweep listing tens of thousands of
+// requests would hold up every write (each initiate) for as long as it
+// reads. Mapping ahead makes remaps rare; it costs address space, not
+// memory, because only the pages in use are resident.
+const initialMmap = 1 << 30
+
 // Open opens the bbolt file at path, creating it and its parent directory
 // when missing. The file is readable by its owner only, because it holds the
 // audit trail.
@@ -37,7 +45,7 @@ func Open(path string) (*DB, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: openTimeout})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: openTimeout, InitialMmapSize: initialMmap})
 	if errors.Is(err, bbolt.ErrTimeout) {
 		return nil, fmt.Errorf("open state file %s: it is in use by another process (is another `handler local` running?): %w", path, err)
 	}

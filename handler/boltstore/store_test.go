@@ -2,6 +2,7 @@ package boltstore_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"jitaccess/handler/boltstore"
 	"jitaccess/handler/jit"
 	"jitaccess/handler/storetest"
+
+	"go.etcd.io/bbolt"
 )
 
 func open(t *testing.T, path string) (*boltstore.DB, *boltstore.Store) {
@@ -96,5 +99,57 @@ func TestOpenInUse(t *testing.T) {
 	_, err = boltstore.Open(path)
 	if err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Errorf("second Open = %v, want an error saying the file is in use", err)
+	}
+}
+
+// TestLongReadDoesNotHoldUpWrites writes more than the file's first size
+// while a read transaction stays open, as a sweep's long list does: the
+// writes must not wait for the read to end (a remap of the file would).
+func TestLongReadDoesNotHoldUpWrites(t *testing.T) {
+	ctx := context.Background()
+	db, s := open(t, filepath.Join(t.TempDir(), "state.db"))
+	defer db.Close()
+	reading, release := make(chan struct{}), make(chan struct{})
+	readDone := make(chan error, 1)
+	go func() {
+		readDone <- db.Bolt().View(func(*bbolt.Tx) error {
+			close(reading)
+			<-release
+			return nil
+		})
+	}()
+	<-reading
+	wrote := make(chan error, 1)
+	go func() {
+		// 64 MB in 64 commits: the file grows well past its first size.
+		value := make([]byte, 1<<20)
+		for i := 0; i < 64; i++ {
+			err := db.Bolt().Update(func(tx *bbolt.Tx) error {
+				b, err := tx.CreateBucketIfNotExists([]byte("test_bulk"))
+				if err != nil {
+					return err
+				}
+				return b.Put([]byte(fmt.Sprint(i)), value)
+			})
+			if err != nil {
+				wrote <- err
+				return
+			}
+		}
+		// And the store's own writes.
+		wrote <- s.AppendAudit(ctx, jit.AuditEvent{ID: "after", Time: time.Now(), Action: jit.AuditRequest, Actor: "a", Result: jit.ResultSuccess})
+	}()
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		close(release)
+		t.Fatal("writes waited for an open read transaction (the file was remapped)")
+	}
+	close(release)
+	if err := <-readDone; err != nil {
+		t.Fatal(err)
 	}
 }
