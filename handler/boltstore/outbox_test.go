@@ -7,8 +7,16 @@ import (
 	"testing"
 	"time"
 
+	"jitaccess/handler/boltstore"
 	"jitaccess/handler/jit"
 	"jitaccess/handler/localqueue"
+)
+
+// The bbolt store offers the one-transaction writes the suite checks.
+var (
+	_ jit.RequestRecorder = (*boltstore.Store)(nil)
+	_ jit.AuditedUpdater  = (*boltstore.Store)(nil)
+	_ jit.RequestQueuer   = (*boltstore.QueuingStore)(nil)
 )
 
 // worker records what the local queue delivers.

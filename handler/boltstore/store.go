@@ -359,11 +359,23 @@ func createRequest(tx *bbolt.Tx, r jit.Request) error {
 
 // UpdateRequest replaces a request. A non-empty r.ETag must match the stored one.
 func (s *Store) UpdateRequest(ctx context.Context, r jit.Request) (jit.Request, error) {
+	return s.UpdateRequestAudited(ctx, r, nil)
+}
+
+// UpdateRequestAudited replaces a stored request as UpdateRequest does and
+// stores audit events in the same transaction (jit.AuditedUpdater): all of
+// it, or, on a conflict or any other error, none.
+func (s *Store) UpdateRequestAudited(ctx context.Context, r jit.Request, events []jit.AuditEvent) (jit.Request, error) {
 	if err := ctx.Err(); err != nil {
 		return jit.Request{}, err
 	}
 	if r.ID == "" {
 		return jit.Request{}, jit.Errorf(jit.EINVALID, "request id is required")
+	}
+	for i := range events {
+		if err := checkAudit(&events[i]); err != nil {
+			return jit.Request{}, err
+		}
 	}
 	r = utcRequest(r)
 	want := r.ETag
@@ -383,6 +395,11 @@ func (s *Store) UpdateRequest(ctx context.Context, r jit.Request) (jit.Request, 
 		}
 		if err := put(b, []byte(r.ID), r); err != nil {
 			return err
+		}
+		for _, ev := range events {
+			if err := appendAudit(tx, ev); err != nil {
+				return err
+			}
 		}
 		if !existing.StartTime.Equal(r.StartTime) {
 			idx := tx.Bucket(bucketRequestsByStart)

@@ -370,6 +370,33 @@ func (s *Service) auditRefusal(ctx context.Context, p Principal, policy string, 
 // mutateRequest applies fn to the stored request and writes it back,
 // retrying when someone else wrote it in between.
 func (s *Service) mutateRequest(ctx context.Context, id string, fn func(*Request) error) (Request, error) {
+	return s.mutateRequestAudited(ctx, id, nil, fn)
+}
+
+// mutateRequestAudited is mutateRequest that also stores events: with the
+// request in one transaction where the store can, else before it, so that
+// a crash in between leaves the event (redelivered work appends it again
+// under the same id, which keeps one) rather than an unaudited change.
+func (s *Service) mutateRequestAudited(ctx context.Context, id string, events []AuditEvent, fn func(*Request) error) (_ Request, err error) {
+	au, together := s.store.(AuditedUpdater)
+	together = together && len(events) > 0
+	if !together {
+		for _, ev := range events {
+			if err := s.audit(ctx, ev); err != nil {
+				return Request{}, err
+			}
+		}
+	} else {
+		defer func() {
+			if err != nil {
+				// What happened is audited even when the request cannot
+				// record it.
+				for _, ev := range events {
+					_ = s.audit(ctx, ev)
+				}
+			}
+		}()
+	}
 	for attempt := 0; ; attempt++ {
 		r, err := s.store.GetRequest(ctx, id)
 		if err != nil {
@@ -379,7 +406,12 @@ func (s *Service) mutateRequest(ctx context.Context, id string, fn func(*Request
 			return Request{}, err
 		}
 		r.updateStatus()
-		saved, err := s.store.UpdateRequest(ctx, r)
+		var saved Request
+		if together {
+			saved, err = au.UpdateRequestAudited(ctx, r, events)
+		} else {
+			saved, err = s.store.UpdateRequest(ctx, r)
+		}
 		if err == nil {
 			return saved, nil
 		}

@@ -41,6 +41,13 @@ type RequestRecorder interface {
 	CreateRequestAudited(ctx context.Context, r Request, events []AuditEvent) (Request, error)
 }
 
+// AuditedUpdater is implemented by stores that can update a request and
+// store audit events in one transaction: both are kept or neither, in one
+// write instead of two. A conflict (ECONFLICT) keeps neither.
+type AuditedUpdater interface {
+	UpdateRequestAudited(ctx context.Context, r Request, events []AuditEvent) (Request, error)
+}
+
 // RequestQueuer is implemented by stores that keep the queue in the same
 // file (local mode): a new request, its audit events and its operations are
 // stored in one transaction, so the request is never kept without the

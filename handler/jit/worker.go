@@ -198,14 +198,11 @@ func (s *Service) ruleFailed(ctx context.Context, req Request, i int, nsg string
 func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string) error {
 	g := req.Grants[i]
 	now := s.now()
-	// Audit before recording the open (see recordClose).
-	if err := s.audit(ctx, AuditEvent{ID: "open-" + req.ID + "-" + itoa(i) + "-" + ShortHash(nsg), Time: now, Action: AuditOpen,
+	ev := AuditEvent{ID: "open-" + req.ID + "-" + itoa(i) + "-" + ShortHash(nsg), Time: now, Action: AuditOpen,
 		Actor: System.ID, Policy: req.Policy, Request: req.ID, VM: g.VM, NSG: nsg, Protocol: g.Protocol, Ports: g.Ports,
-		Sources: g.Sources, Result: ResultSuccess, Detail: "until " + g.End.Format(time.RFC3339)}); err != nil {
-		return err
-	}
+		Sources: g.Sources, Result: ResultSuccess, Detail: "until " + g.End.Format(time.RFC3339)}
 	endedMeanwhile, nowOpen := false, false
-	updated, err := s.mutateRequest(ctx, req.ID, func(r *Request) error {
+	updated, err := s.mutateRequestAudited(ctx, req.ID, []AuditEvent{ev}, func(r *Request) error {
 		endedMeanwhile, nowOpen = false, false
 		g := &r.Grants[i]
 		n, _ := g.NSG(nsg)
@@ -262,16 +259,12 @@ func (s *Service) recordClose(ctx context.Context, req Request, i int, nsg strin
 	case reason == "":
 		reason = g.Status
 	}
-	// Audit before recording the close: a crash in between runs the close
-	// again, and the append, keyed by the same id, keeps one event.
-	if err := s.audit(ctx, AuditEvent{ID: "close-" + req.ID + "-" + itoa(i) + "-" + ShortHash(nsg), Time: now, Action: AuditClose,
+	ev := AuditEvent{ID: "close-" + req.ID + "-" + itoa(i) + "-" + ShortHash(nsg), Time: now, Action: AuditClose,
 		Actor: System.ID, Policy: req.Policy, Request: req.ID, VM: g.VM, NSG: nsg, Protocol: g.Protocol, Ports: g.Ports,
-		Sources: g.Sources, Result: ResultSuccess, Detail: reason}); err != nil {
-		return err
-	}
+		Sources: g.Sources, Result: ResultSuccess, Detail: reason}
 	var ended Grant
 	nowDone := false
-	updated, err := s.mutateRequest(ctx, req.ID, func(r *Request) error {
+	updated, err := s.mutateRequestAudited(ctx, req.ID, []AuditEvent{ev}, func(r *Request) error {
 		g := &r.Grants[i]
 		n, _ := g.NSG(nsg)
 		wasDone := g.Done()

@@ -63,6 +63,7 @@ func Run(t *testing.T, newStore func(t *testing.T) jit.Store) {
 		{"AuditManyEvents", testAuditMany},
 		{"Empty", testEmpty},
 		{"RequestRecorder", testRequestRecorder},
+		{"AuditedUpdater", testAuditedUpdater},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1060,5 +1061,52 @@ func testRequestRecorder(t *testing.T, s jit.Store) {
 	}
 	if _, err := s.GetRequest(ctx, "recorded-2"); jit.ErrorCode(err) != jit.ENOTFOUND {
 		t.Errorf("a refused CreateRequestAudited stored its request: %v", err)
+	}
+}
+
+// testAuditedUpdater holds a store that offers jit.AuditedUpdater to its
+// promise: the update and its audit events are stored together, and a
+// conflict stores neither. A store without it passes: the service then
+// appends the events before the update.
+func testAuditedUpdater(t *testing.T, s jit.Store) {
+	au, ok := s.(jit.AuditedUpdater)
+	if !ok {
+		return
+	}
+	ctx := context.Background()
+	created, err := s.CreateRequest(ctx, fullRequest("updated"))
+	if err != nil {
+		t.Fatalf("CreateRequest: %v", err)
+	}
+	changed := created
+	changed.Status = jit.RequestClosed
+	updated, err := au.UpdateRequestAudited(ctx, changed, []jit.AuditEvent{fullEvent("close-updated-0")})
+	if err != nil {
+		t.Fatalf("UpdateRequestAudited: %v", err)
+	}
+	if updated.ETag == "" || updated.ETag == created.ETag {
+		t.Errorf("UpdateRequestAudited returned etag %q (was %q), want a new one", updated.ETag, created.ETag)
+	}
+	got, err := s.GetRequest(ctx, created.ID)
+	if err != nil {
+		t.Fatalf("GetRequest after UpdateRequestAudited: %v", err)
+	}
+	if got.Status != jit.RequestClosed || got.ETag != updated.ETag {
+		t.Errorf("after UpdateRequestAudited: status %q etag %q, want %q %q", got.Status, got.ETag, jit.RequestClosed, updated.ETag)
+	}
+	if n := len(scanAll(t, s, jit.AuditFilter{})); n != 1 {
+		t.Fatalf("%d audit events after UpdateRequestAudited, want 1", n)
+	}
+	// A stale etag: a conflict, and neither the change nor its event stored.
+	stale := created
+	stale.Status = jit.RequestDenied
+	if _, err := au.UpdateRequestAudited(ctx, stale, []jit.AuditEvent{fullEvent("stale-updated-0")}); jit.ErrorCode(err) != jit.ECONFLICT {
+		t.Fatalf("UpdateRequestAudited with a stale etag: %v, want a conflict", err)
+	}
+	if got, _ := s.GetRequest(ctx, created.ID); got.Status != jit.RequestClosed {
+		t.Errorf("a refused UpdateRequestAudited changed the request: status %q", got.Status)
+	}
+	if n := len(scanAll(t, s, jit.AuditFilter{})); n != 1 {
+		t.Errorf("a refused UpdateRequestAudited stored audit events: %d, want 1", n)
 	}
 }
