@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -22,7 +23,8 @@ import (
 //
 //	policies           lower-case policy name → Policy
 //	requests           request id → Request
-//	requests_by_start  timeKey(StartTime) + request id → (empty)
+//	requests_by_start  timeKey(StartTime) + request id → its status (empty in
+//	                   files written before; such requests are decoded to filter)
 //	audit              timeKey(Time) + event id → AuditEvent
 //	audit_ids          event id → its key in audit
 //
@@ -354,7 +356,7 @@ func createRequest(tx *bbolt.Tx, r jit.Request) error {
 	if err := put(b, []byte(r.ID), r); err != nil {
 		return err
 	}
-	return tx.Bucket(bucketRequestsByStart).Put(indexKey(r.StartTime, r.ID), nil)
+	return tx.Bucket(bucketRequestsByStart).Put(indexKey(r.StartTime, r.ID), []byte(r.Status))
 }
 
 // UpdateRequest replaces a request. A non-empty r.ETag must match the stored one.
@@ -401,12 +403,15 @@ func (s *Store) UpdateRequestAudited(ctx context.Context, r jit.Request, events 
 				return err
 			}
 		}
+		idx := tx.Bucket(bucketRequestsByStart)
 		if !existing.StartTime.Equal(r.StartTime) {
-			idx := tx.Bucket(bucketRequestsByStart)
 			if err := idx.Delete(indexKey(existing.StartTime, r.ID)); err != nil {
 				return err
 			}
-			return idx.Put(indexKey(r.StartTime, r.ID), nil)
+			return idx.Put(indexKey(r.StartTime, r.ID), []byte(r.Status))
+		}
+		if existing.Status != r.Status || idx.Get(indexKey(r.StartTime, r.ID)) == nil {
+			return idx.Put(indexKey(r.StartTime, r.ID), []byte(r.Status))
 		}
 		return nil
 	})
@@ -427,13 +432,16 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		records := tx.Bucket(bucketRequests)
 		c := tx.Bucket(bucketRequestsByStart).Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		for k, status := c.First(); k != nil; k, status = c.Next() {
 			start, id, err := splitKey(k)
 			if err != nil {
 				return err
 			}
 			if !f.Since.IsZero() && start.Before(f.Since) {
 				break // the rest are older still
+			}
+			if len(status) > 0 && len(f.Statuses) > 0 && !slices.Contains(f.Statuses, string(status)) {
+				continue // the index knows its status: no need to decode it
 			}
 			v := records.Get(id)
 			if v == nil {

@@ -1,6 +1,7 @@
 package boltstore_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -151,5 +152,53 @@ func TestLongReadDoesNotHoldUpWrites(t *testing.T) {
 	close(release)
 	if err := <-readDone; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestStatusIndexOfOlderFiles lists requests by status in a file whose
+// index does not carry statuses yet (written before it did): they are
+// decoded and filtered, and an update fills the index in.
+func TestStatusIndexOfOlderFiles(t *testing.T) {
+	ctx := context.Background()
+	db, s := open(t, filepath.Join(t.TempDir(), "state.db"))
+	defer db.Close()
+	now := time.Now().UTC()
+	r, err := s.CreateRequest(ctx, jit.Request{ID: "old", Policy: "p", Requestor: "a", StartTime: now, Status: jit.RequestActive})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Bolt().Update(func(tx *bbolt.Tx) error {
+		return tx.Bucket([]byte("requests_by_start")).ForEach(func(k, _ []byte) error {
+			return tx.Bucket([]byte("requests_by_start")).Put(k, nil)
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func(status string) int {
+		rs, err := s.ListRequests(ctx, jit.RequestFilter{Statuses: []string{status}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(rs)
+	}
+	if count(jit.RequestActive) != 1 || count(jit.RequestClosed) != 0 {
+		t.Fatalf("older file: %d active, %d closed; want 1, 0", count(jit.RequestActive), count(jit.RequestClosed))
+	}
+	r.Status = jit.RequestClosed
+	if _, err := s.UpdateRequest(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if count(jit.RequestActive) != 0 || count(jit.RequestClosed) != 1 {
+		t.Fatalf("after update: %d active, %d closed; want 0, 1", count(jit.RequestActive), count(jit.RequestClosed))
+	}
+	var v []byte
+	_ = db.Bolt().View(func(tx *bbolt.Tx) error {
+		_, v = tx.Bucket([]byte("requests_by_start")).Cursor().First()
+		v = bytes.Clone(v)
+		return nil
+	})
+	if string(v) != jit.RequestClosed {
+		t.Fatalf("index value after update %q, want %q", v, jit.RequestClosed)
 	}
 }
