@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -404,21 +405,41 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 }
 
+// A whole NSG written back unchanged but for one rule keeps the other
+// rules as they were, etags included, whether they came from the compact
+// estate or from a snapshot.
 func TestPutWholeNSG(t *testing.T) {
-	_, srv := start(t, armsim.Options{})
-	before := do(t, "GET", srv.URL+nsgVMNIC+"/securityRules/allow-https"+api, nil).body
-	var nsg map[string]any
-	_ = json.Unmarshal(do(t, "GET", srv.URL+nsgVMNIC+api, nil).body, &nsg)
-	props := nsg["properties"].(map[string]any)
-	props["securityRules"] = append(props["securityRules"].([]any), map[string]any{"name": "hand-made", "properties": ruleBody(500, nil)["properties"]})
-	if a := do(t, "PUT", srv.URL+nsgVMNIC+api, nsg); a.status != 200 {
-		t.Fatalf("PUT NSG: %d %s", a.status, a.body)
+	snapshot, err := armsim.New(armsim.Options{}).Snapshot()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if a := do(t, "GET", srv.URL+nsgVMNIC+"/securityRules/hand-made"+api, nil); a.status != 200 {
-		t.Errorf("hand-made rule: %d", a.status)
-	}
-	if after := do(t, "GET", srv.URL+nsgVMNIC+"/securityRules/allow-https"+api, nil).body; !bytes.Equal(before, after) {
-		t.Errorf("unchanged rule was rewritten:\n%s\n%s", before, after)
+	for _, tc := range []struct {
+		name  string
+		start func(*armsim.Server) error
+	}{
+		{"demo estate", func(*armsim.Server) error { return nil }},
+		{"from a snapshot", func(sim *armsim.Server) error { return sim.Load(bytes.NewReader(snapshot)) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sim, srv := start(t, armsim.Options{})
+			if err := tc.start(sim); err != nil {
+				t.Fatal(err)
+			}
+			before := do(t, "GET", srv.URL+nsgVMNIC+"/securityRules/allow-https"+api, nil).body
+			var nsg map[string]any
+			_ = json.Unmarshal(do(t, "GET", srv.URL+nsgVMNIC+api, nil).body, &nsg)
+			props := nsg["properties"].(map[string]any)
+			props["securityRules"] = append(props["securityRules"].([]any), map[string]any{"name": "hand-made", "properties": ruleBody(500, nil)["properties"]})
+			if a := do(t, "PUT", srv.URL+nsgVMNIC+api, nsg); a.status != 200 {
+				t.Fatalf("PUT NSG: %d %s", a.status, a.body)
+			}
+			if a := do(t, "GET", srv.URL+nsgVMNIC+"/securityRules/hand-made"+api, nil); a.status != 200 {
+				t.Errorf("hand-made rule: %d", a.status)
+			}
+			if after := do(t, "GET", srv.URL+nsgVMNIC+"/securityRules/allow-https"+api, nil).body; !bytes.Equal(before, after) {
+				t.Errorf("unchanged rule was rewritten:\n%s\n%s", before, after)
+			}
+		})
 	}
 }
 
@@ -482,8 +503,10 @@ func TestSaveJournalRoundTrip(t *testing.T) {
 	if now, _ := os.ReadFile(path); !bytes.Equal(now, snapshot) {
 		t.Error("small changes rewrote the snapshot instead of appending to the journal")
 	}
-	if j, _ := os.ReadFile(path + ".journal"); bytes.Count(j, []byte("\n")) < 3 {
-		t.Errorf("journal has %d lines, want one per change", bytes.Count(j, []byte("\n")))
+	// jit-a's NSG after the first save; the NSG again, a VM's tags and a VM
+	// deleted after the second.
+	if j, _ := os.ReadFile(path + ".journal"); bytes.Count(j, []byte("\n")) != 4 {
+		t.Errorf("journal has %d lines, want 4, one per resource changed since each save:\n%s", bytes.Count(j, []byte("\n")), j)
 	}
 	load := func() *armsim.Server {
 		t.Helper()
@@ -520,4 +543,264 @@ func TestSaveJournalRoundTrip(t *testing.T) {
 	if got, _ := load().Snapshot(); !bytes.Equal(got, want) {
 		t.Errorf("estate after a new snapshot differs")
 	}
+}
+
+// restarted is a new simulator loaded from the estate Save wrote at path.
+func restarted(t *testing.T, path string) *armsim.Server {
+	t.Helper()
+	c := armsim.New(armsim.Options{Empty: true})
+	if err := c.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// sameEstate fails the test unless a simulator restarted from path holds
+// exactly sim's estate.
+func sameEstate(t *testing.T, sim *armsim.Server, path string) {
+	t.Helper()
+	want, err := sim.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := restarted(t, path).Snapshot(); !bytes.Equal(got, want) {
+		t.Errorf("estate after a restart differs from the simulator's:\n%s\nwant\n%s", got, want)
+	}
+}
+
+// journalIDs returns the ids of the journal's lines, and "-" after those of
+// deleted resources.
+func journalIDs(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path + ".journal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for line := range bytes.Lines(b) {
+		var l struct {
+			ID       string
+			Resource json.RawMessage
+		}
+		if err := json.Unmarshal(line, &l); err != nil {
+			t.Fatalf("journal line %q: %v", line, err)
+		}
+		if string(l.Resource) == "null" {
+			l.ID += " -"
+		}
+		ids = append(ids, l.ID)
+	}
+	return ids
+}
+
+// Save journals the resources that changed since the last save and nothing
+// else: each step below adds the lines it names, and a restart from disk
+// reproduces the estate after every step.
+func TestSaveJournalsWhatChanged(t *testing.T) {
+	sim, srv := start(t, armsim.Options{})
+	path := filepath.Join(t.TempDir(), "estate.json")
+	vmBoth := armsim.DemoID("Microsoft.Compute/virtualMachines", "vm-both-nsg")
+	vmNone := armsim.DemoID("Microsoft.Compute/virtualMachines", "vm-no-nsg")
+	nsgNew := armsim.DemoID("Microsoft.Network/networkSecurityGroups", "nsg-new")
+	lower := strings.ToLower
+	steps := []struct {
+		name     string
+		change   func()
+		snapshot bool     // the save writes a new snapshot, and starts the journal again
+		lines    []string // the journal's new lines
+	}{
+		{name: "first save", snapshot: true},
+		{name: "nothing changed", change: func() {}},
+		{name: "rule written", change: func() {
+			if a := do(t, "PUT", srv.URL+nsgVMNIC+"/securityRules/jit-a"+api, ruleBody(1000, nil)); a.status != 201 {
+				t.Fatalf("PUT rule: %d %s", a.status, a.body)
+			}
+		}, lines: []string{nsgVMNIC}},
+		{name: "two writes to one NSG", change: func() {
+			if a := do(t, "PUT", srv.URL+nsgVMNIC+"/securityRules/jit-b"+api, ruleBody(1001, nil)); a.status != 201 {
+				t.Fatalf("PUT rule: %d %s", a.status, a.body)
+			}
+			if a := do(t, "DELETE", srv.URL+nsgVMNIC+"/securityRules/jit-a"+api, nil); a.status != 202 {
+				t.Fatalf("DELETE rule: %d %s", a.status, a.body)
+			}
+		}, lines: []string{nsgVMNIC}},
+		{name: "rule deleted", change: func() {
+			if a := do(t, "DELETE", srv.URL+nsgVMNIC+"/securityRules/jit-b"+api, nil); a.status != 202 {
+				t.Fatalf("DELETE rule: %d %s", a.status, a.body)
+			}
+		}, lines: []string{nsgVMNIC}},
+		{name: "VM tagged", change: func() {
+			if _, err := sim.SetVMTags(vmBoth, map[string]*string{"jit-policy": to.Ptr("auto")}); err != nil {
+				t.Fatal(err)
+			}
+		}, lines: []string{vmBoth}},
+		{name: "VM deleted", change: func() {
+			if err := sim.DeleteVM(vmNone); err != nil {
+				t.Fatal(err)
+			}
+		}, lines: []string{lower(vmNone) + " -"}},
+		{name: "NSG created", change: func() { // re-links back-references, so a snapshot
+			if a := do(t, "PUT", srv.URL+nsgNew+api, map[string]any{"location": armsim.DemoLocation}); a.status != 201 {
+				t.Fatalf("PUT NSG: %d %s", a.status, a.body)
+			}
+		}, snapshot: true},
+		{name: "NSG replaced whole", change: func() {
+			var nsg map[string]any
+			_ = json.Unmarshal(do(t, "GET", srv.URL+nsgNew+api, nil).body, &nsg)
+			nsg["tags"] = map[string]string{"owner": "someone"}
+			if a := do(t, "PUT", srv.URL+nsgNew+api, nsg); a.status != 200 {
+				t.Fatalf("PUT NSG: %d %s", a.status, a.body)
+			}
+		}, lines: []string{nsgNew}},
+		{name: "rule added behind the service's back", change: func() {
+			rule := armnetwork.SecurityRule{Name: to.Ptr("by-hand"), Properties: &armnetwork.SecurityRulePropertiesFormat{
+				Access: to.Ptr(armnetwork.SecurityRuleAccessDeny), Direction: to.Ptr(armnetwork.SecurityRuleDirectionInbound),
+				Protocol: to.Ptr(armnetwork.SecurityRuleProtocolAsterisk), Priority: to.Ptr[int32](4000),
+				SourcePortRange: to.Ptr("*"), DestinationPortRange: to.Ptr("*"),
+				SourceAddressPrefix: to.Ptr("*"), DestinationAddressPrefix: to.Ptr("*")}}
+			if err := sim.AddRule(nsgNew, rule); err != nil {
+				t.Fatal(err)
+			}
+		}, lines: []string{nsgNew}},
+		{name: "NSG deleted", change: func() {
+			if a := do(t, "DELETE", srv.URL+nsgNew+api, nil); a.status != 202 {
+				t.Fatalf("DELETE NSG: %d %s", a.status, a.body)
+			}
+		}, lines: []string{lower(nsgNew) + " -"}},
+		{name: "written and deleted between saves", change: func() {
+			rule := ruleBody(1002, nil)
+			if a := do(t, "PUT", srv.URL+nsgVMNIC+"/securityRules/jit-c"+api, rule); a.status != 201 {
+				t.Fatalf("PUT rule: %d %s", a.status, a.body)
+			}
+			if a := do(t, "DELETE", srv.URL+nsgVMNIC+"/securityRules/jit-c"+api, nil); a.status != 202 {
+				t.Fatalf("DELETE rule: %d %s", a.status, a.body)
+			}
+		}, lines: []string{nsgVMNIC}},
+	}
+	var journal []string
+	snapshot, _ := os.ReadFile(path)
+	for _, step := range steps {
+		if step.change != nil {
+			step.change()
+		}
+		if _, err := sim.Snapshot(); err != nil { // reading the estate must not disturb saving it
+			t.Fatal(err)
+		}
+		if err := sim.Save(path); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		now, _ := os.ReadFile(path)
+		if wrote := !bytes.Equal(now, snapshot); wrote != step.snapshot {
+			t.Errorf("%s: snapshot written %v, want %v", step.name, wrote, step.snapshot)
+		}
+		if step.snapshot {
+			snapshot, journal = now, nil
+		}
+		journal = append(journal, step.lines...)
+		if got := journalIDs(t, path); !slices.Equal(got, journal) {
+			t.Errorf("%s: journal holds\n%q\nwant\n%q", step.name, got, journal)
+		}
+		sameEstate(t, sim, path)
+	}
+}
+
+// A save that does not reach the disk leaves the estate on disk as the last
+// good save wrote it, and the next save writes a whole new snapshot: the
+// cache of what was saved is forgotten, so no change is lost.
+func TestSaveAfterFailedWrite(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		blocked string // a directory in the way of this file makes the save fail
+		change  func(t *testing.T, srv string)
+	}{
+		{"journal append", ".journal", func(t *testing.T, srv string) {
+			if a := do(t, "PUT", srv+nsgVMNIC+"/securityRules/jit-a"+api, ruleBody(1000, nil)); a.status != 201 {
+				t.Fatalf("PUT rule: %d %s", a.status, a.body)
+			}
+		}},
+		{"snapshot", ".tmp", func(t *testing.T, srv string) {
+			nsg := armsim.DemoID("Microsoft.Network/networkSecurityGroups", "nsg-new")
+			if a := do(t, "PUT", srv+nsg+api, map[string]any{"location": armsim.DemoLocation}); a.status != 201 {
+				t.Fatalf("PUT NSG: %d %s", a.status, a.body)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sim, srv := start(t, armsim.Options{})
+			path := filepath.Join(t.TempDir(), "estate.json")
+			if err := sim.Save(path); err != nil {
+				t.Fatal(err)
+			}
+			before, _ := sim.Snapshot()
+			blocker := path + tc.blocked
+			if err := os.RemoveAll(blocker); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Mkdir(blocker, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			tc.change(t, srv.URL)
+			if err := sim.Save(path); err == nil {
+				t.Fatal("Save succeeded with a directory in its way")
+			}
+			if err := os.Remove(blocker); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := restarted(t, path).Snapshot(); !bytes.Equal(got, before) {
+				t.Error("a failed save changed the estate on disk")
+			}
+			snapshot, _ := os.ReadFile(path)
+			if a := do(t, "PUT", srv.URL+nsgVMNIC+"/securityRules/jit-b"+api, ruleBody(1001, nil)); a.status != 201 {
+				t.Fatalf("PUT rule: %d %s", a.status, a.body)
+			}
+			if err := sim.Save(path); err != nil {
+				t.Fatal(err)
+			}
+			if now, _ := os.ReadFile(path); bytes.Equal(now, snapshot) {
+				t.Error("the save after a failed one appended to the journal instead of writing a snapshot")
+			}
+			sameEstate(t, sim, path)
+		})
+	}
+}
+
+// Writers that save after each write, as local mode's OnChange hook does,
+// leave every write on disk however their saves interleave.
+func TestSaveConcurrentWriters(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "estate.json")
+	var sim *armsim.Server
+	saveErr := make(chan error, 1)
+	sim, srv := start(t, armsim.Options{OnChange: func(armsim.Change) {
+		if err := sim.Save(path); err != nil {
+			select {
+			case saveErr <- err:
+			default:
+			}
+		}
+	}})
+	nsgs := []string{nsgVMNIC, armsim.DemoID("Microsoft.Network/networkSecurityGroups", "nsg-subnet-protected")}
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 25 {
+				rule := fmt.Sprintf("%s/securityRules/jit-%d-%d", nsgs[w%2], w, i)
+				if a := do(t, "PUT", srv.URL+rule+api, ruleBody(1000+w*100+i, nil)); a.status != 201 {
+					t.Errorf("PUT %s: %d %s", rule, a.status, a.body)
+				}
+				if i%5 == 4 {
+					vm := armsim.DemoID("Microsoft.Compute/virtualMachines", "vm-both-nsg")
+					if _, err := sim.SetVMTags(vm, map[string]*string{"writer": to.Ptr(fmt.Sprint(w, i))}); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	select {
+	case err := <-saveErr:
+		t.Fatal(err)
+	default:
+	}
+	sameEstate(t, sim, path)
 }

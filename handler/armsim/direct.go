@@ -20,7 +20,7 @@ func (s *Server) AddRule(nsgID string, rule armnetwork.SecurityRule) error {
 	}
 	name := deref(rule.Name)
 	s.mu.Lock()
-	nsg, aerr := s.nsgFor(rt)
+	nsg, k, aerr := s.nsgFor(rt)
 	if aerr == nil {
 		aerr = validateRule(name, rule.Properties)
 	}
@@ -47,6 +47,7 @@ func (s *Server) AddRule(nsgID string, rule armnetwork.SecurityRule) error {
 	}
 	nsg.Properties.SecurityRules = next
 	nsg.Etag = &tag
+	s.markChangedLocked(kindNSG, k)
 	s.mu.Unlock()
 	s.changed(Change{ID: deref(stored.ID), Type: typeRule, Operation: "write", Etag: tag})
 	return nil

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"sort"
@@ -383,103 +384,147 @@ func (st *state) link() {
 	}
 }
 
-// snapshotCache keeps each resource's JSON between snapshots, so that local
-// mode, which saves the estate after every write, marshals only what changed
-// instead of thousands of VMs, NICs and NSGs per rule written. An entry is
-// valid while the resource is the same object with the same etag; the
-// writers that change a resource in place without a new etag (VM tags,
-// re-linking after an NSG is created) drop entries themselves.
-type snapshotCache map[string]cachedJSON
+// resourceKind says which of the state's maps holds a resource.
+type resourceKind uint8
 
-type cachedJSON struct {
-	ptr  any
-	etag string
-	b    []byte
+const (
+	kindNSG resourceKind = iota
+	kindVNet
+	kindNIC
+	kindVM
+)
+
+// resourceKey names a resource of the state: its map and its key there.
+type resourceKey struct {
+	kind resourceKind
+	id   string // lower-case ARM id
 }
 
-// eachResourceLocked visits every resource with its JSON, in the estate
-// file's order when sorted, marshalling only those the cache does not hold
-// as they are now (changed is then true). It drops the cache entries of
-// resources that are gone and returns their ids. Callers hold s.mu.
-func (s *Server) eachResourceLocked(sorted bool, visit func(id string, b []byte, changed bool)) (gone []string, err error) {
-	if s.snap == nil {
-		s.snap = snapshotCache{}
-	}
-	seen := make(map[string]bool, len(s.snap))
-	add := func(kind string, v any, id, etag *string) error {
-		k := kind + " " + key(deref(id))
-		seen[k] = true
-		c, ok := s.snap[k]
-		changed := !ok || c.ptr != v || c.etag != deref(etag)
-		if changed {
-			b, err := json.Marshal(v)
-			if err != nil {
-				return err
-			}
-			c = cachedJSON{ptr: v, etag: deref(etag), b: b}
-			s.snap[k] = c
+// lookup returns the resource a key names and its id as ARM spells it.
+func (st *state) lookup(rk resourceKey) (v any, id string, ok bool) {
+	switch rk.kind {
+	case kindNSG:
+		if r := st.nsgs[rk.id]; r != nil {
+			return r, deref(r.ID), true
 		}
-		visit(deref(id), c.b, changed)
-		return nil
-	}
-	if err := eachValue(s.st.nsgs, sorted, func(v *armnetwork.SecurityGroup) error { return add("nsg", v, v.ID, v.Etag) }); err != nil {
-		return nil, err
-	}
-	if err := eachValue(s.st.vnets, sorted, func(v *armnetwork.VirtualNetwork) error { return add("vnet", v, v.ID, v.Etag) }); err != nil {
-		return nil, err
-	}
-	if err := eachValue(s.st.nics, sorted, func(v *armnetwork.Interface) error { return add("nic", v, v.ID, v.Etag) }); err != nil {
-		return nil, err
-	}
-	if err := eachValue(s.st.vms, sorted, func(v *armcompute.VirtualMachine) error { return add("vm", v, v.ID, nil) }); err != nil {
-		return nil, err
-	}
-	for k := range s.snap {
-		if !seen[k] {
-			delete(s.snap, k)
-			_, id, _ := strings.Cut(k, " ")
-			gone = append(gone, id)
+	case kindVNet:
+		if r := st.vnets[rk.id]; r != nil {
+			return r, deref(r.ID), true
+		}
+	case kindNIC:
+		if r := st.nics[rk.id]; r != nil {
+			return r, deref(r.ID), true
+		}
+	case kindVM:
+		if r := st.vms[rk.id]; r != nil {
+			return r, deref(r.ID), true
 		}
 	}
-	return gone, nil
+	return nil, "", false
 }
 
-func eachValue[T any](m map[string]*T, sorted bool, fn func(*T) error) error {
-	if sorted {
-		for _, v := range sortedValues(m) {
-			if err := fn(v); err != nil {
-				return err
-			}
-		}
-		return nil
+// saveCache is what Save last wrote of each resource, so that local mode,
+// which saves the estate after every write, pays for what changed instead
+// of the thousands of VMs, NICs and NSGs of the estate. Every writer that
+// changes or deletes a resource records it (markChangedLocked): an entry
+// not in dirty is the resource's JSON as it is now. A journal save marshals
+// the dirty resources alone; a new snapshot, and reads, reuse the JSON of
+// the rest. A nil json means nothing is saved as the estate is now: the
+// next Save writes a whole snapshot, and writers need not record anything.
+type saveCache struct {
+	json  map[resourceKey][]byte   // each resource as last saved
+	dirty map[resourceKey]struct{} // changed or deleted since
+}
+
+// markChangedLocked records that a writer changed or deleted a resource in
+// the state; callers hold s.mu. Writers call it before s.changed, so a Save
+// that counts the change finds it.
+func (s *Server) markChangedLocked(kind resourceKind, k string) {
+	if s.cache.json == nil {
+		return
 	}
-	for _, v := range m {
-		if err := fn(v); err != nil {
-			return err
+	if s.cache.dirty == nil {
+		s.cache.dirty = map[resourceKey]struct{}{}
+	}
+	s.cache.dirty[resourceKey{kind, k}] = struct{}{}
+}
+
+// resourceJSONLocked returns a resource's JSON: the bytes Save last wrote
+// when it has not changed since, so that in local mode reading a large
+// estate does not marshal it again; callers hold s.mu and do not modify
+// the bytes.
+func (s *Server) resourceJSONLocked(rk resourceKey, v any) ([]byte, error) {
+	if _, dirty := s.cache.dirty[rk]; !dirty {
+		if b, ok := s.cache.json[rk]; ok {
+			return b, nil
 		}
 	}
-	return nil
+	return json.Marshal(v)
 }
 
 // snapshotLocked writes the state as raw ARM resources, one per line, with
-// the journal generation it starts; callers hold s.mu.
-func (s *Server) snapshotLocked(buf *bytes.Buffer, generation uint64) ([]byte, error) {
+// the journal generation it starts; callers hold s.mu. For Save (save
+// true) it reuses the JSON of the resources saved and not changed since,
+// and leaves the cache holding what it wrote; otherwise it marshals every
+// resource and leaves the cache alone.
+func (s *Server) snapshotLocked(buf *bytes.Buffer, generation uint64, save bool) ([]byte, error) {
 	buf.Reset()
 	fmt.Fprintf(buf, "{\n  \"generation\": %d,\n  \"resources\": [", generation)
+	var written map[resourceKey][]byte
+	if save {
+		written = make(map[resourceKey][]byte, len(s.st.nsgs)+len(s.st.vnets)+len(s.st.nics)+len(s.st.vms))
+	}
 	first := true
-	_, err := s.eachResourceLocked(true, func(_ string, b []byte, _ bool) {
+	add := func(rk resourceKey, v any) error {
+		var b []byte
+		var err error
+		if save {
+			b, err = s.resourceJSONLocked(rk, v)
+		} else {
+			b, err = json.Marshal(v)
+		}
+		if err != nil {
+			return err
+		}
+		if save {
+			written[rk] = b
+		}
 		if !first {
 			buf.WriteByte(',')
 		}
 		first = false
 		buf.WriteString("\n    ")
 		buf.Write(b)
-	})
-	if err != nil {
+		return nil
+	}
+	if err := eachSorted(s.st.nsgs, kindNSG, add); err != nil {
+		return nil, err
+	}
+	if err := eachSorted(s.st.vnets, kindVNet, add); err != nil {
+		return nil, err
+	}
+	if err := eachSorted(s.st.nics, kindNIC, add); err != nil {
+		return nil, err
+	}
+	if err := eachSorted(s.st.vms, kindVM, add); err != nil {
 		return nil, err
 	}
 	buf.WriteString("\n  ]\n}\n")
+	if save {
+		s.cache.json = written
+		clear(s.cache.dirty)
+	}
 	return buf.Bytes(), nil
+}
+
+// eachSorted visits a map's resources in the order of their keys.
+func eachSorted[T any](m map[string]*T, kind resourceKind, visit func(resourceKey, any) error) error {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if err := visit(resourceKey{kind, k}, m[k]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // The estate on disk is a snapshot (the estate file) and a journal beside it
@@ -545,7 +590,7 @@ func (s *Server) replaceEstate(f estateFile) error {
 		return err
 	}
 	s.st = st
-	s.snap = nil
+	s.cache = saveCache{}
 	return nil
 }
 
@@ -606,13 +651,8 @@ func (s *Server) Load(r io.Reader) error {
 func (s *Server) Snapshot() ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	// The cache stands for what Save last wrote: build this snapshot with a
-	// cache of its own and leave Save's as it was.
-	saved := s.snap
-	s.snap = nil
-	defer func() { s.snap = saved }()
-	var buf bytes.Buffer
-	b, err := s.snapshotLocked(&buf, 0)
+	var buf bytes.Buffer // s.saveBuf is Save's, under saveMu
+	b, err := s.snapshotLocked(&buf, 0, false)
 	return bytes.Clone(b), err
 }
 
@@ -637,10 +677,10 @@ func (s *Server) Save(path string) error {
 	}
 	s.mu.Lock()
 	changes := s.changes.Load()
-	if sv.path != path || s.snap == nil || sv.journalSize > max(sv.snapSize, minJournal) {
+	if sv.path != path || s.cache.json == nil || sv.journalSize > max(sv.snapSize, minJournal) {
 		// Unique across lives, so no journal line of another snapshot matches.
 		gen := max(sv.generation+1, uint64(time.Now().UnixNano()))
-		b, err := s.snapshotLocked(&s.saveBuf, gen)
+		b, err := s.snapshotLocked(&s.saveBuf, gen, true)
 		s.mu.Unlock()
 		if err == nil {
 			tmp := path + ".tmp"
@@ -673,14 +713,7 @@ func (s *Server) Save(path string) error {
 		buf.Write(b)
 		buf.WriteString("}\n")
 	}
-	gone, err := s.eachResourceLocked(false, func(id string, b []byte, changed bool) {
-		if changed {
-			line(id, b)
-		}
-	})
-	for _, id := range gone {
-		line(id, []byte("null"))
-	}
+	err := s.journalLocked(line)
 	s.mu.Unlock()
 	if err != nil {
 		s.forgetSaved()
@@ -704,10 +737,35 @@ func (s *Server) Save(path string) error {
 	return nil
 }
 
+// journalLocked passes to line each resource changed since the last save,
+// as it is now or null when it was deleted, and updates the cache to match;
+// callers hold s.mu.
+func (s *Server) journalLocked(line func(id string, b []byte)) error {
+	c := &s.cache
+	for rk := range c.dirty {
+		v, id, ok := s.st.lookup(rk)
+		if !ok {
+			if _, saved := c.json[rk]; saved {
+				delete(c.json, rk)
+				line(rk.id, []byte("null"))
+			}
+			continue
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("marshal %s: %w", id, err)
+		}
+		c.json[rk] = b
+		line(id, b)
+	}
+	clear(c.dirty)
+	return nil
+}
+
 // forgetSaved drops the cache of what was saved, after a save that did not
 // reach the disk: the next Save writes a whole snapshot.
 func (s *Server) forgetSaved() {
 	s.mu.Lock()
-	s.snap = nil
+	s.cache = saveCache{}
 	s.mu.Unlock()
 }

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"reflect"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v9"
 )
 
@@ -75,11 +77,12 @@ type Server struct {
 	saveMu   sync.Mutex
 	opts     Options
 	st       state
-	snap     snapshotCache // resources' JSON as last saved; under mu
+	cache    saveCache     // what Save last wrote of each resource; under mu
 	changes  atomic.Uint64 // successful writes so far
 	saved    saveState     // what the files Save writes hold; under saveMu
 	saveBuf  bytes.Buffer  // Save's buffer, reused; under saveMu
 	ops      map[string]*operation
+	opIDs    []string // the ids of the last keptOperations operations, by opSeq modulo keptOperations
 	opSeq    uint64
 	etagSeq  uint64
 	stats    CallStats
@@ -269,17 +272,17 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, rt route, lro 
 	case vmWrite:
 		s.deleteVM(w, r, rt)
 	case rt.typ == "virtualmachines" && rt.child == "":
-		s.serveRead(w, r, rt, typeVM, func(st *state) map[string]any { return anyMap(st.vms) })
+		serveRead(s, w, r, rt, typeVM, kindVM, func(st *state) map[string]*armcompute.VirtualMachine { return st.vms })
 	case rt.typ == "networkinterfaces" && rt.child == "":
-		s.serveRead(w, r, rt, typeNIC, func(st *state) map[string]any { return anyMap(st.nics) })
+		serveRead(s, w, r, rt, typeNIC, kindNIC, func(st *state) map[string]*armnetwork.Interface { return st.nics })
 	case rt.typ == "virtualnetworks" && rt.child == "":
-		s.serveRead(w, r, rt, typeVNet, func(st *state) map[string]any { return anyMap(st.vnets) })
+		serveRead(s, w, r, rt, typeVNet, kindVNet, func(st *state) map[string]*armnetwork.VirtualNetwork { return st.vnets })
 	case rt.typ == "virtualnetworks" && rt.child == "subnets":
 		s.serveSubnets(w, r, rt)
 	case rt.typ != "networksecuritygroups":
 		writeError(w, &armError{Status: 404, Code: "InvalidResourceType", Message: fmt.Sprintf("The resource type '%s/%s' could not be found in the namespace '%s'.", rt.typ, rt.child, rt.ns)})
 	case rt.child == "" && r.Method == http.MethodGet:
-		s.serveRead(w, r, rt, typeNSG, func(st *state) map[string]any { return anyMap(st.nsgs) })
+		serveRead(s, w, r, rt, typeNSG, kindNSG, func(st *state) map[string]*armnetwork.SecurityGroup { return st.nsgs })
 	case rt.child == "" && rt.name != "" && r.Method == http.MethodPut:
 		s.putNSG(w, r, rt, lro)
 	case rt.child == "" && rt.name != "" && r.Method == http.MethodDelete:
@@ -297,14 +300,6 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, rt route, lro 
 
 func methodNotAllowed(r *http.Request) *armError {
 	return &armError{Status: 405, Code: "MethodNotAllowed", Message: "The requested resource does not support http method '" + r.Method + "'."}
-}
-
-func anyMap[T any](m map[string]*T) map[string]any {
-	out := make(map[string]any, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 // checkScope answers 404 for an unknown subscription or resource group and
@@ -332,8 +327,8 @@ func (rt route) id(armType string) string {
 }
 
 // serveRead answers GET of one top-level resource or a list by subscription
-// or resource group.
-func (s *Server) serveRead(w http.ResponseWriter, r *http.Request, rt route, armType string, coll func(*state) map[string]any) {
+// or resource group, from the resources coll returns of the state.
+func serveRead[T any](s *Server, w http.ResponseWriter, r *http.Request, rt route, armType string, kind resourceKind, coll func(*state) map[string]*T) {
 	s.mu.Lock()
 	rg, aerr := s.checkScope(rt)
 	if aerr != nil {
@@ -343,11 +338,12 @@ func (s *Server) serveRead(w http.ResponseWriter, r *http.Request, rt route, arm
 	}
 	m := coll(&s.st)
 	if rt.name != "" {
-		v, ok := m[key(rt.id(armType))]
+		k := key(rt.id(armType))
+		v, ok := m[k]
 		var b []byte
 		var err error
 		if ok {
-			b, err = json.Marshal(v)
+			b, err = s.resourceJSONLocked(resourceKey{kind, k}, v)
 		}
 		s.mu.Unlock()
 		switch {
@@ -371,11 +367,9 @@ func (s *Server) serveRead(w http.ResponseWriter, r *http.Request, rt route, arm
 		}
 	}
 	sort.Strings(keys)
-	items := make([]any, len(keys))
-	for i, k := range keys {
-		items[i] = m[k]
-	}
-	s.writeList(w, r, items)
+	s.writeList(w, r, len(keys), func(i int) ([]byte, error) {
+		return s.resourceJSONLocked(resourceKey{kind, keys[i]}, m[keys[i]])
+	})
 }
 
 func (s *Server) serveSubnets(w http.ResponseWriter, r *http.Request, rt route) {
@@ -392,7 +386,7 @@ func (s *Server) serveSubnets(w http.ResponseWriter, r *http.Request, rt route) 
 		writeError(w, resourceNotFound(typeVNet, rt.name, rg))
 		return
 	}
-	var items []any
+	var items []*armnetwork.Subnet
 	for _, sn := range vnet.Properties.Subnets {
 		if rt.childNm == "" {
 			items = append(items, sn)
@@ -412,12 +406,12 @@ func (s *Server) serveSubnets(w http.ResponseWriter, r *http.Request, rt route) 
 		writeError(w, &armError{Status: 404, Code: "NotFound", Message: fmt.Sprintf("Resource %s/subnets/%s not found.", rt.id(typeVNet), rt.childNm)})
 		return
 	}
-	s.writeList(w, r, items)
+	s.writeList(w, r, len(items), marshalItem(items))
 }
 
 func (s *Server) serveRules(w http.ResponseWriter, r *http.Request, rt route) {
 	s.mu.Lock()
-	nsg, aerr := s.nsgFor(rt)
+	nsg, _, aerr := s.nsgFor(rt)
 	if aerr != nil {
 		s.mu.Unlock()
 		writeError(w, aerr)
@@ -428,11 +422,7 @@ func (s *Server) serveRules(w http.ResponseWriter, r *http.Request, rt route) {
 		rules = nsg.Properties.DefaultSecurityRules
 	}
 	if rt.childNm == "" {
-		items := make([]any, len(rules))
-		for i, r := range rules {
-			items[i] = r
-		}
-		s.writeList(w, r, items)
+		s.writeList(w, r, len(rules), marshalItem(rules))
 		return
 	}
 	for _, rule := range rules {
@@ -455,47 +445,67 @@ func ruleNotFound(nsgID, child, name string) *armError {
 	return &armError{Status: 404, Code: "NotFound", Message: fmt.Sprintf("Resource %s/%s/%s not found.", nsgID, shortType[child], name)}
 }
 
-// nsgFor returns the NSG a route names; callers hold the lock.
-func (s *Server) nsgFor(rt route) (*armnetwork.SecurityGroup, *armError) {
+// nsgFor returns the NSG a route names and its key in the state; callers
+// hold the lock.
+func (s *Server) nsgFor(rt route) (*armnetwork.SecurityGroup, string, *armError) {
 	rg, aerr := s.checkScope(rt)
 	if aerr != nil {
-		return nil, aerr
+		return nil, "", aerr
 	}
-	nsg := s.st.nsgs[key(rt.id(typeNSG))]
+	k := key(rt.id(typeNSG))
+	nsg := s.st.nsgs[k]
 	if nsg == nil {
-		return nil, resourceNotFound(typeNSG, rt.name, rg)
+		return nil, "", resourceNotFound(typeNSG, rt.name, rg)
 	}
-	return nsg, nil
+	return nsg, k, nil
 }
 
-// writeList marshals items and answers one page; called with the lock held,
-// it releases it.
-func (s *Server) writeList(w http.ResponseWriter, r *http.Request, items []any) {
+// writeList answers one page of a list of n items, each item's JSON from
+// itemJSON; called with the lock held, it releases it.
+func (s *Server) writeList(w http.ResponseWriter, r *http.Request, n int, itemJSON func(i int) ([]byte, error)) {
 	skip, _ := strconv.Atoi(r.URL.Query().Get("$skiptoken"))
-	if skip < 0 || skip > len(items) {
-		skip = len(items)
+	if skip < 0 || skip > n {
+		skip = n
 	}
-	end := min(skip+s.opts.PageSize, len(items))
-	page := struct {
-		Value    []any  `json:"value"`
-		NextLink string `json:"nextLink,omitempty"`
-	}{Value: items[skip:end]}
-	if page.Value == nil {
-		page.Value = []any{}
+	end := min(skip+s.opts.PageSize, n)
+	page := make([][]byte, 0, end-skip)
+	size := 0
+	for i := skip; i < end; i++ {
+		b, err := itemJSON(i)
+		if err != nil {
+			s.mu.Unlock()
+			writeError(w, &armError{Status: 500, Code: "InternalServerError", Message: err.Error()})
+			return
+		}
+		page = append(page, b)
+		size += len(b) + 1
 	}
-	if end < len(items) {
+	var buf bytes.Buffer
+	buf.Grow(size + 1024) // a page of a large estate is megabytes: no regrowing
+	buf.WriteString(`{"value":[`)
+	for i, b := range page {
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		buf.Write(b)
+	}
+	buf.WriteByte(']')
+	if end < n {
 		q := url.Values{}
 		q.Set("api-version", r.URL.Query().Get("api-version"))
 		q.Set("$skiptoken", strconv.Itoa(end))
-		page.NextLink = s.baseURL(r) + r.URL.Path + "?" + q.Encode()
+		next, _ := json.Marshal(s.baseURL(r) + r.URL.Path + "?" + q.Encode()) // a string always marshals
+		buf.WriteString(`,"nextLink":`)
+		buf.Write(next)
 	}
-	b, err := json.Marshal(page)
+	buf.WriteByte('}')
 	s.mu.Unlock()
-	if err != nil {
-		writeError(w, &armError{Status: 500, Code: "InternalServerError", Message: err.Error()})
-		return
-	}
-	writeJSON(w, http.StatusOK, b)
+	writeJSON(w, http.StatusOK, buf.Bytes())
+}
+
+// marshalItem is writeList's itemJSON for items marshalled as they are.
+func marshalItem[T any](items []T) func(int) ([]byte, error) {
+	return func(i int) ([]byte, error) { return json.Marshal(items[i]) }
 }
 
 // baseURL is the absolute URL the server is reachable at, prefix included;
@@ -538,7 +548,7 @@ func (s *Server) putRule(w http.ResponseWriter, r *http.Request, rt route, lro *
 		return
 	}
 	s.mu.Lock()
-	nsg, aerr := s.nsgFor(rt)
+	nsg, k, aerr := s.nsgFor(rt)
 	if aerr == nil {
 		aerr = validateRule(rt.childNm, in.Properties)
 	}
@@ -580,6 +590,7 @@ func (s *Server) putRule(w http.ResponseWriter, r *http.Request, rt route, lro *
 	if lro == nil {
 		nsg.Properties.SecurityRules = next
 		nsg.Etag = to.Ptr(tag)
+		s.markChangedLocked(kindNSG, k)
 	}
 	asyncURL, _ := s.newOperation(r, rt.sub, deref(nsg.Location), lro)
 	answer := *stored
@@ -611,7 +622,7 @@ func (s *Server) conflictFor(rules []*armnetwork.SecurityRule, rule *armnetwork.
 
 func (s *Server) deleteRule(w http.ResponseWriter, r *http.Request, rt route, lro *Fault) {
 	s.mu.Lock()
-	nsg, aerr := s.nsgFor(rt)
+	nsg, k, aerr := s.nsgFor(rt)
 	if aerr != nil {
 		s.mu.Unlock()
 		writeError(w, aerr)
@@ -639,6 +650,7 @@ func (s *Server) deleteRule(w http.ResponseWriter, r *http.Request, rt route, lr
 		rules := nsg.Properties.SecurityRules
 		nsg.Properties.SecurityRules = append(append([]*armnetwork.SecurityRule{}, rules[:idx]...), rules[idx+1:]...)
 		nsg.Etag = to.Ptr(tag)
+		s.markChangedLocked(kindNSG, k)
 	}
 	asyncURL, locURL := s.newOperation(r, rt.sub, deref(nsg.Location), lro)
 	s.mu.Unlock()
@@ -666,7 +678,8 @@ func (s *Server) putNSG(w http.ResponseWriter, r *http.Request, rt route, lro *F
 		return
 	}
 	id := rgID(rt.sub, rg) + "/providers/" + typeNSG + "/" + rt.name
-	old := s.st.nsgs[key(id)]
+	k := key(id)
+	old := s.st.nsgs[k]
 	current := ""
 	if old != nil {
 		current, id = deref(old.Etag), deref(old.ID)
@@ -720,7 +733,7 @@ func (s *Server) putNSG(w http.ResponseWriter, r *http.Request, rt route, lro *F
 			stored := storedRule(id, *rule.Name, rule.Properties, tag)
 			// An unchanged rule keeps its etag, so readers can tell what a
 			// hand edit really touched.
-			if prev := oldRules[key(*rule.Name)]; prev != nil && sameJSON(prev.Properties, stored.Properties) {
+			if prev := oldRules[key(*rule.Name)]; prev != nil && reflect.DeepEqual(prev.Properties, stored.Properties) {
 				stored = prev
 			}
 			nsg.Properties.SecurityRules = append(nsg.Properties.SecurityRules, stored)
@@ -739,10 +752,11 @@ func (s *Server) putNSG(w http.ResponseWriter, r *http.Request, rt route, lro *F
 		status = http.StatusOK
 	}
 	if lro == nil {
-		s.st.nsgs[key(id)] = nsg
+		s.st.nsgs[k] = nsg
+		s.markChangedLocked(kindNSG, k)
 		if old == nil {
 			s.st.link()
-			s.snap = nil // link changes back-references in place
+			s.cache = saveCache{} // link changes back-references in place: save a snapshot
 		}
 	}
 	asyncURL, _ := s.newOperation(r, rt.sub, loc, lro)
@@ -763,15 +777,9 @@ func (s *Server) putNSG(w http.ResponseWriter, r *http.Request, rt route, lro *F
 	}
 }
 
-func sameJSON(a, b any) bool {
-	x, err1 := json.Marshal(a)
-	y, err2 := json.Marshal(b)
-	return err1 == nil && err2 == nil && bytes.Equal(x, y)
-}
-
 func (s *Server) deleteNSG(w http.ResponseWriter, r *http.Request, rt route, lro *Fault) {
 	s.mu.Lock()
-	nsg, aerr := s.nsgFor(rt)
+	nsg, k, aerr := s.nsgFor(rt)
 	if aerr != nil {
 		s.mu.Unlock()
 		if aerr.Code == "ResourceNotFound" {
@@ -793,7 +801,8 @@ func (s *Server) deleteNSG(w http.ResponseWriter, r *http.Request, rt route, lro
 	}
 	id := deref(nsg.ID)
 	if lro == nil {
-		delete(s.st.nsgs, key(id))
+		delete(s.st.nsgs, k)
+		s.markChangedLocked(kindNSG, k)
 	}
 	asyncURL, locURL := s.newOperation(r, rt.sub, deref(nsg.Location), lro)
 	s.mu.Unlock()
@@ -814,7 +823,6 @@ func (s *Server) changed(c Change) {
 
 // operation is a long-running operation's state as its polls see it.
 type operation struct {
-	seq       uint64
 	remaining int    // InProgress answers left
 	fault     *Fault // non-nil: ends Failed
 }
@@ -828,14 +836,13 @@ const keptOperations = 4096
 func (s *Server) newOperation(r *http.Request, sub, location string, lro *Fault) (asyncURL, locURL string) {
 	s.opSeq++
 	id := fmt.Sprintf("00000000-0000-4000-9000-%012x", s.opSeq)
-	s.ops[id] = &operation{seq: s.opSeq, remaining: s.opts.InProgressPolls, fault: lro}
-	if len(s.ops) > keptOperations {
-		for k, op := range s.ops {
-			if op.seq+keptOperations <= s.opSeq {
-				delete(s.ops, k)
-			}
-		}
+	if s.opIDs == nil {
+		s.opIDs = make([]string, keptOperations)
 	}
+	slot := s.opSeq % keptOperations
+	delete(s.ops, s.opIDs[slot]) // keptOperations operations older than this one
+	s.opIDs[slot] = id
+	s.ops[id] = &operation{remaining: s.opts.InProgressPolls, fault: lro}
 	if location == "" {
 		location = DemoLocation
 	}

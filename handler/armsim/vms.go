@@ -47,15 +47,16 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request, rt route) {
 // SetVMTags replaces a VM's tags and reports the change. It returns the
 // VM's id as stored.
 func (s *Server) SetVMTags(vmID string, tags map[string]*string) (string, error) {
+	k := key(vmID)
 	s.mu.Lock()
-	vm, ok := s.st.vms[key(vmID)]
+	vm, ok := s.st.vms[k]
 	if !ok {
 		s.mu.Unlock()
 		return "", fmt.Errorf("armsim: no VM %s", vmID)
 	}
 	vm.Tags = tags
+	s.markChangedLocked(kindVM, k)
 	id := deref(vm.ID)
-	delete(s.snap, "vm "+key(id)) // changed in place, without an etag
 	s.mu.Unlock()
 	s.changed(Change{ID: id, Type: typeVM, Operation: "write"})
 	return id, nil
@@ -63,14 +64,16 @@ func (s *Server) SetVMTags(vmID string, tags map[string]*string) (string, error)
 
 // DeleteVM removes a VM and reports the change.
 func (s *Server) DeleteVM(vmID string) error {
+	k := key(vmID)
 	s.mu.Lock()
-	vm, ok := s.st.vms[key(vmID)]
+	vm, ok := s.st.vms[k]
 	if !ok {
 		s.mu.Unlock()
 		return fmt.Errorf("armsim: no VM %s", vmID)
 	}
 	id := deref(vm.ID)
-	delete(s.st.vms, key(vmID))
+	delete(s.st.vms, k)
+	s.markChangedLocked(kindVM, k)
 	s.mu.Unlock()
 	s.changed(Change{ID: id, Type: typeVM, Operation: "delete"})
 	return nil
