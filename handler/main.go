@@ -22,6 +22,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -76,7 +78,29 @@ func main() {
 
 // runLocal runs the API, the worker, the sweeper and the ARM simulator in
 // this process until SIGINT or SIGTERM.
+// localGCPercent is the collector's target in local mode unless GOGC says
+// otherwise: one process carries the API, the worker, the sweeper and the
+// ARM simulator, whose JSON makes most of the garbage. Twice Go's default
+// halves the collector's share of the CPU, which the API's latency feels,
+// for a heap up to three times what is live (tens of megabytes).
+const localGCPercent = 200
+
+// workerConcurrency is how many NSGs the local worker writes at once. With
+// the simulator answering at once, a write is CPU work in this process
+// (JSON on both sides), so more writes than cores only take the cores from
+// the API; batching per NSG absorbs a backlog. With a simulated ARM latency
+// the writes wait on ARM instead, and more of them overlap.
+func workerConcurrency(armLatency time.Duration) int {
+	if armLatency <= 0 {
+		return max(runtime.GOMAXPROCS(0), 2)
+	}
+	return 8
+}
+
 func runLocal(log zerolog.Logger, cfg settings) error {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(localGCPercent)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -120,7 +144,7 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	queue, err := localqueue.New(db.Bolt(), jit.BatchWorkerFuncs{
 		Apply:      func(ctx context.Context, op jit.Operation) error { return svc.ApplyOperation(ctx, op) },
 		ApplyBatch: func(ctx context.Context, ops []jit.Operation) []error { return svc.ApplyOperations(ctx, ops) },
-	}, localqueue.Options{Logger: log})
+	}, localqueue.Options{Logger: log, Concurrency: workerConcurrency(cfg.ARMLatency)})
 	if err != nil {
 		return err
 	}
@@ -147,6 +171,7 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	if cfg.PProf {
 		api.Handle("/debug/pprof/", http.HandlerFunc(pprof.Index))
 		api.Handle("/debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+		api.Handle("/debug/pprof/trace", http.HandlerFunc(pprof.Trace))
 	}
 	api.Handle("GET /_arm/_stats", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The simulator's call counts since start: ARM calls by kind, faults.

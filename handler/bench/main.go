@@ -108,7 +108,7 @@ func main() {
 	flag.StringVar(&out, "out", "docs/bench-results.json", "where to write the results as JSON (empty: do not write)")
 	flag.StringVar(&only, "only", "", "comma-separated scenarios to run (default all): "+scenarioNames())
 	flag.Float64Var(&b.cfg.initiateRate, "initiate-rate", 1000, "initiate: offered requests per second")
-	flag.BoolVar(&b.cfg.timeline, "timeline", false, "initiate: print each second's calls, p50, p99 and max to stderr")
+	flag.BoolVar(&b.cfg.timeline, "timeline", false, "initiate, open-latency: print each second's calls, p50, p99 and max to stderr")
 	flag.DurationVar(&b.cfg.initiateDuration, "initiate-duration", 30*time.Second, "initiate: how long the load lasts")
 	flag.Float64Var(&b.cfg.openRate, "open-rate", 100, "open-latency: requests per second")
 	flag.DurationVar(&b.cfg.openDuration, "open-duration", 10*time.Second, "open-latency: how long the load lasts")

@@ -203,6 +203,9 @@ func (b *bench) openLatency(ctx context.Context) ([]result, error) {
 		return nil
 	}
 	res := openLoop(ctx, b.cfg.openRate, b.cfg.openDuration, 64, call)
+	if b.cfg.timeline {
+		fmt.Fprint(os.Stderr, "open-latency, the 202s per second of the run:\n"+res.timeline())
+	}
 	lat, missing, err := openedLatencies(ctx, p, ids, 30*time.Second)
 	if err != nil {
 		return nil, err

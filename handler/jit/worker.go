@@ -163,16 +163,39 @@ func (s *Service) ApplyOperations(ctx context.Context, ops []Operation) []error 
 			}
 			continue
 		}
+		// Record the outcomes of different requests at once, so their writes
+		// share commits; one request's grants one after the other.
+		byReq := map[string][]step{}
+		var order []string
 		for _, st := range batch {
-			if st.act == ruleOpen {
-				errs[st.op] = s.recordOpen(ctx, st.req, ops[st.op].Grant, st.nsg)
-			} else {
-				errs[st.op] = s.recordClose(ctx, st.req, ops[st.op].Grant, st.nsg)
+			if _, ok := byReq[st.req.ID]; !ok {
+				order = append(order, st.req.ID)
 			}
+			byReq[st.req.ID] = append(byReq[st.req.ID], st)
 		}
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, recordParallel)
+		for _, id := range order {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				for _, st := range byReq[id] {
+					if st.act == ruleOpen {
+						errs[st.op] = s.recordOpen(ctx, st.req, ops[st.op].Grant, st.nsg)
+					} else {
+						errs[st.op] = s.recordClose(ctx, st.req, ops[st.op].Grant, st.nsg)
+					}
+				}
+			})
+		}
+		wg.Wait()
 	}
 	return errs
 }
+
+// recordParallel is how many requests one NSG write's outcomes are recorded
+// on at once.
+const recordParallel = 16
 
 func (s *Service) openRule(ctx context.Context, req Request, i int, nsg string) error {
 	if err := s.net.PutRule(ctx, nsg, allowRule(req, i)); err != nil {
