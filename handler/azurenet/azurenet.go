@@ -108,6 +108,7 @@ type Driver struct {
 
 	mu      sync.Mutex
 	clients map[string]*clients // by lower-case subscription id
+	raw     *arm.Client         // for the lean NSG list (list.go)
 }
 
 var _ jit.Network = (*Driver)(nil)
@@ -601,32 +602,11 @@ func (d *Driver) ListRules(ctx context.Context, nsgID string) ([]jit.SecurityRul
 func (d *Driver) ListNSGs(ctx context.Context) ([]jit.NSGInfo, error) {
 	var out []jit.NSGInfo
 	for _, sub := range d.cfg.Subscriptions {
-		c, err := d.clientsFor(sub)
+		nsgs, err := d.listNSGs(ctx, sub)
 		if err != nil {
-			return nil, err
+			return nil, classify(err, "list network security groups of subscription "+sub)
 		}
-		pager := c.nsgs.NewListAllPager(nil)
-		for pager.More() {
-			page, err := pager.NextPage(ctx)
-			if err != nil {
-				return nil, classify(err, "list network security groups of subscription "+sub)
-			}
-			for _, nsg := range page.Value {
-				if nsg == nil || nsg.ID == nil {
-					continue
-				}
-				info := jit.NSGInfo{ID: *nsg.ID}
-				if nsg.Properties != nil {
-					for _, sr := range nsg.Properties.SecurityRules {
-						if sr != nil && sr.Properties != nil && deref(sr.Properties.Direction) == armnetwork.SecurityRuleDirectionInbound {
-							info.Rules = append(info.Rules, fromARM(sr))
-						}
-					}
-				}
-				sort.SliceStable(info.Rules, func(i, j int) bool { return info.Rules[i].Priority < info.Rules[j].Priority })
-				out = append(out, info)
-			}
-		}
+		out = append(out, nsgs...)
 	}
 	return out, nil
 }

@@ -41,6 +41,14 @@ var (
 // test sleeps for long.
 func newEnv(t *testing.T, opts armsim.Options) (*armsim.Server, *azurenet.Driver) {
 	t.Helper()
+	sim, d, _ := newEnvOptions(t, opts)
+	return sim, d
+}
+
+// newEnvOptions is newEnv that also returns the SDK client options that
+// reach the simulator.
+func newEnvOptions(t *testing.T, opts armsim.Options) (*armsim.Server, *azurenet.Driver, *arm.ClientOptions) {
+	t.Helper()
 	sim := armsim.New(opts)
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
@@ -61,7 +69,7 @@ func newEnv(t *testing.T, opts armsim.Options) (*armsim.Server, *azurenet.Driver
 	if err != nil {
 		t.Fatal(err)
 	}
-	return sim, d
+	return sim, d, co
 }
 
 func TestResolveVM(t *testing.T) {

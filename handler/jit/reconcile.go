@@ -45,7 +45,9 @@ type grantRef struct {
 	i   int
 }
 
-func (s *Service) buildView(ctx context.Context) (*view, error) {
+// buildView reads what the NSGs should hold: the policies' deny rules and
+// the live grants of reqs, or of the active requests when reqs is nil.
+func (s *Service) buildView(ctx context.Context, reqs []Request) (*view, error) {
 	pols, err := s.store.ListPolicies(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("listing policies: %w", err)
@@ -59,9 +61,10 @@ func (s *Service) buildView(ctx context.Context) (*view, error) {
 			}
 		}
 	}
-	reqs, err := s.store.ListRequests(ctx, RequestFilter{Statuses: []string{RequestActive}})
-	if err != nil {
-		return nil, fmt.Errorf("listing active requests: %w", err)
+	if reqs == nil {
+		if reqs, err = s.store.ListRequests(ctx, RequestFilter{Statuses: []string{RequestActive}}); err != nil {
+			return nil, fmt.Errorf("listing active requests: %w", err)
+		}
 	}
 	for _, r := range reqs {
 		v.requests[r.ID] = r
@@ -83,13 +86,19 @@ func (s *Service) buildView(ctx context.Context) (*view, error) {
 // read one by one.
 func (s *Service) Reconcile(ctx context.Context) (SweepReport, error) {
 	var rep SweepReport
-	closed, err := s.Sweep(ctx)
+	// One listing of the active requests serves the sweep and the view:
+	// the sweep only closes ended grants, which the view treats as ended.
+	reqs, err := s.sweepList(ctx)
+	if err != nil {
+		return rep, err
+	}
+	closed, err := s.sweepRequests(ctx, reqs)
 	rep.Closed = closed
 	var errs []error
 	if err != nil {
 		errs = append(errs, err)
 	}
-	v, err := s.buildView(ctx)
+	v, err := s.buildView(ctx, reqs)
 	if err != nil {
 		return rep, errors.Join(append(errs, err)...)
 	}
@@ -129,7 +138,7 @@ func (s *Service) Reconcile(ctx context.Context) (SweepReport, error) {
 // ReconcileNSG reconciles one NSG at once, as an event about it asks.
 func (s *Service) ReconcileNSG(ctx context.Context, nsgID string) (SweepReport, error) {
 	var rep SweepReport
-	v, err := s.buildView(ctx)
+	v, err := s.buildView(ctx, nil)
 	if err != nil {
 		return rep, err
 	}

@@ -425,13 +425,32 @@ const sweepParallel = 8
 // be gone. It runs at start-up and periodically, so access ends even when
 // a close operation was lost.
 func (s *Service) Sweep(ctx context.Context) (closed int, err error) {
+	reqs, err := s.sweepList(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return s.sweepRequests(ctx, reqs)
+}
+
+// sweepList expires pending requests that waited too long and lists the
+// active ones.
+func (s *Service) sweepList(ctx context.Context) ([]Request, error) {
 	if _, err := s.expirePending(ctx); err != nil {
 		s.cfg.Log.Warn().Err(err).Msg("expiring pending requests failed; the next sweep retries")
 	}
 	reqs, err := s.store.ListRequests(ctx, RequestFilter{Statuses: []string{RequestActive}})
 	if err != nil {
-		return 0, fmt.Errorf("listing active requests: %w", err)
+		return nil, fmt.Errorf("listing active requests: %w", err)
 	}
+	if reqs == nil {
+		reqs = []Request{} // listed, and none: not "list them" to buildView
+	}
+	return reqs, nil
+}
+
+// sweepRequests closes the ended grants of reqs whose rules are not known
+// to be gone.
+func (s *Service) sweepRequests(ctx context.Context, reqs []Request) (closed int, err error) {
 	now := s.now()
 	type job struct {
 		req string
