@@ -275,19 +275,29 @@ func (s *Store) CreateRequestAudited(ctx context.Context, r jit.Request, events 
 	return s.createRequestWith(ctx, r, events, nil)
 }
 
-// createRequestWith stores a new request and its audit events, and runs
-// also (when not nil) in the same transaction.
-func (s *Store) createRequestWith(ctx context.Context, r jit.Request, events []jit.AuditEvent, also func(*bbolt.Tx) error) (jit.Request, error) {
+// checkRequestWrite refuses a write of r with events before anything is
+// stored: a done context, a request without id, an event without id or
+// time (events' times are put in UTC).
+func checkRequestWrite(ctx context.Context, r jit.Request, events []jit.AuditEvent) error {
 	if err := ctx.Err(); err != nil {
-		return jit.Request{}, err
+		return err
 	}
 	if r.ID == "" {
-		return jit.Request{}, jit.Errorf(jit.EINVALID, "request id is required")
+		return jit.Errorf(jit.EINVALID, "request id is required")
 	}
 	for i := range events {
 		if err := checkAudit(&events[i]); err != nil {
-			return jit.Request{}, err
+			return err
 		}
+	}
+	return nil
+}
+
+// createRequestWith stores a new request and its audit events, and runs
+// also (when not nil) in the same transaction.
+func (s *Store) createRequestWith(ctx context.Context, r jit.Request, events []jit.AuditEvent, also func(*bbolt.Tx) error) (jit.Request, error) {
+	if err := checkRequestWrite(ctx, r, events); err != nil {
+		return jit.Request{}, err
 	}
 	r = utcRequest(r)
 	r.ETag = newETag()
@@ -368,16 +378,8 @@ func (s *Store) UpdateRequest(ctx context.Context, r jit.Request) (jit.Request, 
 // stores audit events in the same transaction (jit.AuditedUpdater): all of
 // it, or, on a conflict or any other error, none.
 func (s *Store) UpdateRequestAudited(ctx context.Context, r jit.Request, events []jit.AuditEvent) (jit.Request, error) {
-	if err := ctx.Err(); err != nil {
+	if err := checkRequestWrite(ctx, r, events); err != nil {
 		return jit.Request{}, err
-	}
-	if r.ID == "" {
-		return jit.Request{}, jit.Errorf(jit.EINVALID, "request id is required")
-	}
-	for i := range events {
-		if err := checkAudit(&events[i]); err != nil {
-			return jit.Request{}, err
-		}
 	}
 	r = utcRequest(r)
 	want := r.ETag
