@@ -76,8 +76,6 @@ func main() {
 	}
 }
 
-// runLocal runs the API, the worker, the sweeper and the ARM simulator in
-// this process until SIGINT or SIGTERM.
 // localGCPercent is the collector's target in local mode unless GOGC says
 // otherwise: one process carries the API, the worker, the sweeper and the
 // ARM simulator, whose JSON makes most of the garbage. Twice Go's default
@@ -97,6 +95,8 @@ func workerConcurrency(armLatency time.Duration) int {
 	return 8
 }
 
+// runLocal runs the API, the worker, the sweeper and the ARM simulator in
+// this process until SIGINT or SIGTERM.
 func runLocal(log zerolog.Logger, cfg settings) error {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(localGCPercent)

@@ -46,8 +46,17 @@ type grantRef struct {
 }
 
 // buildView reads what the NSGs should hold: the policies' deny rules and
-// the live grants of reqs, or of the active requests when reqs is nil.
-func (s *Service) buildView(ctx context.Context, reqs []Request) (*view, error) {
+// the live grants of the active requests.
+func (s *Service) buildView(ctx context.Context) (*view, error) {
+	reqs, err := s.store.ListRequests(ctx, RequestFilter{Statuses: []string{RequestActive}})
+	if err != nil {
+		return nil, fmt.Errorf("listing active requests: %w", err)
+	}
+	return s.viewOf(ctx, reqs)
+}
+
+// viewOf is buildView with the active requests listed already.
+func (s *Service) viewOf(ctx context.Context, reqs []Request) (*view, error) {
 	pols, err := s.store.ListPolicies(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("listing policies: %w", err)
@@ -59,11 +68,6 @@ func (s *Service) buildView(ctx context.Context, reqs []Request) (*view, error) 
 				k := strings.ToLower(n.ID)
 				v.deny[k] = append(v.deny[k], denyExpectation{policy: p.Name, vm: vm})
 			}
-		}
-	}
-	if reqs == nil {
-		if reqs, err = s.store.ListRequests(ctx, RequestFilter{Statuses: []string{RequestActive}}); err != nil {
-			return nil, fmt.Errorf("listing active requests: %w", err)
 		}
 	}
 	for _, r := range reqs {
@@ -98,7 +102,7 @@ func (s *Service) Reconcile(ctx context.Context) (SweepReport, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	v, err := s.buildView(ctx, reqs)
+	v, err := s.viewOf(ctx, reqs)
 	if err != nil {
 		return rep, errors.Join(append(errs, err)...)
 	}
@@ -138,7 +142,7 @@ func (s *Service) Reconcile(ctx context.Context) (SweepReport, error) {
 // ReconcileNSG reconciles one NSG at once, as an event about it asks.
 func (s *Service) ReconcileNSG(ctx context.Context, nsgID string) (SweepReport, error) {
 	var rep SweepReport
-	v, err := s.buildView(ctx, nil)
+	v, err := s.buildView(ctx)
 	if err != nil {
 		return rep, err
 	}

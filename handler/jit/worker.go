@@ -442,9 +442,6 @@ func (s *Service) sweepList(ctx context.Context) ([]Request, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing active requests: %w", err)
 	}
-	if reqs == nil {
-		reqs = []Request{} // listed, and none: not "list them" to buildView
-	}
 	return reqs, nil
 }
 
