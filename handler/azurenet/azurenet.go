@@ -460,9 +460,9 @@ func (d *Driver) PutRule(ctx context.Context, nsgID string, rule jit.SecurityRul
 		return err
 	}
 	log := d.log.With().Str("nsg", nsgID).Str("rule", rule.Name).Logger()
-	clashed := map[int32]bool{} // priorities a concurrent writer took; ARM may not show them yet
+	clashed := map[int]bool{} // priorities a concurrent writer took; ARM may not show them yet
 	for attempt := 1; ; attempt++ {
-		resp, err := c.nsgs.Get(ctx, r.rg, r.name, nil)
+		doc, err := d.readNSG(ctx, r)
 		if err != nil {
 			if isNotFound(err) {
 				return jit.Wrap(jit.ENOTFOUND, err, fmt.Sprintf("network security group %s not found", nsgID))
@@ -475,39 +475,42 @@ func (d *Driver) PutRule(ctx context.Context, nsgID string, rule jit.SecurityRul
 			}
 			return classify(err, "read network security group "+nsgID)
 		}
-		var existing *armnetwork.SecurityRule
-		var rules []*armnetwork.SecurityRule
-		if resp.Properties != nil {
-			rules = resp.Properties.SecurityRules
+		var existing *leanRule
+		used := map[int]bool{}
+		for p := range clashed {
+			used[p] = true
 		}
-		for _, sr := range rules {
-			if sr != nil && strings.EqualFold(deref(sr.Name), rule.Name) {
-				existing = sr
+		for i, sr := range doc.rules {
+			if strings.EqualFold(sr.Name, rule.Name) && sr.Properties != nil {
+				existing = &doc.rules[i]
+			}
+			if sr.inbound() {
+				used[sr.Properties.Priority] = true
 			}
 		}
-		var priority int32
+		var priority int
 		if existing != nil {
-			if sameRule(existing, rule) {
+			if sameRule(*existing, rule) {
 				log.Debug().Msg("security rule already up to date")
 				return nil
 			}
-			priority = deref(existing.Properties.Priority)
+			priority = existing.Properties.Priority
 		} else {
-			p, ok := freePriority(rules, band, clashed)
+			p, ok := freePriority(used, band)
 			if !ok {
 				return jit.Errorf(jit.ECONFLICT, "no free priority between %d and %d in network security group %s", band.Min, band.Max, nsgID)
 			}
 			priority = p
 		}
-		err = d.writeRule(ctx, c, r, rule, priority)
+		err = d.writeRule(ctx, c, r, rule, int32(priority))
 		if err == nil {
-			log.Info().Int32("priority", priority).Bool("created", existing == nil).Msg("security rule written")
+			log.Info().Int("priority", priority).Bool("created", existing == nil).Msg("security rule written")
 			return nil
 		}
 		switch {
 		case existing == nil && isPriorityClash(err):
 			clashed[priority] = true
-			log.Warn().Int32("priority", priority).Int("attempt", attempt).Msg("priority taken concurrently, choosing another")
+			log.Warn().Int("priority", priority).Int("attempt", attempt).Msg("priority taken concurrently, choosing another")
 			if attempt >= d.cfg.MaxAttempts {
 				return jit.Wrap(jit.EUNAVAILABLE, err, fmt.Sprintf("write security rule %s in %s: priorities kept being taken concurrently", rule.Name, nsgID))
 			}
@@ -573,28 +576,18 @@ func (d *Driver) DeleteRule(ctx context.Context, nsgID, name string) error {
 
 // ListRules returns the NSG's inbound rules by priority.
 func (d *Driver) ListRules(ctx context.Context, nsgID string) ([]jit.SecurityRule, error) {
-	r, c, err := d.nsgClients(nsgID)
+	r, _, err := d.nsgClients(nsgID)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.nsgs.Get(ctx, r.rg, r.name, nil)
+	doc, err := d.readNSG(ctx, r)
 	if err != nil {
 		if isNotFound(err) {
 			return nil, jit.Wrap(jit.ENOTFOUND, err, fmt.Sprintf("network security group %s not found", nsgID))
 		}
 		return nil, classify(err, "read network security group "+nsgID)
 	}
-	var out []jit.SecurityRule
-	if resp.Properties != nil {
-		for _, sr := range resp.Properties.SecurityRules {
-			if sr == nil || sr.Properties == nil || deref(sr.Properties.Direction) != armnetwork.SecurityRuleDirectionInbound {
-				continue
-			}
-			out = append(out, fromARM(sr))
-		}
-	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Priority < out[j].Priority })
-	return out, nil
+	return inboundRules(doc.rules), nil
 }
 
 // ListNSGs lists every NSG of every subscription in scope, page by page,
@@ -631,20 +624,9 @@ func (d *Driver) backoff(ctx context.Context, attempt int, cause error) error {
 	}
 }
 
-// freePriority is the lowest priority of band that no inbound rule uses and
-// that is not known to be taken.
-func freePriority(rules []*armnetwork.SecurityRule, band Band, taken map[int32]bool) (int32, bool) {
-	used := map[int32]bool{}
-	for p := range taken {
-		used[p] = true
-	}
-	for _, sr := range rules {
-		if sr != nil && sr.Properties != nil && sr.Properties.Priority != nil &&
-			deref(sr.Properties.Direction) == armnetwork.SecurityRuleDirectionInbound {
-			used[*sr.Properties.Priority] = true
-		}
-	}
-	for p := int32(band.Min); p <= int32(band.Max); p++ {
+// freePriority is the lowest priority of band not in used.
+func freePriority(used map[int]bool, band Band) (int, bool) {
+	for p := band.Min; p <= band.Max; p++ {
 		if !used[p] {
 			return p, true
 		}
@@ -679,51 +661,6 @@ func oneOrMany(single **string, plural *[]*string, values []string) {
 	for _, v := range values {
 		*plural = append(*plural, ptr(v))
 	}
-}
-
-func fromARM(sr *armnetwork.SecurityRule) jit.SecurityRule {
-	p := sr.Properties
-	return jit.SecurityRule{
-		Name:         deref(sr.Name),
-		Description:  deref(p.Description),
-		Access:       string(deref(p.Access)),
-		Protocol:     string(deref(p.Protocol)),
-		Priority:     int(deref(p.Priority)),
-		Ports:        merge(p.DestinationPortRange, p.DestinationPortRanges),
-		Sources:      merge(p.SourceAddressPrefix, p.SourceAddressPrefixes),
-		Destinations: merge(p.DestinationAddressPrefix, p.DestinationAddressPrefixes),
-	}
-}
-
-func merge(single *string, plural []*string) []string {
-	var out []string
-	if single != nil && *single != "" {
-		out = append(out, *single)
-	}
-	for _, v := range plural {
-		if v != nil && *v != "" {
-			out = append(out, *v)
-		}
-	}
-	return out
-}
-
-// sameRule compares what the service controls, normalised: ARM's singular
-// and plural forms, order and letter case do not count.
-func sameRule(sr *armnetwork.SecurityRule, want jit.SecurityRule) bool {
-	p := sr.Properties
-	if p == nil {
-		return false
-	}
-	got := fromARM(sr)
-	return deref(p.Direction) == armnetwork.SecurityRuleDirectionInbound &&
-		sameSet(merge(p.SourcePortRange, p.SourcePortRanges), []string{"*"}) &&
-		strings.EqualFold(got.Access, want.Access) &&
-		strings.EqualFold(got.Protocol, want.Protocol) &&
-		got.Description == want.Description &&
-		sameSet(got.Ports, want.Ports) &&
-		sameSet(got.Sources, want.Sources) &&
-		sameSet(got.Destinations, want.Destinations)
 }
 
 func sameSet(a, b []string) bool {

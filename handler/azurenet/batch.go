@@ -2,12 +2,10 @@ package azurenet
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
-
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
-	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v9"
 
 	"jitaccess/handler/jit"
 )
@@ -38,13 +36,13 @@ func (d *Driver) ApplyRules(ctx context.Context, nsgID string, put []jit.Securit
 	if len(put) == 0 && len(del) == 0 {
 		return nil
 	}
-	r, c, err := d.nsgClients(nsgID)
+	r, _, err := d.nsgClients(nsgID)
 	if err != nil {
 		return err
 	}
 	log := d.log.With().Str("nsg", nsgID).Int("put", len(put)).Int("delete", len(del)).Logger()
 	for attempt := 1; ; attempt++ {
-		resp, err := c.nsgs.Get(ctx, r.rg, r.name, nil)
+		doc, err := d.readNSG(ctx, r)
 		if err != nil {
 			if isNotFound(err) {
 				if len(put) == 0 {
@@ -61,11 +59,7 @@ func (d *Driver) ApplyRules(ctx context.Context, nsgID string, put []jit.Securit
 			}
 			return classify(err, "read network security group "+nsgID)
 		}
-		nsg := resp.SecurityGroup
-		if nsg.Properties == nil {
-			nsg.Properties = &armnetwork.SecurityGroupPropertiesFormat{}
-		}
-		rules, created, changed, err := planRules(nsg.Properties.SecurityRules, put, bands, del)
+		rules, created, changed, err := planRules(doc, put, bands, del)
 		if err != nil {
 			return jit.Errorf(jit.ECONFLICT, "%v in network security group %s", err, nsgID)
 		}
@@ -73,8 +67,7 @@ func (d *Driver) ApplyRules(ctx context.Context, nsgID string, put []jit.Securit
 			log.Debug().Msg("security rules already up to date")
 			return nil
 		}
-		nsg.Properties.SecurityRules = rules
-		err = d.writeNSG(ctx, c, r, nsg)
+		err = d.writeNSG(ctx, r, doc, rules)
 		if err == nil {
 			log.Info().Int("created", created).Int("changed", changed).Int("rules", len(rules)).Msg("security rules written")
 			return nil
@@ -117,11 +110,11 @@ func (d *Driver) checkRule(rule jit.SecurityRule) (Band, error) {
 	return Band{}, jit.Errorf(jit.EINVALID, "security rule %s has access %q, want Allow or Deny", rule.Name, rule.Access)
 }
 
-// planRules is current with the managed rules of del removed and those of
-// put upserted. Rules it does not change are the very values read, so a
-// foreign rule goes back byte-for-byte. A name in both put and del is
+// planRules is the rules of doc with the managed rules of del removed and
+// those of put upserted. Rules it does not change are the very bytes read,
+// so a foreign rule goes back byte-for-byte. A name in both put and del is
 // deleted. changed counts the rules created, updated or removed.
-func planRules(current []*armnetwork.SecurityRule, put []jit.SecurityRule, bands []Band, del []string) (rules []*armnetwork.SecurityRule, created, changed int, err error) {
+func planRules(doc *nsgDoc, put []jit.SecurityRule, bands []Band, del []string) (rules []json.RawMessage, created, changed int, err error) {
 	drop := map[string]bool{}
 	for _, name := range del {
 		drop[strings.ToLower(name)] = true
@@ -133,28 +126,37 @@ func planRules(current []*armnetwork.SecurityRule, put []jit.SecurityRule, bands
 		}
 	}
 	done := map[string]bool{}
-	rules = make([]*armnetwork.SecurityRule, 0, len(current)+len(want))
-	for _, sr := range current {
-		name := strings.ToLower(deref(srName(sr)))
+	used := map[int]bool{} // priorities of the inbound rules kept
+	rules = make([]json.RawMessage, 0, len(doc.rules)+len(want))
+	keep := func(i int) {
+		rules = append(rules, doc.wire.Properties.SecurityRules[i])
+		if sr := doc.rules[i]; sr.inbound() {
+			used[sr.Properties.Priority] = true
+		}
+	}
+	for i, sr := range doc.rules {
+		name := strings.ToLower(sr.Name)
 		if !strings.HasPrefix(name, jit.RulePrefix) {
-			rules = append(rules, sr)
+			keep(i)
 			continue
 		}
 		if drop[name] {
 			changed++
 			continue
 		}
-		i, ok := want[name]
-		if !ok || done[name] {
-			rules = append(rules, sr)
+		j, ok := want[name]
+		if !ok || done[name] || sr.Properties == nil {
+			keep(i)
 			continue
 		}
 		done[name] = true
-		if sameRule(sr, put[i]) {
-			rules = append(rules, sr)
+		if sameRule(sr, put[j]) {
+			keep(i)
 			continue
 		}
-		rules = append(rules, namedRule(put[i], deref(sr.Properties.Priority)))
+		if err := addRule(&rules, used, put[j], sr.Properties.Priority); err != nil {
+			return nil, 0, 0, err
+		}
 		changed++
 	}
 	for i, rule := range put {
@@ -163,44 +165,27 @@ func planRules(current []*armnetwork.SecurityRule, put []jit.SecurityRule, bands
 			continue
 		}
 		done[name] = true
-		p, ok := freePriority(rules, bands[i], nil)
+		p, ok := freePriority(used, bands[i])
 		if !ok {
 			return nil, 0, 0, fmt.Errorf("no free priority between %d and %d for %s", bands[i].Min, bands[i].Max, rule.Name)
 		}
-		rules = append(rules, namedRule(rule, p))
+		if err := addRule(&rules, used, rule, p); err != nil {
+			return nil, 0, 0, err
+		}
 		created++
 		changed++
 	}
 	return rules, created, changed, nil
 }
 
-func srName(sr *armnetwork.SecurityRule) *string {
-	if sr == nil {
-		return nil
-	}
-	return sr.Name
-}
-
-func namedRule(rule jit.SecurityRule, priority int32) *armnetwork.SecurityRule {
-	sr := toARM(rule, priority)
-	sr.Name = ptr(rule.Name)
-	return &sr
-}
-
-// writeNSG puts the whole NSG, conditional on the etag it was read with.
-func (d *Driver) writeNSG(ctx context.Context, c *clients, r ref, nsg armnetwork.SecurityGroup) error {
-	// Only the PUT carries If-Match; the polls that follow must not.
-	putCtx := ctx
-	if etag := deref(nsg.Etag); etag != "" {
-		putCtx = runtime.WithHTTPHeader(ctx, http.Header{"If-Match": []string{etag}})
-	}
-	poller, err := c.nsgs.BeginCreateOrUpdate(putCtx, r.rg, r.name, nsg, nil)
+// addRule appends rule at priority to rules and marks the priority used.
+func addRule(rules *[]json.RawMessage, used map[int]bool, rule jit.SecurityRule, priority int) error {
+	raw, err := newRuleJSON(rule, int32(priority))
 	if err != nil {
 		return err
 	}
-	if err := awaitWrite(ctx, poller, d.cfg.PollFrequency); err != nil {
-		return lroError{err}
-	}
+	*rules = append(*rules, raw)
+	used[priority] = true
 	return nil
 }
 

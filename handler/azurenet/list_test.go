@@ -96,13 +96,6 @@ func TestListNSGsMatchesSDK(t *testing.T) {
 	}
 }
 
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
-}
-
 func both(single *string, plural []*string) []string {
 	var out []string
 	if single != nil && *single != "" {
