@@ -108,7 +108,7 @@ type Driver struct {
 
 	mu      sync.Mutex
 	clients map[string]*clients // by lower-case subscription id
-	raw     *arm.Client         // for the lean NSG list (list.go)
+	raw     *arm.Client         // for the lean NSG list, reads and writes (list.go, nsgdoc.go)
 }
 
 var _ jit.Network = (*Driver)(nil)
@@ -120,7 +120,6 @@ type clients struct {
 	nics    *armnetwork.InterfacesClient
 	vnets   *armnetwork.VirtualNetworksClient
 	subnets *armnetwork.SubnetsClient
-	nsgs    *armnetwork.SecurityGroupsClient
 	rules   *armnetwork.SecurityRulesClient
 }
 
@@ -187,7 +186,7 @@ func (d *Driver) clientsFor(sub string) (*clients, error) {
 		return nil, fmt.Errorf("create network clients: %w", err)
 	}
 	c.nics, c.vnets, c.subnets = nf.NewInterfacesClient(), nf.NewVirtualNetworksClient(), nf.NewSubnetsClient()
-	c.nsgs, c.rules = nf.NewSecurityGroupsClient(), nf.NewSecurityRulesClient()
+	c.rules = nf.NewSecurityRulesClient()
 	d.clients[strings.ToLower(sub)] = &c
 	return &c, nil
 }

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"sort"
-	"strings"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
@@ -27,31 +25,16 @@ type leanNSGPage struct {
 	Value []struct {
 		ID         string `json:"id"`
 		Properties struct {
-			SecurityRules []struct {
-				Name       string `json:"name"`
-				Properties *struct {
-					Description                string   `json:"description"`
-					Access                     string   `json:"access"`
-					Direction                  string   `json:"direction"`
-					Protocol                   string   `json:"protocol"`
-					Priority                   int      `json:"priority"`
-					DestinationPortRange       string   `json:"destinationPortRange"`
-					DestinationPortRanges      []string `json:"destinationPortRanges"`
-					SourceAddressPrefix        string   `json:"sourceAddressPrefix"`
-					SourceAddressPrefixes      []string `json:"sourceAddressPrefixes"`
-					DestinationAddressPrefix   string   `json:"destinationAddressPrefix"`
-					DestinationAddressPrefixes []string `json:"destinationAddressPrefixes"`
-				} `json:"properties"`
-			} `json:"securityRules"`
+			SecurityRules []leanRule `json:"securityRules"`
 		} `json:"properties"`
 	} `json:"value"`
 	NextLink string `json:"nextLink"`
 }
 
-// listClient is the subscription-independent ARM client the lean list goes
-// through: the same credential, options and so retry and throttling policy
-// as the SDK's clients.
-func (d *Driver) listClient() (*arm.Client, error) {
+// armClient is the subscription-independent ARM client the lean NSG list,
+// reads and writes go through: the same credential, options and so retry
+// and throttling policy as the SDK's clients.
+func (d *Driver) armClient() (*arm.Client, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.raw != nil {
@@ -67,7 +50,7 @@ func (d *Driver) listClient() (*arm.Client, error) {
 
 // listNSGs lists the NSGs of one subscription, page by page.
 func (d *Driver) listNSGs(ctx context.Context, sub string) ([]jit.NSGInfo, error) {
-	c, err := d.listClient()
+	c, err := d.armClient()
 	if err != nil {
 		return nil, err
 	}
@@ -99,29 +82,15 @@ func (d *Driver) listNSGs(ctx context.Context, sub string) ([]jit.NSGInfo, error
 			if nsg.ID == "" {
 				continue
 			}
-			info := jit.NSGInfo{ID: nsg.ID}
-			for _, sr := range nsg.Properties.SecurityRules {
-				p := sr.Properties
-				if p == nil || !strings.EqualFold(p.Direction, "Inbound") {
-					continue
-				}
-				info.Rules = append(info.Rules, jit.SecurityRule{
-					Name: sr.Name, Description: p.Description, Access: p.Access, Protocol: p.Protocol, Priority: p.Priority,
-					Ports:        joined(p.DestinationPortRange, p.DestinationPortRanges),
-					Sources:      joined(p.SourceAddressPrefix, p.SourceAddressPrefixes),
-					Destinations: joined(p.DestinationAddressPrefix, p.DestinationAddressPrefixes),
-				})
-			}
-			sort.SliceStable(info.Rules, func(i, j int) bool { return info.Rules[i].Priority < info.Rules[j].Priority })
-			out = append(out, info)
+			out = append(out, jit.NSGInfo{ID: nsg.ID, Rules: inboundRules(nsg.Properties.SecurityRules)})
 		}
 		next = page.NextLink
 	}
 	return out, nil
 }
 
-// joined is merge for plain strings: the singular form, then the plural's
-// non-empty values.
+// joined is one of ARM's singular-or-plural fields as a list: the singular
+// form, then the plural's non-empty values.
 func joined(single string, plural []string) []string {
 	var out []string
 	if single != "" {

@@ -125,7 +125,7 @@ func nsgURL(endpoint string, r ref) string {
 // readNSG GETs the NSG r. ARM's error answers come back as
 // *azcore.ResponseError, as from the SDK's clients.
 func (d *Driver) readNSG(ctx context.Context, r ref) (*nsgDoc, error) {
-	c, err := d.listClient()
+	c, err := d.armClient()
 	if err != nil {
 		return nil, err
 	}
@@ -167,7 +167,7 @@ func decodeNSG(body []byte) (*nsgDoc, error) {
 // with, conditional on the etag it was read with, and waits for ARM's
 // operation to finish.
 func (d *Driver) writeNSG(ctx context.Context, r ref, doc *nsgDoc, rules []json.RawMessage) error {
-	c, err := d.listClient()
+	c, err := d.armClient()
 	if err != nil {
 		return err
 	}
