@@ -1,7 +1,8 @@
 // Package azurenet is the jit.Network driver for Azure: it reads VMs, network
 // interfaces, subnets and network security groups through Azure Resource
-// Manager and writes the service's security rules, using only the Azure SDK's
-// armcompute and armnetwork clients. It depends on handler/jit (whose
+// Manager and writes the service's security rules, through the Azure SDK:
+// the armcompute and armnetwork clients, and for whole NSGs azcore's ARM
+// pipeline with lean JSON types (nsgdoc.go). It depends on handler/jit (whose
 // interface it implements) and on the SDK; it must not depend on the store,
 // the queue or any front door, and it keeps no state beyond SDK clients.
 //
