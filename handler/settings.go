@@ -41,6 +41,7 @@ var allSettings = []setting{
 	{"JIT_LOG_LEVEL", "info", "both", "debug, info, warn or error"},
 	{"JIT_PENDING_EXPIRY", "1h", "both", "how long a request waits for approval before it expires"},
 	{"JIT_INVENTORY_TTL", "1m", "both", "how long the VM list read from Azure serves GET /api/v1/vms; resource events refresh it at once"},
+	{"JIT_RECONCILE_SHARE", "0.25", "both", "share of the time the sweep's drift repair may be busy, 0.05 to 1: it pauses in between so that a large estate does not slow requests (ended grants are closed first, without pauses)"},
 	{"JIT_STUCK_AFTER", "5m", "both", "how long an open may stay undone before the sweeper marks the grant failed (and makes sure nothing is open)"},
 	{"JIT_WEBHOOK_URL", "", "both", "incoming webhook (Teams, Slack) that hears about pending, approved, denied, opened, closed, revoked, failed and drift"},
 	{"JIT_TRUSTED_PROXIES", "", "both", "CIDRs of proxies whose X-Forwarded-For gives the caller's address (Functions mode always trusts the local host)"},
@@ -96,6 +97,7 @@ type settings struct {
 	PendingExpiry  time.Duration
 	StuckAfter     time.Duration
 	InventoryTTL   time.Duration
+	ReconcileShare float64
 	WebhookURL     string
 	TrustedProxies []netip.Prefix
 }
@@ -188,6 +190,9 @@ func readSettings(getenv func(string) string) (settings, error) {
 		}
 		*f.dst = v
 	}
+	if s.ReconcileShare, err = strconv.ParseFloat(get("JIT_RECONCILE_SHARE"), 64); err != nil || s.ReconcileShare < 0.05 || s.ReconcileShare > 1 {
+		return s, fmt.Errorf("JIT_RECONCILE_SHARE must be a fraction between 0.05 and 1")
+	}
 	if s.InventoryTTL, err = durationSetting("JIT_INVENTORY_TTL", get("JIT_INVENTORY_TTL")); err != nil {
 		return s, err
 	}
@@ -236,7 +241,7 @@ func (s settings) networkConfig(log zerolog.Logger) azurenet.Config {
 // serviceConfig is the service's configuration from the settings.
 func (s settings) serviceConfig(n jit.Notifier, log zerolog.Logger) jit.Config {
 	return jit.Config{MinDuration: s.MinDuration, Subscriptions: s.Subscriptions, PendingExpiry: s.PendingExpiry,
-		StuckAfter: s.StuckAfter, InventoryTTL: s.InventoryTTL, Notifier: n, Log: log}
+		StuckAfter: s.StuckAfter, InventoryTTL: s.InventoryTTL, ReconcileShare: s.ReconcileShare, Notifier: n, Log: log}
 }
 
 // functionsStorage picks the Table Storage connection for Functions mode:

@@ -59,6 +59,9 @@ param pendingExpiry string = '1h'
 @description('JIT_INVENTORY_TTL')
 param inventoryTtl string = '1m'
 
+@description('JIT_RECONCILE_SHARE')
+param reconcileShare string = '0.25'
+
 @description('JIT_STUCK_AFTER')
 param stuckAfter string = '5m'
 
@@ -244,6 +247,7 @@ var commonSettings = [
   { name: 'JIT_LOG_LEVEL', value: logLevel }
   { name: 'JIT_PENDING_EXPIRY', value: pendingExpiry }
   { name: 'JIT_INVENTORY_TTL', value: inventoryTtl }
+  { name: 'JIT_RECONCILE_SHARE', value: reconcileShare }
   { name: 'JIT_STUCK_AFTER', value: stuckAfter }
   { name: 'JIT_WEBHOOK_URL', value: webhookUrl }
   { name: 'JIT_TRUSTED_PROXIES', value: trustedProxies }

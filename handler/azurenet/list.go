@@ -1,6 +1,7 @@
 package azurenet
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -17,19 +18,20 @@ import (
 // for: the one the armnetwork module in go.mod uses.
 const nsgAPIVersion = "2025-05-01"
 
-// leanNSGPage is a page of ARM's NSG list with only what the sweep reads.
+// leanNSG is an NSG of ARM's NSG list with only what the sweep reads.
 // The SDK's models decode every property of every NSG (default rules,
 // subnet and NIC references, ...) in two passes; a sweep lists every NSG of
-// every subscription, so it decodes only ids and inbound rules, in one.
-type leanNSGPage struct {
-	Value []struct {
-		ID         string `json:"id"`
-		Properties struct {
-			SecurityRules []leanRule `json:"securityRules"`
-		} `json:"properties"`
-	} `json:"value"`
-	NextLink string `json:"nextLink"`
+// every subscription, so it decodes only ids and rules, in one.
+type leanNSG struct {
+	ID         string `json:"id"`
+	Properties struct {
+		SecurityRules []leanRule `json:"securityRules"`
+	} `json:"properties"`
 }
+
+// pacedNSGs is how many NSGs of a page listNSGs decodes between pauses
+// (jit.Pause) when the caller is paced.
+const pacedNSGs = 50
 
 // armClient is the subscription-independent ARM client the lean NSG list,
 // reads and writes go through: the same credential, options and so retry
@@ -72,21 +74,84 @@ func (d *Driver) listNSGs(ctx context.Context, sub string) ([]jit.NSGInfo, error
 			resp.Body.Close()
 			return nil, err
 		}
-		var page leanNSGPage
-		err = json.NewDecoder(resp.Body).Decode(&page)
-		resp.Body.Close()
+		body, err := runtime.Payload(resp)
 		if err != nil {
-			return nil, fmt.Errorf("decode network security group list: %w", err)
+			return nil, err
 		}
-		for _, nsg := range page.Value {
-			if nsg.ID == "" {
-				continue
+		if next, err = decodeNSGPage(ctx, body, func(nsg leanNSG) {
+			if nsg.ID != "" {
+				out = append(out, jit.NSGInfo{ID: nsg.ID, Rules: inboundRules(nsg.Properties.SecurityRules)})
 			}
-			out = append(out, jit.NSGInfo{ID: nsg.ID, Rules: inboundRules(nsg.Properties.SecurityRules)})
+		}); err != nil {
+			return nil, err
 		}
-		next = page.NextLink
 	}
 	return out, nil
+}
+
+// decodeNSGPage decodes one page of ARM's NSG list NSG by NSG, handing each
+// to fn and pausing (jit.Pause) every pacedNSGs, and returns its nextLink.
+func decodeNSGPage(ctx context.Context, body []byte, fn func(leanNSG)) (next string, err error) {
+	fail := func(err error) (string, error) {
+		return "", fmt.Errorf("decode network security group list: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := expectDelim(dec, '{'); err != nil {
+		return fail(err)
+	}
+	n := 0
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return fail(err)
+		}
+		switch key {
+		case "value":
+			if err := expectDelim(dec, '['); err != nil {
+				return fail(err)
+			}
+			for dec.More() {
+				var nsg leanNSG
+				if err := dec.Decode(&nsg); err != nil {
+					return fail(err)
+				}
+				fn(nsg)
+				if n++; n%pacedNSGs == 0 {
+					if err := jit.Pause(ctx); err != nil {
+						return "", err
+					}
+				}
+			}
+			if err := expectDelim(dec, ']'); err != nil {
+				return fail(err)
+			}
+		case "nextLink":
+			if err := dec.Decode(&next); err != nil {
+				return fail(err)
+			}
+		default:
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	if err := expectDelim(dec, '}'); err != nil {
+		return fail(err)
+	}
+	return next, nil
+}
+
+// expectDelim reads the next token, which must be the delimiter want.
+func expectDelim(dec *json.Decoder, want json.Delim) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if d, ok := tok.(json.Delim); !ok || d != want {
+		return fmt.Errorf("found %v where %q was expected", tok, want)
+	}
+	return nil
 }
 
 // joined is one of ARM's singular-or-plural fields as a list: the singular

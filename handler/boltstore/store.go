@@ -49,7 +49,8 @@ const scanBatch = 64
 // policy, found under either spelling, and the name keeps the spelling it
 // was last written with. Request and event ids are compared exactly.
 type Store struct {
-	db *bbolt.DB
+	db        *bbolt.DB
+	listChunk int // requests a paced listing decodes per read transaction
 
 	// Decoded policies by key, with the bytes they were decoded from:
 	// every request reads its policy, and decoding a large one is most of
@@ -100,7 +101,16 @@ func New(db *bbolt.DB) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("prepare store: %w", err)
 	}
-	return &Store{db: db}, nil
+	return &Store{db: db, listChunk: defaultListChunk}, nil
+}
+
+// SetListChunk sets how many requests a paced listing (one whose context
+// carries jit.WithPauses, as the sweep's) decodes per read transaction
+// before it pauses; default 500. Tests set it small.
+func (s *Store) SetListChunk(n int) {
+	if n > 0 {
+		s.listChunk = n
+	}
 }
 
 // GetPolicy returns the policy with the given name, in any case.
@@ -430,41 +440,73 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	// One read transaction, unless the caller is paced background work: it
+	// then reads listChunk requests per transaction, pausing in between.
+	chunk := 0
+	if jit.Paced(ctx) {
+		chunk = s.listChunk
+	}
 	var rs []jit.Request
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		records := tx.Bucket(bucketRequests)
-		c := tx.Bucket(bucketRequestsByStart).Cursor()
-		for k, status := c.First(); k != nil; k, status = c.Next() {
-			start, id, err := splitKey(k)
-			if err != nil {
-				return err
+	var resume []byte // index key to go on after, between transactions
+	for {
+		more := false
+		err := s.db.View(func(tx *bbolt.Tx) error {
+			records := tx.Bucket(bucketRequests)
+			c := tx.Bucket(bucketRequestsByStart).Cursor()
+			k, status := c.First()
+			if resume != nil {
+				if k, status = c.Seek(resume); k != nil && bytes.Equal(k, resume) {
+					k, status = c.Next()
+				}
 			}
-			if !f.Since.IsZero() && start.Before(f.Since) {
-				break // the rest are older still
+			decoded := 0
+			for ; k != nil; k, status = c.Next() {
+				if chunk > 0 && decoded >= chunk {
+					more = true
+					return nil
+				}
+				resume = append(resume[:0], k...)
+				start, id, err := splitKey(k)
+				if err != nil {
+					return err
+				}
+				if !f.Since.IsZero() && start.Before(f.Since) {
+					return nil // the rest are older still
+				}
+				if len(status) > 0 && len(f.Statuses) > 0 && !slices.Contains(f.Statuses, string(status)) {
+					continue // the index knows its status: no need to decode it
+				}
+				v := records.Get(id)
+				if v == nil {
+					return fmt.Errorf("request index names missing request %q", id)
+				}
+				var r jit.Request
+				if err := decode(v, &r); err != nil {
+					return err
+				}
+				decoded++
+				if !f.Matches(&r) {
+					continue
+				}
+				rs = append(rs, r)
+				if f.Limit > 0 && len(rs) >= f.Limit {
+					return nil
+				}
 			}
-			if len(status) > 0 && len(f.Statuses) > 0 && !slices.Contains(f.Statuses, string(status)) {
-				continue // the index knows its status: no need to decode it
-			}
-			v := records.Get(id)
-			if v == nil {
-				return fmt.Errorf("request index names missing request %q", id)
-			}
-			var r jit.Request
-			if err := decode(v, &r); err != nil {
-				return err
-			}
-			if !f.Matches(&r) {
-				continue
-			}
-			rs = append(rs, r)
-			if f.Limit > 0 && len(rs) >= f.Limit {
-				break
-			}
+			return nil
+		})
+		if err != nil || !more {
+			return rs, err
 		}
-		return nil
-	})
-	return rs, err
+		if err := jit.Pause(ctx); err != nil {
+			return nil, err
+		}
+	}
 }
+
+// defaultListChunk is how many requests a paced listing decodes per read
+// transaction: about 5 ms of work.
+const defaultListChunk = 500
 
 // AppendAudit stores ev once: an event whose ID is stored already is left as
 // it is, even if ev differs.

@@ -3,9 +3,11 @@ package boltstore_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -34,8 +36,61 @@ func TestStore(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) jit.Store {
 		db, s := open(t, filepath.Join(t.TempDir(), "state.db"))
 		t.Cleanup(func() { db.Close() })
+		// Paced listings cross chunk boundaries, also between requests
+		// that started at the same time.
+		s.SetListChunk(2)
 		return s
 	})
+}
+
+// TestPacedListingPauses: a paced listing reads in chunks and pauses
+// between them; every request comes once, in order, and a failing pause
+// ends the listing with its error.
+func TestPacedListingPauses(t *testing.T) {
+	ctx := context.Background()
+	db, s := open(t, filepath.Join(t.TempDir(), "state.db"))
+	defer db.Close()
+	s.SetListChunk(3)
+	at := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	for i := range 10 {
+		// Two requests per start time, so chunks end between equal times.
+		r := jit.Request{ID: fmt.Sprintf("r%02d", i), Status: jit.RequestActive, StartTime: at.Add(time.Duration(i/2) * time.Minute)}
+		if i == 4 {
+			r.Status = jit.RequestClosed // skipped by its index entry, not decoded
+		}
+		if _, err := s.CreateRequest(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ref, err := s.ListRequests(ctx, jit.RequestFilter{Statuses: []string{jit.RequestActive}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pauses := 0
+	paced := jit.WithPauses(ctx, func(ctx context.Context) error { pauses++; return nil })
+	got, err := s.ListRequests(paced, jit.RequestFilter{Statuses: []string{jit.RequestActive}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ids(got), ids(ref)) || len(got) != 9 {
+		t.Errorf("paced listing %v, unpaced %v, want the same 9 requests", ids(got), ids(ref))
+	}
+	if pauses != 2 { // 9 decoded in chunks of 3
+		t.Errorf("%d pauses, want 2", pauses)
+	}
+	stop := errors.New("stop")
+	failing := jit.WithPauses(ctx, func(context.Context) error { return stop })
+	if _, err := s.ListRequests(failing, jit.RequestFilter{}); !errors.Is(err, stop) {
+		t.Errorf("listing with a failing pause: %v, want the pause's error", err)
+	}
+}
+
+func ids(rs []jit.Request) []string {
+	var out []string
+	for _, r := range rs {
+		out = append(out, r.ID)
+	}
+	return out
 }
 
 func TestReopen(t *testing.T) {

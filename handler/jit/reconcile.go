@@ -90,6 +90,10 @@ func (s *Service) viewOf(ctx context.Context, reqs []Request) (*view, error) {
 // read one by one.
 func (s *Service) Reconcile(ctx context.Context) (SweepReport, error) {
 	var rep SweepReport
+	// Most drift is repaired at once by events; this is the backstop, and
+	// on a large estate it is long: it paces itself (and the listings under
+	// it) so that it does not take the CPU from requests.
+	ctx = WithPauses(ctx, newPacer(s.cfg.ReconcileShare).pause)
 	// One listing of the active requests serves the sweep and the view:
 	// the sweep only closes ended grants, which the view treats as ended.
 	reqs, err := s.sweepList(ctx)
@@ -112,6 +116,11 @@ func (s *Service) Reconcile(ctx context.Context) (SweepReport, error) {
 		return rep, errors.Join(append(errs, Wrap(EUNAVAILABLE, err, "listing network security groups failed"))...)
 	}
 	for i, n := range nsgs {
+		if i%pacedNSGs == 0 {
+			if err := Pause(ctx); err != nil {
+				return rep, errors.Join(append(errs, err)...)
+			}
+		}
 		rep.NSGs++
 		wrote, err := s.reconcileNSG(ctx, v, n, &rep)
 		if err != nil {
@@ -126,6 +135,9 @@ func (s *Service) Reconcile(ctx context.Context) (SweepReport, error) {
 	}
 	if err := s.recordFindings(ctx, v, nsgs); err != nil {
 		errs = append(errs, err)
+	}
+	if err := Pause(ctx); err != nil {
+		return rep, errors.Join(append(errs, err)...)
 	}
 	// Keep GET /vms answering from memory (list calls per page).
 	if err := s.RefreshInventory(ctx); err != nil {
@@ -355,3 +367,6 @@ func (s *Service) drift(ctx context.Context, r Request, vm, nsg, detail string) 
 		s.cfg.Notifier.Notify(n)
 	}
 }
+
+// pacedNSGs is how many NSGs Reconcile compares between pauses.
+const pacedNSGs = 50

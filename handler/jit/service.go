@@ -36,7 +36,12 @@ type Config struct {
 	// GET /vms before it is read again; resource events drop it at once.
 	// DefaultInventoryTTL when zero.
 	InventoryTTL time.Duration
-	Log          zerolog.Logger
+	// ReconcileShare is the share of wall time Reconcile's drift repair may
+	// be busy: it pauses in between so that a large estate's comparison
+	// does not take the CPU from requests. Ended grants are closed first,
+	// without pauses. 0 means no pauses.
+	ReconcileShare float64
+	Log            zerolog.Logger
 }
 
 // Service holds the use cases. Its methods are safe for concurrent use.

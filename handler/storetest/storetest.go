@@ -653,16 +653,34 @@ func testListRequestsFilters(t *testing.T, s jit.Store) {
 		{"party and requestor", jit.RequestFilter{Party: "bot", Requestor: "alice"}, nil},
 		{"party, hostile", jit.RequestFilter{Party: "bot' or '1' eq '1"}, nil},
 	}
+	// Paced background work (the sweep) lists through a context with
+	// pauses, which a store may use to read in chunks: the answer must not
+	// change.
+	pauses := 0
+	paced := jit.WithPauses(context.Background(), func(ctx context.Context) error {
+		pauses++
+		return ctx.Err()
+	})
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			rs, err := s.ListRequests(context.Background(), c.f)
-			if err != nil {
-				t.Fatalf("ListRequests: %v", err)
-			}
-			if got := requestIDs(rs); !slices.Equal(got, c.want) {
-				t.Errorf("ListRequests(%+v) = %q, want %q", c.f, got, c.want)
+			for _, ctx := range []context.Context{context.Background(), paced} {
+				rs, err := s.ListRequests(ctx, c.f)
+				if err != nil {
+					t.Fatalf("ListRequests: %v", err)
+				}
+				if got := requestIDs(rs); !slices.Equal(got, c.want) {
+					t.Errorf("ListRequests(%+v), paced %v = %q, want %q", c.f, jit.Paced(ctx), got, c.want)
+				}
 			}
 		})
+	}
+	t.Logf("%d pauses in paced listings", pauses)
+
+	// A pause that fails (the sweep being cancelled) ends the listing.
+	stop := errors.New("stop")
+	failing := jit.WithPauses(context.Background(), func(context.Context) error { return stop })
+	if _, err := s.ListRequests(failing, jit.RequestFilter{}); err != nil && !errors.Is(err, stop) {
+		t.Errorf("listing with a failing pause: %v, want nil (no pause needed) or the pause's error", err)
 	}
 }
 
