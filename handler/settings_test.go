@@ -7,10 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -520,5 +522,28 @@ func TestAppRolesMatchHandler(t *testing.T) {
 	slices.Sort(want)
 	if !slices.Equal(values, want) {
 		t.Errorf("infra/app-roles.json has roles %v, the handler checks %v", values, want)
+	}
+}
+
+// TestWorkerConcurrency: without simulated ARM latency the local worker
+// writes no more NSGs at once than there are cores (at least 2), with it 8.
+func TestWorkerConcurrency(t *testing.T) {
+	prev := runtime.GOMAXPROCS(0)
+	defer runtime.GOMAXPROCS(prev)
+	for _, tc := range []struct {
+		procs   int
+		latency time.Duration
+		want    int
+	}{
+		{1, 0, 2},
+		{2, 0, 2},
+		{6, 0, 6},
+		{2, 2 * time.Second, 8},
+		{16, time.Millisecond, 8},
+	} {
+		runtime.GOMAXPROCS(tc.procs)
+		if got := workerConcurrency(tc.latency); got != tc.want {
+			t.Errorf("GOMAXPROCS %d, latency %v: %d, want %d", tc.procs, tc.latency, got, tc.want)
+		}
 	}
 }
