@@ -145,8 +145,13 @@ func planRules(doc *nsgDoc, put []jit.SecurityRule, bands []Band, del []string) 
 			continue
 		}
 		j, ok := want[name]
-		if !ok || done[name] || sr.Properties == nil {
+		if !ok || done[name] {
 			keep(i)
+			continue
+		}
+		if sr.Properties == nil {
+			// Unreadable: written afresh below, at a free priority.
+			changed++
 			continue
 		}
 		done[name] = true

@@ -14,8 +14,8 @@ import (
 	"jitaccess/handler/jit"
 )
 
-// nsgAPIVersion is the Microsoft.Network API version the lean NSG list asks
-// for: the one the armnetwork module in go.mod uses.
+// nsgAPIVersion is the Microsoft.Network API version of the lean NSG list,
+// reads and writes: the one the armnetwork module in go.mod uses.
 const nsgAPIVersion = "2025-05-01"
 
 // leanNSG is an NSG of ARM's NSG list with only what the sweep reads.

@@ -2,10 +2,15 @@ package azurenet
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 
 	"jitaccess/handler/jit"
 )
@@ -54,5 +59,56 @@ func TestDecodeNSGPageRejectsMalformed(t *testing.T) {
 		if _, err := decodeNSGPage(context.Background(), []byte(body), func(leanNSG) {}); err == nil {
 			t.Errorf("%q decoded without error", body)
 		}
+	}
+}
+
+// TestAwaitOperationAnswerStates: a PUT's answer alone settles the write
+// only when it says Succeeded (or says nothing and has nothing to follow);
+// a failed write, or one in progress with no operation to follow, is an
+// lroError, which the driver retries.
+func TestAwaitOperationAnswerStates(t *testing.T) {
+	d := &Driver{}
+	for _, tc := range []struct {
+		body    string
+		async   string
+		wantErr bool
+	}{
+		{`{"properties":{"provisioningState":"Succeeded"}}`, "", false},
+		{``, "", false},
+		{`{"properties":{"provisioningState":"Failed"}}`, "", true},
+		{`{"properties":{"provisioningState":"Canceled"}}`, "https://arm.invalid/op", true},
+		{`{"properties":{"provisioningState":"Updating"}}`, "", true},
+		{`{"properties":{"provisioningState":"Updating"}}`, "not a url", true},
+	} {
+		resp := &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(tc.body))}
+		if tc.async != "" {
+			resp.Header.Set("Azure-AsyncOperation", tc.async)
+		}
+		err := d.awaitOperation(context.Background(), runtime.Pipeline{}, resp)
+		var lro lroError
+		if tc.wantErr != (err != nil) || (err != nil && !errors.As(err, &lro)) {
+			t.Errorf("answer %s, operation %q: %v, want an lroError: %v", tc.body, tc.async, err, tc.wantErr)
+		}
+	}
+}
+
+// TestPlanRulesRewritesUnreadableManagedRule: a managed rule ARM sent
+// without properties is written afresh, not duplicated.
+func TestPlanRulesRewritesUnreadableManagedRule(t *testing.T) {
+	doc, err := decodeNSG([]byte(`{"properties":{"securityRules":[{"name":"jit-allow-x-0"},{"name":"other","properties":{"direction":"Inbound","priority":1000}}]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := []jit.SecurityRule{{Name: "jit-allow-x-0", Access: jit.AccessAllow, Protocol: "Tcp", Ports: []string{"22"}, Sources: []string{"198.51.100.1"}, Destinations: []string{"10.0.0.4"}}}
+	rules, created, changed, err := planRules(doc, put, []Band{{DefaultAllowMin, DefaultAllowMax}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rules) != 2 || created != 1 || changed != 2 {
+		t.Fatalf("%d rules, %d created, %d changed; want 2, 1, 2", len(rules), created, changed)
+	}
+	var got leanRule
+	if err := json.Unmarshal(rules[1], &got); err != nil || got.Name != "jit-allow-x-0" || got.Properties == nil || got.Properties.Priority != 1001 {
+		t.Errorf("rewritten rule %s (%v), want jit-allow-x-0 at 1001", rules[1], err)
 	}
 }

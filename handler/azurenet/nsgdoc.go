@@ -199,8 +199,8 @@ func (d *Driver) writeNSG(ctx context.Context, r ref, doc *nsgDoc, rules []json.
 }
 
 // awaitOperation follows the long-running operation a PUT answered with
-// resp until it ends, through its Azure-AsyncOperation URL, honouring
-// Retry-After and else polling every PollFrequency. It makes no final read
+// resp until it ends, through its Azure-AsyncOperation URL: a first poll
+// at once, then every PollFrequency or as the poll's Retry-After asks. It makes no final read
 // of the resource: the driver knows what it wrote. A failed or cancelled
 // operation is an lroError carrying ARM's error code.
 func (d *Driver) awaitOperation(ctx context.Context, pl runtime.Pipeline, resp *http.Response) error {
@@ -222,39 +222,30 @@ func (d *Driver) awaitOperation(ctx context.Context, pl runtime.Pipeline, resp *
 	asyncURL := resp.Header.Get("Azure-AsyncOperation")
 	switch {
 	case strings.EqualFold(state, "Failed"), strings.EqualFold(state, "Canceled"):
-		return lroError{runtime.NewResponseError(resp)}
-	case asyncURL == "", strings.EqualFold(state, "Succeeded"):
+		return lroError{fmt.Errorf("the write ended %s", state)}
+	case strings.EqualFold(state, "Succeeded"), asyncURL == "" && state == "":
 		return nil
+	case asyncURL == "":
+		// Still in progress with nothing to follow: not known to be done,
+		// so the caller tries again (the write is idempotent).
+		return lroError{fmt.Errorf("the write is %s and ARM gave no operation to follow", state)}
 	}
 	if u, err := url.Parse(asyncURL); err != nil || !u.IsAbs() {
-		return fmt.Errorf("ARM answered with an invalid operation URL %q", asyncURL)
+		return lroError{fmt.Errorf("ARM answered with an invalid operation URL %q", asyncURL)}
 	}
 	for {
-		req, err := runtime.NewRequest(ctx, http.MethodGet, asyncURL)
+		// The first poll goes at once, as the SDK's poller does.
+		status, resp, err := pollOperation(ctx, pl, asyncURL)
 		if err != nil {
-			return err
-		}
-		resp, err := pl.Do(req)
-		if err != nil {
-			return err
-		}
-		if !runtime.HasStatusCode(resp, http.StatusOK) {
-			return lroError{runtime.NewResponseError(resp)}
-		}
-		var op struct {
-			Status string `json:"status"`
-		}
-		body, err := runtime.Payload(resp)
-		if err != nil {
-			return err
-		}
-		if err := json.Unmarshal(body, &op); err != nil {
-			return fmt.Errorf("decode operation status: %w", err)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return lroError{err}
 		}
 		switch {
-		case strings.EqualFold(op.Status, "Succeeded"):
+		case strings.EqualFold(status, "Succeeded"):
 			return nil
-		case strings.EqualFold(op.Status, "Failed"), strings.EqualFold(op.Status, "Canceled"):
+		case strings.EqualFold(status, "Failed"), strings.EqualFold(status, "Canceled"):
 			return lroError{runtime.NewResponseError(resp)}
 		}
 		wait := d.cfg.PollFrequency
@@ -269,6 +260,33 @@ func (d *Driver) awaitOperation(ctx context.Context, pl runtime.Pipeline, resp *
 		case <-t.C:
 		}
 	}
+}
+
+// pollOperation reads an Azure-AsyncOperation URL once: the operation's
+// status, and the answer (for ARM's error code when it failed).
+func pollOperation(ctx context.Context, pl runtime.Pipeline, asyncURL string) (string, *http.Response, error) {
+	req, err := runtime.NewRequest(ctx, http.MethodGet, asyncURL)
+	if err != nil {
+		return "", nil, err
+	}
+	resp, err := pl.Do(req)
+	if err != nil {
+		return "", nil, err
+	}
+	if !runtime.HasStatusCode(resp, http.StatusOK) {
+		return "", nil, runtime.NewResponseError(resp)
+	}
+	body, err := runtime.Payload(resp)
+	if err != nil {
+		return "", nil, err
+	}
+	var op struct {
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal(body, &op); err != nil {
+		return "", nil, fmt.Errorf("decode operation status: %w", err)
+	}
+	return op.Status, resp, nil
 }
 
 // newRuleJSON is the body of a managed rule as the driver writes it.

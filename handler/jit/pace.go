@@ -36,9 +36,14 @@ func Paced(ctx context.Context) bool {
 }
 
 // pacer keeps work busy for at most share of the wall time: each pause
-// sleeps for the time since the previous pause times (1-share)/share.
-// Busy time is wall time, so on a loaded machine the work yields more, not
-// less. share 0 or 1 means no sleeping.
+// sleeps for the time since the previous pause times (1-share)/share, but
+// never longer than maxPause. Busy time is wall time, so on a loaded
+// machine the work yields more, not less; the cap keeps time spent waiting
+// on Azure (a write, a throttled read) from turning into long sleeps.
+// share 0 or 1 means no sleeping.
+// maxPause is the longest single pause.
+const maxPause = 100 * time.Millisecond
+
 type pacer struct {
 	share float64
 	now   func() time.Time
@@ -61,7 +66,7 @@ func (p *pacer) pause(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	busy := p.now().Sub(p.since)
-	if err := p.sleep(ctx, time.Duration(float64(busy)*(1-p.share)/p.share)); err != nil {
+	if err := p.sleep(ctx, min(time.Duration(float64(busy)*(1-p.share)/p.share), maxPause)); err != nil {
 		return err
 	}
 	p.since = p.now()

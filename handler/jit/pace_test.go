@@ -3,6 +3,7 @@ package jit
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -23,14 +24,15 @@ func fakePacer(share float64) (*pacer, *time.Time, *[]time.Duration) {
 func TestPacerKeepsItsShare(t *testing.T) {
 	ctx := context.Background()
 	p, now, slept := fakePacer(0.25)
-	for _, busy := range []time.Duration{10 * time.Millisecond, 40 * time.Millisecond, 0} {
+	for _, busy := range []time.Duration{10 * time.Millisecond, 20 * time.Millisecond, 0, 5 * time.Second} {
 		*now = now.Add(busy)
 		if err := p.pause(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// Busy a quarter of the time: three times as long asleep as busy.
-	want := []time.Duration{30 * time.Millisecond, 120 * time.Millisecond, 0}
+	// Busy a quarter of the time: three times as long asleep as busy, but
+	// never more than maxPause (a long wait on Azure is not CPU).
+	want := []time.Duration{30 * time.Millisecond, 60 * time.Millisecond, 0, maxPause}
 	if len(*slept) != len(want) {
 		t.Fatalf("slept %v, want %v", *slept, want)
 	}
@@ -66,5 +68,32 @@ func TestPauseFollowsContext(t *testing.T) {
 	cancel()
 	if err := Pause(WithPauses(cancelled, newPacer(0.5).pause)); !errors.Is(err, context.Canceled) {
 		t.Errorf("pause of a cancelled paced context: %v, want context.Canceled", err)
+	}
+}
+
+// TestStillOpen: a reconcile puts an allow rule back only while the
+// request, read again, is active, the grant not ended and its rule open.
+func TestStillOpen(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	const nsg = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkSecurityGroups/n"
+	open := func() Request {
+		return Request{Status: RequestActive, Grants: []Grant{{End: now.Add(time.Hour), NSGs: []GrantNSG{{ID: nsg, State: RuleOpen}}}}}
+	}
+	if !stillOpen(open(), 0, strings.ToUpper(nsg), now) {
+		t.Error("an open grant is not still open")
+	}
+	revoked := open() // a revoke closes the request
+	revoked.Status = RequestClosed
+	ended := open()
+	ended.Grants[0].End = now.Add(-time.Second)
+	closed := open()
+	closed.Grants[0].NSGs[0].State = RuleClosed
+	for name, r := range map[string]Request{"revoked": revoked, "ended": ended, "rule closed": closed} {
+		if stillOpen(r, 0, nsg, now) {
+			t.Errorf("%s grant counted as still open", name)
+		}
+	}
+	if stillOpen(open(), 1, nsg, now) || stillOpen(open(), 0, nsg+"-other", now) {
+		t.Error("a missing grant or NSG counted as still open")
 	}
 }

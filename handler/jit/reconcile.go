@@ -93,7 +93,9 @@ func (s *Service) Reconcile(ctx context.Context) (SweepReport, error) {
 	// Most drift is repaired at once by events; this is the backstop, and
 	// on a large estate it is long: it paces itself (and the listings under
 	// it) so that it does not take the CPU from requests.
-	ctx = WithPauses(ctx, newPacer(s.cfg.ReconcileShare).pause)
+	if share := s.cfg.ReconcileShare; share > 0 && share < 1 {
+		ctx = WithPauses(ctx, newPacer(share).pause)
+	}
 	// One listing of the active requests serves the sweep and the view:
 	// the sweep only closes ended grants, which the view treats as ended.
 	reqs, err := s.sweepList(ctx)
@@ -252,6 +254,12 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 			if have, ok := present[strings.ToLower(name)]; ok && sameRule(have, want) {
 				continue
 			}
+			// The view may be older than the NSG listing (a paced reconcile
+			// takes a while): never put back a rule whose grant has ended,
+			// been revoked or closed since.
+			if fresh, err := s.store.GetRequest(ctx, ref.req.ID); err != nil || !stillOpen(fresh, ref.i, n.ID, s.now()) {
+				continue
+			}
 			if err := s.net.PutRule(ctx, n.ID, want); err != nil {
 				fail(ref.req, g.VM, "putting back allow rule "+name, err)
 				continue
@@ -370,3 +378,13 @@ func (s *Service) drift(ctx context.Context, r Request, vm, nsg, detail string) 
 
 // pacedNSGs is how many NSGs Reconcile compares between pauses.
 const pacedNSGs = 50
+
+// stillOpen reports whether grant i of r is live and its rule in nsgID is
+// recorded open.
+func stillOpen(r Request, i int, nsgID string, now time.Time) bool {
+	if r.Status != RequestActive || i >= len(r.Grants) || r.Grants[i].Ended(now) {
+		return false
+	}
+	gn, _ := r.Grants[i].NSG(nsgID)
+	return gn != nil && gn.State == RuleOpen
+}

@@ -36,10 +36,11 @@ type Config struct {
 	// GET /vms before it is read again; resource events drop it at once.
 	// DefaultInventoryTTL when zero.
 	InventoryTTL time.Duration
-	// ReconcileShare is the share of wall time Reconcile's drift repair may
-	// be busy: it pauses in between so that a large estate's comparison
-	// does not take the CPU from requests. Ended grants are closed first,
-	// without pauses. 0 means no pauses.
+	// ReconcileShare is the share of wall time Reconcile may be busy: it
+	// pauses (at most 100 ms at a time) between chunks of its listings and
+	// of its comparison, so that a large estate does not take the CPU from
+	// requests. Ended grants are closed before the drift repair; the closes
+	// themselves are not paced. 0 or 1 means no pauses.
 	ReconcileShare float64
 	Log            zerolog.Logger
 }

@@ -23,7 +23,10 @@ type Store interface {
 	GetRequest(ctx context.Context, id string) (Request, error)
 	CreateRequest(ctx context.Context, r Request) (Request, error)
 	UpdateRequest(ctx context.Context, r Request) (Request, error)
-	// ListRequests returns the requests that match f, newest first.
+	// ListRequests returns the requests that match f, newest first. Under
+	// a paced context (WithPauses) it may read in chunks with Pause in
+	// between: the answer is then not one snapshot, and a request created
+	// meanwhile may be missing.
 	ListRequests(ctx context.Context, f RequestFilter) ([]Request, error)
 
 	// AppendAudit stores ev. Appending an event whose ID is already stored
