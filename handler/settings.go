@@ -41,7 +41,7 @@ var allSettings = []setting{
 	{"JIT_LOG_LEVEL", "info", "both", "debug, info, warn or error"},
 	{"JIT_PENDING_EXPIRY", "1h", "both", "how long a request waits for approval before it expires"},
 	{"JIT_INVENTORY_TTL", "1m", "both", "how long the VM list read from Azure serves GET /api/v1/vms; resource events refresh it at once"},
-	{"JIT_RECONCILE_SHARE", "0.25", "both", "share of the time the sweep may be busy, 0.05 to 1: it pauses (at most 100 ms at a time) so that a large estate does not slow requests; the closes of ended grants are not paced"},
+	{"JIT_RECONCILE_SHARE", "0.25", "both", "share of the time the sweep may be busy, 0.05 to 1: it pauses (at most 1 s at a time) so that a large estate does not slow requests; the closes of ended grants are not paced"},
 	{"JIT_STUCK_AFTER", "5m", "both", "how long an open may stay undone before the sweeper marks the grant failed (and makes sure nothing is open)"},
 	{"JIT_WEBHOOK_URL", "", "both", "incoming webhook (Teams, Slack) that hears about pending, approved, denied, opened, closed, revoked, failed and drift"},
 	{"JIT_TRUSTED_PROXIES", "", "both", "CIDRs of proxies whose X-Forwarded-For gives the caller's address (Functions mode always trusts the local host)"},

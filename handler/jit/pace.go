@@ -42,7 +42,7 @@ func Paced(ctx context.Context) bool {
 // on Azure (a write, a throttled read) from turning into long sleeps.
 // share 0 or 1 means no sleeping.
 // maxPause is the longest single pause.
-const maxPause = 100 * time.Millisecond
+const maxPause = time.Second
 
 type pacer struct {
 	share float64

@@ -37,7 +37,7 @@ type Config struct {
 	// DefaultInventoryTTL when zero.
 	InventoryTTL time.Duration
 	// ReconcileShare is the share of wall time Reconcile may be busy: it
-	// pauses (at most 100 ms at a time) between chunks of its listings and
+	// pauses (at most 1 s at a time) between chunks of its listings and
 	// of its comparison, so that a large estate does not take the CPU from
 	// requests. Ended grants are closed before the drift repair; the closes
 	// themselves are not paced. 0 or 1 means no pauses.
