@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/url"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
@@ -60,21 +59,7 @@ func (d *Driver) listNSGs(ctx context.Context, sub string) ([]jit.NSGInfo, error
 		"?api-version=" + nsgAPIVersion
 	var out []jit.NSGInfo
 	for next != "" {
-		req, err := runtime.NewRequest(ctx, http.MethodGet, next)
-		if err != nil {
-			return nil, err
-		}
-		req.Raw().Header.Set("Accept", "application/json")
-		resp, err := c.Pipeline().Do(req)
-		if err != nil {
-			return nil, err
-		}
-		if !runtime.HasStatusCode(resp, http.StatusOK) {
-			err := runtime.NewResponseError(resp)
-			resp.Body.Close()
-			return nil, err
-		}
-		body, err := runtime.Payload(resp)
+		body, err := getJSON(ctx, c.Pipeline(), next)
 		if err != nil {
 			return nil, err
 		}

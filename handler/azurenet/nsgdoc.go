@@ -129,23 +129,29 @@ func (d *Driver) readNSG(ctx context.Context, r ref) (*nsgDoc, error) {
 	if err != nil {
 		return nil, err
 	}
-	req, err := runtime.NewRequest(ctx, http.MethodGet, nsgURL(c.Endpoint(), r))
+	body, err := getJSON(ctx, c.Pipeline(), nsgURL(c.Endpoint(), r))
+	if err != nil {
+		return nil, err
+	}
+	return decodeNSG(body)
+}
+
+// getJSON GETs u through pl and returns the body of its 200 answer; any
+// other answer is an *azcore.ResponseError.
+func getJSON(ctx context.Context, pl runtime.Pipeline, u string) ([]byte, error) {
+	req, err := runtime.NewRequest(ctx, http.MethodGet, u)
 	if err != nil {
 		return nil, err
 	}
 	req.Raw().Header.Set("Accept", "application/json")
-	resp, err := c.Pipeline().Do(req)
+	resp, err := pl.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	if !runtime.HasStatusCode(resp, http.StatusOK) {
 		return nil, runtime.NewResponseError(resp)
 	}
-	body, err := runtime.Payload(resp)
-	if err != nil {
-		return nil, err
-	}
-	return decodeNSG(body)
+	return runtime.Payload(resp)
 }
 
 // decodeNSG decodes an NSG as ARM answers it.
