@@ -217,10 +217,20 @@ const (
 	typeNSG    = "Microsoft.Network/networkSecurityGroups"
 )
 
-func (d *Driver) nsgClients(nsgID string) (ref, *clients, error) {
+// nsgRef parses the id of an NSG.
+func nsgRef(nsgID string) (ref, error) {
 	r, ok := parseID(nsgID, typeNSG)
 	if !ok {
-		return ref{}, nil, jit.Errorf(jit.EINVALID, "%q is not the id of a network security group", nsgID)
+		return ref{}, jit.Errorf(jit.EINVALID, "%q is not the id of a network security group", nsgID)
+	}
+	return r, nil
+}
+
+// nsgClients is nsgRef with the SDK clients of the NSG's subscription.
+func (d *Driver) nsgClients(nsgID string) (ref, *clients, error) {
+	r, err := nsgRef(nsgID)
+	if err != nil {
+		return ref{}, nil, err
 	}
 	c, err := d.clientsFor(r.sub)
 	return r, c, err
@@ -576,7 +586,7 @@ func (d *Driver) DeleteRule(ctx context.Context, nsgID, name string) error {
 
 // ListRules returns the NSG's inbound rules by priority.
 func (d *Driver) ListRules(ctx context.Context, nsgID string) ([]jit.SecurityRule, error) {
-	r, _, err := d.nsgClients(nsgID)
+	r, err := nsgRef(nsgID)
 	if err != nil {
 		return nil, err
 	}
@@ -613,15 +623,7 @@ func (d *Driver) backoff(ctx context.Context, attempt int, cause error) error {
 		delay = d.cfg.MaxRetryDelay
 	}
 	delay = delay/2 + rand.N(delay/2+1)
-	delay = max(delay, throttledFor(cause))
-	t := time.NewTimer(delay)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return jit.Sleep(ctx, max(delay, throttledFor(cause)))
 }
 
 // freePriority is the lowest priority of band not in used.

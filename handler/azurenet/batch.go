@@ -36,7 +36,7 @@ func (d *Driver) ApplyRules(ctx context.Context, nsgID string, put []jit.Securit
 	if len(put) == 0 && len(del) == 0 {
 		return nil
 	}
-	r, _, err := d.nsgClients(nsgID)
+	r, err := nsgRef(nsgID)
 	if err != nil {
 		return err
 	}

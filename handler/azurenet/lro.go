@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+
+	"jitaccess/handler/jit"
 )
 
 // awaitWrite follows a PUT's long-running operation to its end without the
@@ -30,10 +32,8 @@ func awaitWrite[T any](ctx context.Context, p *runtime.Poller[T], every time.Dur
 		if ra := retryAfter(resp); ra > 0 {
 			wait = ra
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
+		if err := jit.Sleep(ctx, wait); err != nil {
+			return err
 		}
 	}
 	if last != nil && operationSucceeded(last) {

@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/streaming"
@@ -206,9 +205,9 @@ func (d *Driver) writeNSG(ctx context.Context, r ref, doc *nsgDoc, rules []json.
 
 // awaitOperation follows the long-running operation a PUT answered with
 // resp until it ends, through its Azure-AsyncOperation URL: a first poll
-// at once, then every PollFrequency or as the poll's Retry-After asks. It makes no final read
-// of the resource: the driver knows what it wrote. A failed or cancelled
-// operation is an lroError carrying ARM's error code.
+// at once, then every PollFrequency or as the poll's Retry-After asks. It
+// makes no final read of the resource: the driver knows what it wrote. A
+// failed or cancelled operation is an lroError carrying ARM's error code.
 func (d *Driver) awaitOperation(ctx context.Context, pl runtime.Pipeline, resp *http.Response) error {
 	var answer struct {
 		Properties struct {
@@ -258,12 +257,8 @@ func (d *Driver) awaitOperation(ctx context.Context, pl runtime.Pipeline, resp *
 		if ra := retryAfter(resp); ra > 0 {
 			wait = ra
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
+		if err := jit.Sleep(ctx, wait); err != nil {
+			return err
 		}
 	}
 }

@@ -35,15 +35,15 @@ func Paced(ctx context.Context) bool {
 	return ok && pause != nil
 }
 
+// maxPause is the longest single pause.
+const maxPause = time.Second
+
 // pacer keeps work busy for at most share of the wall time: each pause
 // sleeps for the time since the previous pause times (1-share)/share, but
 // never longer than maxPause. Busy time is wall time, so on a loaded
 // machine the work yields more, not less; the cap keeps time spent waiting
 // on Azure (a write, a throttled read) from turning into long sleeps.
 // share 0 or 1 means no sleeping.
-// maxPause is the longest single pause.
-const maxPause = time.Second
-
 type pacer struct {
 	share float64
 	now   func() time.Time
@@ -54,7 +54,7 @@ type pacer struct {
 }
 
 func newPacer(share float64) *pacer {
-	p := &pacer{share: share, now: time.Now, sleep: sleepCtx}
+	p := &pacer{share: share, now: time.Now, sleep: Sleep}
 	p.since = p.now()
 	return p
 }
@@ -73,8 +73,8 @@ func (p *pacer) pause(ctx context.Context) error {
 	return nil
 }
 
-// sleepCtx sleeps for d or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) error {
+// Sleep sleeps for d or until ctx ends, and then returns ctx.Err().
+func Sleep(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
 		return ctx.Err()
 	}
