@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -26,6 +27,10 @@ const azuriteStartTimeout = 30 * time.Second
 type Azurite struct {
 	port     int
 	certFile string // HTTPS with Entra ID tokens when set
+	cmd      *exec.Cmd
+	exited   chan error
+	dir      string // working directory, removed by Close
+	closed   sync.Once
 }
 
 // StartAzurite starts azurite-table on a free loopback port, waits until
@@ -47,8 +52,34 @@ func StartAzuriteOAuth(t testing.TB, certFile, keyFile string) *Azurite {
 }
 
 func startAzurite(t testing.TB, certFile, keyFile string) *Azurite {
-	bin := filepath.Join(NodeModules(t), ".bin", "azurite-table")
-	port := FreePort(t)
+	t.Helper()
+	a, err := LaunchAzurite(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Close() })
+	return a
+}
+
+// LaunchAzurite starts azurite-table on a free loopback port and waits
+// until it accepts connections; the caller stops it with Close. With a
+// certificate and key (see WriteSelfSignedCert) it serves HTTPS and takes
+// Entra ID tokens, as StartAzuriteOAuth; with both empty, plain HTTP and
+// shared keys, as StartAzurite.
+func LaunchAzurite(certFile, keyFile string) (*Azurite, error) {
+	nm, err := InstallNodeModules()
+	if err != nil {
+		return nil, err
+	}
+	bin := filepath.Join(nm, ".bin", "azurite-table")
+	port, err := FindFreePort()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "jitaccess-azurite")
+	if err != nil {
+		return nil, fmt.Errorf("starting Azurite: %w", err)
+	}
 	out := &azuriteLog{}
 	// --location cannot be combined with --inMemoryPersistence (Azurite
 	// 3.37 refuses); the working directory is a temporary one instead, in
@@ -61,24 +92,20 @@ func startAzurite(t testing.TB, certFile, keyFile string) *Azurite {
 		"--inMemoryPersistence",
 		"--disableTelemetry",
 	}
-	a := &Azurite{port: port}
+	a := &Azurite{port: port, dir: dir, exited: make(chan error, 1)}
 	if certFile != "" {
 		args = append(args, "--cert", certFile, "--key", keyFile, "--oauth", "basic")
 		a.certFile = certFile
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = t.TempDir()
-	cmd.Stdout = out
-	cmd.Stderr = out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting Azurite (%s): %v", bin, err)
+	a.cmd = exec.Command(bin, args...)
+	a.cmd.Dir = dir
+	a.cmd.Stdout = out
+	a.cmd.Stderr = out
+	if err := a.cmd.Start(); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("starting Azurite (%s): %w", bin, err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
+	go func() { a.exited <- a.cmd.Wait() }()
 
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	deadline := time.Now().Add(azuriteStartTimeout)
@@ -86,18 +113,31 @@ func startAzurite(t testing.TB, certFile, keyFile string) *Azurite {
 		conn, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			conn.Close()
-			return a
+			return a, nil
 		}
 		select {
-		case err := <-exited:
-			exited <- err // for the cleanup
-			t.Fatalf("Azurite exited before accepting connections (%v):\n%s", err, out)
+		case err := <-a.exited:
+			a.exited <- err // for Close
+			_ = a.Close()
+			return nil, fmt.Errorf("azurite exited before accepting connections (%v):\n%s", err, out)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("Azurite did not accept connections on %s within %s:\n%s", addr, azuriteStartTimeout, out)
+			_ = a.Close()
+			return nil, fmt.Errorf("azurite did not accept connections on %s within %s:\n%s", addr, azuriteStartTimeout, out)
 		}
 	}
+}
+
+// Close stops Azurite and removes its working directory. It may be called
+// more than once.
+func (a *Azurite) Close() error {
+	a.closed.Do(func() {
+		_ = a.cmd.Process.Kill()
+		<-a.exited
+		_ = os.RemoveAll(a.dir)
+	})
+	return nil
 }
 
 // Port returns the table service's port.

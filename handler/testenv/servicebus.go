@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -25,6 +26,11 @@ type ServiceBusDouble struct {
 	HTTPPort int
 	// AMQPSPort is the TLS listener's port (StartServiceBusTLS), else 0.
 	AMQPSPort int
+
+	cmd    *exec.Cmd
+	stdin  io.Closer
+	exited chan struct{}
+	closed sync.Once
 }
 
 // StartServiceBus starts the Service Bus test double on free loopback ports
@@ -32,7 +38,7 @@ type ServiceBusDouble struct {
 // ready within 20 seconds.
 func StartServiceBus(t testing.TB) *ServiceBusDouble {
 	t.Helper()
-	return startServiceBus(t)
+	return startServiceBus(t, "", "")
 }
 
 // StartServiceBusTLS starts the double as StartServiceBus does, listening
@@ -41,43 +47,58 @@ func StartServiceBus(t testing.TB) *ServiceBusDouble {
 // token credential, as in Azure.
 func StartServiceBusTLS(t testing.TB, certFile, keyFile string) *ServiceBusDouble {
 	t.Helper()
-	return startServiceBus(t, "--tls-cert", certFile, "--tls-key", keyFile, "--amqps-port", "0")
+	return startServiceBus(t, certFile, keyFile)
 }
 
-func startServiceBus(t testing.TB, extra ...string) *ServiceBusDouble {
-	NodeModules(t)
-	script := filepath.Join(RepoRoot(t), "testing", "servicebus-double", "server.js")
-	cmd := exec.Command("node", append([]string{script, "--amqp-port", "0", "--http-port", "0"}, extra...)...)
-	cmd.Dir = RepoRoot(t)
+func startServiceBus(t testing.TB, certFile, keyFile string) *ServiceBusDouble {
+	t.Helper()
+	d, err := LaunchServiceBus(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	return d
+}
+
+// LaunchServiceBus starts the Service Bus test double on free loopback
+// ports and waits until it is ready (at most 20 seconds); the caller stops
+// it with Close. With a certificate and key (see WriteSelfSignedCert) it
+// also listens with TLS, as StartServiceBusTLS; with both empty, plain
+// AMQP only, as StartServiceBus.
+func LaunchServiceBus(certFile, keyFile string) (*ServiceBusDouble, error) {
+	if _, err := InstallNodeModules(); err != nil {
+		return nil, err
+	}
+	dir, err := FindRepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{filepath.Join(dir, "testing", "servicebus-double", "server.js"), "--amqp-port", "0", "--http-port", "0"}
+	if certFile != "" {
+		args = append(args, "--tls-cert", certFile, "--tls-key", keyFile, "--amqps-port", "0")
+	}
+	cmd := exec.Command("node", args...)
+	cmd.Dir = dir
 	cmd.Stderr = os.Stderr
-	// The double exits when its stdin closes, so it dies with the test
-	// binary even when Cleanup never runs.
+	// The double exits when its stdin closes, so it dies with the process
+	// that started it even when Close never runs.
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		t.Fatalf("starting the Service Bus double: %v", err)
+		return nil, fmt.Errorf("starting the Service Bus double: %w", err)
 	}
 	// An io.Pipe rather than StdoutPipe: Wait may then run while the
 	// scanner below still reads.
 	stdout, stdoutW := io.Pipe()
 	cmd.Stdout = stdoutW
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting the Service Bus double: %v", err)
+		return nil, fmt.Errorf("starting the Service Bus double: %w", err)
 	}
-	exited := make(chan struct{})
+	d := &ServiceBusDouble{cmd: cmd, stdin: stdin, exited: make(chan struct{})}
 	go func() {
 		_ = cmd.Wait()
 		_ = stdoutW.Close()
-		close(exited)
+		close(d.exited)
 	}()
-	t.Cleanup(func() {
-		_ = stdin.Close()
-		select {
-		case <-exited:
-		case <-time.After(2 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
 
 	ready := make(chan string, 1)
 	go func() {
@@ -92,18 +113,34 @@ func startServiceBus(t testing.TB, extra ...string) *ServiceBusDouble {
 		for sc.Scan() {
 		}
 	}()
-	d := &ServiceBusDouble{}
 	select {
 	case line := <-ready:
 		if _, err := fmt.Sscanf(line, "READY amqp=%d http=%d amqps=%d", &d.AMQPPort, &d.HTTPPort, &d.AMQPSPort); err != nil {
-			t.Fatalf("Service Bus double said %q: %v", line, err)
+			_ = d.Close()
+			return nil, fmt.Errorf("the Service Bus double said %q: %w", line, err)
 		}
-	case <-exited:
-		t.Fatalf("the Service Bus double exited before it was ready (see its output above)")
+	case <-d.exited:
+		return nil, fmt.Errorf("the Service Bus double exited before it was ready (see its output above)")
 	case <-time.After(20 * time.Second):
-		t.Fatalf("the Service Bus double was not ready after 20s")
+		_ = d.Close()
+		return nil, fmt.Errorf("the Service Bus double was not ready after 20s")
 	}
-	return d
+	return d, nil
+}
+
+// Close stops the double: it closes its stdin, and kills it if it has not
+// exited two seconds later. It may be called more than once.
+func (d *ServiceBusDouble) Close() error {
+	d.closed.Do(func() {
+		_ = d.stdin.Close()
+		select {
+		case <-d.exited:
+		case <-time.After(2 * time.Second):
+			_ = d.cmd.Process.Kill()
+			<-d.exited
+		}
+	})
+	return nil
 }
 
 // Namespace is the "fully qualified namespace" that reaches the TLS
@@ -160,27 +197,44 @@ type ServiceBusMessage struct {
 	Reason        string    `json:"reason"`
 }
 
-// State returns the double's state now.
-func (d *ServiceBusDouble) State(t testing.TB) ServiceBusState {
-	t.Helper()
+// FetchState returns the double's state now.
+func (d *ServiceBusDouble) FetchState() (ServiceBusState, error) {
+	var s ServiceBusState
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/state", d.HTTPPort))
 	if err != nil {
-		t.Fatalf("reading the Service Bus double's state: %v", err)
+		return s, fmt.Errorf("reading the Service Bus double's state: %w", err)
 	}
 	defer resp.Body.Close()
-	var s ServiceBusState
 	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
-		t.Fatalf("decoding the Service Bus double's state: %v", err)
+		return s, fmt.Errorf("decoding the Service Bus double's state: %w", err)
+	}
+	return s, nil
+}
+
+// State is FetchState for tests.
+func (d *ServiceBusDouble) State(t testing.TB) ServiceBusState {
+	t.Helper()
+	s, err := d.FetchState()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return s
 }
 
-// Reset drops every message and counter in the double.
-func (d *ServiceBusDouble) Reset(t testing.TB) {
-	t.Helper()
+// ResetState drops every message and counter in the double.
+func (d *ServiceBusDouble) ResetState() error {
 	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/reset", d.HTTPPort), "application/json", nil)
 	if err != nil {
-		t.Fatalf("resetting the Service Bus double: %v", err)
+		return fmt.Errorf("resetting the Service Bus double: %w", err)
 	}
 	resp.Body.Close()
+	return nil
+}
+
+// Reset is ResetState for tests.
+func (d *ServiceBusDouble) Reset(t testing.TB) {
+	t.Helper()
+	if err := d.ResetState(); err != nil {
+		t.Fatal(err)
+	}
 }

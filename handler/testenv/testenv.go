@@ -1,8 +1,12 @@
-// Package testenv starts the emulators that adapter tests run against
-// (Azurite for Table Storage, the Service Bus AMQP test double) as real
-// processes on free loopback ports, and stops them when the test ends. It is
-// imported by tests only. A test that needs an emulator fails, never skips,
-// when the emulator cannot start.
+// Package testenv starts the emulators that adapter tests, the end-to-end
+// tests, the Functions host simulator (handler/hostsim) and the benchmark
+// program run against (Azurite for Table Storage, the Service Bus AMQP test
+// double, a managed-identity token endpoint) as real processes or servers on
+// free loopback ports. Each starter comes twice: Launch… returns an error
+// and leaves stopping to the caller's Close, for programs; Start… takes a
+// testing.TB, fails the test when the emulator cannot start (never a skip)
+// and stops it when the test ends. It must not depend on any jitaccess
+// package: it is test tooling, never shipped.
 package testenv
 
 import (
@@ -23,9 +27,9 @@ var (
 	npmErr   error
 )
 
-// RepoRoot returns the repository's top directory (where go.mod is).
-func RepoRoot(t testing.TB) string {
-	t.Helper()
+// FindRepoRoot returns the repository's top directory (where go.mod is),
+// searched upwards from the working directory.
+func FindRepoRoot() (string, error) {
 	rootOnce.Do(func() {
 		dir, err := os.Getwd()
 		if err != nil {
@@ -46,17 +50,29 @@ func RepoRoot(t testing.TB) string {
 		}
 	})
 	if rootErr != nil {
-		t.Fatalf("finding the repository root: %v", rootErr)
+		return "", fmt.Errorf("finding the repository root: %w", rootErr)
 	}
-	return root
+	return root, nil
 }
 
-// NodeModules makes sure the npm packages of package-lock.json are
+// RepoRoot is FindRepoRoot for tests.
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := FindRepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// InstallNodeModules makes sure the npm packages of package-lock.json are
 // installed (running `npm ci` once when node_modules is missing) and
 // returns the node_modules directory.
-func NodeModules(t testing.TB) string {
-	t.Helper()
-	dir := RepoRoot(t)
+func InstallNodeModules() (string, error) {
+	dir, err := FindRepoRoot()
+	if err != nil {
+		return "", err
+	}
 	nm := filepath.Join(dir, "node_modules")
 	npmOnce.Do(func() {
 		if _, err := os.Stat(filepath.Join(nm, ".package-lock.json")); err == nil {
@@ -70,18 +86,37 @@ func NodeModules(t testing.TB) string {
 		}
 	})
 	if npmErr != nil {
-		t.Fatalf("installing the test emulators: %v", npmErr)
+		return "", fmt.Errorf("installing the test emulators: %w", npmErr)
+	}
+	return nm, nil
+}
+
+// NodeModules is InstallNodeModules for tests.
+func NodeModules(t testing.TB) string {
+	t.Helper()
+	nm, err := InstallNodeModules()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return nm
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago.
-func FreePort(t testing.TB) int {
-	t.Helper()
+// FindFreePort returns a loopback TCP port that was free a moment ago.
+func FindFreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
+		return 0, fmt.Errorf("finding a free port: %w", err)
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// FreePort is FindFreePort for tests.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	port, err := FindFreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
 }
