@@ -241,11 +241,20 @@ func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, stop
 func startSimulator(cfg settings, log zerolog.Logger) (*armsim.Server, error) {
 	path := filepath.Join(cfg.DataDir, "arm-estate.json")
 	var sim *armsim.Server
-	sim = armsim.New(armsim.Options{PathPrefix: "/_arm", WriteLatency: cfg.ARMLatency, OnChange: func(armsim.Change) {
+	opts := armsim.Options{PathPrefix: "/_arm", OnChange: func(armsim.Change) {
 		if err := sim.Save(path); err != nil {
 			log.Error().Err(err).Msg("saving the simulator's estate")
 		}
-	}})
+	}}
+	if cfg.ARMLatency > 0 {
+		// ARM as Azure runs it: writes that take time, one operation at a
+		// time per NSG, the subscription's throttling budgets.
+		az := cfg.ARMAzure
+		opts.Azure = &az
+		log.Info().Dur("writeTime", az.WriteTime).Dur("jitter", az.Jitter).Str("writes", az.Writes.String()).
+			Str("deletes", az.Deletes.String()).Str("reads", az.Reads.String()).Msg("the ARM simulator behaves as ARM under load")
+	}
+	sim = armsim.New(opts)
 	if cfg.ARMFaultRate > 0 {
 		log.Warn().Float64("rate", cfg.ARMFaultRate).Msg("fault injection: the ARM simulator will fail writes")
 		sim.SetChaos(armChaos(cfg.ARMFaultRate))

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"jitaccess/handler/armsim"
 	"jitaccess/handler/azurenet"
 	"jitaccess/handler/jit"
 )
@@ -26,7 +27,12 @@ type setting struct {
 var allSettings = []setting{
 	{"JIT_LISTEN", "127.0.0.1:7071", "local", "listen address of `handler local`"},
 	{"JIT_DATA_DIR", ".jit-local", "local", "state directory of `handler local` (bbolt file, simulator estate)"},
-	{"JIT_ARM_LATENCY", "0", "local", "ARM simulator: delay of every ARM write (e.g. 2s)"},
+	{"JIT_ARM_LATENCY", "0", "local", "ARM simulator: how long each ARM write's operation runs (e.g. 2s); when set, the simulator also behaves as ARM does under load: one operation at a time per NSG and the subscription's write, delete and read budgets"},
+	{"JIT_ARM_JITTER", "0", "local", "ARM simulator with JIT_ARM_LATENCY: each write's time varies by up to this much either way (e.g. 500ms)"},
+	{"JIT_ARM_WRITE_BUDGET", "200/10", "local", "ARM simulator with JIT_ARM_LATENCY: the subscription's write token bucket, SIZE/PER_SECOND as ARM documents it, or off"},
+	{"JIT_ARM_DELETE_BUDGET", "200/10", "local", "ARM simulator with JIT_ARM_LATENCY: the subscription's delete token bucket, SIZE/PER_SECOND, or off"},
+	{"JIT_ARM_READ_BUDGET", "250/25", "local", "ARM simulator with JIT_ARM_LATENCY: the subscription's read token bucket (operation polls included), SIZE/PER_SECOND, or off"},
+	{"JIT_ARM_BUSY", "429", "local", "ARM simulator with JIT_ARM_LATENCY: the answer to a write on an NSG with an operation in progress: 429 (RetryableErrorDueToAnotherOperation) or 409 (AnotherOperationInProgress)"},
 	{"JIT_ARM_ESTATE", "", "local", "ARM simulator: estate JSON loaded at first start (default: the embedded demo estate)"},
 	{"JIT_PPROF", "false", "local", "serve Go's profiler at /debug/pprof/ (local mode only, for performance work)"},
 	{"JIT_ARM_FAULT_RATE", "0", "local", "fault tests only: share of ARM writes the simulator answers with 429, 409 or 500"},
@@ -71,6 +77,7 @@ type settings struct {
 	SweepInterval time.Duration
 	LogLevel      string
 	ARMLatency    time.Duration
+	ARMAzure      armsim.Azure // with ARMLatency: how the simulator behaves as ARM under load
 	Estate        string
 	Subscriptions []string
 	// SubscriptionsSet: JIT_SUBSCRIPTIONS was given, not defaulted to the
@@ -147,6 +154,9 @@ func readSettings(getenv func(string) string) (settings, error) {
 		return s, fmt.Errorf("JIT_SWEEP_INTERVAL must be at least 100ms")
 	}
 	if s.ARMLatency, err = durationSetting("JIT_ARM_LATENCY", get("JIT_ARM_LATENCY")); err != nil {
+		return s, err
+	}
+	if s.ARMAzure, err = armAzureSettings(get, s.ARMLatency); err != nil {
 		return s, err
 	}
 	if s.AllowBand, err = bandSetting("JIT_ALLOW_PRIORITIES", get("JIT_ALLOW_PRIORITIES")); err != nil {
@@ -226,6 +236,37 @@ func readSettings(getenv func(string) string) (settings, error) {
 		return s, fmt.Errorf("JIT_CLOUD %q is not one of AzurePublic, AzureUSGovernment, AzureChina", s.Cloud)
 	}
 	return s, nil
+}
+
+// armAzureSettings reads how the simulator behaves as ARM under load, which
+// it does whenever JIT_ARM_LATENCY is set.
+func armAzureSettings(get func(string) string, latency time.Duration) (armsim.Azure, error) {
+	a := armsim.Azure{WriteTime: latency}
+	var err error
+	if a.Jitter, err = durationSetting("JIT_ARM_JITTER", get("JIT_ARM_JITTER")); err != nil {
+		return a, err
+	}
+	if a.Jitter < 0 || (latency > 0 && a.Jitter > latency) {
+		return a, fmt.Errorf("JIT_ARM_JITTER must be between 0 and JIT_ARM_LATENCY")
+	}
+	for _, b := range []struct {
+		name string
+		dst  *armsim.Bucket
+		def  armsim.Bucket
+	}{{"JIT_ARM_WRITE_BUDGET", &a.Writes, armsim.DefaultWriteBucket}, {"JIT_ARM_DELETE_BUDGET", &a.Deletes, armsim.DefaultDeleteBucket}, {"JIT_ARM_READ_BUDGET", &a.Reads, armsim.DefaultReadBucket}} {
+		if *b.dst, err = armsim.ParseBucket(get(b.name), b.def); err != nil {
+			return a, fmt.Errorf("%s: %w", b.name, err)
+		}
+	}
+	switch get("JIT_ARM_BUSY") {
+	case "429":
+		a.Busy = armsim.BusyRetryable
+	case "409":
+		a.Busy = armsim.BusyConflict
+	default:
+		return a, fmt.Errorf("JIT_ARM_BUSY must be 429 or 409")
+	}
+	return a, nil
 }
 
 // networkConfig is the azurenet driver's configuration from the settings.

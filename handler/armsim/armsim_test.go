@@ -238,7 +238,7 @@ func TestRuleLimit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if a := do(t, "PUT", srv.URL+nsgVMNIC+"/securityRules/one-too-many"+api, ruleBody(1000, nil)); a.status != 400 || a.code() != "SecurityRulesLimitReached" {
+	if a := do(t, "PUT", srv.URL+nsgVMNIC+"/securityRules/one-too-many"+api, ruleBody(1000, nil)); a.status != 400 || a.code() != "SecurityRuleCountLimitReached" {
 		t.Errorf("1001st rule: %d %s", a.status, a.body)
 	}
 }

@@ -177,6 +177,10 @@ type CallStats struct {
 	Writes int            // PUT and DELETE
 	Polls  int            // operation status polls
 	Faults int            // calls answered with an injected fault (LRO failures included)
+	// With Options.Azure: calls refused because the subscription's budget
+	// was spent (429 SubscriptionRequestsThrottled), and writes refused
+	// because another operation on the NSG was in progress.
+	Throttled, Busy int
 }
 
 // Calls returns a copy of the call counters.

@@ -28,8 +28,14 @@ const (
 	MaxRulesPerNSG     = 1000
 	MaxPrefixesPerRule = 4000
 	MaxRuleNameLength  = 80
+	MaxDescription     = 140
 	MinRulePriority    = 100
 	MaxRulePriority    = 4096
+	// MaxPerNSG bounds, over all of an NSG's rules, the source address
+	// prefixes, and separately the destination prefixes, the source port
+	// ranges and the destination port ranges
+	// (MaxSecurityRuleAddressesOrPortsPerSecurityGroup).
+	MaxPerNSG = 4000
 )
 
 // armError is an ARM error answer: status and the {"error":{...}} body.
@@ -55,6 +61,9 @@ func validateRule(name string, p *armnetwork.SecurityRulePropertiesFormat) *armE
 	}
 	if p == nil {
 		return badRequest("InvalidRequestFormat", "Security rule %s has no properties.", name)
+	}
+	if n := len([]rune(deref(p.Description))); n > MaxDescription {
+		return badRequest("SecurityRuleDescriptionTooLong", "Security rule %s has a description of %d characters; at most %d are allowed.", name, n, MaxDescription)
 	}
 	if p.Priority == nil {
 		return badRequest("SecurityRuleParameterMissing", "Security rule %s is missing the required parameter priority.", name)
@@ -99,7 +108,51 @@ func validateRule(name string, p *armnetwork.SecurityRulePropertiesFormat) *armE
 			}
 		}
 	}
+	if fams := families(p); len(fams) > 1 {
+		return badRequest("ResourceCannotContainAddressPrefixesFromDifferentAddressFamilies", "Resource %s contains IP addresses or prefixes that belong to different address families (%s). All IP addresses or prefixes in the resource should belong to the same address family.", name, strings.Join(fams, " and "))
+	}
 	return nil
+}
+
+// families lists the address families of a rule's IP prefixes; service tags
+// and "*" belong to neither.
+func families(p *armnetwork.SecurityRulePropertiesFormat) []string {
+	var v4, v6 bool
+	for _, v := range append(nonEmpty(p.SourceAddressPrefix, p.SourceAddressPrefixes), nonEmpty(p.DestinationAddressPrefix, p.DestinationAddressPrefixes)...) {
+		if a, ok := ipOf(v); ok {
+			v4, v6 = v4 || a.Is4(), v6 || !a.Is4()
+		}
+	}
+	var out []string
+	if v4 {
+		out = append(out, "IPv4")
+	}
+	if v6 {
+		out = append(out, "IPv6")
+	}
+	return out
+}
+
+// ipOf is the address of an IP prefix or address; false for a service tag.
+func ipOf(v string) (netip.Addr, bool) {
+	if p, err := netip.ParsePrefix(v); err == nil {
+		return p.Addr().Unmap(), true
+	}
+	if a, err := netip.ParseAddr(v); err == nil {
+		return a.Unmap(), true
+	}
+	return netip.Addr{}, false
+}
+
+// perNSG names the values that MaxPerNSG counts, as ARM names them.
+var perNSG = [4]string{"SourceAddressPrefixes", "DestinationAddressPrefixes", "SourcePortRanges", "DestinationPortRanges"}
+
+// addValues adds a rule's values to the counts of perNSG.
+func addValues(n *[4]int, p *armnetwork.SecurityRulePropertiesFormat) {
+	n[0] += len(nonEmpty(p.SourceAddressPrefix, p.SourceAddressPrefixes))
+	n[1] += len(nonEmpty(p.DestinationAddressPrefix, p.DestinationAddressPrefixes))
+	n[2] += len(nonEmpty(p.SourcePortRange, p.SourcePortRanges))
+	n[3] += len(nonEmpty(p.DestinationPortRange, p.DestinationPortRanges))
 }
 
 func hasASG(p *armnetwork.SecurityRulePropertiesFormat, what string) bool {
@@ -113,11 +166,13 @@ func hasASG(p *armnetwork.SecurityRulePropertiesFormat, what string) bool {
 // and one priority per direction.
 func checkRuleSet(rules []*armnetwork.SecurityRule) *armError {
 	if len(rules) > MaxRulesPerNSG {
-		return badRequest("SecurityRulesLimitReached", "The network security group has %d security rules; at most %d are allowed.", len(rules), MaxRulesPerNSG)
+		return badRequest("SecurityRuleCountLimitReached", "A security group cannot have more than %d security rules.", MaxRulesPerNSG)
 	}
 	seen := map[string]*armnetwork.SecurityRule{}
 	names := map[string]bool{}
+	var values [4]int
 	for _, r := range rules {
+		addValues(&values, r.Properties)
 		n := strings.ToLower(deref(r.Name))
 		if names[n] {
 			return badRequest("InvalidRequestFormat", "Security rule %s appears more than once.", deref(r.Name))
@@ -128,6 +183,11 @@ func checkRuleSet(rules []*armnetwork.SecurityRule) *armError {
 			return conflict(deref(r.Name), deref(other.Name))
 		}
 		seen[k] = r
+	}
+	for i, n := range values {
+		if n > MaxPerNSG {
+			return badRequest("SecurityRuleAddressesOrPortsPerSecurityGroupLimitReached", "Security group has %d %s. A security group cannot have more than %d %s as per the limit MaxSecurityRuleAddressesOrPortsPerSecurityGroup.", n, perNSG[i], MaxPerNSG, perNSG[i])
+		}
 	}
 	return nil
 }

@@ -48,6 +48,10 @@ type Options struct {
 	OnChange func(Change)
 	// Empty starts without resources instead of the demo estate.
 	Empty bool
+	// Azure, when set, makes the simulator behave as ARM does under load:
+	// writes that take time, one operation at a time per NSG, and the
+	// subscription's throttling budgets.
+	Azure *Azure
 }
 
 // Call describes one request the server received.
@@ -88,6 +92,7 @@ type Server struct {
 	stats    CallStats
 	failNext []*pendingFault
 	chaos    *chaosState
+	azure    *azureState // nil unless Options.Azure
 }
 
 // New returns a Server loaded with the demo estate (unless opts.Empty).
@@ -100,6 +105,9 @@ func New(opts Options) *Server {
 	}
 	opts.PathPrefix = strings.TrimSuffix(opts.PathPrefix, "/")
 	s := &Server{opts: opts, ops: map[string]*operation{}, stats: CallStats{ByKind: map[string]int{}}, st: newState()}
+	if opts.Azure != nil {
+		s.azure = newAzureState(*opts.Azure)
+	}
 	if !opts.Empty {
 		st, err := parseEstate(bytes.NewReader(DemoEstate), s.newEtag)
 		if err != nil {
@@ -226,6 +234,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	call := rt.call(r.Method, r.URL.Path)
 	s.count(call)
+	if !s.throttle(w, r, rt) {
+		return
+	}
 	if rt.op != "" {
 		s.servePoll(w, r, rt)
 		return
@@ -570,6 +581,10 @@ func (s *Server) putRule(w http.ResponseWriter, r *http.Request, rt route, lro *
 		writeError(w, aerr)
 		return
 	}
+	if s.busyLocked(w, k, nsgID) {
+		s.mu.Unlock()
+		return
+	}
 	tag := s.newEtag()
 	stored := storedRule(nsgID, name, in.Properties, tag)
 	next := append([]*armnetwork.SecurityRule{}, rules...)
@@ -592,7 +607,7 @@ func (s *Server) putRule(w http.ResponseWriter, r *http.Request, rt route, lro *
 		nsg.Etag = to.Ptr(tag)
 		s.markChangedLocked(kindNSG, k)
 	}
-	asyncURL, _ := s.newOperation(r, rt.sub, deref(nsg.Location), lro)
+	asyncURL, _ := s.newOperation(r, rt.sub, deref(nsg.Location), lro, s.startOperationLocked(k))
 	answer := *stored
 	props := *stored.Properties
 	props.ProvisioningState = to.Ptr(armnetwork.ProvisioningStateUpdating)
@@ -645,6 +660,10 @@ func (s *Server) deleteRule(w http.ResponseWriter, r *http.Request, rt route, lr
 		writeError(w, aerr)
 		return
 	}
+	if s.busyLocked(w, k, deref(nsg.ID)) {
+		s.mu.Unlock()
+		return
+	}
 	tag := s.newEtag()
 	if lro == nil {
 		rules := nsg.Properties.SecurityRules
@@ -652,7 +671,7 @@ func (s *Server) deleteRule(w http.ResponseWriter, r *http.Request, rt route, lr
 		nsg.Etag = to.Ptr(tag)
 		s.markChangedLocked(kindNSG, k)
 	}
-	asyncURL, locURL := s.newOperation(r, rt.sub, deref(nsg.Location), lro)
+	asyncURL, locURL := s.newOperation(r, rt.sub, deref(nsg.Location), lro, s.startOperationLocked(k))
 	s.mu.Unlock()
 	w.Header().Set("Azure-AsyncOperation", asyncURL)
 	w.Header().Set("Location", locURL)
@@ -689,12 +708,23 @@ func (s *Server) putNSG(w http.ResponseWriter, r *http.Request, rt route, lro *F
 		writeError(w, aerr)
 		return
 	}
+	// A PUT replaces the resource: what it leaves out is not kept.
 	loc := deref(in.Location)
-	if old != nil {
-		loc = deref(old.Location)
-	} else if loc == "" {
+	if loc == "" {
 		s.mu.Unlock()
 		writeError(w, badRequest("LocationRequired", "The location property is required for this definition."))
+		return
+	}
+	if old != nil && !strings.EqualFold(normLocation(loc), normLocation(deref(old.Location))) {
+		s.mu.Unlock()
+		writeError(w, badRequest("InvalidResourceLocation", "The resource '%s' already exists in location '%s' in resource group '%s'. A resource with the same name cannot be created in location '%s'. Please select a new resource name.", rt.name, deref(old.Location), rg, loc))
+		return
+	}
+	if old != nil {
+		loc = deref(old.Location)
+	}
+	if old != nil && s.busyLocked(w, k, id) {
+		s.mu.Unlock()
 		return
 	}
 	tag := s.newEtag()
@@ -738,10 +768,8 @@ func (s *Server) putNSG(w http.ResponseWriter, r *http.Request, rt route, lro *F
 			}
 			nsg.Properties.SecurityRules = append(nsg.Properties.SecurityRules, stored)
 		}
-		if in.Properties.FlushConnection != nil {
-			nsg.Properties.FlushConnection = in.Properties.FlushConnection
-		}
 	}
+	nsg.Properties.FlushConnection = to.Ptr(in.Properties != nil && in.Properties.FlushConnection != nil && *in.Properties.FlushConnection)
 	if aerr := checkRuleSet(nsg.Properties.SecurityRules); aerr != nil {
 		s.mu.Unlock()
 		writeError(w, aerr)
@@ -759,7 +787,7 @@ func (s *Server) putNSG(w http.ResponseWriter, r *http.Request, rt route, lro *F
 			s.cache = saveCache{} // link changes back-references in place: save a snapshot
 		}
 	}
-	asyncURL, _ := s.newOperation(r, rt.sub, loc, lro)
+	asyncURL, _ := s.newOperation(r, rt.sub, loc, lro, s.startOperationLocked(k))
 	answer := *nsg
 	props := *nsg.Properties
 	props.ProvisioningState = to.Ptr(armnetwork.ProvisioningStateUpdating)
@@ -799,12 +827,16 @@ func (s *Server) deleteNSG(w http.ResponseWriter, r *http.Request, rt route, lro
 		writeError(w, aerr)
 		return
 	}
+	if s.busyLocked(w, k, deref(nsg.ID)) {
+		s.mu.Unlock()
+		return
+	}
 	id := deref(nsg.ID)
 	if lro == nil {
 		delete(s.st.nsgs, k)
 		s.markChangedLocked(kindNSG, k)
 	}
-	asyncURL, locURL := s.newOperation(r, rt.sub, deref(nsg.Location), lro)
+	asyncURL, locURL := s.newOperation(r, rt.sub, deref(nsg.Location), lro, s.startOperationLocked(k))
 	s.mu.Unlock()
 	w.Header().Set("Azure-AsyncOperation", asyncURL)
 	w.Header().Set("Location", locURL)
@@ -823,8 +855,9 @@ func (s *Server) changed(c Change) {
 
 // operation is a long-running operation's state as its polls see it.
 type operation struct {
-	remaining int    // InProgress answers left
-	fault     *Fault // non-nil: ends Failed
+	remaining int       // InProgress answers left
+	doneAt    time.Time // InProgress until then (Options.Azure)
+	fault     *Fault    // non-nil: ends Failed
 }
 
 // Operations are forgotten after this many newer ones, so a long local run
@@ -833,7 +866,7 @@ const keptOperations = 4096
 
 // newOperation registers an operation and returns its Azure-AsyncOperation
 // and Location URLs; callers hold the lock.
-func (s *Server) newOperation(r *http.Request, sub, location string, lro *Fault) (asyncURL, locURL string) {
+func (s *Server) newOperation(r *http.Request, sub, location string, lro *Fault, doneAt time.Time) (asyncURL, locURL string) {
 	s.opSeq++
 	id := fmt.Sprintf("00000000-0000-4000-9000-%012x", s.opSeq)
 	if s.opIDs == nil {
@@ -842,7 +875,7 @@ func (s *Server) newOperation(r *http.Request, sub, location string, lro *Fault)
 	slot := s.opSeq % keptOperations
 	delete(s.ops, s.opIDs[slot]) // keptOperations operations older than this one
 	s.opIDs[slot] = id
-	s.ops[id] = &operation{remaining: s.opts.InProgressPolls, fault: lro}
+	s.ops[id] = &operation{remaining: s.opts.InProgressPolls, fault: lro, doneAt: doneAt}
 	if location == "" {
 		location = DemoLocation
 	}
@@ -863,11 +896,18 @@ func (s *Server) servePoll(w http.ResponseWriter, r *http.Request, rt route) {
 	if inProgress {
 		op.remaining--
 	}
+	inProgress = inProgress || time.Now().Before(op.doneAt)
 	fault := op.fault
-	retry := s.opts.PollRetryAfter
+	retry, wholeSeconds := s.opts.PollRetryAfter, false
+	if s.azure != nil {
+		retry, wholeSeconds = s.azure.cfg.PollRetryAfter, true
+	}
 	s.mu.Unlock()
 	if inProgress {
-		if retry > 0 {
+		switch {
+		case wholeSeconds:
+			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(retry.Seconds())))))
+		case retry > 0:
 			setRetryAfter(w.Header(), retry, true)
 		}
 		if rt.op == "operationresults" {

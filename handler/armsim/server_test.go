@@ -3,6 +3,7 @@ package armsim
 import (
 	"net/http/httptest"
 	"testing"
+	"time"
 )
 
 // The simulator keeps the last keptOperations operations, so long runs do
@@ -12,7 +13,7 @@ func TestOldOperationsForgotten(t *testing.T) {
 	r := httptest.NewRequest("PUT", "/?api-version=2025-05-01", nil)
 	var first, second string
 	for i := range keptOperations + 1 {
-		url, _ := s.newOperation(r, DemoSubscription, DemoLocation, nil)
+		url, _ := s.newOperation(r, DemoSubscription, DemoLocation, nil, time.Time{})
 		switch i {
 		case 0:
 			first = url
