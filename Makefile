@@ -22,9 +22,21 @@ fmt-check:
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund
 
+# The portal's browser tests drive Debian's Chromium: installed here when it
+# is missing (as root, or through sudo), so `make test` is the whole set-up.
+.PHONY: chromium
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  echo "make: installing Debian's chromium for the portal's browser tests"; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null || \
+	  { echo "make: could not install chromium; install it with: apt-get install -y chromium" >&2; exit 1; }; \
+	fi
+
 # Every test, then every fuzz target for a few seconds, then the fault
 # test's figures.
-test: fmt-check vet node_modules/.package-lock.json
+test: fmt-check vet node_modules/.package-lock.json chromium
 	JIT_CHAOS_REPORT=$(CURDIR)/.chaos-report.txt $(GO) test -count=1 -race -timeout 12m ./...
 	FUZZTIME=$${FUZZTIME:-3s} $(MAKE) --no-print-directory fuzz
 	@if [ -f .chaos-report.txt ]; then cat .chaos-report.txt; fi
