@@ -40,6 +40,24 @@ type Azure struct {
 	Seed uint64
 }
 
+// ObserverHeader marks a GET as a measuring tool's look at the estate (the
+// bench watching rules appear): it is served without latency, faults,
+// throttling or counting, so that watching does not change what is
+// measured.
+const ObserverHeader = "X-Armsim-Observer"
+
+// SetAzure turns the Azure behaviours on with a, or off with nil, from the
+// next call on. Buckets start full and no NSG is busy.
+func (s *Server) SetAzure(a *Azure) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a == nil {
+		s.azure = nil
+		return
+	}
+	s.azure = newAzureState(*a)
+}
+
 // Bucket is a token bucket: Size tokens at most, refilled at PerSecond.
 type Bucket struct {
 	Size      int

@@ -371,3 +371,35 @@ func TestAzureWholeNSGPutReplaces(t *testing.T) {
 		t.Errorf("a PUT to another region: %d %s", st, code)
 	}
 }
+
+// An observer's GET is not ARM traffic: not counted, never throttled.
+func TestObserverReadsAreFree(t *testing.T) {
+	sim, srv := start(t, armsim.Options{Azure: &armsim.Azure{Reads: armsim.Bucket{Size: 1, PerSecond: 0.01}}})
+	get := func(observer bool) int {
+		req, _ := http.NewRequest("GET", srv.URL+nsgVMNIC+api, nil)
+		if observer {
+			req.Header.Set(armsim.ObserverHeader, "bench")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if a, b := get(false), get(false); a != 200 || b != 429 {
+		t.Fatalf("reads with a bucket of one: %d then %d, want 200 then 429", a, b)
+	}
+	for range 5 {
+		if c := get(true); c != 200 {
+			t.Fatalf("observer read answered %d", c)
+		}
+	}
+	if c := sim.Calls(); c.Reads != 2 || c.Throttled != 1 {
+		t.Errorf("calls %+v: observer reads were counted", c)
+	}
+	sim.SetAzure(nil)
+	if c := get(false); c != 200 {
+		t.Errorf("with the Azure behaviours off a read answered %d", c)
+	}
+}

@@ -232,6 +232,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
+	if r.Header.Get(ObserverHeader) != "" && r.Method == http.MethodGet && rt.op == "" {
+		// A measuring tool's look at the estate: not ARM traffic.
+		s.dispatch(w, r, rt, nil)
+		return
+	}
 	call := rt.call(r.Method, r.URL.Path)
 	s.count(call)
 	if !s.throttle(w, r, rt) {
