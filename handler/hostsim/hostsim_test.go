@@ -1,0 +1,461 @@
+package hostsim
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
+
+	"jitaccess/handler/testenv"
+)
+
+// recorder is a custom handler that records every invocation and answers
+// as the answer function says (200 with an empty result by default).
+type recorder struct {
+	mu     sync.Mutex
+	calls  []recorded
+	answer func(n int, r recorded) int
+	srv    *httptest.Server
+}
+
+type recorded struct {
+	Method, Path string
+	Header       http.Header
+	Body         []byte
+}
+
+func newRecorder(t *testing.T, answer func(n int, r recorded) int) *recorder {
+	rec := &recorder{answer: answer}
+	rec.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		c := recorded{Method: r.Method, Path: r.URL.Path, Header: r.Header.Clone(), Body: body}
+		if r.Method == http.MethodGet && r.URL.Path == "/" {
+			http.NotFound(w, r) // the host takes any answer as ready
+			return
+		}
+		rec.mu.Lock()
+		n := len(rec.calls)
+		rec.calls = append(rec.calls, c)
+		status := http.StatusOK
+		if rec.answer != nil {
+			status = rec.answer(n, c)
+		}
+		rec.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		fmt.Fprint(w, `{"Outputs":{},"Logs":["recorded"],"ReturnValue":null}`)
+	}))
+	t.Cleanup(rec.srv.Close)
+	return rec
+}
+
+func (r *recorder) recorded(path string) []recorded {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []recorded
+	for _, c := range r.calls {
+		if c.Path == path {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// unwrap decodes a value the host sent as JSON text inside a string, as
+// many times as it was encoded, and returns the innermost JSON.
+func unwrap(t *testing.T, raw json.RawMessage, levels int) json.RawMessage {
+	t.Helper()
+	for range levels {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			t.Fatalf("%s is not a JSON string: %v", raw, err)
+		}
+		raw = json.RawMessage(s)
+	}
+	return raw
+}
+
+type payload struct {
+	Data     map[string]json.RawMessage `json:"Data"`
+	Metadata map[string]json.RawMessage `json:"Metadata"`
+}
+
+func decodePayload(t *testing.T, body []byte) payload {
+	t.Helper()
+	var p payload
+	if err := json.Unmarshal(body, &p); err != nil {
+		t.Fatalf("invocation body %s: %v", body, err)
+	}
+	return p
+}
+
+// sendSession puts messages on queue in one session, before the host runs.
+func sendSession(t *testing.T, sb *testenv.ServiceBusDouble, queue, session string, bodies []string, props map[string]any) []string {
+	t.Helper()
+	client, err := azservicebus.NewClientFromConnectionString(sb.ConnectionString(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close(context.Background())
+	sender, err := client.NewSender(queue, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Close(context.Background())
+	var ids []string
+	for i, b := range bodies {
+		id := fmt.Sprintf("%s-%d", session, i)
+		ids = append(ids, id)
+		msg := &azservicebus.Message{Body: []byte(b), MessageID: &id, SessionID: &session}
+		if i == 0 {
+			msg.ApplicationProperties = props
+		}
+		if err := sender.SendMessage(context.Background(), msg, nil); err != nil {
+			t.Fatalf("sending %s: %v", id, err)
+		}
+	}
+	return ids
+}
+
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func workerFunction(cardinality string) []Function {
+	return []Function{{Name: "worker", Bindings: []Binding{{Type: "serviceBusTrigger", Direction: "in", Name: "msg",
+		QueueName: "%JIT_SERVICEBUS_QUEUE%", Connection: "ServiceBusConnection", IsSessionsEnabled: true, Cardinality: cardinality}}}}
+}
+
+var zonelessSecond = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$`)
+
+// TestHostBatchPayload delivers a session's messages with "cardinality":
+// "many" to a recording handler: one invocation carries the batch in the
+// host's shape, a non-2xx answer abandons the whole batch, and the retry
+// brings the same messages again, each one delivery later.
+func TestHostBatchPayload(t *testing.T) {
+	sb := testenv.StartServiceBus(t)
+	const queue, session = "hostsim-batch", "gate-1"
+	bodies := []string{`{"ID":"open-a","Kind":"open"}`, `{"ID":"open-b","Kind":"open"}`, `{"ID":"close-c","Kind":"close"}`}
+	ids := sendSession(t, sb, queue, session, bodies, map[string]any{"origin": "test"})
+
+	rec := newRecorder(t, func(n int, r recorded) int {
+		if n == 0 {
+			return http.StatusInternalServerError // the first batch fails
+		}
+		return http.StatusOK
+	})
+	h, err := Start(Config{
+		HandlerURLs:    []string{rec.srv.URL},
+		HostServiceBus: sb.ConnectionString(),
+		Queue:          queue,
+		Functions:      workerFunction("many"),
+		Host:           &HostSettings{ServiceBus: ServiceBusSettings{MaxConcurrentSessions: 1, MaxMessageBatchSize: 10, SessionIdleTimeout: 300 * time.Millisecond}},
+		Logf:           t.Logf,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	waitUntil(t, 20*time.Second, "every message completed", func() bool { return h.Stats().Completes == 3 })
+
+	type batch struct {
+		bodies, ids, sessions []string
+		counts                []int
+	}
+	var batches []batch
+	var seqs []int64
+	for i, c := range rec.recorded("/worker") {
+		if c.Method != http.MethodPost || c.Header.Get("X-Azure-Functions-InvocationId") == "" || c.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("invocation %d: %s with headers %v", i, c.Method, c.Header)
+		}
+		p := decodePayload(t, c.Body)
+		var b batch
+		// The array of bodies and every *Array datum arrive as JSON text
+		// in a string, once.
+		if err := json.Unmarshal(unwrap(t, p.Data["msg"], 1), &b.bodies); err != nil {
+			t.Fatalf("invocation %d: Data.msg %s is not an array of strings: %v", i, p.Data["msg"], err)
+		}
+		for name, into := range map[string]any{"MessageIdArray": &b.ids, "DeliveryCountArray": &b.counts, "SessionIdArray": &b.sessions, "SequenceNumberArray": &seqs} {
+			if err := json.Unmarshal(unwrap(t, p.Metadata[name], 1), into); err != nil {
+				t.Fatalf("invocation %d: Metadata.%s = %s: %v", i, name, p.Metadata[name], err)
+			}
+		}
+		if len(seqs) != len(b.bodies) {
+			t.Errorf("invocation %d: SequenceNumberArray %v", i, seqs)
+		}
+		var times []string
+		if err := json.Unmarshal(unwrap(t, p.Metadata["EnqueuedTimeUtcArray"], 1), &times); err != nil || len(times) != len(b.bodies) {
+			t.Fatalf("invocation %d: EnqueuedTimeUtcArray %s", i, p.Metadata["EnqueuedTimeUtcArray"])
+		}
+		for _, ts := range times {
+			if _, err := time.Parse("2006-01-02T15:04:05.9999999", ts); err != nil {
+				t.Errorf("invocation %d: enqueued time %q is not a zoneless .NET DateTime: %v", i, ts, err)
+			}
+		}
+		var props []map[string]any
+		if err := json.Unmarshal(unwrap(t, p.Metadata["UserPropertiesArray"], 1), &props); err != nil || len(props) != len(b.bodies) {
+			t.Fatalf("invocation %d: UserPropertiesArray %s", i, p.Metadata["UserPropertiesArray"])
+		}
+		if k := slices.Index(b.ids, ids[0]); k >= 0 && props[k]["origin"] != "test" {
+			t.Errorf("invocation %d: the first message's properties are %v", i, props[k])
+		}
+		if _, single := p.Metadata["MessageId"]; single {
+			t.Errorf("invocation %d: a batch carries the single-message datum MessageId", i)
+		}
+		batches = append(batches, b)
+	}
+	if len(batches) < 2 {
+		t.Fatalf("%d invocations, want the failed batch and its retry", len(batches))
+	}
+	first := batches[0]
+	if !slices.Equal(first.bodies, bodies) || !slices.Equal(first.ids, ids) || !slices.Equal(first.counts, []int{1, 1, 1}) ||
+		!slices.Equal(first.sessions, []string{session, session, session}) {
+		t.Errorf("first batch: %+v, want the three messages in order, delivered once, in session %s", first, session)
+	}
+	// The retry brings the whole batch again, each message on its second
+	// delivery (in one invocation or more, and in the order the client
+	// received them again: the double sends an abandoned message back at
+	// once to a receiver with credit).
+	again := map[string]string{}
+	for _, b := range batches[1:] {
+		for k, id := range b.ids {
+			if b.counts[k] != 2 {
+				t.Errorf("message %s redelivered with DeliveryCount %d, want 2", id, b.counts[k])
+			}
+			again[id] = b.bodies[k]
+		}
+	}
+	for k, id := range ids {
+		if again[id] != bodies[k] {
+			t.Errorf("after the failed batch, message %s came back as %q, want %q", id, again[id], bodies[k])
+		}
+	}
+
+	s := h.Stats()
+	if s.Invocations["worker"] != int64(len(batches)) || s.Failures["worker"] != 1 || s.Messages != 6 || s.Abandons != 3 || s.Completes != 3 || s.SettleErrors != 0 {
+		t.Errorf("stats %+v", s)
+	}
+	q := sb.State(t).Queues[queue]
+	if q.Counts.Abandoned != 3 || q.Counts.Completed != 3 || len(q.Active) != 0 {
+		t.Errorf("the broker counts %+v, active %v", q.Counts, q.Active)
+	}
+	if f := h.Faults(); len(f) != 0 {
+		t.Errorf("protocol faults: %v", f)
+	}
+}
+
+// TestHostSinglePayload delivers one message per invocation (the default
+// cardinality) with the quirks hosts show, and redelivers a failed one.
+func TestHostSinglePayload(t *testing.T) {
+	sb := testenv.StartServiceBus(t)
+	const queue, session = "hostsim-single", "gate-2"
+	bodies := []string{`{"ID":"open-a"}`, `{"ID":"fails-once"}`, `{"ID":"close-c"}`}
+	ids := sendSession(t, sb, queue, session, bodies, nil)
+	failed := false
+	rec := newRecorder(t, func(n int, r recorded) int {
+		if strings.Contains(string(r.Body), "fails-once") && !failed {
+			failed = true // the recorder's lock is held
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	})
+	h, err := Start(Config{
+		HandlerURLs:    []string{rec.srv.URL},
+		HostServiceBus: sb.ConnectionString(),
+		Queue:          queue,
+		Functions:      workerFunction(""),
+		Host:           &HostSettings{ServiceBus: ServiceBusSettings{SessionIdleTimeout: 300 * time.Millisecond}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	waitUntil(t, 20*time.Second, "every message completed", func() bool { return h.Stats().Completes == 3 })
+
+	calls := rec.recorded("/worker")
+	if len(calls) != 4 {
+		t.Fatalf("%d invocations, want 4 (three messages, one redelivered)", len(calls))
+	}
+	var seen []string
+	for i, c := range calls {
+		p := decodePayload(t, c.Body)
+		// The body is a JSON string: once, or twice for every other invocation.
+		levels := 1 + i%2
+		body := string(unwrap(t, p.Data["msg"], levels))
+		var id, sid, count, seq, enqueued string
+		for name, into := range map[string]*string{"MessageId": &id, "SessionId": &sid, "DeliveryCount": &count, "SequenceNumber": &seq, "EnqueuedTimeUtc": &enqueued} {
+			if err := json.Unmarshal(p.Metadata[name], into); err != nil {
+				t.Fatalf("invocation %d: Metadata.%s = %s is not a string", i, name, p.Metadata[name])
+			}
+		}
+		k := slices.Index(bodies, body)
+		wantCount := "1"
+		if k == 1 && slices.Contains(seen, body) { // the failed message, again
+			wantCount = "2"
+		}
+		if k < 0 || id != `"`+ids[k]+`"` || sid != `"`+session+`"` || count != wantCount || !regexp.MustCompile(`^\d+$`).MatchString(seq) || !zonelessSecond.MatchString(enqueued) {
+			t.Errorf("invocation %d: body %q MessageId %s SessionId %s DeliveryCount %s SequenceNumber %s EnqueuedTimeUtc %s", i, body, id, sid, count, seq, enqueued)
+		}
+		var props map[string]any
+		if err := json.Unmarshal(p.Metadata["UserProperties"], &props); err != nil {
+			t.Errorf("invocation %d: UserProperties %s is not an object", i, p.Metadata["UserProperties"])
+		}
+		seen = append(seen, body)
+	}
+	// First deliveries in queue order; the failed one again later.
+	if first := slices.Compact(slices.Clone(seen[:2])); !slices.Equal(first, bodies[:2]) || slices.Index(seen, bodies[2]) < 2 ||
+		len(slices.DeleteFunc(slices.Clone(seen), func(b string) bool { return b != bodies[1] })) != 2 {
+		t.Errorf("delivered %q, want %q, %q, then %q and %q again", seen, bodies[0], bodies[1], bodies[2], bodies[1])
+	}
+	s := h.Stats()
+	if s.Invocations["worker"] != 4 || s.Failures["worker"] != 1 || s.Messages != 4 || s.Abandons != 1 || s.Completes != 3 {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+// TestHostForwardsAndFires spreads forwarded HTTP over two instances
+// unchanged, and fires the timer and Event Grid functions in the host's
+// shape. No queue: only the repository's HTTP, timer and Event Grid
+// functions are played.
+func TestHostForwardsAndFires(t *testing.T) {
+	all, err := RepoFunctions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fns := slices.DeleteFunc(all, func(f Function) bool { tr, _ := f.Trigger(); return tr.Type == "serviceBusTrigger" })
+	recs := []*recorder{newRecorder(t, nil), newRecorder(t, nil)}
+	h, err := Start(Config{HandlerURLs: []string{recs[0].srv.URL, recs[1].srv.URL}, Functions: fns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+
+	for i := range 4 {
+		req, _ := http.NewRequest(http.MethodGet, h.URL()+"/api/v1/vms?n="+fmt.Sprint(i), nil)
+		req.Header.Set("X-MS-CLIENT-PRINCIPAL-ID", "user-1")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("forwarded GET answered %d", resp.StatusCode)
+		}
+	}
+	for i, rec := range recs {
+		got := rec.recorded("/api/v1/vms")
+		if len(got) != 2 {
+			t.Errorf("instance %d served %d forwarded requests, want 2", i, len(got))
+		}
+		for _, c := range got {
+			if c.Header.Get("X-MS-CLIENT-PRINCIPAL-ID") != "user-1" || c.Header.Get("X-Azure-Functions-InvocationId") == "" || c.Header.Get("X-Forwarded-For") == "" {
+				t.Errorf("instance %d: forwarded headers %v", i, c.Header)
+			}
+		}
+		if n := h.Instances()[i].Stats().Invocations["api"]; n != 2 {
+			t.Errorf("instance %d counted %d api invocations", i, n)
+		}
+	}
+
+	ctx := context.Background()
+	if res, err := h.FireTimer(ctx); err != nil || res.Outputs == nil || res.Logs[0] != "recorded" {
+		t.Errorf("FireTimer: %+v, %v", res, err)
+	}
+	event := map[string]any{"id": "e-1", "eventType": "Microsoft.Resources.ResourceDeleteSuccess", "subject": "/x", "data": map[string]any{}}
+	if _, err := h.SendEvent(ctx, event); err != nil {
+		t.Errorf("SendEvent: %v", err)
+	}
+	// Event Grid's own delivery to the host's webhook.
+	body := `[{"id":"e-2","eventType":"Microsoft.Resources.ResourceWriteSuccess","subject":"/y","data":{}}]`
+	req, _ := http.NewRequest(http.MethodPost, h.URL()+"/runtime/webhooks/eventgrid?functionName=events", strings.NewReader(body))
+	req.Header.Set("aeg-event-type", "Notification")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("Event Grid webhook answered %d", resp.StatusCode)
+	}
+
+	var timers, events []recorded
+	for _, rec := range recs {
+		timers, events = append(timers, rec.recorded("/sweeper")...), append(events, rec.recorded("/events")...)
+	}
+	if len(timers) != 1 || len(events) != 2 {
+		t.Fatalf("%d timer and %d event invocations, want 1 and 2", len(timers), len(events))
+	}
+	var timer struct {
+		Schedule  map[string]any
+		IsPastDue *bool
+	}
+	if err := json.Unmarshal(decodePayload(t, timers[0].Body).Data["timer"], &timer); err != nil || timer.IsPastDue == nil || timer.Schedule == nil {
+		t.Errorf("timer payload %s", timers[0].Body)
+	}
+	var eventIDs []string
+	for i, c := range events {
+		var ev struct{ ID string }
+		p := decodePayload(t, c.Body)
+		if err := json.Unmarshal(p.Data["event"], &ev); err != nil {
+			t.Errorf("event invocation %d: %s", i, c.Body)
+		}
+		if _, ok := p.Metadata["sys"]; !ok {
+			t.Errorf("event invocation %d has no sys metadata", i)
+		}
+		eventIDs = append(eventIDs, ev.ID)
+	}
+	if slices.Sort(eventIDs); !slices.Equal(eventIDs, []string{"e-1", "e-2"}) {
+		t.Errorf("events delivered: %v", eventIDs)
+	}
+	if s := h.Stats(); s.Invocations["api"] != 4 || s.Invocations["sweeper"] != 1 || s.Invocations["events"] != 2 {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+func TestHostSettingsFromRepo(t *testing.T) {
+	hs, err := RepoHostSettings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := HostSettings{FunctionTimeout: 5 * time.Minute, ServiceBus: ServiceBusSettings{MaxConcurrentSessions: 8, MaxMessageBatchSize: 1000, SessionIdleTimeout: 5 * time.Second}}
+	if hs != want {
+		t.Errorf("host.json gives %+v, want %+v", hs, want)
+	}
+	fns, err := RepoFunctions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	triggers := map[string]Binding{}
+	for _, f := range fns {
+		tr, _ := f.Trigger()
+		triggers[f.Name] = tr
+	}
+	if w := triggers["worker"]; w.Type != "serviceBusTrigger" || w.Name != "msg" || !w.IsSessionsEnabled || w.Many() {
+		t.Errorf("worker trigger %+v", w)
+	}
+	for in, want := range map[string]time.Duration{"00:00:05": 5 * time.Second, "1.02:03:04.5": 26*time.Hour + 3*time.Minute + 4500*time.Millisecond, "": 0} {
+		if got, err := parseTimeSpan(in); err != nil || got != want {
+			t.Errorf("parseTimeSpan(%q) = %s, %v; want %s", in, got, err, want)
+		}
+	}
+	if _, err := parseTimeSpan("5s"); err == nil {
+		t.Errorf("parseTimeSpan(5s) took a Go duration")
+	}
+}
