@@ -109,9 +109,16 @@ deploy: deploy-check
 	  --parameters location=$(LOCATION) deployEventSubscriptions=true --output none
 	@echo "jitaccess is at $$(az deployment group show --resource-group $(RG) --name $(DEPLOYMENT) --query properties.outputs.url.value --output tsv)"
 
-# Load scenarios against a built `handler local`: one table on stdout, the same
-# figures in docs/bench-results.json (docs/performance.md). Not part of `make test`.
-# BENCH_FLAGS passes options, e.g. BENCH_FLAGS='-only initiate -initiate-duration 10s'.
-.PHONY: bench
-bench: build
+# Every scenario in local mode and in Functions mode (handler instances under
+# the host simulator, Azurite, the Service Bus double), at ARM latency 0 and at
+# 2 s with ARM's limits, side by side in one table on stdout; the same figures
+# in docs/bench-results.json (docs/performance.md). Not part of `make test`.
+# BENCH_FLAGS passes options, e.g. BENCH_FLAGS='-only wide -latencies 2s'.
+.PHONY: bench bench-local
+bench: build node_modules/.package-lock.json
 	$(GO) run ./handler/bench -handler $(BIN) -out docs/bench-results.json $(BENCH_FLAGS)
+
+# The local-mode scenarios with their targets (start-up, initiate, open latency,
+# close burst, VM list, audit CSV, shared NSG, ARM calls per grant).
+bench-local: build
+	$(GO) run ./handler/bench -suite local -handler $(BIN) -out docs/bench-local-results.json $(BENCH_FLAGS)

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 )
 
@@ -22,6 +23,12 @@ type estateSpec struct {
 	NICNSG      bool // every VM has its own NIC-level NSG
 	SubnetNSG   bool // every subnet has an NSG shared by its VMs
 	NICNSGEvery int  // when > 1, only every n-th VM has a NIC NSG (the rest rely on the subnet)
+	NICNSGFirst int  // when > 0, VMs 0..NICNSGFirst-1 have a NIC NSG (besides NICNSG)
+}
+
+// vmIP is VM i's private address.
+func (e estateSpec) vmIP(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, 20, byte(i / e.perNet()), byte(4 + i%e.perNet())})
 }
 
 func vmName(i int) string { return fmt.Sprintf("vm-%05d", i) }
@@ -58,6 +65,9 @@ func (e estateSpec) perNet() int {
 }
 
 func (e estateSpec) hasNICNSG(i int) bool {
+	if i < e.NICNSGFirst {
+		return true
+	}
 	if !e.NICNSG {
 		return false
 	}
@@ -99,7 +109,7 @@ func (e estateSpec) write(path string) error {
 	}
 	vms := make([]vm, e.VMs)
 	for i := range vms {
-		n := nic{Subnet: "vnet/" + subnets[i/e.perNet()].Name, IP: fmt.Sprintf("10.20.%d.%d", i/e.perNet(), 4+i%e.perNet())}
+		n := nic{Subnet: "vnet/" + subnets[i/e.perNet()].Name, IP: e.vmIP(i).String()}
 		if e.hasNICNSG(i) {
 			n.NSG = nicNSGName(i)
 			nsgs = append(nsgs, nsg{Name: n.NSG})

@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -62,13 +63,18 @@ type report struct {
 	Machine   string    `json:"machine"`
 	GoVersion string    `json:"goVersion"`
 	Handler   string    `json:"handler"`
-	Results   []result  `json:"results"`
+	Results   []result  `json:"results,omitempty"`
+	Twin      []twinRow `json:"twin,omitempty"`
 }
 
 type bench struct {
 	handler string
 	tmp     string
 	cfg     config
+
+	emuOnce sync.Once // the Functions deployments' emulators, started once
+	emu     *emulators
+	emuErr  error
 }
 
 type config struct {
@@ -83,6 +89,14 @@ type config struct {
 	sharedLatency    time.Duration
 	sharedTimeout    time.Duration
 	timeline         bool
+
+	// The two-mode suite.
+	latencies    []time.Duration
+	modes        []string
+	armPatience  time.Duration // how long a scenario waits on ARM before it reports what is missing
+	closeLead    time.Duration // close: from the first initiate to the common end time
+	twinInitiate time.Duration // initiate: how long the load lasts
+	instances    int           // Functions mode: handler instances under the host simulator
 }
 
 type scenario struct {
@@ -106,7 +120,7 @@ func main() {
 	var out, only string
 	flag.StringVar(&b.handler, "handler", "bin/handler", "the handler binary to run (`make build` builds it)")
 	flag.StringVar(&out, "out", "docs/bench-results.json", "where to write the results as JSON (empty: do not write)")
-	flag.StringVar(&only, "only", "", "comma-separated scenarios to run (default all): "+scenarioNames())
+	flag.StringVar(&only, "only", "", "comma-separated scenarios to run (default all): twin: enable, shared-nsg, wide, close, initiate; local: "+scenarioNames())
 	flag.Float64Var(&b.cfg.initiateRate, "initiate-rate", 1000, "initiate: offered requests per second")
 	flag.BoolVar(&b.cfg.timeline, "timeline", false, "initiate, open-latency: print each second's calls, p50, p99 and max to stderr")
 	flag.DurationVar(&b.cfg.initiateDuration, "initiate-duration", 30*time.Second, "initiate: how long the load lasts")
@@ -118,7 +132,28 @@ func main() {
 	flag.IntVar(&b.cfg.sharedGrants, "shared-grants", 100, "shared-nsg: concurrent grants on one subnet NSG")
 	flag.DurationVar(&b.cfg.sharedLatency, "shared-latency", 2*time.Second, "shared-nsg: ARM write latency")
 	flag.DurationVar(&b.cfg.sharedTimeout, "shared-timeout", 40*time.Second, "shared-nsg: how long to wait for every rule")
+	var suite, latencies, modes string
+	flag.StringVar(&suite, "suite", "twin", "twin: every scenario in local and Functions mode at each ARM latency, side by side (make bench); local: the local-mode scenarios with their targets (make bench-local)")
+	flag.StringVar(&latencies, "latencies", "0,2s", "twin: the ARM latencies to run at; above 0 the simulator also enforces ARM's write budget and one operation per NSG")
+	flag.StringVar(&modes, "modes", "local,functions", "twin: the modes to run")
+	flag.DurationVar(&b.cfg.armPatience, "arm-patience", 120*time.Second, "twin: how long a scenario waits on ARM before it reports what is still missing")
+	flag.DurationVar(&b.cfg.closeLead, "close-lead", 40*time.Second, "twin close: from the first initiate to the common end time")
+	flag.DurationVar(&b.cfg.twinInitiate, "twin-initiate-duration", 10*time.Second, "twin initiate: how long the load lasts")
+	flag.IntVar(&b.cfg.instances, "instances", 2, "twin: handler instances under the host simulator in Functions mode")
 	flag.Parse()
+	for _, l := range strings.Split(latencies, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(l))
+		if err != nil || d < 0 {
+			fail("-latencies: %q is not a duration", l)
+		}
+		b.cfg.latencies = append(b.cfg.latencies, d)
+	}
+	for _, m := range strings.Split(modes, ",") {
+		if m = strings.TrimSpace(m); m != "local" && m != "functions" {
+			fail("-modes: %q is not local or functions", m)
+		}
+		b.cfg.modes = append(b.cfg.modes, strings.TrimSpace(m))
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -139,6 +174,17 @@ func main() {
 	}
 	rep := report{Time: time.Now().UTC().Truncate(time.Second), Machine: machine(), GoVersion: runtime.Version(), Handler: b.handler}
 	started := time.Now()
+	if suite == "twin" {
+		rep.Twin = b.runTwin(ctx, want)
+		b.emu.Close()
+		printTwin(os.Stdout, rep)
+		fmt.Printf("\n%d rows in %s on %s\n", len(rep.Twin), time.Since(started).Round(time.Second), rep.Machine)
+		writeReport(out, rep)
+		return
+	}
+	if suite != "local" {
+		fail("-suite: %q is not twin or local", suite)
+	}
 	for _, s := range scenarios {
 		if len(want) > 0 && !want[s.name] {
 			continue
@@ -158,16 +204,21 @@ func main() {
 	}
 	printTable(os.Stdout, rep)
 	fmt.Printf("\n%d scenarios in %s on %s\n", len(rep.Results), time.Since(started).Round(time.Second), rep.Machine)
-	if out != "" {
-		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-			fail("%v", err)
-		}
-		b, _ := json.MarshalIndent(rep, "", "  ")
-		if err := os.WriteFile(out, append(b, '\n'), 0o644); err != nil {
-			fail("%v", err)
-		}
-		fmt.Printf("results written to %s\n", out)
+	writeReport(out, rep)
+}
+
+func writeReport(out string, rep report) {
+	if out == "" {
+		return
 	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		fail("%v", err)
+	}
+	b, _ := json.MarshalIndent(rep, "", "  ")
+	if err := os.WriteFile(out, append(b, '\n'), 0o644); err != nil {
+		fail("%v", err)
+	}
+	fmt.Printf("results written to %s\n", out)
 }
 
 func scenarioNames() string {

@@ -197,6 +197,13 @@ func newClient(conns int) *http.Client {
 
 // do sends a JSON request and decodes a JSON answer into out (when not nil).
 func (p *proc) do(ctx context.Context, method, path string, body any, out any) (int, error) {
+	return doJSON(ctx, p.client, p.url, method, path, body, out)
+}
+
+// doJSON sends a JSON request to base+path with the header pairs given and
+// decodes a JSON answer into out (when not nil); a non-2xx answer is an
+// error.
+func doJSON(ctx context.Context, c *http.Client, base, method, path string, body any, out any, headers ...string) (int, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -205,14 +212,17 @@ func (p *proc) do(ctx context.Context, method, path string, body any, out any) (
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, p.url+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
 		return 0, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := p.client.Do(req)
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := c.Do(req)
 	if err != nil {
 		return 0, err
 	}

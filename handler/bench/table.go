@@ -51,3 +51,42 @@ func calls(m map[string]int) string {
 	}
 	return strings.Join(parts, " ")
 }
+
+// printTwin writes the two-mode table: one row per scenario and ARM
+// latency, local and Functions side by side, the bound beside them; then
+// each cell's notes.
+func printTwin(w io.Writer, rep report) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "scenario\tARM latency\tlocal\tfunctions\tbound\t")
+	text := func(c *cell) string {
+		switch {
+		case c == nil:
+			return "-"
+		case c.Azure != "":
+			return "would fail in Azure: " + c.Azure + "; " + c.Summary
+		case c.Err != "" && c.Summary == "error":
+			return "error: " + tail(c.Err, 120)
+		}
+		return c.Summary
+	}
+	for _, r := range rep.Twin {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t\n", r.Scenario, r.Latency, text(r.Local), text(r.Functions), r.Bound)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	for _, r := range rep.Twin {
+		for _, m := range []struct {
+			mode string
+			c    *cell
+		}{{"local", r.Local}, {"functions", r.Functions}} {
+			if m.c == nil {
+				continue
+			}
+			fmt.Fprintf(w, "%s at %s, %s: %s", r.Scenario, r.Latency, m.mode, m.c.Notes)
+			if m.c.Err != "" {
+				fmt.Fprintf(w, " (error: %s)", tail(m.c.Err, 300))
+			}
+			fmt.Fprintln(w)
+		}
+	}
+}

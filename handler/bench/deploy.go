@@ -1,0 +1,423 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"jitaccess/handler/armsim"
+	"jitaccess/handler/hostsim"
+	"jitaccess/handler/testenv"
+)
+
+// deployment is one jitaccess under test: `handler local` (bbolt, the local
+// queue, the ARM simulator in its process) or Functions mode (handler
+// instances under the host simulator, Azurite, the Service Bus double and
+// an ARM simulator in the bench). Scenarios drive both through the same
+// methods, so the two columns of the table measure the same thing.
+type deployment interface {
+	Mode() string
+	// API calls the REST API as an administrator.
+	API(ctx context.Context, method, path string, body, out any) (int, error)
+	// ARM reads the simulator's ARM paths as an observer (not counted,
+	// not throttled).
+	ARM(ctx context.Context, path string, out any) error
+	// ARMStats are the simulator's call counters since it started.
+	ARMStats(ctx context.Context) (armsim.CallStats, error)
+	// SetARM makes the simulator answer at latency with ARM's limits, or
+	// at once without them (latency 0).
+	SetARM(ctx context.Context, latency time.Duration) error
+	// Costs are what Azure bills, counted so far: Table Storage
+	// transactions, Service Bus operations, function invocations. Zero in
+	// local mode, where none of these exist.
+	Costs(ctx context.Context) (costs, error)
+	Close() error
+}
+
+// costs count the billable operations of Functions mode.
+type costs struct {
+	TableTx     int64
+	BusOps      int64
+	Invocations int64
+}
+
+func (c costs) minus(o costs) costs {
+	return costs{c.TableTx - o.TableTx, c.BusOps - o.BusOps, c.Invocations - o.Invocations}
+}
+
+// azureARM is the simulator's behaviour at a latency: ARM's documented
+// budgets and one operation at a time per NSG; nil at latency 0.
+func azureARM(latency time.Duration) *armsim.Azure {
+	if latency <= 0 {
+		return nil
+	}
+	return &armsim.Azure{WriteTime: latency}
+}
+
+// --- local mode -----------------------------------------------------------------
+
+type localDeployment struct {
+	b      *bench
+	p      *proc
+	estate string
+}
+
+func (b *bench) startLocal(estate string, latency time.Duration) (*localDeployment, error) {
+	p, err := b.startProc(procOptions{Estate: estate, ARMLatency: latency, Sweep: 30 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	return &localDeployment{b: b, p: p, estate: estate}, nil
+}
+
+func (d *localDeployment) Mode() string { return "local" }
+
+func (d *localDeployment) API(ctx context.Context, method, path string, body, out any) (int, error) {
+	return d.p.do(ctx, method, path, body, out)
+}
+
+func (d *localDeployment) ARM(ctx context.Context, path string, out any) error {
+	return observe(ctx, d.p.client, d.p.url+"/_arm"+path, out)
+}
+
+func (d *localDeployment) ARMStats(ctx context.Context) (armsim.CallStats, error) {
+	var st armsim.CallStats
+	_, err := d.p.do(ctx, "GET", "/_arm/_stats", nil, &st)
+	return st, err
+}
+
+// SetARM restarts the process on the same state with JIT_ARM_LATENCY: the
+// simulator lives in the handler's process in local mode.
+func (d *localDeployment) SetARM(ctx context.Context, latency time.Duration) error {
+	dir := d.p.dataDir
+	if err := d.p.stop(); err != nil {
+		return err
+	}
+	p, err := d.b.startProc(procOptions{DataDir: dir, ARMLatency: latency, Sweep: 30 * time.Second})
+	if err != nil {
+		return err
+	}
+	d.p = p
+	return nil
+}
+
+func (d *localDeployment) Costs(context.Context) (costs, error) { return costs{}, nil }
+
+func (d *localDeployment) Close() error { return d.p.stop() }
+
+// observe GETs an ARM path of the simulator as an observer.
+func observe(ctx context.Context, c *http.Client, u string, out any) error {
+	if !strings.Contains(u, "api-version=") {
+		sep := "?"
+		if strings.Contains(u, "?") {
+			sep = "&"
+		}
+		u += sep + armAPIVersion
+	}
+	req, err := http.NewRequestWithContext(ctx, "GET", u, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set(armsim.ObserverHeader, "bench")
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %d %s", u, resp.StatusCode, tail(string(b), 300))
+	}
+	return json.Unmarshal(b, out)
+}
+
+// --- Functions mode ---------------------------------------------------------------
+
+// emulators are the Table Storage and Service Bus emulators the Functions
+// deployments share, each deployment with its own tables and queue.
+type emulators struct {
+	azurite *testenv.Azurite
+	bus     *testenv.ServiceBusDouble
+	tokens  *testenv.TokenEndpoint
+	tables  *countingProxy
+	n       atomic.Int64
+}
+
+func (b *bench) functionsEmulators() (*emulators, error) {
+	b.emuOnce.Do(func() {
+		e := &emulators{}
+		var err error
+		if e.azurite, err = testenv.LaunchAzurite("", ""); err != nil {
+			b.emuErr = fmt.Errorf("starting Azurite: %w", err)
+			return
+		}
+		if e.bus, err = testenv.LaunchServiceBus("", ""); err != nil {
+			_ = e.azurite.Close()
+			b.emuErr = fmt.Errorf("starting the Service Bus double: %w", err)
+			return
+		}
+		e.tokens = testenv.NewTokenEndpoint()
+		if e.tables, err = newCountingProxy(e.azurite.TableURL()); err != nil {
+			b.emuErr = err
+			return
+		}
+		b.emu = e
+	})
+	return b.emu, b.emuErr
+}
+
+func (e *emulators) Close() {
+	if e == nil {
+		return
+	}
+	e.tables.Close()
+	e.tokens.Close()
+	_ = e.bus.Close()
+	_ = e.azurite.Close()
+}
+
+// countingProxy counts the requests that reach Table Storage: each is one
+// billed transaction (an entity group transaction is one request).
+type countingProxy struct {
+	srv   *http.Server
+	url   string
+	count atomic.Int64
+}
+
+func newCountingProxy(target string) (*countingProxy, error) {
+	u, err := url.Parse(target)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	p := &countingProxy{url: "http://" + ln.Addr().String() + u.Path}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(&url.URL{Scheme: u.Scheme, Host: u.Host})
+			r.Out.Host = r.In.Host // the shared key signs the host the client used
+		},
+		// A handler stopping mid-request is no news.
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) },
+	}
+	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.count.Add(1)
+		rp.ServeHTTP(w, r)
+	})}
+	go func() { _ = p.srv.Serve(ln) }()
+	return p, nil
+}
+
+func (p *countingProxy) Close() { _ = p.srv.Close() }
+
+type functionsDeployment struct {
+	b        *bench
+	emu      *emulators
+	sim      *armsim.Server
+	armSrv   *http.Server
+	armURL   string
+	host     *hostsim.Host
+	queue    string
+	client   *http.Client
+	tableTx0 int64
+	bus0     int64
+	events   chan json.RawMessage
+	stop     context.CancelFunc
+	wg       sync.WaitGroup
+	admin    []string
+}
+
+// startFunctions runs `instances` handler instances in Functions mode under
+// the host simulator, on a fresh table prefix and queue, against an ARM
+// simulator loaded with estate. As Event Grid does in Azure, every
+// successful ARM write (the service's own included) is delivered to the
+// events function, and the timer fires the sweeper every minute, as
+// JIT_SWEEP_SCHEDULE's default says.
+func (b *bench) startFunctions(estate string, latency time.Duration) (*functionsDeployment, error) {
+	emu, err := b.functionsEmulators()
+	if err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(estate)
+	if err != nil {
+		return nil, err
+	}
+	d := &functionsDeployment{b: b, emu: emu, client: newClient(512), events: make(chan json.RawMessage, 1<<16),
+		admin: easyAuth("00000000-0000-0000-0000-00000000a001", "JIT.Admin")}
+	d.sim = armsim.New(armsim.Options{Empty: true, Azure: azureARM(latency), OnChange: d.changed})
+	if err := d.sim.Load(bytes.NewReader(data)); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	d.armURL = "http://" + ln.Addr().String()
+	d.armSrv = &http.Server{Handler: d.sim}
+	go func() { _ = d.armSrv.Serve(ln) }()
+
+	n := emu.n.Add(1)
+	d.queue = fmt.Sprintf("bench-%d", n)
+	d.tableTx0 = emu.tables.count.Load()
+	if st, err := emu.bus.FetchState(); err == nil {
+		d.bus0 = busOps(st.Queues[d.queue])
+	}
+	d.host, err = hostsim.Start(hostsim.Config{
+		Binary:               b.handler,
+		Instances:            b.cfg.instances,
+		TablesConnection:     "DefaultEndpointsProtocol=http;AccountName=" + testenv.AzuriteAccount + ";AccountKey=" + testenv.AzuriteKey + ";TableEndpoint=" + emu.tables.url + ";",
+		TablePrefix:          fmt.Sprintf("bench%d", n),
+		ServiceBusConnection: emu.bus.ConnectionString(),
+		Queue:                d.queue,
+		ARMEndpoint:          d.armURL,
+		Subscriptions:        benchSub,
+		Env: append(emu.tokens.Env(),
+			"JIT_MIN_DURATION=1s",
+			"JIT_LOG_LEVEL=warn",
+			"AZURE_CLIENT_ID=00000000-0000-0000-0000-0000000000c1",
+		),
+		StartTimeout: 60 * time.Second,
+	})
+	if err != nil {
+		d.armSrv.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.stop = cancel
+	d.wg.Add(2)
+	go d.deliverEvents(ctx)
+	go d.fireTimer(ctx)
+	return d, nil
+}
+
+func (d *functionsDeployment) Mode() string { return "functions" }
+
+// changed queues a resource event for a successful simulator write, in
+// Event Grid's shape.
+func (d *functionsDeployment) changed(c armsim.Change) {
+	typ := "Microsoft.Resources.ResourceWriteSuccess"
+	if c.Operation == "delete" {
+		typ = "Microsoft.Resources.ResourceDeleteSuccess"
+	}
+	ev, _ := json.Marshal(map[string]any{
+		"id": fmt.Sprintf("bench-%d", time.Now().UnixNano()), "topic": "/subscriptions/" + benchSub, "subject": c.ID,
+		"eventType": typ, "eventTime": time.Now().UTC().Format(time.RFC3339Nano), "dataVersion": "", "metadataVersion": "1",
+		"data": map[string]any{"resourceUri": c.ID, "operationName": c.Type + "/" + c.Operation, "status": "Succeeded", "subscriptionId": benchSub},
+	})
+	select {
+	case d.events <- ev:
+	default: // more than 65,536 undelivered: Event Grid would retry later
+	}
+}
+
+// deliverEvents hands events to the events function a few at a time, as
+// Event Grid pushes them.
+func (d *functionsDeployment) deliverEvents(ctx context.Context) {
+	defer d.wg.Done()
+	sem := make(chan struct{}, 4)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-d.events:
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem }()
+				_, _ = d.host.SendEvent(ctx, ev)
+			}()
+		}
+	}
+}
+
+func (d *functionsDeployment) fireTimer(ctx context.Context) {
+	defer d.wg.Done()
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			_, _ = d.host.FireTimer(ctx)
+		}
+	}
+}
+
+func (d *functionsDeployment) API(ctx context.Context, method, path string, body, out any) (int, error) {
+	return doJSON(ctx, d.client, d.host.URL(), method, path, body, out, d.admin...)
+}
+
+func (d *functionsDeployment) ARM(ctx context.Context, path string, out any) error {
+	return observe(ctx, d.client, d.armURL+path, out)
+}
+
+func (d *functionsDeployment) ARMStats(context.Context) (armsim.CallStats, error) {
+	return d.sim.Calls(), nil
+}
+
+func (d *functionsDeployment) SetARM(_ context.Context, latency time.Duration) error {
+	d.sim.SetAzure(azureARM(latency))
+	return nil
+}
+
+func (d *functionsDeployment) Costs(context.Context) (costs, error) {
+	st, err := d.emu.bus.FetchState()
+	if err != nil {
+		return costs{}, err
+	}
+	hs := d.host.Stats()
+	var inv int64
+	for _, n := range hs.Invocations {
+		inv += n
+	}
+	// Service Bus bills every operation: the handlers' sends, schedules and
+	// cancels (the double's counts) and the host's session accepts,
+	// receives and settlements.
+	return costs{
+		TableTx:     d.emu.tables.count.Load() - d.tableTx0,
+		BusOps:      busOps(st.Queues[d.queue]) - d.bus0 + hs.Sessions + hs.Receives + hs.Completes + hs.Abandons,
+		Invocations: inv,
+	}, nil
+}
+
+func busOps(q testenv.ServiceBusQueueState) int64 {
+	c := q.Counts
+	return int64(c.Sent + c.Scheduled + c.Cancelled)
+}
+
+func (d *functionsDeployment) Close() error {
+	d.stop()
+	d.wg.Wait()
+	err := d.host.Close()
+	_ = d.armSrv.Close()
+	return err
+}
+
+// easyAuth is the X-MS-CLIENT-PRINCIPAL set App Service Authentication
+// adds for a signed-in caller with roles.
+func easyAuth(id string, roles ...string) []string {
+	claims := []map[string]string{{"typ": "http://schemas.microsoft.com/identity/claims/objectidentifier", "val": id}}
+	for _, r := range roles {
+		claims = append(claims, map[string]string{"typ": "roles", "val": r})
+	}
+	b, _ := json.Marshal(map[string]any{"auth_typ": "aad", "claims": claims, "name_typ": "name", "role_typ": "roles"})
+	return []string{"X-MS-CLIENT-PRINCIPAL", base64.StdEncoding.EncodeToString(b), "X-MS-CLIENT-PRINCIPAL-ID", id,
+		"X-MS-CLIENT-PRINCIPAL-NAME", "bench-admin@example.com", "X-MS-CLIENT-PRINCIPAL-IDP", "aad"}
+}
