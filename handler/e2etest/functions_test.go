@@ -1,7 +1,6 @@
 package e2etest
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -12,154 +11,20 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
-	"github.com/Azure/azure-sdk-for-go/sdk/messaging/azservicebus"
 
 	"jitaccess/handler/armsim"
+	"jitaccess/handler/hostsim"
 	"jitaccess/handler/jit"
 	"jitaccess/handler/testenv"
 )
-
-// tokenEndpoint is a local managed-identity endpoint in App Service's shape
-// (IDENTITY_ENDPOINT / IDENTITY_HEADER), so the real azidentity code path runs.
-type tokenEndpoint struct {
-	srv      *httptest.Server
-	calls    atomic.Int32
-	mu       sync.Mutex
-	resource []string
-	clientID []string
-	issued   map[string][]string // resource -> tokens handed out
-}
-
-const identityHeader = "test-identity-header"
-
-func startTokenEndpoint(t *testing.T) *tokenEndpoint {
-	te := &tokenEndpoint{issued: map[string][]string{}}
-	te.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("X-IDENTITY-HEADER") != identityHeader {
-			http.Error(w, `{"error":"bad identity header"}`, http.StatusUnauthorized)
-			return
-		}
-		te.calls.Add(1)
-		resource := r.URL.Query().Get("resource")
-		token := miToken(resource)
-		te.mu.Lock()
-		te.resource = append(te.resource, resource)
-		te.clientID = append(te.clientID, r.URL.Query().Get("client_id"))
-		te.issued[resource] = append(te.issued[resource], token)
-		te.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"access_token":%q,"expires_on":"%d","resource":%q,"token_type":"Bearer"}`,
-			token, time.Now().Add(time.Hour).Unix(), resource)
-	}))
-	t.Cleanup(te.srv.Close)
-	return te
-}
-
-// miToken is the access token the local endpoint hands out for resource:
-// JWT-shaped with the claims a service checks (audience, Entra ID issuer,
-// lifetime), signed by nobody. Azurite's "--oauth basic" takes it as it
-// takes Entra ID's; the ARM simulator takes any token.
-func miToken(resource string) string {
-	enc := base64.RawURLEncoding.EncodeToString
-	claims, _ := json.Marshal(map[string]any{
-		"aud": resource, "iss": "https://sts.windows.net/00000000-0000-0000-0000-0000000000aa/",
-		"iat": time.Now().Add(-time.Minute).Unix(), "nbf": time.Now().Add(-time.Minute).Unix(), "exp": time.Now().Add(time.Hour).Unix(),
-		"oid": "00000000-0000-0000-0000-0000000000c1",
-	})
-	return enc([]byte(`{"alg":"none","typ":"JWT"}`)) + "." + enc(claims) + "." + enc([]byte("unsigned"))
-}
-
-// fakeHost plays the Functions host's Service Bus trigger: it takes messages
-// from the queue session by session and POSTs them to the handler's worker
-// function in the host's payload shape, completing on 2xx, abandoning
-// otherwise.
-type fakeHost struct {
-	t         *testing.T
-	handler   string
-	client    *azservicebus.Client
-	queue     string
-	delivered atomic.Int32
-	failed    atomic.Int32
-}
-
-func (h *fakeHost) run(ctx context.Context) {
-	for ctx.Err() == nil {
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		sess, err := h.client.AcceptNextSessionForQueue(sctx, h.queue, nil)
-		cancel()
-		if err != nil {
-			continue // no session with messages yet
-		}
-		for ctx.Err() == nil {
-			rctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-			msgs, err := sess.ReceiveMessages(rctx, 1, nil)
-			cancel()
-			if err != nil || len(msgs) == 0 {
-				break
-			}
-			for _, m := range msgs {
-				if h.deliver(ctx, m) {
-					_ = sess.CompleteMessage(ctx, m, nil)
-				} else {
-					_ = sess.AbandonMessage(ctx, m, nil)
-				}
-			}
-		}
-		_ = sess.Close(context.Background())
-	}
-}
-
-// deliver POSTs one message as the host does: the body JSON-encoded as a
-// string (twice for every other message, as hosts have been seen to do),
-// metadata strings quoted, numbers as strings, the enqueued time without a zone.
-func (h *fakeHost) deliver(ctx context.Context, m *azservicebus.ReceivedMessage) bool {
-	body, _ := json.Marshal(string(m.Body))
-	if h.delivered.Load()%2 == 1 {
-		body, _ = json.Marshal(string(body))
-	}
-	quote := func(s string) string { b, _ := json.Marshal(s); return string(b) }
-	sid := ""
-	if m.SessionID != nil {
-		sid = *m.SessionID
-	}
-	meta := map[string]string{
-		"MessageId":       quote(m.MessageID),
-		"DeliveryCount":   fmt.Sprint(m.DeliveryCount),
-		"SequenceNumber":  fmt.Sprint(*m.SequenceNumber),
-		"EnqueuedTimeUtc": m.EnqueuedTime.UTC().Format("2006-01-02T15:04:05"),
-		"SessionId":       quote(sid),
-	}
-	metaJSON, _ := json.Marshal(meta)
-	payload := `{"Data":{"msg":` + string(body) + `},"Metadata":` + string(metaJSON) + `}`
-	req, _ := http.NewRequestWithContext(ctx, "POST", h.handler+"/worker", strings.NewReader(payload))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-Azure-Functions-InvocationId", fmt.Sprintf("inv-%d", h.delivered.Load()))
-	resp, err := http.DefaultClient.Do(req)
-	h.delivered.Add(1)
-	if err != nil {
-		h.failed.Add(1)
-		return false
-	}
-	defer resp.Body.Close()
-	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
-		h.t.Errorf("worker answered Content-Type %q", ct)
-	}
-	if resp.StatusCode/100 != 2 {
-		h.failed.Add(1)
-		return false
-	}
-	return true
-}
 
 // easyAuth is the X-MS-CLIENT-PRINCIPAL header App Service Authentication adds.
 func easyAuth(id string, roles ...string) []string {
@@ -172,9 +37,33 @@ func easyAuth(id string, roles ...string) []string {
 		"X-MS-CLIENT-PRINCIPAL-NAME", id + "@example.com", "X-MS-CLIENT-PRINCIPAL-IDP", "aad"}
 }
 
+// startHost runs the built handler in Functions mode under the host
+// simulator, and shows the handlers' output when the test fails.
+func startHost(t *testing.T, cfg hostsim.Config) *hostsim.Host {
+	t.Helper()
+	cfg.Binary = handlerBinary(t)
+	cfg.Logf = t.Logf
+	h, err := hostsim.Start(cfg)
+	if err != nil {
+		t.Fatalf("starting the Functions host simulator: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = h.Close()
+		if t.Failed() {
+			for _, in := range h.Instances() {
+				t.Logf("handler instance %d output:\n%s", in.Index(), tail(in.Output(), 20000))
+			}
+		}
+		if f := h.Faults(); len(f) > 0 {
+			t.Errorf("the host could not read the handler's answers: %v", f)
+		}
+	})
+	return h
+}
+
 // TestFunctionsModeEndToEnd runs the built handler as the Functions host
-// would, on Azurite, the Service Bus double and the ARM simulator, with the
-// managed identity served by a local token endpoint.
+// would (handler/hostsim), on Azurite, the Service Bus double and the ARM
+// simulator, with the managed identity served by a local token endpoint.
 func TestFunctionsModeEndToEnd(t *testing.T) {
 	// Table Storage and Service Bus are reached as in Azure: by name, over
 	// TLS, with the managed identity's tokens. One certificate serves both,
@@ -182,7 +71,7 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 	cert, key := testenv.SelfSignedCert(t, t.TempDir())
 	azurite := testenv.StartAzuriteOAuth(t, cert, key)
 	sb := testenv.StartServiceBusTLS(t, cert, key)
-	tokens := startTokenEndpoint(t)
+	tokens := testenv.StartTokenEndpoint(t)
 
 	var authSeen sync.Map
 	var calls callKinds
@@ -195,54 +84,28 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 	armSrv := httptest.NewServer(sim)
 	t.Cleanup(armSrv.Close)
 
-	addr := freeAddr(t)
-	port := addr[strings.LastIndexByte(addr, ':')+1:]
 	prefix := fmt.Sprintf("e2e%d", time.Now().UnixNano()%1e9)
 	queue := "jit-e2e"
-	cmd := exec.Command(handlerBinary(t))
-	cmd.Env = append(os.Environ(),
-		"FUNCTIONS_CUSTOMHANDLER_PORT="+port,
-		"JIT_TABLES_URL="+azurite.TableURL(), // with the managed identity
-		"SSL_CERT_FILE="+cert,
-		"JIT_TABLE_PREFIX="+prefix,
+	host := startHost(t, hostsim.Config{
+		TablesURL:   azurite.TableURL(), // with the managed identity
+		TablePrefix: prefix,
 		// With the managed identity; the name is the certificate's, the
 		// address the double's.
-		"ServiceBusConnection__fullyQualifiedNamespace=localhost",
-		"JIT_SERVICEBUS_ENDPOINT="+sb.Namespace(),
-		"JIT_SERVICEBUS_QUEUE="+queue,
-		"JIT_ARM_ENDPOINT="+armSrv.URL,
-		"JIT_SUBSCRIPTIONS="+sub,
-		"IDENTITY_ENDPOINT="+tokens.srv.URL+"/msi/token",
-		"IDENTITY_HEADER="+identityHeader,
-		"AZURE_CLIENT_ID=00000000-0000-0000-0000-0000000000c1",
-		"JIT_MIN_DURATION=1s",
-		"JIT_LOG_LEVEL=debug",
-	)
-	var logs bytes.Buffer
-	var mu sync.Mutex
-	cmd.Stdout, cmd.Stderr = &lockedWriter{mu: &mu, w: &logs}, &lockedWriter{mu: &mu, w: &logs}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			mu.Lock()
-			t.Logf("handler output:\n%s", tail(logs.String(), 20000))
-			mu.Unlock()
-		}
+		ServiceBusNamespace: "localhost",
+		ServiceBusEndpoint:  sb.Namespace(),
+		Queue:               queue,
+		ARMEndpoint:         armSrv.URL,
+		Subscriptions:       sub,
+		Env: append(tokens.Env(),
+			"SSL_CERT_FILE="+cert,
+			"AZURE_CLIENT_ID=00000000-0000-0000-0000-0000000000c1",
+			"JIT_MIN_DURATION=1s",
+			"JIT_LOG_LEVEL=debug",
+		),
+		// The host receives with a key.
+		HostServiceBus: sb.ConnectionString(),
 	})
-	p := &proc{t: t, cmd: cmd, base: "http://" + addr, logs: &logs, mu: &mu}
-	// The host polls GET / until the handler answers.
-	waitFor(t, 20*time.Second, "the handler to answer GET /", func() bool {
-		resp, err := http.Get(p.base + "/")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+	p := &proc{t: t, base: host.URL()}
 
 	// The portal is served by the same forwarded HTTP function as the API.
 	for path, want := range map[string]string{"/": "<title>Just-in-time VM access", "/portal/app.js": "/api/v1/"} {
@@ -256,16 +119,6 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 			t.Errorf("Functions mode GET %s = %d, body without %q", path, resp.StatusCode, want)
 		}
 	}
-
-	client, err := azservicebus.NewClientFromConnectionString(sb.ConnectionString(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = client.Close(context.Background()) })
-	host := &fakeHost{t: t, handler: p.base, client: client, queue: queue}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go host.run(ctx)
 
 	admin := easyAuth("admin-1", "JIT.Admin")
 	// The API function forwards every path: a signed-in caller's POST /sweeper
@@ -284,11 +137,9 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 	p.must(200, "PUT", "/api/v1/policies/fn", map[string]any{"properties": map[string]any{"virtualMachines": []any{
 		map[string]any{"id": vmID("vm-nic-nsg"), "ports": []any{map[string]any{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}}},
 	}}}, nil, admin...)
-	tokens.mu.Lock()
-	if !slices.ContainsFunc(tokens.issued["https://management.core.windows.net/"], func(tok string) bool { _, ok := authSeen.Load("Bearer " + tok); return ok }) {
+	if !slices.ContainsFunc(tokens.Issued("https://management.core.windows.net/"), func(tok string) bool { _, ok := authSeen.Load("Bearer " + tok); return ok }) {
 		t.Errorf("ARM never saw a token the managed identity endpoint issued for ARM")
 	}
-	tokens.mu.Unlock()
 
 	// Initiate: the handler puts open (now) and close (scheduled) on the
 	// queue; the host delivers them to the worker; the rule opens and closes.
@@ -348,14 +199,13 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 
 	// The Event Grid and timer functions, invoked in the host's shape, repair
 	// what was changed by hand.
-	invoke := func(fn, payload string) {
+	ctx := context.Background()
+	checkInvoked := func(fn string, res hostsim.Result, err error) {
 		t.Helper()
-		var out struct {
-			Outputs map[string]any `json:"Outputs"`
-			Logs    []string       `json:"Logs"`
+		if err != nil || res.Status != 200 {
+			t.Fatalf("%s: %d, %v", fn, res.Status, err)
 		}
-		p.must(200, "POST", "/"+fn, payload, &out)
-		if out.Outputs == nil {
+		if res.Outputs == nil {
 			t.Errorf("%s: no Outputs object", fn)
 		}
 	}
@@ -373,31 +223,32 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 	}
 	deny := jit.DenyRuleName(vmID("vm-nic-nsg"))
 	handDelete(deny)
-	invoke("events", `{"Data":{"event":{"id":"e-1","topic":"/subscriptions/`+sub+`","subject":"`+nicNSG+`/securityRules/`+deny+
-		`","eventType":"Microsoft.Resources.ResourceDeleteSuccess","eventTime":"2026-11-24T07:00:00Z","data":{}}},"Metadata":{}}`)
+	res, err := host.SendEvent(ctx, `{"id":"e-1","topic":"/subscriptions/`+sub+`","subject":"`+nicNSG+`/securityRules/`+deny+
+		`","eventType":"Microsoft.Resources.ResourceDeleteSuccess","eventTime":"2026-11-24T07:00:00Z","data":{}}`)
+	checkInvoked("events", res, err)
 	if !hasRule(deny) {
 		t.Errorf("the events function did not restore the deny rule deleted by hand")
 	}
 	handDelete(ext.Grants[0].RuleName)
-	invoke("sweeper", `{"Data":{"timer":{"Schedule":{"AdjustForDST":true},"ScheduleStatus":null,"IsPastDue":false}},"Metadata":{}}`)
+	res, err = host.FireTimer(ctx)
+	checkInvoked("sweeper", res, err)
 	if !hasRule(ext.Grants[0].RuleName) {
 		t.Errorf("the sweeper function did not put back a live grant's rule deleted by hand")
 	}
 
 	// ARM, Tables and Service Bus were all reached with the one identity
 	// (Azurite and the double's TLS listener take nothing else here).
-	tokens.mu.Lock()
+	resources := tokens.Resources()
 	for _, want := range []string{"https://management.core.windows.net/", "https://storage.azure.com", "https://servicebus.azure.net"} {
-		if !slices.ContainsFunc(tokens.resource, func(r string) bool { return strings.TrimSuffix(r, "/") == strings.TrimSuffix(want, "/") }) {
-			t.Errorf("no token asked for %s: resources %v", want, tokens.resource)
+		if !slices.ContainsFunc(resources, func(r string) bool { return strings.TrimSuffix(r, "/") == strings.TrimSuffix(want, "/") }) {
+			t.Errorf("no token asked for %s: resources %v", want, resources)
 		}
 	}
-	for _, id := range tokens.clientID {
+	for _, id := range tokens.ClientIDs() {
 		if id != "00000000-0000-0000-0000-0000000000c1" {
 			t.Errorf("a token was asked for client id %q, want the user-assigned identity's", id)
 		}
 	}
-	tokens.mu.Unlock()
 	// The handler's Service Bus links were authorised with the managed
 	// identity's token for Service Bus (the host here uses a key).
 	jwt := false
@@ -425,10 +276,128 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 	if entities < 3 {
 		t.Errorf("Azurite's %srequests table holds %d entities, want at least 3", prefix, entities)
 	}
-	if host.delivered.Load() < 4 {
-		t.Errorf("the host delivered %d messages", host.delivered.Load())
+	stats := host.Stats()
+	if stats.Messages < 4 {
+		t.Errorf("the host delivered %d messages", stats.Messages)
 	}
-	t.Logf("host delivered %d messages (%d failed); token endpoint called %d times", host.delivered.Load(), host.failed.Load(), tokens.calls.Load())
+	t.Logf("host delivered %d messages (%d worker invocations failed); token endpoint called %d times", stats.Messages, stats.Failures["worker"], tokens.Calls())
+}
+
+// TestFunctionsModeTwoInstances scales out as the Functions host does: two
+// handler instances on one Azurite and one queue, each with its own session
+// receivers. Grants on three NSGs open and close through the queue, and
+// both instances do some of the work.
+func TestFunctionsModeTwoInstances(t *testing.T) {
+	azurite := testenv.StartAzurite(t)
+	sb := testenv.StartServiceBus(t)
+	tokens := testenv.StartTokenEndpoint(t) // ARM's token
+	sim := armsim.New(armsim.Options{})
+	armSrv := httptest.NewServer(sim)
+	t.Cleanup(armSrv.Close)
+
+	// One session at a time per instance: while one instance holds a gate's
+	// session, the next gate with work goes to the other.
+	hs, err := hostsim.RepoHostSettings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs.ServiceBus.MaxConcurrentSessions = 1
+	queue := "jit-scaleout"
+	host := startHost(t, hostsim.Config{
+		Instances:            2,
+		TablesConnection:     azurite.ConnectionString(),
+		TablePrefix:          fmt.Sprintf("two%d", time.Now().UnixNano()%1e9),
+		ServiceBusConnection: sb.ConnectionString(), // the handler and the host both with a key
+		Queue:                queue,
+		ARMEndpoint:          armSrv.URL,
+		Subscriptions:        sub,
+		Env:                  append(tokens.Env(), "JIT_MIN_DURATION=1s", "JIT_LOG_LEVEL=debug"),
+		Host:                 &hs,
+	})
+	p := &proc{t: t, base: host.URL()}
+	admin := easyAuth("admin-1", "JIT.Admin")
+
+	// Three VMs behind three NSGs (vm-both-nsg behind two): lockdown and
+	// grants give work to several sessions at once.
+	vms := []string{"vm-nic-nsg", "vm-subnet-nsg", "vm-both-nsg"}
+	var policyVMs []any
+	for _, vm := range vms {
+		policyVMs = append(policyVMs, map[string]any{"id": vmID(vm), "ports": []any{map[string]any{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}}})
+	}
+	p.must(200, "PUT", "/api/v1/policies/scale", map[string]any{"properties": map[string]any{"virtualMachines": policyVMs}}, nil, admin...)
+	nsgs := []string{"nsg-vm-nic", "nsg-subnet-protected", "nsg-vm-both"}
+	rulesNow := func() map[string]bool {
+		have := map[string]bool{}
+		for _, nsg := range nsgs {
+			for _, r := range sim.RuleNames(rgURL + "/providers/Microsoft.Network/networkSecurityGroups/" + nsg) {
+				have[r] = true
+			}
+		}
+		return have
+	}
+	for _, vm := range vms {
+		deny := jit.DenyRuleName(vmID(vm))
+		waitFor(t, 15*time.Second, "lockdown of "+vm, func() bool { return rulesNow()[deny] })
+	}
+
+	var reqs []requestRec
+	for i, vm := range vms {
+		var r requestRec
+		p.must(202, "POST", "/api/v1/policies/scale/initiate", initiateBody(vm, 22, map[string]any{"duration": "PT3S", "allowedSourceAddressPrefix": fmt.Sprintf("203.0.113.%d", 20+i)}), &r, admin...)
+		reqs = append(reqs, r)
+	}
+	allRules := func(open bool) func() bool {
+		return func() bool {
+			have := rulesNow()
+			for _, r := range reqs {
+				for _, g := range r.Grants {
+					if have[g.RuleName] != open {
+						return false
+					}
+				}
+			}
+			return true
+		}
+	}
+	waitFor(t, 15*time.Second, "every grant's rule opened through the queue", allRules(true))
+	waitFor(t, 25*time.Second, "every grant's rule closed by its scheduled close", allRules(false))
+	for _, r := range reqs {
+		waitFor(t, 10*time.Second, "request "+r.ID+" closed", func() bool {
+			var got requestRec
+			p.must(200, "GET", "/api/v1/requests/"+r.ID, nil, &got, admin...)
+			return got.Status == "Closed"
+		})
+	}
+	for _, vm := range vms {
+		if !rulesNow()[jit.DenyRuleName(vmID(vm))] {
+			t.Errorf("%s lost its deny rule", vm)
+		}
+	}
+
+	// A close that found its rule already gone (one write on a gate closes
+	// everything due there) may still be on its way: wait for the queue to
+	// drain before counting.
+	waitFor(t, 15*time.Second, "the queue drained", func() bool {
+		q := sb.State(t).Queues[queue]
+		return len(q.Active) == 0 && int64(q.Counts.Completed) == host.Stats().Completes
+	})
+
+	// Both instances received and delivered queue messages, and served
+	// forwarded HTTP.
+	for _, in := range host.Instances() {
+		s := in.Stats()
+		t.Logf("instance %d: %d messages in %d worker invocations (%d failed), %d sessions, %d completes, %d abandons, %d api requests",
+			in.Index(), s.Messages, s.Invocations["worker"], s.Failures["worker"], s.Sessions, s.Completes, s.Abandons, s.Invocations["api"])
+		if s.Messages == 0 || s.Completes == 0 {
+			t.Errorf("instance %d delivered no queue message", in.Index())
+		}
+		if s.Invocations["api"] == 0 {
+			t.Errorf("instance %d served no forwarded request", in.Index())
+		}
+	}
+	if q := sb.State(t).Queues[queue]; len(q.DeadLetters) != 0 {
+		t.Errorf("dead letters: %v", q.DeadLetters)
+	}
 }
 
 // azuriteClient reads an OAuth Azurite's tables with the development
