@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -558,15 +559,16 @@ func (b *bench) twinEnable(ctx context.Context, d deployment, lat time.Duration)
 	// The policy as one PUT, as a script or the portal's "enable" does.
 	start := time.Now()
 	pctx, cancel := context.WithTimeout(ctx, httpCutoff)
-	code, err := d.API(pctx, "PUT", "/api/v1/policies/big", policyBody(ids), nil)
+	code, putErr := d.API(pctx, "PUT", "/api/v1/policies/big", policyBody(ids), nil)
+	cut := errors.Is(pctx.Err(), context.DeadlineExceeded)
 	cancel()
 	answer := time.Since(start)
 	switch {
-	case pctx.Err() != nil && ctx.Err() == nil:
+	case cut:
 		c.Azure = fmt.Sprintf("no HTTP answer within %s: App Service's front end would have ended the request", httpCutoff)
 		c.set("answerSeconds", -1)
-	case err != nil:
-		c.Err = fmt.Sprintf("PUT answered %d: %v", code, err)
+	case putErr != nil:
+		c.Err = fmt.Sprintf("PUT answered %d: %v", code, putErr)
 		c.set("answerSeconds", answer.Seconds())
 	default:
 		c.set("answerSeconds", answer.Seconds())
@@ -604,8 +606,11 @@ func (b *bench) twinEnable(ctx context.Context, d deployment, lat time.Duration)
 	c.setARM(delta)
 	c.set("configuredButOpen", float64(wrong))
 	answerText := fmt.Sprintf("answer %.1f s", answer.Seconds())
-	if c.Azure != "" {
+	switch {
+	case c.Azure != "":
 		answerText = "no answer in 230 s"
+	case putErr != nil && code != 0:
+		answerText = fmt.Sprintf("refused (%d) after %.1f s", code, answer.Seconds())
 	}
 	if best == spec.VMs {
 		c.set("allDeniedSeconds", bestAt.Seconds())
