@@ -30,9 +30,9 @@ func (s simOnly) ARM(ctx context.Context, path string, out any) error {
 	return observe(ctx, http.DefaultClient, s.url+path, out)
 }
 func (s simOnly) ARMStats(context.Context) (armsim.CallStats, error) { return s.sim.Calls(), nil }
-func (s simOnly) SetARM(context.Context, time.Duration) error       { return nil }
-func (s simOnly) Costs(context.Context) (costs, error)              { return costs{}, nil }
-func (s simOnly) Close() error                                      { return nil }
+func (s simOnly) SetARM(context.Context, time.Duration) error        { return nil }
+func (s simOnly) Costs(context.Context) (costs, error)               { return costs{}, nil }
+func (s simOnly) Close() error                                       { return nil }
 
 func startSim(t *testing.T, spec estateSpec, pageSize int) simOnly {
 	t.Helper()
