@@ -13,7 +13,8 @@
 // it completes on 2xx and abandons (the whole batch) otherwise. FireTimer
 // and SendEvent invoke the timer and Event Grid functions. Counters per
 // instance say what the host did (invocations and failures by function,
-// messages delivered, receives, completes, abandons).
+// messages delivered, receives, completes, abandons). Instance.Kill takes
+// one instance away mid-work, as a dying host instance goes.
 //
 // The payload shapes follow the host's source: HttpScriptInvocationContext
 // built by ToHttpScriptInvocationContext (azure-functions-host,

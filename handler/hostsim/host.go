@@ -126,7 +126,6 @@ type Host struct {
 	frontURL  string
 	ctx       context.Context
 	cancel    context.CancelFunc
-	receivers sync.WaitGroup
 	closeOnce sync.Once
 
 	faultMu sync.Mutex
@@ -145,6 +144,14 @@ type Instance struct {
 	proxy   *httputil.ReverseProxy
 	counts  counters
 	singles atomic.Int64 // single-message invocations so far, for the twice-encoded body
+
+	ctx       context.Context // ends with Kill or Close: receivers stop
+	cancel    context.CancelFunc
+	alive     context.Context // ends with Kill only: invocations under way are cut
+	kill      context.CancelFunc
+	receivers sync.WaitGroup
+	down      atomic.Bool // killed: no more requests, no settlements
+	stopOnce  sync.Once
 }
 
 // Index is the instance's number, from 0.
@@ -279,6 +286,8 @@ func (h *Host) startInstances() error {
 		timeout = 30 * time.Second
 	}
 	for _, in := range h.instances {
+		in.ctx, in.cancel = context.WithCancel(h.ctx)
+		in.alive, in.kill = context.WithCancel(context.Background())
 		if err := h.waitReady(in, timeout); err != nil {
 			return err
 		}
@@ -388,7 +397,12 @@ func (h *Host) serveFront(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no HTTP function", http.StatusNotFound)
 		return
 	}
-	h.pick().proxy.ServeHTTP(w, r)
+	in := h.pick()
+	if in == nil {
+		http.Error(w, "no live instance", http.StatusServiceUnavailable)
+		return
+	}
+	in.proxy.ServeHTTP(w, r)
 }
 
 // serveEventGrid is the Event Grid extension's webhook: it answers the
@@ -431,8 +445,16 @@ func (h *Host) serveEventGrid(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// pick returns the next live instance, round robin; nil when every
+// instance was killed.
 func (h *Host) pick() *Instance {
-	return h.instances[(h.next.Add(1)-1)%uint64(len(h.instances))]
+	for range h.instances {
+		in := h.instances[(h.next.Add(1)-1)%uint64(len(h.instances))]
+		if !in.down.Load() {
+			return in
+		}
+	}
+	return nil
 }
 
 // URL is the front door: forwarded HTTP (/api/..., the portal) goes to the
@@ -546,11 +568,15 @@ func (h *Host) FireTimer(ctx context.Context) (Result, error) {
 		return Result{}, errors.New("hostsim: no function has a timer trigger")
 	}
 	t, _ := h.timer.Trigger()
+	in := h.pick()
+	if in == nil {
+		return Result{}, errNoInstance
+	}
 	h.fireMu.Lock()
 	now, last := time.Now(), h.lastFire
 	h.lastFire = now
 	h.fireMu.Unlock()
-	return h.invoke(ctx, h.pick(), h.timer.Name, timerPayload(h.timer.Name, t.Name, last, now.Add(time.Minute)))
+	return h.invoke(ctx, in, h.timer.Name, timerPayload(h.timer.Name, t.Name, last, now.Add(time.Minute)))
 }
 
 // SendEvent invokes the Event Grid function (the only one, or the first
@@ -588,35 +614,84 @@ func (h *Host) SendEvent(ctx context.Context, event any) (Result, error) {
 }
 
 func (h *Host) sendEvent(ctx context.Context, fn Function, event json.RawMessage) (Result, error) {
+	in := h.pick()
+	if in == nil {
+		return Result{}, errNoInstance
+	}
 	t, _ := fn.Trigger()
-	return h.invoke(ctx, h.pick(), fn.Name, eventPayload(fn.Name, t.Name, event))
+	return h.invoke(ctx, in, fn.Name, eventPayload(fn.Name, t.Name, event))
 }
 
-// Close stops receiving (an invocation under way finishes and is settled),
-// the front door and the handler processes (interrupted, killed after five
-// seconds). It may be called more than once.
+var errNoInstance = errors.New("hostsim: every instance was killed")
+
+// closeGrace is how long Close lets invocations under way finish.
+const closeGrace = 10 * time.Second
+
+// Close stops receiving (an invocation under way has closeGrace to finish
+// and be settled, then is cut), the front door and the handler processes
+// (interrupted, killed after five seconds). It may be called more than once.
 func (h *Host) Close() error {
 	h.closeOnce.Do(func() {
 		h.cancel()
-		h.receivers.Wait()
+		grace := make(chan struct{}) // closed when the grace is over, for every instance
+		stopGrace := time.AfterFunc(closeGrace, func() { close(grace) })
+		defer stopGrace.Stop()
 		for _, in := range h.instances {
-			if in.sb != nil {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				_ = in.sb.Close(ctx)
-				cancel()
+			done := make(chan struct{})
+			go func() { in.receivers.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-grace:
+				if in.kill != nil {
+					in.kill()
+				}
+				<-done
 			}
+			in.closeServiceBus()
 		}
 		if h.front != nil {
 			_ = h.front.Close()
 		}
 		for _, in := range h.instances {
 			in.stop()
+			if in.kill != nil {
+				in.kill()
+			}
 		}
 		if h.client != nil {
 			h.client.CloseIdleConnections()
 		}
 	})
 	return nil
+}
+
+// Kill takes the instance away as when its host instance dies: the
+// handler process is killed at once, the messages its receivers hold are
+// not settled (their locks go with its Service Bus connection, so the
+// broker hands them out again), and the front door, FireTimer and
+// SendEvent use the other instances. Its counters stay readable.
+func (in *Instance) Kill() {
+	in.down.Store(true)
+	if in.cmd != nil {
+		_ = in.cmd.Process.Kill()
+	}
+	if in.cancel != nil {
+		in.cancel()
+		in.kill()
+	}
+	in.closeServiceBus()
+	in.receivers.Wait()
+}
+
+func (in *Instance) closeServiceBus() {
+	if in.sb == nil {
+		return
+	}
+	in.stopOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = in.sb.Close(ctx)
+		cancel()
+	})
 }
 
 func (in *Instance) stop() {

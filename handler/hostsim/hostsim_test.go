@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,13 +33,14 @@ type recorded struct {
 	Method, Path string
 	Header       http.Header
 	Body         []byte
+	ctx          context.Context // the request's
 }
 
 func newRecorder(t *testing.T, answer func(n int, r recorded) int) *recorder {
 	rec := &recorder{answer: answer}
 	rec.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		c := recorded{Method: r.Method, Path: r.URL.Path, Header: r.Header.Clone(), Body: body}
+		c := recorded{Method: r.Method, Path: r.URL.Path, Header: r.Header.Clone(), Body: body, ctx: r.Context()}
 		if r.Method == http.MethodGet && r.URL.Path == "/" {
 			http.NotFound(w, r) // the host takes any answer as ready
 			return
@@ -457,5 +459,66 @@ func TestHostSettingsFromRepo(t *testing.T) {
 	}
 	if _, err := parseTimeSpan("5s"); err == nil {
 		t.Errorf("parseTimeSpan(5s) took a Go duration")
+	}
+}
+
+// TestHostInstanceKilled takes away the instance working on a message:
+// the message is not settled by it, goes to the other instance, and so
+// does every forwarded request from then on.
+func TestHostInstanceKilled(t *testing.T) {
+	sb := testenv.StartServiceBus(t)
+	const queue = "hostsim-kill"
+	ids := sendSession(t, sb, queue, "gate-3", []string{`{"ID":"open-a"}`}, nil)
+	hung := make(chan int, 1) // which instance holds the first invocation
+	var first atomic.Bool
+	recs := make([]*recorder, 2)
+	for i := range recs {
+		recs[i] = newRecorder(t, func(n int, r recorded) int {
+			if r.Path == "/worker" && first.CompareAndSwap(false, true) {
+				hung <- i
+				<-r.ctx.Done() // until the kill cuts the invocation
+			}
+			return http.StatusOK
+		})
+	}
+	fns := append(workerFunction(""), Function{Name: "api", Bindings: []Binding{{Type: "httpTrigger", Direction: "in", Name: "req"}, {Type: "http", Direction: "out", Name: "res"}}})
+	h, err := Start(Config{
+		HandlerURLs:    []string{recs[0].srv.URL, recs[1].srv.URL},
+		HostServiceBus: sb.ConnectionString(),
+		Queue:          queue,
+		Functions:      fns,
+		Host:           &HostSettings{ServiceBus: ServiceBusSettings{MaxConcurrentSessions: 1, SessionIdleTimeout: 300 * time.Millisecond}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	var k int
+	select {
+	case k = <-hung:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no instance received the message")
+	}
+	h.Instances()[k].Kill()
+	waitUntil(t, 20*time.Second, "the message completed by the other instance", func() bool { return h.Stats().Completes == 1 })
+	dead, live := h.Instances()[k].Stats(), h.Instances()[1-k].Stats()
+	if dead.Completes != 0 || dead.Abandons != 0 || dead.Messages != 1 || live.Completes != 1 || live.Messages != 1 {
+		t.Errorf("killed instance %+v, live instance %+v", dead, live)
+	}
+	if got := recs[1-k].recorded("/worker"); len(got) != 1 || !strings.Contains(string(got[0].Body), ids[0]) {
+		t.Errorf("the live instance got %d worker invocations", len(got))
+	}
+	for range 3 {
+		resp, err := http.Get(h.URL() + "/api/v1/vms")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	if n := len(recs[1-k].recorded("/api/v1/vms")); n != 3 {
+		t.Errorf("the live instance served %d of 3 forwarded requests", n)
+	}
+	if q := sb.State(t).Queues[queue]; q.Counts.Completed != 1 || q.Counts.Abandoned != 0 || len(q.Active) != 0 {
+		t.Errorf("the broker counts %+v, active %v", q.Counts, q.Active)
 	}
 }

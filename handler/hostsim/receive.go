@@ -28,7 +28,7 @@ func (h *Host) startReceivers() error {
 		}
 		in.sb = c
 		for range h.settings.ServiceBus.MaxConcurrentSessions {
-			h.receivers.Add(1)
+			in.receivers.Add(1)
 			go h.receiveSessions(in)
 		}
 	}
@@ -39,10 +39,10 @@ func (h *Host) startReceivers() error {
 // until it has been idle for sessionIdleTimeout, lets it go, and takes the
 // next, until Close.
 func (h *Host) receiveSessions(in *Instance) {
-	defer h.receivers.Done()
-	for h.ctx.Err() == nil {
+	defer in.receivers.Done()
+	for in.ctx.Err() == nil {
 		start := time.Now()
-		ctx, cancel := context.WithTimeout(h.ctx, acceptWait)
+		ctx, cancel := context.WithTimeout(in.ctx, acceptWait)
 		sess, err := in.sb.AcceptNextSessionForQueue(ctx, h.queue, nil)
 		cancel()
 		if err != nil {
@@ -50,7 +50,7 @@ func (h *Host) receiveSessions(in *Instance) {
 			// came at once is not retried in a tight loop.
 			if time.Since(start) < 100*time.Millisecond {
 				select {
-				case <-h.ctx.Done():
+				case <-in.ctx.Done():
 				case <-time.After(200 * time.Millisecond):
 				}
 			}
@@ -58,6 +58,9 @@ func (h *Host) receiveSessions(in *Instance) {
 		}
 		in.counts.update(func(s *Stats) { s.Sessions++ })
 		h.workSession(in, sess)
+		if in.down.Load() {
+			return // the connection's end lets the session go
+		}
 		ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
 		_ = sess.Close(ctx)
 		cancel()
@@ -71,8 +74,8 @@ func (h *Host) workSession(in *Instance, sess *azservicebus.SessionReceiver) {
 	if h.trigger.Many() {
 		n = h.settings.ServiceBus.MaxMessageBatchSize
 	}
-	for h.ctx.Err() == nil {
-		ctx, cancel := context.WithTimeout(h.ctx, h.settings.ServiceBus.SessionIdleTimeout)
+	for in.ctx.Err() == nil {
+		ctx, cancel := context.WithTimeout(in.ctx, h.settings.ServiceBus.SessionIdleTimeout)
 		msgs, err := sess.ReceiveMessages(ctx, n, nil)
 		cancel()
 		if err != nil || len(msgs) == 0 {
@@ -90,12 +93,12 @@ func (h *Host) workSession(in *Instance, sess *azservicebus.SessionReceiver) {
 }
 
 // deliverOne invokes the worker with one message; true when it succeeded.
-// An invocation under way is not cut by Close.
+// An invocation under way is not cut by Close, only by Kill.
 func (h *Host) deliverOne(in *Instance, m *azservicebus.ReceivedMessage) bool {
 	twice := in.singles.Add(1)%2 == 0 // every other body is encoded twice
 	inv := singlePayload(h.worker.Name, h.trigger.Name, m, twice)
 	in.counts.update(func(s *Stats) { s.Messages++ })
-	_, err := h.invoke(context.Background(), in, h.worker.Name, inv)
+	_, err := h.invoke(in.alive, in, h.worker.Name, inv)
 	return err == nil
 }
 
@@ -103,13 +106,16 @@ func (h *Host) deliverOne(in *Instance, m *azservicebus.ReceivedMessage) bool {
 func (h *Host) deliverBatch(in *Instance, msgs []*azservicebus.ReceivedMessage) bool {
 	inv := batchPayload(h.worker.Name, h.trigger.Name, msgs)
 	in.counts.update(func(s *Stats) { s.Messages += int64(len(msgs)) })
-	_, err := h.invoke(context.Background(), in, h.worker.Name, inv)
+	_, err := h.invoke(in.alive, in, h.worker.Name, inv)
 	return err == nil
 }
 
 // settle completes the messages of a successful invocation and abandons
 // those of a failed one (all of a batch), as autoCompleteMessages does.
 func (h *Host) settle(in *Instance, sess *azservicebus.SessionReceiver, msgs []*azservicebus.ReceivedMessage, ok bool) {
+	if in.down.Load() {
+		return // a dead instance settles nothing: its locks go with its connection
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 	defer cancel()
 	for _, m := range msgs {
