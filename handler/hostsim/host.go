@@ -234,10 +234,8 @@ func (h *Host) configure() error {
 			if !t.IsSessionsEnabled {
 				return fmt.Errorf("function %s: hostsim receives with sessions only (isSessionsEnabled)", f.Name)
 			}
-			f := f
 			h.worker, h.trigger = &f, t
 		case "timertrigger":
-			f := f
 			h.timer = &f
 		case "eventgridtrigger":
 			h.events[f.Name] = f
