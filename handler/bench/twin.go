@@ -890,7 +890,11 @@ func (b *bench) twinInitiate(ctx context.Context, d deployment, lat time.Duratio
 		}
 		return err
 	}
-	res := openLoop(ctx, b.cfg.initiateRate, b.cfg.twinInitiate, 512, call)
+	// A deployment that falls behind is not waited for: what it has not
+	// answered 20 s after the load ends counts as failed.
+	lctx, cancel := context.WithTimeout(ctx, b.cfg.twinInitiate+20*time.Second)
+	res := openLoop(lctx, b.cfg.initiateRate, b.cfg.twinInitiate, 512, call)
+	cancel()
 	p50, _, p99, _ := percentiles(res.Latencies)
 	tput := float64(res.OK) / res.Elapsed.Seconds()
 	c.set("acceptedPerSecond", tput)
