@@ -123,10 +123,14 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	}
 	armHandler := http.StripPrefix("/_arm", sim)
 	netCfg := cfg.networkConfig(log)
-	// The simulator answers at once: retry on its scale, not Azure's.
-	netCfg.Retry = policy.RetryOptions{MaxRetries: 4, RetryDelay: 100 * time.Millisecond, MaxRetryDelay: 2 * time.Second}
-	netCfg.RetryDelay, netCfg.MaxRetryDelay = 100*time.Millisecond, 2*time.Second
-	netCfg.PollFrequency = time.Second // azcore's minimum; the first poll is immediate
+	if cfg.ARMLatency == 0 {
+		// The simulator answers at once: retry on its scale, not Azure's.
+		// With JIT_ARM_LATENCY it behaves as ARM, and the driver retries
+		// as it does in Azure.
+		netCfg.Retry = policy.RetryOptions{MaxRetries: 4, RetryDelay: 100 * time.Millisecond, MaxRetryDelay: 2 * time.Second}
+		netCfg.RetryDelay, netCfg.MaxRetryDelay = 100*time.Millisecond, 2*time.Second
+		netCfg.PollFrequency = time.Second // azcore's minimum; the first poll is immediate
+	}
 	network, err := azurenet.New(netCfg, localCredential{}, &arm.ClientOptions{ClientOptions: azcore.ClientOptions{
 		Cloud: cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
 			cloud.ResourceManager: {Endpoint: "http://arm.local/_arm", Audience: "https://management.azure.com"},
@@ -177,6 +181,31 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		// The simulator's call counts since start: ARM calls by kind, faults.
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(sim.Calls())
+	}))
+	api.Handle("PUT /_arm/_azure", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Turns the simulator's Azure behaviour (JIT_ARM_LATENCY) off and on
+		// again without a restart: the bench prepares estates without it.
+		var in struct {
+			Enabled *bool `json:"enabled"`
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1024)).Decode(&in); err != nil || in.Enabled == nil {
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = w.Write([]byte(`{"error":{"code":"BadRequest","message":"send {\"enabled\": true} or {\"enabled\": false}"}}`))
+			return
+		}
+		if *in.Enabled && cfg.ARMLatency == 0 {
+			w.WriteHeader(http.StatusConflict)
+			_, _ = w.Write([]byte(`{"error":{"code":"Conflict","message":"the simulator's Azure behaviour needs JIT_ARM_LATENCY at start"}}`))
+			return
+		}
+		if *in.Enabled {
+			az := cfg.ARMAzure
+			sim.SetAzure(&az)
+		} else {
+			sim.SetAzure(nil)
+		}
+		_, _ = w.Write([]byte(`{"enabled":` + fmt.Sprint(*in.Enabled) + `}`))
 	}))
 	api.Handle("/_arm/", emitEvents(armHandler, func(ev jit.ResourceEvent) {
 		// As Event Grid would: at once, outside the request.

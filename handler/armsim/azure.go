@@ -1,6 +1,7 @@
 package armsim
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -148,7 +149,7 @@ func (a *azureState) budget(method string) (Bucket, string) {
 }
 
 // take draws one token for a call on sub. It returns the tokens left and,
-// when the bucket is empty, how long until the next token.
+// when the bucket is empty, how long until the next token (at least 1 ns).
 func (a *azureState) take(sub, kind string, b Bucket, now time.Time) (left int, wait time.Duration) {
 	k := strings.ToLower(sub) + "/" + kind
 	t := a.buckets[k]
@@ -159,7 +160,7 @@ func (a *azureState) take(sub, kind string, b Bucket, now time.Time) (left int, 
 	t.left = min(float64(b.Size), t.left+now.Sub(t.at).Seconds()*b.PerSecond)
 	t.at = now
 	if t.left < 1 {
-		return 0, time.Duration((1 - t.left) / b.PerSecond * float64(time.Second))
+		return 0, max(time.Duration((1-t.left)/b.PerSecond*float64(time.Second)), 1)
 	}
 	t.left--
 	return int(t.left), 0
@@ -192,6 +193,9 @@ func (s *Server) throttle(w http.ResponseWriter, r *http.Request, rt route) bool
 	left, wait := a.take(rt.sub, kind, b, time.Now())
 	if wait > 0 {
 		s.stats.Throttled++
+		if kind == "reads" {
+			s.stats.ThrottledReads++
+		}
 	}
 	s.mu.Unlock()
 	w.Header().Set("x-ms-ratelimit-remaining-subscription-"+kind, strconv.Itoa(left))
@@ -245,4 +249,25 @@ func (s *Server) startOperationLocked(nsgKey string) time.Time {
 // normLocation compares regions as ARM does: "West Europe" is westeurope.
 func normLocation(s string) string {
 	return strings.ToLower(strings.ReplaceAll(s, " ", ""))
+}
+
+// inProgressJSON is an NSG's JSON as a GET sees it while an operation on
+// it runs: the new rules, provisioningState Updating, as NRP answers until
+// the operation ends; callers hold s.mu.
+func (s *Server) inProgressJSON(nsgKey string, b []byte) []byte {
+	if s.azure == nil || !time.Now().Before(s.azure.busy[nsgKey]) {
+		return b
+	}
+	var doc map[string]json.RawMessage
+	var props map[string]json.RawMessage
+	if json.Unmarshal(b, &doc) != nil || json.Unmarshal(doc["properties"], &props) != nil {
+		return b
+	}
+	props["provisioningState"] = json.RawMessage(`"Updating"`)
+	doc["properties"], _ = json.Marshal(props)
+	out, err := json.Marshal(doc)
+	if err != nil {
+		return b
+	}
+	return out
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -135,6 +136,9 @@ func TestAzureOneOperationPerNSG(t *testing.T) {
 			if ra := resp.Header.Get("Retry-After"); ra == "" || ra == "0" {
 				t.Errorf("busy answer without Retry-After")
 			}
+			if slices.Contains(c.sim.RuleNames(nsgVMNIC), "jit-second") {
+				t.Errorf("a refused write changed the NSG")
+			}
 			_, err = c.rules.BeginDelete(ctx, "demo", "nsg-vm-nic", "jit-first", nil)
 			if st, code := armCode(t, err); st != tc.status || code != tc.code {
 				t.Errorf("rule DELETE during an operation: %d %s", st, code)
@@ -142,6 +146,9 @@ func TestAzureOneOperationPerNSG(t *testing.T) {
 			nsg, err := c.nsgs.Get(ctx, "demo", "nsg-vm-nic", nil)
 			if err != nil {
 				t.Fatalf("reads go on during an operation: %v", err)
+			}
+			if st := nsg.Properties.ProvisioningState; st == nil || *st != armnetwork.ProvisioningStateUpdating {
+				t.Errorf("NSG read during its operation: provisioningState %v, want Updating", st)
 			}
 			_, err = c.nsgs.BeginCreateOrUpdate(ctx, "demo", "nsg-vm-nic", nsg.SecurityGroup, nil)
 			if st, code := armCode(t, err); st != tc.status || code != tc.code {
@@ -168,6 +175,9 @@ func TestAzureOneOperationPerNSG(t *testing.T) {
 			if got := c.sim.Calls().Busy; got != 3 {
 				t.Errorf("Busy count %d, want 3", got)
 			}
+			if nsg, err := c.nsgs.Get(ctx, "demo", "nsg-subnet-protected", nil); err != nil || *nsg.Properties.ProvisioningState != armnetwork.ProvisioningStateSucceeded {
+				t.Errorf("NSG read after its operation: %v %v, want Succeeded", nsg.Properties.ProvisioningState, err)
+			}
 		})
 	}
 }
@@ -176,7 +186,7 @@ func TestAzureOneOperationPerNSG(t *testing.T) {
 // bucket answers 429 with Retry-After; writes and deletes have their own
 // buckets; the bucket refills.
 func TestAzureWriteBudget(t *testing.T) {
-	c := startAzure(t, armsim.Azure{Writes: armsim.Bucket{Size: 3, PerSecond: 2}, Deletes: armsim.Bucket{Size: 1, PerSecond: 2}, Reads: armsim.Bucket{Size: -1}})
+	c := startAzure(t, armsim.Azure{Writes: armsim.Bucket{Size: 3, PerSecond: 0.5}, Deletes: armsim.Bucket{Size: 1, PerSecond: 0.5}, Reads: armsim.Bucket{Size: -1}})
 	ctx := ctxFor(t, 20*time.Second)
 	for i := range 3 {
 		var resp *http.Response
@@ -196,8 +206,8 @@ func TestAzureWriteBudget(t *testing.T) {
 	if st, code := armCode(t, err); st != 429 || code != "SubscriptionRequestsThrottled" {
 		t.Errorf("write past the budget: %d %s", st, code)
 	}
-	if ra := resp.Header.Get("Retry-After"); ra != "1" {
-		t.Errorf("throttled write: Retry-After %q, want 1", ra)
+	if ra := resp.Header.Get("Retry-After"); ra != "1" && ra != "2" {
+		t.Errorf("throttled write: Retry-After %q, want the 1 to 2 s until the next token", ra)
 	}
 	if got := resp.Header.Get("x-ms-ratelimit-remaining-subscription-writes"); got != "0" {
 		t.Errorf("throttled write: remaining %q", got)
@@ -213,11 +223,15 @@ func TestAzureWriteBudget(t *testing.T) {
 	if _, err := del.PollUntilDone(ctx, &runtime.PollUntilDoneOptions{Frequency: 10 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.rules.BeginDelete(ctx, "demo", "nsg-vm-nic", "jit-b1", nil); err == nil {
-		t.Errorf("a delete past the delete budget was accepted")
+	_, err = c.rules.BeginDelete(ctx, "demo", "nsg-vm-nic", "jit-b1", nil)
+	if st, code := armCode(t, err); st != 429 || code != "SubscriptionRequestsThrottled" {
+		t.Errorf("delete past the delete budget: %d %s", st, code)
 	}
-	// The bucket refills at its rate: a token back within a second.
-	time.Sleep(time.Second)
+	if !slices.Contains(c.sim.RuleNames(nsgVMNIC), "jit-b1") {
+		t.Errorf("a throttled delete removed the rule")
+	}
+	// The bucket refills at its rate: a token back within 2 s.
+	time.Sleep(2200 * time.Millisecond)
 	if _, err := c.rules.BeginCreateOrUpdate(ctx, "demo", "nsg-vm-nic", "jit-b3", sdkRule(1003, nil), nil); err != nil {
 		t.Errorf("write after the refill: %v", err)
 	}

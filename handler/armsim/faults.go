@@ -177,10 +177,14 @@ type CallStats struct {
 	Writes int            // PUT and DELETE
 	Polls  int            // operation status polls
 	Faults int            // calls answered with an injected fault (LRO failures included)
+	// Operations counts the writes ARM accepted (long-running operations
+	// started); Writes counts every write received, refused ones included.
+	Operations int
 	// With Options.Azure: calls refused because the subscription's budget
-	// was spent (429 SubscriptionRequestsThrottled), and writes refused
-	// because another operation on the NSG was in progress.
-	Throttled, Busy int
+	// was spent (429 SubscriptionRequestsThrottled; ThrottledReads of them
+	// reads and polls), and writes refused because another operation on
+	// the NSG was in progress.
+	Throttled, ThrottledReads, Busy int
 }
 
 // Calls returns a copy of the call counters.

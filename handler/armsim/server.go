@@ -360,6 +360,9 @@ func serveRead[T any](s *Server, w http.ResponseWriter, r *http.Request, rt rout
 		var err error
 		if ok {
 			b, err = s.resourceJSONLocked(resourceKey{kind, k}, v)
+			if kind == kindNSG && err == nil {
+				b = s.inProgressJSON(k, b)
+			}
 		}
 		s.mu.Unlock()
 		switch {
@@ -384,7 +387,11 @@ func serveRead[T any](s *Server, w http.ResponseWriter, r *http.Request, rt rout
 	}
 	sort.Strings(keys)
 	s.writeList(w, r, len(keys), func(i int) ([]byte, error) {
-		return s.resourceJSONLocked(resourceKey{kind, keys[i]}, m[keys[i]])
+		b, err := s.resourceJSONLocked(resourceKey{kind, keys[i]}, m[keys[i]])
+		if kind == kindNSG && err == nil {
+			b = s.inProgressJSON(keys[i], b)
+		}
+		return b, err
 	})
 }
 
@@ -728,7 +735,7 @@ func (s *Server) putNSG(w http.ResponseWriter, r *http.Request, rt route, lro *F
 	if old != nil {
 		loc = deref(old.Location)
 	}
-	if old != nil && s.busyLocked(w, k, id) {
+	if s.busyLocked(w, k, id) {
 		s.mu.Unlock()
 		return
 	}
@@ -881,6 +888,7 @@ func (s *Server) newOperation(r *http.Request, sub, location string, lro *Fault,
 	delete(s.ops, s.opIDs[slot]) // keptOperations operations older than this one
 	s.opIDs[slot] = id
 	s.ops[id] = &operation{remaining: s.opts.InProgressPolls, fault: lro, doneAt: doneAt}
+	s.stats.Operations++
 	if location == "" {
 		location = DemoLocation
 	}

@@ -36,9 +36,10 @@ type deployment interface {
 	ARM(ctx context.Context, path string, out any) error
 	// ARMStats are the simulator's call counters since it started.
 	ARMStats(ctx context.Context) (armsim.CallStats, error)
-	// SetARM makes the simulator answer at latency with ARM's limits, or
-	// at once without them (latency 0).
-	SetARM(ctx context.Context, latency time.Duration) error
+	// Limits turns the simulator's Azure behaviour (the deployment's ARM
+	// latency, one operation per NSG, the budgets) off for preparing an
+	// estate and on again for measuring; at latency 0 it does nothing.
+	Limits(ctx context.Context, on bool) error
 	// Costs are what Azure bills, counted so far: Table Storage
 	// transactions, Service Bus operations, function invocations. Zero in
 	// local mode, where none of these exist.
@@ -69,17 +70,19 @@ func azureARM(latency time.Duration) *armsim.Azure {
 // --- local mode -----------------------------------------------------------------
 
 type localDeployment struct {
-	b      *bench
-	p      *proc
-	estate string
+	p       *proc
+	latency time.Duration
 }
 
+// startLocal runs `handler local` with JIT_ARM_LATENCY=latency (so that it
+// is configured as it would be for that ARM) and the sweep every minute,
+// as the Functions timer's default schedule.
 func (b *bench) startLocal(estate string, latency time.Duration) (*localDeployment, error) {
-	p, err := b.startProc(procOptions{Estate: estate, ARMLatency: latency, Sweep: 30 * time.Second})
+	p, err := b.startProc(procOptions{Estate: estate, ARMLatency: latency, Sweep: time.Minute})
 	if err != nil {
 		return nil, err
 	}
-	return &localDeployment{b: b, p: p, estate: estate}, nil
+	return &localDeployment{p: p, latency: latency}, nil
 }
 
 func (d *localDeployment) Mode() string { return "local" }
@@ -98,19 +101,14 @@ func (d *localDeployment) ARMStats(ctx context.Context) (armsim.CallStats, error
 	return st, err
 }
 
-// SetARM restarts the process on the same state with JIT_ARM_LATENCY: the
-// simulator lives in the handler's process in local mode.
-func (d *localDeployment) SetARM(ctx context.Context, latency time.Duration) error {
-	dir := d.p.dataDir
-	if err := d.p.stop(); err != nil {
-		return err
+// Limits switches the simulator inside the process (PUT /_arm/_azure,
+// local mode only).
+func (d *localDeployment) Limits(ctx context.Context, on bool) error {
+	if d.latency == 0 {
+		return nil
 	}
-	p, err := d.b.startProc(procOptions{DataDir: dir, ARMLatency: latency, Sweep: 30 * time.Second})
-	if err != nil {
-		return err
-	}
-	d.p = p
-	return nil
+	_, err := d.p.do(ctx, "PUT", "/_arm/_azure", map[string]bool{"enabled": on}, nil)
+	return err
 }
 
 func (d *localDeployment) Costs(context.Context) (costs, error) { return costs{}, nil }
@@ -154,7 +152,6 @@ type emulators struct {
 	azurite *testenv.Azurite
 	bus     *testenv.ServiceBusDouble
 	tokens  *testenv.TokenEndpoint
-	tables  *countingProxy
 	n       atomic.Int64
 }
 
@@ -172,10 +169,6 @@ func (b *bench) functionsEmulators() (*emulators, error) {
 			return
 		}
 		e.tokens = testenv.NewTokenEndpoint()
-		if e.tables, err = newCountingProxy(e.azurite.TableURL()); err != nil {
-			b.emuErr = err
-			return
-		}
 		b.emu = e
 	})
 	return b.emu, b.emuErr
@@ -185,7 +178,6 @@ func (e *emulators) Close() {
 	if e == nil {
 		return
 	}
-	e.tables.Close()
 	e.tokens.Close()
 	_ = e.bus.Close()
 	_ = e.azurite.Close()
@@ -228,20 +220,20 @@ func newCountingProxy(target string) (*countingProxy, error) {
 func (p *countingProxy) Close() { _ = p.srv.Close() }
 
 type functionsDeployment struct {
-	b        *bench
-	emu      *emulators
-	sim      *armsim.Server
-	armSrv   *http.Server
-	armURL   string
-	host     *hostsim.Host
-	queue    string
-	client   *http.Client
-	tableTx0 int64
-	bus0     int64
-	events   chan json.RawMessage
-	stop     context.CancelFunc
-	wg       sync.WaitGroup
-	admin    []string
+	emu     *emulators
+	latency time.Duration
+	sim     *armsim.Server
+	armSrv  *http.Server
+	armURL  string
+	host    *hostsim.Host
+	queue   string
+	tables  *countingProxy // this deployment's Table Storage requests
+	client  *http.Client
+	bus0    int64
+	events  chan json.RawMessage
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+	admin   []string
 }
 
 // startFunctions runs `instances` handler instances in Functions mode under
@@ -259,9 +251,12 @@ func (b *bench) startFunctions(estate string, latency time.Duration) (*functions
 	if err != nil {
 		return nil, err
 	}
-	d := &functionsDeployment{b: b, emu: emu, client: newClient(512), events: make(chan json.RawMessage, 1<<16),
+	d := &functionsDeployment{emu: emu, latency: latency, client: newClient(512), events: make(chan json.RawMessage, 1<<16),
 		admin: easyAuth("00000000-0000-0000-0000-00000000a001", "JIT.Admin")}
 	d.sim = armsim.New(armsim.Options{Empty: true, Azure: azureARM(latency), OnChange: d.changed})
+	if d.tables, err = newCountingProxy(emu.azurite.TableURL()); err != nil {
+		return nil, err
+	}
 	if err := d.sim.Load(bytes.NewReader(data)); err != nil {
 		return nil, err
 	}
@@ -275,14 +270,13 @@ func (b *bench) startFunctions(estate string, latency time.Duration) (*functions
 
 	n := emu.n.Add(1)
 	d.queue = fmt.Sprintf("bench-%d", n)
-	d.tableTx0 = emu.tables.count.Load()
 	if st, err := emu.bus.FetchState(); err == nil {
 		d.bus0 = busOps(st.Queues[d.queue])
 	}
 	d.host, err = hostsim.Start(hostsim.Config{
 		Binary:               b.handler,
 		Instances:            b.cfg.instances,
-		TablesConnection:     "DefaultEndpointsProtocol=http;AccountName=" + testenv.AzuriteAccount + ";AccountKey=" + testenv.AzuriteKey + ";TableEndpoint=" + emu.tables.url + ";",
+		TablesConnection:     "DefaultEndpointsProtocol=http;AccountName=" + testenv.AzuriteAccount + ";AccountKey=" + testenv.AzuriteKey + ";TableEndpoint=" + d.tables.url + ";",
 		TablePrefix:          fmt.Sprintf("bench%d", n),
 		ServiceBusConnection: emu.bus.ConnectionString(),
 		Queue:                d.queue,
@@ -297,6 +291,7 @@ func (b *bench) startFunctions(estate string, latency time.Duration) (*functions
 	})
 	if err != nil {
 		d.armSrv.Close()
+		d.tables.Close()
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -372,8 +367,12 @@ func (d *functionsDeployment) ARMStats(context.Context) (armsim.CallStats, error
 	return d.sim.Calls(), nil
 }
 
-func (d *functionsDeployment) SetARM(_ context.Context, latency time.Duration) error {
-	d.sim.SetAzure(azureARM(latency))
+func (d *functionsDeployment) Limits(_ context.Context, on bool) error {
+	if on {
+		d.sim.SetAzure(azureARM(d.latency))
+	} else {
+		d.sim.SetAzure(nil)
+	}
 	return nil
 }
 
@@ -391,7 +390,7 @@ func (d *functionsDeployment) Costs(context.Context) (costs, error) {
 	// cancels (the double's counts) and the host's session accepts,
 	// receives and settlements.
 	return costs{
-		TableTx:     d.emu.tables.count.Load() - d.tableTx0,
+		TableTx:     d.tables.count.Load(),
 		BusOps:      busOps(st.Queues[d.queue]) - d.bus0 + hs.Sessions + hs.Receives + hs.Completes + hs.Abandons,
 		Invocations: inv,
 	}, nil
@@ -407,6 +406,7 @@ func (d *functionsDeployment) Close() error {
 	d.wg.Wait()
 	err := d.host.Close()
 	_ = d.armSrv.Close()
+	d.tables.Close()
 	return err
 }
 

@@ -185,7 +185,7 @@ func freeAddr() (string, error) {
 
 func newClient(conns int) *http.Client {
 	return &http.Client{
-		Timeout: 60 * time.Second,
+		Timeout: 4 * time.Minute, // beyond Azure's 230 s cut-off, which the scenarios apply themselves
 		Transport: &http.Transport{
 			MaxIdleConns:        conns,
 			MaxIdleConnsPerHost: conns,

@@ -32,8 +32,15 @@ func (b *bench) patience(lat time.Duration) time.Duration {
 }
 
 // watchEvery is how often the bench lists the NSGs while it waits for
-// rules: the resolution of the figures that come from watching.
-const watchEvery = 250 * time.Millisecond
+// rules: the resolution of the figures that come from watching. Listing
+// 500 NSGs takes the simulator's CPU, so less often where writes take
+// seconds anyway.
+func watchEvery(lat time.Duration) time.Duration {
+	if lat == 0 {
+		return 250 * time.Millisecond
+	}
+	return 500 * time.Millisecond
+}
 
 // Azure's own bounds on what a scenario may take.
 const (
@@ -164,14 +171,18 @@ func (b *bench) runCell(ctx context.Context, s twinScenario, mode string, lat ti
 	}
 	var d deployment
 	if mode == "local" {
-		d, err = b.startLocal(estate, 0)
+		d, err = b.startLocal(estate, lat)
 	} else {
-		d, err = b.startFunctions(estate, 0)
+		d, err = b.startFunctions(estate, lat)
 	}
 	if err != nil {
 		return &cell{Summary: "error", Err: err.Error()}
 	}
 	defer d.Close()
+	// Prepared without ARM's limits; the scenario turns them on to measure.
+	if err := d.Limits(ctx, false); err != nil {
+		return failed(err)
+	}
 	c := s.run(b, ctx, d, lat)
 	if c.Err != "" && c.Summary == "" {
 		c.Summary = "error"
@@ -179,16 +190,24 @@ func (b *bench) runCell(ctx context.Context, s twinScenario, mode string, lat ti
 	return c
 }
 
-var estateMu sync.Mutex
+var (
+	estateMu      sync.Mutex
+	estateWritten = map[string]bool{}
+)
 
-// estateFile writes spec's estate once per bench run.
+// estateFile writes spec's estate once per bench run; deployments that run
+// at the same time read the same file.
 func (b *bench) estateFile(spec estateSpec) (string, error) {
 	estateMu.Lock()
 	defer estateMu.Unlock()
 	path := fmt.Sprintf("%s/estate-%d-%d-%t-%t-%d-%d.json", b.tmp, spec.VMs, spec.VMsPerNet, spec.SubnetNSG, spec.NICNSG, spec.NICNSGEvery, spec.NICNSGFirst)
+	if estateWritten[path] {
+		return path, nil
+	}
 	if err := spec.write(path); err != nil {
 		return "", err
 	}
+	estateWritten[path] = true
 	return path, nil
 }
 
@@ -217,7 +236,8 @@ func wideSpec(*bench) estateSpec {
 // one write's latency. ARM's documented bucket: 200 tokens, 10 a second.
 func budgetBound(writes int, lat time.Duration) time.Duration {
 	b := armsim.DefaultWriteBucket
-	return time.Duration(float64(max(0, writes-b.Size))/b.PerSecond*float64(time.Second)) + lat
+	w := time.Duration(float64(max(0, writes-b.Size))/b.PerSecond*float64(time.Second)) + lat
+	return max(w, readBound(writes, lat))
 }
 
 func enableBound(_ *bench, lat time.Duration) string {
@@ -236,19 +256,23 @@ func sharedBound(_ *bench, lat time.Duration) string {
 	return fmt.Sprintf("≥ %s: one write to the one NSG, if all 100 grants share it; one write at a time per NSG", lat)
 }
 
+// readBound is the least time the reads of `writes` writes take under the
+// read budget: each write needs the NSG read before it (its etag) and one
+// poll of its operation at least; 250 tokens, 25 a second.
+func readBound(writes int, lat time.Duration) time.Duration {
+	b := armsim.DefaultReadBucket
+	return time.Duration(float64(max(0, 2*writes-b.Size))/b.PerSecond*float64(time.Second)) + lat
+}
+
 func wideBound(_ *bench, lat time.Duration) string {
 	if lat == 0 {
 		return "no ARM bound at latency 0"
 	}
-	return fmt.Sprintf("≥ %s: 500 writes (one per NSG) − 200 burst, at 10/s, + %s", budgetBound(500, lat).Round(time.Second), lat)
+	return fmt.Sprintf("≥ %s: 500 writes (one per NSG) − 200 burst at 10/s + %s; their 1,000 reads (a read and a poll each) − 250 burst at 25/s + %s = %s",
+		budgetBound(500, lat).Round(time.Second), lat, lat, readBound(500, lat).Round(time.Second))
 }
 
-func closeBound(_ *bench, lat time.Duration) string {
-	if lat == 0 {
-		return "no ARM bound at latency 0"
-	}
-	return fmt.Sprintf("≥ %s: 500 writes (one per NSG) − 200 burst, at 10/s, + %s", budgetBound(500, lat).Round(time.Second), lat)
-}
+func closeBound(b *bench, lat time.Duration) string { return wideBound(b, lat) }
 
 func initiateBound(b *bench, lat time.Duration) string {
 	return fmt.Sprintf("no ARM call on the request path; offered %.0f/s for %s", b.cfg.initiateRate, b.cfg.twinInitiate)
@@ -260,8 +284,16 @@ func initiateBound(b *bench, lat time.Duration) string {
 type armNSG struct {
 	ID         string `json:"id"`
 	Properties struct {
-		SecurityRules []armRule `json:"securityRules"`
+		ProvisioningState string    `json:"provisioningState"`
+		SecurityRules     []armRule `json:"securityRules"`
 	} `json:"properties"`
+}
+
+// settled reports whether no operation is running on the NSG: only then
+// do its rules say what is in force (ARM answers Updating until the
+// operation ends).
+func (n armNSG) settled() bool {
+	return !strings.EqualFold(n.Properties.ProvisioningState, "Updating")
 }
 
 type armRule struct {
@@ -350,7 +382,9 @@ func protectedVMs(ctx context.Context, d deployment, spec estateSpec) (int, erro
 	}
 	byID := map[string][]armRule{}
 	for _, n := range nsgs {
-		byID[strings.ToLower(n.ID)] = n.Properties.SecurityRules
+		if n.settled() {
+			byID[strings.ToLower(n.ID)] = n.Properties.SecurityRules
+		}
 	}
 	n := 0
 	for i := range spec.VMs {
@@ -373,21 +407,45 @@ func protectedVMs(ctx context.Context, d deployment, spec estateSpec) (int, erro
 	return n, nil
 }
 
-// allowRules is the set of "nsg|rule" of every JIT allow rule in ARM.
-func allowRules(ctx context.Context, d deployment) (map[string]bool, error) {
+// ruleView is what ARM holds of JIT's allow rules: "nsg|rule" of each, and
+// the NSGs with an operation still running, whose rules are not in force
+// yet (or not gone yet).
+type ruleView struct {
+	present  map[string]bool
+	updating map[string]bool
+}
+
+// open reports whether the rule "nsg|rule" is in ARM and in force.
+func (v ruleView) open(k string) bool {
+	nsg, _, _ := strings.Cut(k, "|")
+	return v.present[k] && !v.updating[nsg]
+}
+
+// gone reports whether the rule is no longer in ARM, for good.
+func (v ruleView) gone(k string) bool {
+	nsg, _, _ := strings.Cut(k, "|")
+	return !v.present[k] && !v.updating[nsg]
+}
+
+// allowRules reads every JIT allow rule in ARM.
+func allowRules(ctx context.Context, d deployment) (ruleView, error) {
 	nsgs, err := listNSGs(ctx, d)
 	if err != nil {
-		return nil, err
+		return ruleView{}, err
 	}
-	out := map[string]bool{}
+	v := ruleView{present: map[string]bool{}, updating: map[string]bool{}}
 	for _, n := range nsgs {
+		id := strings.ToLower(n.ID)
+		if !n.settled() {
+			v.updating[id] = true
+		}
 		for _, r := range n.Properties.SecurityRules {
 			if strings.HasPrefix(r.Name, "jit-") && strings.EqualFold(r.Properties.Access, "Allow") {
-				out[strings.ToLower(n.ID)+"|"+strings.ToLower(r.Name)] = true
+				v.present[id+"|"+strings.ToLower(r.Name)] = true
 			}
 		}
 	}
-	return out, nil
+	return v, nil
 }
 
 // vmStates counts GET /api/v1/vms's states, and the VMs it calls
@@ -423,6 +481,11 @@ func unprotectedConfigured(ctx context.Context, d deployment, spec estateSpec, c
 	for _, n := range nsgs {
 		byID[strings.ToLower(n.ID)] = n.Properties.SecurityRules
 	}
+	for _, n := range nsgs {
+		if !n.settled() {
+			delete(byID, strings.ToLower(n.ID))
+		}
+	}
 	wrong := 0
 	for i := range spec.VMs {
 		if !configured[strings.ToLower(vmID(i))] {
@@ -443,15 +506,19 @@ func unprotectedConfigured(ctx context.Context, d deployment, spec estateSpec, c
 }
 
 // armDelta is what the simulator counted between two readings.
+// Writes are the writes ARM accepted (operations started); Attempts every
+// write sent, refused ones included.
 type armDelta struct {
-	Reads, Writes, Polls, Throttled, Busy int
-	PutNSG, PutRule, DeleteRule           int
+	Writes, Attempts, Reads, Polls  int
+	Throttled, ThrottledReads, Busy int
+	PutNSG, PutRule, DeleteRule     int
 }
 
 func deltaOf(before, after armsim.CallStats) armDelta {
 	return armDelta{
-		Reads: after.Reads - before.Reads, Writes: after.Writes - before.Writes, Polls: after.Polls - before.Polls,
-		Throttled: after.Throttled - before.Throttled, Busy: after.Busy - before.Busy,
+		Writes: after.Operations - before.Operations, Attempts: after.Writes - before.Writes,
+		Reads: after.Reads - before.Reads, Polls: after.Polls - before.Polls,
+		Throttled: after.Throttled - before.Throttled, ThrottledReads: after.ThrottledReads - before.ThrottledReads, Busy: after.Busy - before.Busy,
 		PutNSG:     after.ByKind["PUT networkSecurityGroups"] - before.ByKind["PUT networkSecurityGroups"],
 		PutRule:    after.ByKind["PUT securityRules"] - before.ByKind["PUT securityRules"],
 		DeleteRule: after.ByKind["DELETE securityRules"] - before.ByKind["DELETE securityRules"],
@@ -459,26 +526,34 @@ func deltaOf(before, after armsim.CallStats) armDelta {
 }
 
 func (a armDelta) add(o armDelta) armDelta {
-	return armDelta{a.Reads + o.Reads, a.Writes + o.Writes, a.Polls + o.Polls, a.Throttled + o.Throttled, a.Busy + o.Busy,
+	return armDelta{a.Writes + o.Writes, a.Attempts + o.Attempts, a.Reads + o.Reads, a.Polls + o.Polls,
+		a.Throttled + o.Throttled, a.ThrottledReads + o.ThrottledReads, a.Busy + o.Busy,
 		a.PutNSG + o.PutNSG, a.PutRule + o.PutRule, a.DeleteRule + o.DeleteRule}
 }
 
+// refused is every call ARM refused: throttled, or a write to a busy NSG.
+func (a armDelta) refused() int { return a.Throttled + a.Busy }
+
 func (a armDelta) String() string {
-	return fmt.Sprintf("ARM writes %d (NSG PUT %d, rule PUT %d, rule DELETE %d), reads %d, polls %d, 429 throttled %d, refused busy %d",
-		a.Writes, a.PutNSG, a.PutRule, a.DeleteRule, a.Reads, a.Polls, a.Throttled, a.Busy)
+	return fmt.Sprintf("ARM writes accepted %d of %d sent (NSG PUT %d, rule PUT %d, rule DELETE %d sent), reads %d and polls %d sent, 429 throttled %d (%d of them reads or polls), refused busy %d",
+		a.Writes, a.Attempts, a.PutNSG, a.PutRule, a.DeleteRule, a.Reads, a.Polls, a.Throttled, a.ThrottledReads, a.Busy)
 }
 
 func (c *cell) setARM(a armDelta) {
 	c.set("armWrites", float64(a.Writes))
+	c.set("armWriteAttempts", float64(a.Attempts))
 	c.set("armReads", float64(a.Reads))
 	c.set("armPolls", float64(a.Polls))
 	c.set("throttled429", float64(a.Throttled))
 	c.set("busy", float64(a.Busy))
 }
 
-func stats(ctx context.Context, d deployment) armsim.CallStats {
+// stats reads the simulator's counters; a failure is kept in the cell, as
+// the deltas built on it would be wrong.
+func stats(ctx context.Context, d deployment, c *cell) armsim.CallStats {
 	st, err := d.ARMStats(ctx)
 	if err != nil {
+		c.Err = cmpOr(errorf(c.Err), fmt.Errorf("reading the simulator's counters: %w", err)).Error()
 		return armsim.CallStats{ByKind: map[string]int{}}
 	}
 	return st
@@ -565,11 +640,11 @@ func initiateAll(ctx context.Context, d deployment, owner []string, n, parallel 
 // the writes, and what GET /api/v1/vms then says.
 func (b *bench) twinEnable(ctx context.Context, d deployment, lat time.Duration) *cell {
 	spec := enableSpec(b)
-	if err := d.SetARM(ctx, lat); err != nil {
+	if err := d.Limits(ctx, true); err != nil {
 		return failed(err)
 	}
 	c := &cell{}
-	before := stats(ctx, d)
+	before := stats(ctx, d, c)
 	ids := make([]string, spec.VMs)
 	for i := range ids {
 		ids[i] = vmID(i)
@@ -611,7 +686,7 @@ func (b *bench) twinEnable(ctx context.Context, d deployment, lat time.Duration)
 		}
 		time.Sleep(time.Second)
 	}
-	delta := deltaOf(before, stats(ctx, d))
+	delta := deltaOf(before, stats(ctx, d, c))
 	states, configured, err := vmStates(ctx, d)
 	wrong := -1
 	if err == nil {
@@ -629,12 +704,14 @@ func (b *bench) twinEnable(ctx context.Context, d deployment, lat time.Duration)
 		answerText = "no answer in 230 s"
 	case putErr != nil && code != 0:
 		answerText = fmt.Sprintf("refused (%d) after %.1f s", code, answer.Seconds())
+	case putErr != nil:
+		answerText = fmt.Sprintf("no answer (%.1f s): %s", answer.Seconds(), tail(putErr.Error(), 80))
 	}
 	if best == spec.VMs {
 		c.set("allDeniedSeconds", bestAt.Seconds())
-		c.Summary = fmt.Sprintf("%s; all 1,000 denied at %.1f s; %d writes; %d shown Configured but open", answerText, bestAt.Seconds(), delta.Writes, wrong)
+		c.Summary = fmt.Sprintf("%s; all 1,000 denied at %.1f s; %d writes, %d refused; %d shown Configured but open", answerText, bestAt.Seconds(), delta.Writes, delta.refused(), wrong)
 	} else {
-		c.Summary = fmt.Sprintf("%s; only %d of 1,000 denied (%.0f s); %d writes; %d shown Configured but open", answerText, best, bestAt.Seconds(), delta.Writes, wrong)
+		c.Summary = fmt.Sprintf("%s; only %d of 1,000 denied (at %.0f s); %d writes, %d refused; %d shown Configured but open", answerText, best, bestAt.Seconds(), delta.Writes, delta.refused(), wrong)
 	}
 	c.Notes = fmt.Sprintf("one PUT of one policy naming 1,000 VMs (10 subnet NSGs of 100 VMs, 20 VMs also with a NIC NSG); denied = every NSG in front of the VM has a JIT deny rule covering port 22 and its IP, as ARM holds it (watched until %s without change); GET /api/v1/vms states %v; %s", settle, states, delta)
 	return c
@@ -647,19 +724,19 @@ func (b *bench) twinShared(ctx context.Context, d deployment, lat time.Duration)
 	if err != nil {
 		return failed(fmt.Errorf("enabling JIT: %w", err))
 	}
-	if err := d.SetARM(ctx, lat); err != nil {
+	if err := d.Limits(ctx, true); err != nil {
 		return failed(err)
 	}
 	c := &cell{}
-	before := stats(ctx, d)
+	before := stats(ctx, d, c)
 	const n = 100
 	nsg := strings.ToLower(spec.vmNSGs(0)[0])
 	acc, first, err := initiateShared(ctx, d, owner, n, nsg)
 	if err != nil {
 		c.Err = err.Error()
 	}
-	lat2, missing, allAt := awaitRules(ctx, d, acc, first, b.patience(lat))
-	delta := deltaOf(before, stats(ctx, d))
+	lat2, missing, allAt := awaitRules(ctx, d, acc, first, b.patience(lat), lat)
+	delta := deltaOf(before, stats(ctx, d, c))
 	c.setARM(delta)
 	summarise(c, "open", n, lat2, missing, allAt, b.patience(lat), delta)
 	c.Notes += "; 100 grants sent at once on 50 VMs behind one subnet NSG (two per VM, each from its own source)"
@@ -681,27 +758,27 @@ func initiateShared(ctx context.Context, d deployment, owner []string, n int, ns
 // awaitRules watches ARM until every awaited "nsg|rule" is there, or
 // patience has passed since first. It returns each rule's time from
 // acceptance, how many never came, and when the last came (from first).
-func awaitRules(ctx context.Context, d deployment, awaited map[string]time.Time, first time.Time, patience time.Duration) ([]time.Duration, int, time.Duration) {
+func awaitRules(ctx context.Context, d deployment, awaited map[string]time.Time, first time.Time, patience, lat time.Duration) ([]time.Duration, int, time.Duration) {
 	seen := map[string]bool{}
-	var lat []time.Duration
+	var lats []time.Duration
 	var allAt time.Duration
 	for ctx.Err() == nil && len(seen) < len(awaited) && time.Since(first) < patience {
 		rules, err := allowRules(ctx, d)
 		now := time.Now()
 		if err == nil {
 			for k, at := range awaited {
-				if !seen[k] && rules[k] {
+				if !seen[k] && rules.open(k) {
 					seen[k] = true
-					lat = append(lat, now.Sub(at))
+					lats = append(lats, now.Sub(at))
 					allAt = now.Sub(first)
 				}
 			}
 		}
 		if len(seen) < len(awaited) {
-			time.Sleep(watchEvery)
+			time.Sleep(watchEvery(lat))
 		}
 	}
-	return lat, len(awaited) - len(seen), allAt
+	return lats, len(awaited) - len(seen), allAt
 }
 
 // summarise fills a cell for "n things had to happen": how many did, p50,
@@ -715,9 +792,9 @@ func summarise(c *cell, what string, n int, lat []time.Duration, missing int, al
 	c.set("maxSeconds", mx.Seconds())
 	if missing == 0 {
 		c.set("allSeconds", allAt.Seconds())
-		c.Summary = fmt.Sprintf("all %d %s in %.1f s (p50 %.1f s); %d writes, %d×429, %d busy", n, what, allAt.Seconds(), p50.Seconds(), a.Writes, a.Throttled, a.Busy)
+		c.Summary = fmt.Sprintf("all %d %s in %.1f s (p50 %.1f s); %d writes, %d refused", n, what, allAt.Seconds(), p50.Seconds(), a.Writes, a.refused())
 	} else {
-		c.Summary = fmt.Sprintf("%d of %d %s after %s (p50 %.1f s); %d writes, %d×429, %d busy", n-missing, n, what, patience, p50.Seconds(), a.Writes, a.Throttled, a.Busy)
+		c.Summary = fmt.Sprintf("only %d of %d %s after %s (p50 %.1f s); %d writes, %d refused", n-missing, n, what, patience, p50.Seconds(), a.Writes, a.refused())
 	}
 	c.Notes = fmt.Sprintf("p50 %.2f s, p99 %.2f s, max %.2f s from each grant's acceptance; %s", p50.Seconds(), p99.Seconds(), mx.Seconds(), a)
 }
@@ -730,18 +807,18 @@ func (b *bench) twinWide(ctx context.Context, d deployment, lat time.Duration) *
 	if err != nil {
 		return failed(fmt.Errorf("enabling JIT: %w", err))
 	}
-	if err := d.SetARM(ctx, lat); err != nil {
+	if err := d.Limits(ctx, true); err != nil {
 		return failed(err)
 	}
 	c := &cell{}
-	before := stats(ctx, d)
+	before := stats(ctx, d, c)
 	const n = 1000
 	acc, first, err := initiateAll(ctx, d, owner, n, 64, "PT1H", time.Time{})
 	if err != nil {
 		c.Err = err.Error()
 	}
-	l, missing, allAt := awaitRules(ctx, d, acc, first, b.patience(lat))
-	delta := deltaOf(before, stats(ctx, d))
+	l, missing, allAt := awaitRules(ctx, d, acc, first, b.patience(lat), lat)
+	delta := deltaOf(before, stats(ctx, d, c))
 	c.setARM(delta)
 	summarise(c, "open", n, l, missing, allAt, b.patience(lat), delta)
 	if lat > 0 {
@@ -770,35 +847,41 @@ func (b *bench) twinClose(ctx context.Context, d deployment, lat time.Duration) 
 	}
 	c := &cell{}
 	const n = 1000
-	before := stats(ctx, d)
+	before := stats(ctx, d, c)
 	costs0, _ := d.Costs(ctx)
 	end := time.Now().Add(b.cfg.closeLead).Truncate(time.Second)
 	acc, _, err := initiateAll(ctx, d, owner, n, 64, "", end)
 	if err != nil {
 		c.Err = err.Error()
 	}
-	// Until just before the end: which grants ARM holds open.
+	// Until a second before the end: which grants ARM holds open; then
+	// ARM's limits go on, and the watch goes on through the end.
 	everOpen := map[string]bool{}
-	for ctx.Err() == nil && time.Until(end) > time.Second {
-		if rules, err := allowRules(ctx, d); err == nil {
+	watch := func() (ruleView, error) {
+		v, err := allowRules(ctx, d)
+		if err == nil {
 			for k := range acc {
-				if rules[k] {
+				if v.open(k) && time.Now().Before(end) {
 					everOpen[k] = true
 				}
 			}
 		}
-		if len(everOpen) == len(acc) {
-			break
-		}
-		time.Sleep(watchEvery)
+		return v, err
 	}
-	openAtEnd := len(everOpen)
-	openPhase := deltaOf(before, stats(ctx, d))
-	if err := d.SetARM(ctx, lat); err != nil {
+	for ctx.Err() == nil && time.Until(end) > time.Second && len(everOpen) < len(acc) {
+		_, _ = watch()
+		time.Sleep(watchEvery(0))
+	}
+	openPhase := deltaOf(before, stats(ctx, d, c))
+	if err := d.Limits(ctx, true); err != nil {
 		return failed(err)
 	}
-	before = stats(ctx, d)
-	time.Sleep(time.Until(end))
+	before = stats(ctx, d, c)
+	for ctx.Err() == nil && time.Now().Before(end) {
+		_, _ = watch()
+		time.Sleep(min(watchEvery(lat), max(time.Until(end), 0)))
+	}
+	openAtEnd := len(everOpen)
 	// After the end: every rule that was open goes; a grant that had not
 	// opened must not open now, and if it does, must go too.
 	gone, late := map[string]bool{}, map[string]bool{}
@@ -806,13 +889,13 @@ func (b *bench) twinClose(ctx context.Context, d deployment, lat time.Duration) 
 	var allAt time.Duration
 	patience := b.patience(lat)
 	for ctx.Err() == nil && time.Since(end) < patience {
-		rules, err := allowRules(ctx, d)
+		v, err := allowRules(ctx, d)
 		if err == nil {
 			for k := range acc {
 				switch {
-				case rules[k] && !everOpen[k]:
+				case v.present[k] && !everOpen[k]:
 					everOpen[k], late[k] = true, true
-				case !rules[k] && everOpen[k] && !gone[k]:
+				case v.gone(k) && everOpen[k] && !gone[k]:
 					gone[k] = true
 					lags = append(lags, time.Since(end))
 					allAt = time.Since(end)
@@ -824,9 +907,9 @@ func (b *bench) twinClose(ctx context.Context, d deployment, lat time.Duration) 
 				break
 			}
 		}
-		time.Sleep(watchEvery)
+		time.Sleep(watchEvery(lat))
 	}
-	closePhase := deltaOf(before, stats(ctx, d))
+	closePhase := deltaOf(before, stats(ctx, d, c))
 	costs1, _ := d.Costs(ctx)
 	c.setARM(closePhase)
 	left := len(everOpen) - len(gone)
@@ -838,15 +921,15 @@ func (b *bench) twinClose(ctx context.Context, d deployment, lat time.Duration) 
 	c.set("p99Seconds", p99.Seconds())
 	if left == 0 {
 		c.set("allSeconds", allAt.Seconds())
-		c.Summary = fmt.Sprintf("all %d open at the end gone in %.1f s (p50 %.1f s); %d writes, %d×429, %d busy", openAtEnd, allAt.Seconds(), p50.Seconds(), closePhase.Writes, closePhase.Throttled, closePhase.Busy)
+		c.Summary = fmt.Sprintf("all %d open at the end gone in %.1f s (p50 %.1f s); %d writes, %d refused", len(everOpen), allAt.Seconds(), p50.Seconds(), closePhase.Writes, closePhase.refused())
 	} else {
-		c.Summary = fmt.Sprintf("%d of %d open at the end still open %s after it; %d writes, %d×429, %d busy", left, openAtEnd, patience, closePhase.Writes, closePhase.Throttled, closePhase.Busy)
+		c.Summary = fmt.Sprintf("%d of %d open at the end STILL OPEN %s after it; %d writes, %d refused", left, len(everOpen), patience, closePhase.Writes, closePhase.refused())
 	}
 	if openAtEnd < len(acc) {
 		c.Summary += fmt.Sprintf("; only %d of %d had opened by the end", openAtEnd, len(acc))
 	}
 	if len(late) > 0 {
-		c.Summary += fmt.Sprintf("; %d OPENED AFTER THEIR END", len(late))
+		c.Summary += fmt.Sprintf("; %d OPENED AFTER THEIR END (%d of them closed again)", len(late), countIn(late, gone))
 	}
 	if lat > 0 {
 		bound := budgetBound(spec.VMs, lat)
@@ -878,7 +961,7 @@ func (b *bench) twinInitiate(ctx context.Context, d deployment, lat time.Duratio
 	if err != nil {
 		return failed(fmt.Errorf("enabling JIT: %w", err))
 	}
-	if err := d.SetARM(ctx, lat); err != nil {
+	if err := d.Limits(ctx, true); err != nil {
 		return failed(err)
 	}
 	c := &cell{}
@@ -901,9 +984,19 @@ func (b *bench) twinInitiate(ctx context.Context, d deployment, lat time.Duratio
 	c.set("p50ms", ms(p50))
 	c.set("p99ms", ms(p99))
 	c.set("failed", float64(res.Failed))
-	c.Summary = fmt.Sprintf("%.0f accepted/s, p50 %.1f ms, p99 %.1f ms, %d failed", tput, ms(p50), ms(p99), res.Failed)
+	c.Summary = fmt.Sprintf("%.0f accepted/s, p50 %.1f ms, p99 %.1f ms (of the answered), %d failed or cut", tput, ms(p50), ms(p99), res.Failed)
 	c.Notes = fmt.Sprintf("%d sent, %d accepted in %s%s", res.Sent, res.OK, res.Elapsed.Round(time.Millisecond), firstErr(res.FirstError))
 	return c
+}
+
+func countIn(set, in map[string]bool) int {
+	n := 0
+	for k := range set {
+		if in[k] {
+			n++
+		}
+	}
+	return n
 }
 
 func errorf(s string) error {

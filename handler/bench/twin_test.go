@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,7 +31,7 @@ func (s simOnly) ARM(ctx context.Context, path string, out any) error {
 	return observe(ctx, http.DefaultClient, s.url+path, out)
 }
 func (s simOnly) ARMStats(context.Context) (armsim.CallStats, error) { return s.sim.Calls(), nil }
-func (s simOnly) SetARM(context.Context, time.Duration) error        { return nil }
+func (s simOnly) Limits(context.Context, bool) error                 { return nil }
 func (s simOnly) Costs(context.Context) (costs, error)               { return costs{}, nil }
 func (s simOnly) Close() error                                       { return nil }
 
@@ -106,7 +107,7 @@ func TestProtectedVMsReadsWhatARMHolds(t *testing.T) {
 		t.Errorf("with VM 0's NIC NSG denying too: %d, want 5", n)
 	}
 	rules, err := allowRules(ctx, s)
-	if err != nil || len(rules) != 1 {
+	if err != nil || len(rules.present) != 1 || !rules.open(strings.ToLower(sub0)+"|jit-allow-x") {
 		t.Errorf("allow rules %v, %v", rules, err)
 	}
 	if c := s.sim.Calls(); c.Reads != 0 {
@@ -144,9 +145,41 @@ func TestBudgetBound(t *testing.T) {
 		writes int
 		lat    time.Duration
 		want   time.Duration
-	}{{500, 2 * time.Second, 32 * time.Second}, {200, 2 * time.Second, 2 * time.Second}, {1000, 2 * time.Second, 82 * time.Second}, {30, 0, 0}} {
+	}{
+		{500, 2 * time.Second, 32 * time.Second},  // writes: 300 / 10 + 2; reads: 750 / 25 + 2
+		{100, 2 * time.Second, 2 * time.Second},   // within both bursts
+		{200, 2 * time.Second, 8 * time.Second},   // reads: 150 / 25 + 2
+		{1000, 2 * time.Second, 82 * time.Second}, // writes: 800 / 10 + 2; reads: 1,750 / 25 + 2 = 72
+		{30, 0, 0},
+	} {
 		if got := budgetBound(tc.writes, tc.lat); got != tc.want {
 			t.Errorf("budgetBound(%d, %s) = %s, want %s", tc.writes, tc.lat, got, tc.want)
 		}
+	}
+}
+
+// While an operation runs on an NSG, its rules are not counted as in force,
+// nor as gone.
+func TestUpdatingNSGCountsForNothing(t *testing.T) {
+	spec := estateSpec{VMs: 2, VMsPerNet: 2, SubnetNSG: true}
+	s := startSim(t, spec, 100)
+	s.sim.SetAzure(&armsim.Azure{WriteTime: time.Minute, Reads: armsim.Bucket{Size: -1}})
+	ctx := context.Background()
+	sub0 := nsgID(subnetNSGName(0))
+	putRule(t, s, sub0, "jit-deny-a", "Deny", "22", "10.20.0.0/24")
+	if n, err := protectedVMs(ctx, s, spec); err != nil || n != 0 {
+		t.Errorf("protected while the deny rule's write runs: %d, %v", n, err)
+	}
+	v, err := allowRules(ctx, s)
+	k := strings.ToLower(sub0) + "|jit-allow-gone"
+	if err != nil || v.gone(k) || v.open(k) {
+		t.Errorf("a rule of an NSG with a running operation counted as gone or open: %+v %v", v, err)
+	}
+	s.sim.SetAzure(nil)
+	if n, _ := protectedVMs(ctx, s, spec); n != 2 {
+		t.Errorf("protected after the operation: %d, want 2", n)
+	}
+	if v, _ := allowRules(ctx, s); !v.gone(k) {
+		t.Errorf("a missing rule of a settled NSG is not gone")
 	}
 }
