@@ -26,7 +26,7 @@ import (
 // beyond anything a healthy run needs.
 func (b *bench) patience(lat time.Duration) time.Duration {
 	if lat == 0 {
-		return min(b.cfg.armPatience, 60*time.Second)
+		return min(b.cfg.armPatience, 45*time.Second)
 	}
 	return b.cfg.armPatience
 }
@@ -658,7 +658,7 @@ func (b *bench) twinEnable(ctx context.Context, d deployment, lat time.Duration)
 	answer := time.Since(start)
 	switch {
 	case cut:
-		c.Azure = fmt.Sprintf("no HTTP answer within %s: App Service's front end would have ended the request", httpCutoff)
+		c.Azure = fmt.Sprintf("no HTTP answer within %.0f s: App Service's front end would have ended the request", httpCutoff.Seconds())
 		c.set("answerSeconds", -1)
 	case putErr != nil:
 		c.Err = fmt.Sprintf("PUT answered %d: %v", code, putErr)
@@ -669,7 +669,7 @@ func (b *bench) twinEnable(ctx context.Context, d deployment, lat time.Duration)
 	// Until every VM is denied, or nothing changed for settle.
 	settle := 10 * time.Second
 	if lat > 0 {
-		settle = 40 * time.Second
+		settle = 20 * time.Second
 	}
 	best, bestAt, last := 0, time.Duration(0), time.Now()
 	for time.Since(last) < settle && ctx.Err() == nil {
