@@ -123,10 +123,10 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	}
 	armHandler := http.StripPrefix("/_arm", sim)
 	netCfg := cfg.networkConfig(log)
-	if cfg.ARMLatency == 0 {
-		// The simulator answers at once: retry on its scale, not Azure's.
-		// With JIT_ARM_LATENCY it behaves as ARM, and the driver retries
-		// as it does in Azure.
+	if cfg.ARMLatency < time.Second {
+		// The simulator answers within a second: retry on its scale, not
+		// Azure's. With a JIT_ARM_LATENCY of seconds it behaves as ARM
+		// does, and the driver retries as it does in Azure.
 		netCfg.Retry = policy.RetryOptions{MaxRetries: 4, RetryDelay: 100 * time.Millisecond, MaxRetryDelay: 2 * time.Second}
 		netCfg.RetryDelay, netCfg.MaxRetryDelay = 100*time.Millisecond, 2*time.Second
 		netCfg.PollFrequency = time.Second // azcore's minimum; the first poll is immediate

@@ -133,6 +133,8 @@ func main() {
 	flag.DurationVar(&b.cfg.sharedLatency, "shared-latency", 2*time.Second, "shared-nsg: ARM write latency")
 	flag.DurationVar(&b.cfg.sharedTimeout, "shared-timeout", 40*time.Second, "shared-nsg: how long to wait for every rule")
 	var suite, latencies, modes string
+	var markdown bool
+	flag.BoolVar(&markdown, "markdown", false, "twin: print the table in Markdown too")
 	flag.StringVar(&suite, "suite", "twin", "twin: every scenario in local and Functions mode at each ARM latency, side by side (make bench); local: the local-mode scenarios with their targets (make bench-local)")
 	flag.StringVar(&latencies, "latencies", "0,2s", "twin: the ARM latencies to run at; above 0 the simulator also enforces ARM's write budget and one operation per NSG")
 	flag.StringVar(&modes, "modes", "local,functions", "twin: the modes to run")
@@ -178,6 +180,10 @@ func main() {
 		rep.Twin = b.runTwin(ctx, want)
 		b.emu.Close()
 		printTwin(os.Stdout, rep)
+		if markdown {
+			fmt.Println()
+			printTwinMarkdown(os.Stdout, rep)
+		}
 		fmt.Printf("\n%d rows in %s on %s\n", len(rep.Twin), time.Since(started).Round(time.Second), rep.Machine)
 		writeReport(out, rep)
 		return

@@ -90,3 +90,25 @@ func printTwin(w io.Writer, rep report) {
 		}
 	}
 }
+
+// printTwinMarkdown writes the two-mode table in Markdown, for the README
+// and docs/performance.md.
+func printTwinMarkdown(w io.Writer, rep report) {
+	fmt.Fprintln(w, "| scenario | ARM latency | local | functions | bound |")
+	fmt.Fprintln(w, "|---|---|---|---|---|")
+	text := func(c *cell) string {
+		switch {
+		case c == nil:
+			return "-"
+		case c.Azure != "":
+			return "**would fail in Azure**: " + c.Azure + "; " + c.Summary
+		case c.Err != "" && c.Summary == "error":
+			return "error: " + tail(c.Err, 120)
+		}
+		return c.Summary
+	}
+	esc := func(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
+	for _, r := range rep.Twin {
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", r.Scenario, r.Latency, esc(text(r.Local)), esc(text(r.Functions)), esc(r.Bound))
+	}
+}
