@@ -138,7 +138,7 @@ func main() {
 	flag.StringVar(&suite, "suite", "twin", "twin: every scenario in local and Functions mode at each ARM latency, side by side (make bench); local: the local-mode scenarios with their targets (make bench-local)")
 	flag.StringVar(&latencies, "latencies", "0,2s", "twin: the ARM latencies to run at; above 0 the simulator also enforces ARM's write budget and one operation per NSG")
 	flag.StringVar(&modes, "modes", "local,functions", "twin: the modes to run")
-	flag.DurationVar(&b.cfg.armPatience, "arm-patience", 120*time.Second, "twin: how long a scenario waits on ARM before it reports what is still missing")
+	flag.DurationVar(&b.cfg.armPatience, "arm-patience", 110*time.Second, "twin: how long a scenario waits on ARM before it reports what is still missing")
 	flag.DurationVar(&b.cfg.closeLead, "close-lead", 40*time.Second, "twin close: from the first initiate to the common end time")
 	flag.DurationVar(&b.cfg.twinInitiate, "twin-initiate-duration", 10*time.Second, "twin initiate: how long the load lasts")
 	flag.IntVar(&b.cfg.instances, "instances", 2, "twin: handler instances under the host simulator in Functions mode")

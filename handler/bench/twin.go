@@ -669,7 +669,7 @@ func (b *bench) twinEnable(ctx context.Context, d deployment, lat time.Duration)
 	// Until every VM is denied, or nothing changed for settle.
 	settle := 10 * time.Second
 	if lat > 0 {
-		settle = 20 * time.Second
+		settle = 15 * time.Second
 	}
 	best, bestAt, last := 0, time.Duration(0), time.Now()
 	for time.Since(last) < settle && ctx.Err() == nil {
