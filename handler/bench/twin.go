@@ -921,9 +921,9 @@ func (b *bench) twinClose(ctx context.Context, d deployment, lat time.Duration) 
 	c.set("p99Seconds", p99.Seconds())
 	if left == 0 {
 		c.set("allSeconds", allAt.Seconds())
-		c.Summary = fmt.Sprintf("all %d open at the end gone in %.1f s (p50 %.1f s); %d writes, %d refused", len(everOpen), allAt.Seconds(), p50.Seconds(), closePhase.Writes, closePhase.refused())
+		c.Summary = fmt.Sprintf("all %d that opened gone %.1f s after the end (p50 %.1f s); %d writes, %d refused", len(everOpen), allAt.Seconds(), p50.Seconds(), closePhase.Writes, closePhase.refused())
 	} else {
-		c.Summary = fmt.Sprintf("%d of %d open at the end STILL OPEN %s after it; %d writes, %d refused", left, len(everOpen), patience, closePhase.Writes, closePhase.refused())
+		c.Summary = fmt.Sprintf("%d of %d that opened STILL OPEN %s after the end; %d writes, %d refused", left, len(everOpen), patience, closePhase.Writes, closePhase.refused())
 	}
 	if openAtEnd < len(acc) {
 		c.Summary += fmt.Sprintf("; only %d of %d had opened by the end", openAtEnd, len(acc))
