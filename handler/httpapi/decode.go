@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"jitaccess/handler/jit"
@@ -18,7 +19,7 @@ import (
 func decodeStrict(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/json") {
 		return &httpError{status: http.StatusUnsupportedMediaType, code: "UnsupportedMediaType",
-			msg: fmt.Sprintf("Content-Type %q is not supported: send application/json", ct)}
+			msg: fmt.Sprintf("Content-Type %s is not supported: send application/json", quoteShort(ct))}
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
@@ -120,4 +121,13 @@ func (p *prefixList) UnmarshalJSON(b []byte) error {
 	}
 	*p = []string{s}
 	return nil
+}
+
+// quoteShort quotes what a client sent for an error message, cut to 100
+// bytes: a message stays short whatever the header held.
+func quoteShort(s string) string {
+	if len(s) > 100 {
+		return strconv.Quote(s[:100]) + "…"
+	}
+	return strconv.Quote(s)
 }
