@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -252,7 +251,7 @@ func (b *bench) startFunctions(estate string, latency time.Duration) (*functions
 		return nil, err
 	}
 	d := &functionsDeployment{emu: emu, latency: latency, client: newClient(512), events: make(chan json.RawMessage, 1<<16),
-		admin: easyAuth("00000000-0000-0000-0000-00000000a001", "JIT.Admin")}
+		admin: testenv.EasyAuth("00000000-0000-0000-0000-00000000a001", "JIT.Admin")}
 	d.sim = armsim.New(armsim.Options{Empty: true, Azure: azureARM(latency), OnChange: d.changed})
 	if d.tables, err = newCountingProxy(emu.azurite.TableURL()); err != nil {
 		return nil, err
@@ -408,16 +407,4 @@ func (d *functionsDeployment) Close() error {
 	_ = d.armSrv.Close()
 	d.tables.Close()
 	return err
-}
-
-// easyAuth is the X-MS-CLIENT-PRINCIPAL set App Service Authentication
-// adds for a signed-in caller with roles.
-func easyAuth(id string, roles ...string) []string {
-	claims := []map[string]string{{"typ": "http://schemas.microsoft.com/identity/claims/objectidentifier", "val": id}}
-	for _, r := range roles {
-		claims = append(claims, map[string]string{"typ": "roles", "val": r})
-	}
-	b, _ := json.Marshal(map[string]any{"auth_typ": "aad", "claims": claims, "name_typ": "name", "role_typ": "roles"})
-	return []string{"X-MS-CLIENT-PRINCIPAL", base64.StdEncoding.EncodeToString(b), "X-MS-CLIENT-PRINCIPAL-ID", id,
-		"X-MS-CLIENT-PRINCIPAL-NAME", "bench-admin@example.com", "X-MS-CLIENT-PRINCIPAL-IDP", "aad"}
 }

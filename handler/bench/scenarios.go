@@ -39,33 +39,12 @@ func initiateBody(vm string, d string, end time.Time) map[string]any {
 func policyName(g int) string { return fmt.Sprintf("bench-%03d", g) }
 
 // putPolicies enables JIT on VMs 0..n-1, per policies of size VMs, with
-// `parallel` PUTs at a time. It returns the policy of each VM.
+// `parallel` PUTs at a time. It returns the policy of each VM and the time
+// it took.
 func putPolicies(ctx context.Context, p *proc, n, size, parallel int) ([]string, time.Duration, error) {
 	start := time.Now()
-	owner := make([]string, n)
-	sem := make(chan struct{}, parallel)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var first error
-	for g := 0; g*size < n; g++ {
-		var ids []string
-		for i := g * size; i < min((g+1)*size, n); i++ {
-			ids = append(ids, vmID(i))
-			owner[i] = policyName(g)
-		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if _, err := p.do(ctx, "PUT", "/api/v1/policies/"+policyName(g), policyBody(ids), nil); err != nil {
-				mu.Lock()
-				first = cmpOr(first, err)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	return owner, time.Since(start), first
+	owner, err := enablePolicies(ctx, &localDeployment{p: p}, n, size, parallel)
+	return owner, time.Since(start), err
 }
 
 func cmpOr(a, b error) error {

@@ -559,12 +559,13 @@ func stats(ctx context.Context, d deployment, c *cell) armsim.CallStats {
 	return st
 }
 
-// enablePolicies creates policies of `size` VMs each over VMs 0..n-1.
-func enablePolicies(ctx context.Context, d deployment, n, size int) ([]string, error) {
+// enablePolicies creates policies of `size` VMs each over VMs 0..n-1,
+// `parallel` PUTs at a time, and returns the policy of each VM.
+func enablePolicies(ctx context.Context, d deployment, n, size, parallel int) ([]string, error) {
 	owner := make([]string, n)
 	var wg sync.WaitGroup
 	errs := make(chan error, n/size+1)
-	sem := make(chan struct{}, 4)
+	sem := make(chan struct{}, parallel)
 	for g := 0; g*size < n; g++ {
 		var ids []string
 		for i := g * size; i < min((g+1)*size, n); i++ {
@@ -720,7 +721,7 @@ func (b *bench) twinEnable(ctx context.Context, d deployment, lat time.Duration)
 // twinShared: 100 grants at once on 50 VMs behind one subnet NSG.
 func (b *bench) twinShared(ctx context.Context, d deployment, lat time.Duration) *cell {
 	spec := sharedSpec(b)
-	owner, err := enablePolicies(ctx, d, spec.VMs, spec.VMs)
+	owner, err := enablePolicies(ctx, d, spec.VMs, spec.VMs, 1)
 	if err != nil {
 		return failed(fmt.Errorf("enabling JIT: %w", err))
 	}
@@ -803,7 +804,7 @@ func summarise(c *cell, what string, n int, lat []time.Duration, missing int, al
 // write budget sets.
 func (b *bench) twinWide(ctx context.Context, d deployment, lat time.Duration) *cell {
 	spec := wideSpec(b)
-	owner, err := enablePolicies(ctx, d, spec.VMs, 100)
+	owner, err := enablePolicies(ctx, d, spec.VMs, 100, 4)
 	if err != nil {
 		return failed(fmt.Errorf("enabling JIT: %w", err))
 	}
@@ -841,7 +842,7 @@ func (b *bench) twinWide(ctx context.Context, d deployment, lat time.Duration) *
 // per grant, from initiate to closed.
 func (b *bench) twinClose(ctx context.Context, d deployment, lat time.Duration) *cell {
 	spec := wideSpec(b)
-	owner, err := enablePolicies(ctx, d, spec.VMs, 100)
+	owner, err := enablePolicies(ctx, d, spec.VMs, 100, 4)
 	if err != nil {
 		return failed(fmt.Errorf("enabling JIT: %w", err))
 	}
@@ -957,7 +958,7 @@ func (b *bench) twinClose(ctx context.Context, d deployment, lat time.Duration) 
 // over 500 VMs, the worker opening rules meanwhile.
 func (b *bench) twinInitiate(ctx context.Context, d deployment, lat time.Duration) *cell {
 	spec := wideSpec(b)
-	owner, err := enablePolicies(ctx, d, spec.VMs, 100)
+	owner, err := enablePolicies(ctx, d, spec.VMs, 100, 4)
 	if err != nil {
 		return failed(fmt.Errorf("enabling JIT: %w", err))
 	}

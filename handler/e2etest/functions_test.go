@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -26,16 +24,8 @@ import (
 	"jitaccess/handler/testenv"
 )
 
-// easyAuth is the X-MS-CLIENT-PRINCIPAL header App Service Authentication adds.
-func easyAuth(id string, roles ...string) []string {
-	claims := []map[string]string{{"typ": "http://schemas.microsoft.com/identity/claims/objectidentifier", "val": id}}
-	for _, r := range roles {
-		claims = append(claims, map[string]string{"typ": "roles", "val": r})
-	}
-	b, _ := json.Marshal(map[string]any{"auth_typ": "aad", "claims": claims, "name_typ": "name", "role_typ": "roles"})
-	return []string{"X-MS-CLIENT-PRINCIPAL", base64.StdEncoding.EncodeToString(b), "X-MS-CLIENT-PRINCIPAL-ID", id,
-		"X-MS-CLIENT-PRINCIPAL-NAME", id + "@example.com", "X-MS-CLIENT-PRINCIPAL-IDP", "aad"}
-}
+// easyAuth is the set of headers App Service Authentication adds.
+var easyAuth = testenv.EasyAuth
 
 // startHost runs the built handler in Functions mode under the host
 // simulator, and shows the handlers' output when the test fails.
