@@ -102,7 +102,7 @@ func (e *fieldError) Error() string { return e.msg }
 type prefixList []string
 
 func (p *prefixList) UnmarshalJSON(b []byte) error {
-	b = bytes.TrimSpace(b)
+	b = bytes.Trim(b, " \t\r\n") // JSON's white space, not Unicode's
 	if string(b) == "null" {
 		*p = nil
 		return nil
