@@ -636,6 +636,28 @@ func initiateAll(ctx context.Context, d deployment, owner []string, n, parallel 
 
 // --- scenarios -------------------------------------------------------------------
 
+// enableWide enables JIT on the wide estate's VMs, 100 to a policy; on
+// failure it returns the cell that says so.
+func enableWide(ctx context.Context, d deployment, spec estateSpec) ([]string, *cell) {
+	owner, err := enablePolicies(ctx, d, spec.VMs, 100, 4)
+	if err != nil {
+		return nil, failed(fmt.Errorf("enabling JIT: %w", err))
+	}
+	return owner, nil
+}
+
+// compareBound records the bound and how the time taken compares with it;
+// when not everything was done, the time is more than the patience.
+func (c *cell) compareBound(bound, took time.Duration, done bool, patience time.Duration) {
+	c.set("boundSeconds", bound.Seconds())
+	if done {
+		c.set("ratioToBound", took.Seconds()/bound.Seconds())
+		c.Summary += fmt.Sprintf("; %.1f× the bound", took.Seconds()/bound.Seconds())
+		return
+	}
+	c.Summary += fmt.Sprintf("; > %.1f× the bound", patience.Seconds()/bound.Seconds())
+}
+
 // twinEnable enables JIT on 1,000 VMs with one PUT at the row's latency:
 // the time to the HTTP answer, the time until ARM denies SSH to every VM,
 // the writes, and what GET /api/v1/vms then says.
@@ -804,14 +826,14 @@ func summarise(c *cell, what string, n int, lat []time.Duration, missing int, al
 // write budget sets.
 func (b *bench) twinWide(ctx context.Context, d deployment, lat time.Duration) *cell {
 	spec := wideSpec(b)
-	owner, err := enablePolicies(ctx, d, spec.VMs, 100, 4)
-	if err != nil {
-		return failed(fmt.Errorf("enabling JIT: %w", err))
+	owner, c := enableWide(ctx, d, spec)
+	if c != nil {
+		return c
 	}
 	if err := d.Limits(ctx, true); err != nil {
 		return failed(err)
 	}
-	c := &cell{}
+	c = &cell{}
 	before := stats(ctx, d, c)
 	const n = 1000
 	acc, first, err := initiateAll(ctx, d, owner, n, 64, "PT1H", time.Time{})
@@ -823,14 +845,7 @@ func (b *bench) twinWide(ctx context.Context, d deployment, lat time.Duration) *
 	c.setARM(delta)
 	summarise(c, "open", n, l, missing, allAt, b.patience(lat), delta)
 	if lat > 0 {
-		bound := budgetBound(spec.VMs, lat)
-		c.set("boundSeconds", bound.Seconds())
-		if missing == 0 {
-			c.set("ratioToBound", allAt.Seconds()/bound.Seconds())
-			c.Summary += fmt.Sprintf("; %.1f× the bound", allAt.Seconds()/bound.Seconds())
-		} else {
-			c.Summary += fmt.Sprintf("; > %.1f× the bound", b.patience(lat).Seconds()/bound.Seconds())
-		}
+		c.compareBound(budgetBound(spec.VMs, lat), allAt, missing == 0, b.patience(lat))
 	}
 	c.Notes += "; 1,000 grants, two per VM, sent 64 at a time, over 500 VMs each behind its own NIC NSG"
 	return c
@@ -842,11 +857,11 @@ func (b *bench) twinWide(ctx context.Context, d deployment, lat time.Duration) *
 // per grant, from initiate to closed.
 func (b *bench) twinClose(ctx context.Context, d deployment, lat time.Duration) *cell {
 	spec := wideSpec(b)
-	owner, err := enablePolicies(ctx, d, spec.VMs, 100, 4)
-	if err != nil {
-		return failed(fmt.Errorf("enabling JIT: %w", err))
+	owner, c := enableWide(ctx, d, spec)
+	if c != nil {
+		return c
 	}
-	c := &cell{}
+	c = &cell{}
 	const n = 1000
 	before := stats(ctx, d, c)
 	costs0, _ := d.Costs(ctx)
@@ -933,12 +948,7 @@ func (b *bench) twinClose(ctx context.Context, d deployment, lat time.Duration) 
 		c.Summary += fmt.Sprintf("; %d OPENED AFTER THEIR END (%d of them closed again)", len(late), countIn(late, gone))
 	}
 	if lat > 0 {
-		bound := budgetBound(spec.VMs, lat)
-		c.set("boundSeconds", bound.Seconds())
-		if left == 0 {
-			c.set("ratioToBound", allAt.Seconds()/bound.Seconds())
-			c.Summary += fmt.Sprintf("; %.1f× the bound", allAt.Seconds()/bound.Seconds())
-		}
+		c.compareBound(budgetBound(spec.VMs, lat), allAt, left == 0, patience)
 	}
 	// Per grant, from the initiate to the close.
 	all := openPhase.add(closePhase)
@@ -958,14 +968,14 @@ func (b *bench) twinClose(ctx context.Context, d deployment, lat time.Duration) 
 // over 500 VMs, the worker opening rules meanwhile.
 func (b *bench) twinInitiate(ctx context.Context, d deployment, lat time.Duration) *cell {
 	spec := wideSpec(b)
-	owner, err := enablePolicies(ctx, d, spec.VMs, 100, 4)
-	if err != nil {
-		return failed(fmt.Errorf("enabling JIT: %w", err))
+	owner, c := enableWide(ctx, d, spec)
+	if c != nil {
+		return c
 	}
 	if err := d.Limits(ctx, true); err != nil {
 		return failed(err)
 	}
-	c := &cell{}
+	c = &cell{}
 	call := func(ctx context.Context, i int) error {
 		vm := i % spec.VMs
 		code, err := d.API(ctx, "POST", "/api/v1/policies/"+owner[vm]+"/initiate", grantBody(vmID(vm), source(i%60000), "PT1H", time.Time{}), nil)
