@@ -182,31 +182,12 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(sim.Calls())
 	}))
-	api.Handle("PUT /_arm/_azure", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// Turns the simulator's Azure behaviour (JIT_ARM_LATENCY) off and on
-		// again without a restart: the bench prepares estates without it.
-		var in struct {
-			Enabled *bool `json:"enabled"`
-		}
-		w.Header().Set("Content-Type", "application/json")
-		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1024)).Decode(&in); err != nil || in.Enabled == nil {
-			w.WriteHeader(http.StatusBadRequest)
-			_, _ = w.Write([]byte(`{"error":{"code":"BadRequest","message":"send {\"enabled\": true} or {\"enabled\": false}"}}`))
-			return
-		}
-		if *in.Enabled && cfg.ARMLatency == 0 {
-			w.WriteHeader(http.StatusConflict)
-			_, _ = w.Write([]byte(`{"error":{"code":"Conflict","message":"the simulator's Azure behaviour needs JIT_ARM_LATENCY at start"}}`))
-			return
-		}
-		if *in.Enabled {
-			az := cfg.ARMAzure
-			sim.SetAzure(&az)
-		} else {
-			sim.SetAzure(nil)
-		}
-		_, _ = w.Write([]byte(`{"enabled":` + fmt.Sprint(*in.Enabled) + `}`))
-	}))
+	// The bench prepares estates with the simulator's Azure behaviour off.
+	var az *armsim.Azure
+	if cfg.ARMLatency > 0 {
+		az = &cfg.ARMAzure
+	}
+	api.Handle("PUT /_arm/_azure", sim.AzureSwitch(az))
 	api.Handle("/_arm/", emitEvents(armHandler, func(ev jit.ResourceEvent) {
 		// As Event Grid would: at once, outside the request.
 		go func() {

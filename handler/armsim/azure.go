@@ -271,3 +271,29 @@ func (s *Server) inProgressJSON(nsgKey string, b []byte) []byte {
 	}
 	return out
 }
+
+// AzureSwitch is an http.Handler for PUT {"enabled": true|false}: it turns
+// the Azure behaviours on with a (nil: there is none to turn on, 409) or
+// off, without a restart. `handler local` serves it at /_arm/_azure so
+// that the bench can prepare an estate without ARM's limits.
+func (s *Server) AzureSwitch(a *Azure) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var in struct {
+			Enabled *bool `json:"enabled"`
+		}
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1024)).Decode(&in); err != nil || in.Enabled == nil {
+			writeError(w, badRequest("InvalidRequestContent", `Send {"enabled": true} or {"enabled": false}.`))
+			return
+		}
+		switch {
+		case *in.Enabled && a == nil:
+			writeError(w, &armError{Status: http.StatusConflict, Code: "Conflict", Message: "The simulator's Azure behaviour needs JIT_ARM_LATENCY at start."})
+			return
+		case *in.Enabled:
+			s.SetAzure(a)
+		default:
+			s.SetAzure(nil)
+		}
+		writeJSON(w, http.StatusOK, []byte(`{"enabled":`+strconv.FormatBool(*in.Enabled)+`}`))
+	})
+}
