@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
 )
@@ -95,46 +94,5 @@ func coversAny(dests, ips []string) bool {
 	return false
 }
 
-// recordFindings recomputes the warnings of every protected VM guarded by
-// one of nsgs, stores those that changed on the policy, and audits new
-// ones once.
-func (s *Service) recordFindings(ctx context.Context, v *view, nsgs []NSGInfo) error {
-	byID := map[string]NSGInfo{}
-	for _, n := range nsgs {
-		byID[strings.ToLower(n.ID)] = n
-	}
-	for _, pol := range v.policies {
-		changed := false
-		for vi := range pol.VMs {
-			vm := &pol.VMs[vi]
-			var next []Warning
-			for _, w := range vm.Warnings {
-				if _, seen := byID[strings.ToLower(w.NSG)]; !seen {
-					next = append(next, w) // about an NSG not looked at now
-				}
-			}
-			for _, ref := range vm.NSGs {
-				if n, ok := byID[strings.ToLower(ref.ID)]; ok {
-					next = append(next, findBypasses(*vm, n)...)
-				}
-			}
-			if slices.Equal(next, vm.Warnings) {
-				continue
-			}
-			for _, w := range next {
-				if !slices.Contains(vm.Warnings, w) {
-					s.drift(ctx, Request{Policy: pol.Name}, vm.ID, w.NSG, w.Text)
-				}
-			}
-			vm.Warnings, changed = next, true
-		}
-		if !changed {
-			continue
-		}
-		_, err := s.store.UpdatePolicy(ctx, pol)
-		if err != nil && ErrorCode(err) != ECONFLICT {
-			return fmt.Errorf("recording findings on policy %s: %w", pol.Name, err)
-		}
-	}
-	return nil
-}
+// recordFindings is being replaced by NSG states.
+func (s *Service) recordFindings(ctx context.Context, v *view, nsgs []NSGInfo) error { return nil }

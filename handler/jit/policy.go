@@ -36,10 +36,14 @@ type Policy struct {
 	// Requesters, when not empty, are the principal or group ids that may
 	// request access under this policy (JIT.Admin always may).
 	Requesters []string
-	ETag       string
-	CreatedAt  time.Time
-	UpdatedAt  time.Time
-	UpdatedBy  string
+	// State is PolicyDeleting once a DELETE was accepted and until the
+	// deny rules are gone; empty otherwise. Its lockdown progress is not
+	// stored: it is judged from the NSGs' states (see Service.PolicyStatus).
+	State     string
+	ETag      string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	UpdatedBy string
 }
 
 // VMPolicy is one VM of a policy: its ports, and the network path to it as
@@ -50,9 +54,10 @@ type VMPolicy struct {
 	Name       string
 	PrivateIPs []string
 	NSGs       []NSGRef
-	// Warnings are the latest findings of the sweeper about this VM.
-	Warnings []Warning
 }
+
+// PolicyDeleting is Policy.State while a deletion removes the deny rules.
+const PolicyDeleting = "Deleting"
 
 // PortRule is one port of a VM that may be requested.
 type PortRule struct {
@@ -222,7 +227,6 @@ func (p Policy) Clone() Policy {
 		v := vm
 		v.PrivateIPs = slices.Clone(vm.PrivateIPs)
 		v.NSGs = slices.Clone(vm.NSGs)
-		v.Warnings = slices.Clone(vm.Warnings)
 		v.Ports = make([]PortRule, len(vm.Ports))
 		for j, r := range vm.Ports {
 			r.AllowedSources = slices.Clone(r.AllowedSources)

@@ -223,7 +223,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 		if owned {
 			continue
 		}
-		if err := s.net.DeleteRule(ctx, n.ID, r.Name); err != nil {
+		if err := s.deleteRule(ctx, n.ID, r.Name); err != nil {
 			fail(req, "", "removing allow rule "+r.Name+" that no live grant owns", err)
 			continue
 		}
@@ -260,7 +260,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 			if fresh, err := s.store.GetRequest(ctx, ref.req.ID); err != nil || !stillOpen(fresh, ref.i, n.ID, s.now()) {
 				continue
 			}
-			if err := s.net.PutRule(ctx, n.ID, want); err != nil {
+			if err := s.putRule(ctx, n.ID, want); err != nil {
 				fail(ref.req, g.VM, "putting back allow rule "+name, err)
 				continue
 			}
@@ -286,7 +286,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 		if have, ok := present[strings.ToLower(want.Name)]; ok && sameRule(have, want) {
 			continue
 		}
-		if err := s.net.PutRule(ctx, n.ID, want); err != nil {
+		if err := s.putRule(ctx, n.ID, want); err != nil {
 			fail(Request{Policy: d.policy}, d.vm.ID, "restoring deny rule "+want.Name, err)
 			continue
 		}
@@ -297,7 +297,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 	// policy change) go, so the NSG says exactly what the policies say.
 	for _, r := range n.Rules {
 		if strings.HasPrefix(strings.ToLower(r.Name), RulePrefix+"deny-") && !wantDeny[strings.ToLower(r.Name)] {
-			if err := s.net.DeleteRule(ctx, n.ID, r.Name); err != nil {
+			if err := s.deleteRule(ctx, n.ID, r.Name); err != nil {
 				fail(Request{}, "", "removing deny rule "+r.Name+" that no policy wants", err)
 				continue
 			}

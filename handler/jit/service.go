@@ -188,7 +188,7 @@ func (s *Service) PutPolicy(ctx context.Context, p Principal, pol Policy, ifMatc
 	var written []denyTarget
 	for _, vm := range pol.VMs {
 		for _, n := range vm.NSGs {
-			if err := s.net.PutRule(ctx, n.ID, denyRule(pol.Name, vm)); err != nil {
+			if err := s.putRule(ctx, n.ID, denyRule(pol.Name, vm)); err != nil {
 				s.undoLockdown(ctx, old, exists, written)
 				s.auditFailure(ctx, p, AuditLockdown, pol.Name, "", vm.ID, n.ID, err)
 				return Policy{}, Wrap(EUNAVAILABLE, err, fmt.Sprintf("writing the deny rule for VM %s in NSG %s failed; nothing was changed, try again", vm.Name, ResourceName(n.ID)))
@@ -250,7 +250,7 @@ func (s *Service) undoLockdown(ctx context.Context, old Policy, existed bool, wr
 				continue
 			}
 		}
-		if err := s.net.DeleteRule(ctx, w.nsg, DenyRuleName(w.vm)); err != nil {
+		if err := s.deleteRule(ctx, w.nsg, DenyRuleName(w.vm)); err != nil {
 			s.cfg.Log.Error().Err(err).Str("vm", w.vm).Str("nsg", w.nsg).Msg("undoing deny rule failed")
 		}
 	}
@@ -319,7 +319,7 @@ func (s *Service) releaseVM(ctx context.Context, p Principal, policy string, vm 
 		}
 	}
 	for _, n := range vm.NSGs {
-		if err := s.net.DeleteRule(ctx, n.ID, DenyRuleName(vm.ID)); err != nil {
+		if err := s.deleteRule(ctx, n.ID, DenyRuleName(vm.ID)); err != nil {
 			s.auditFailure(ctx, p, AuditUnlock, policy, "", vm.ID, n.ID, err)
 			return Wrap(EUNAVAILABLE, err, fmt.Sprintf("removing the deny rule of VM %s from NSG %s failed; try again", vm.Name, ResourceName(n.ID)))
 		}

@@ -13,12 +13,26 @@ import (
 // key exists; Update and Delete with a non-empty ETag fail with ECONFLICT when
 // the stored ETag differs, so a lost update is impossible. Every successful
 // write sets a new ETag on the returned value. Missing keys are ENOTFOUND.
+//
+// A VM is in one policy at most, under concurrency too: CreatePolicy and
+// UpdatePolicy fail with ECONFLICT, naming the VM and the other policy,
+// when another stored policy names one of p's VMs (ids compared
+// case-insensitively), and store nothing.
 type Store interface {
 	GetPolicy(ctx context.Context, name string) (Policy, error)
 	ListPolicies(ctx context.Context) ([]Policy, error)
 	CreatePolicy(ctx context.Context, p Policy) (Policy, error)
 	UpdatePolicy(ctx context.Context, p Policy) (Policy, error)
 	DeletePolicy(ctx context.Context, name, etag string) error
+
+	// PutNSGState merges st into the stored state of NSG st.ID (compared
+	// case-insensitively): the seen part (SeenAt, Missing, Deny, Ahead)
+	// and the failure part (Error, ErrorAt) each keep the later of the
+	// stored and the given one (the given one on a tie), so writers that
+	// race never make the state older.
+	PutNSGState(ctx context.Context, st NSGState) error
+	// ListNSGStates returns the state of every NSG the service has seen.
+	ListNSGStates(ctx context.Context) ([]NSGState, error)
 
 	GetRequest(ctx context.Context, id string) (Request, error)
 	CreateRequest(ctx context.Context, r Request) (Request, error)
@@ -35,6 +49,49 @@ type Store interface {
 	// ScanAudit calls fn for each event that matches f, newest first, until
 	// fn returns an error (which ScanAudit returns) or the events run out.
 	ScanAudit(ctx context.Context, f AuditFilter, fn func(AuditEvent) error) error
+}
+
+// NSGState is what the service last saw in ARM of one NSG: its own deny
+// rules and the foreign rules that could bypass them, and its last failure
+// to change the NSG. VM states ("Configured" or what is true instead) are
+// judged from it and never from what the service meant to write.
+type NSGState struct {
+	ID string // ARM id of the NSG
+	// SeenAt is when Deny and Ahead were read or written; zero if never.
+	SeenAt time.Time
+	// Missing: the NSG did not exist at SeenAt.
+	Missing bool
+	// Deny are the deployment's deny rules in the NSG.
+	Deny []SecurityRule
+	// Ahead are the foreign inbound Allow rules whose priority comes before
+	// the last of Deny (at most MaxAhead of them), which may bypass them.
+	Ahead []SecurityRule
+	// Error is the last failure to change the NSG, at ErrorAt. It is
+	// current only when ErrorAt is after SeenAt.
+	Error   string
+	ErrorAt time.Time
+}
+
+// MaxAhead bounds NSGState.Ahead.
+const MaxAhead = 100
+
+// Failing reports whether the last attempt to change the NSG failed.
+func (st NSGState) Failing() bool { return st.Error != "" && st.ErrorAt.After(st.SeenAt) }
+
+// Merge returns st merged with newer as PutNSGState merges: each part
+// keeps the later one (newer's on a tie).
+func (st NSGState) Merge(newer NSGState) NSGState {
+	out := st
+	if out.ID == "" {
+		out.ID = newer.ID
+	}
+	if !newer.SeenAt.IsZero() && !newer.SeenAt.Before(st.SeenAt) {
+		out.SeenAt, out.Missing, out.Deny, out.Ahead = newer.SeenAt, newer.Missing, newer.Deny, newer.Ahead
+	}
+	if !newer.ErrorAt.IsZero() && !newer.ErrorAt.Before(st.ErrorAt) {
+		out.Error, out.ErrorAt = newer.Error, newer.ErrorAt
+	}
+	return out
 }
 
 // RequestRecorder is implemented by stores that can store a new request and

@@ -109,12 +109,6 @@ func (s *Service) ListVMs(ctx context.Context, p Principal) ([]VMStatus, error) 
 		for _, pol := range pols {
 			if vp, ok := pol.VM(vm.ID); ok {
 				st.State, st.Reason, st.Policy, st.Ports = VMConfigured, "", pol.Name, vp.Ports
-				for _, w := range vp.Warnings {
-					st.Warnings = append(st.Warnings, w.Text)
-				}
-				if len(st.Warnings) > 0 {
-					st.Reason = st.Warnings[0]
-				}
 			}
 		}
 		out[i] = st

@@ -157,7 +157,7 @@ func (s *Service) ApplyOperations(ctx context.Context, ops []Operation) []error 
 			}
 			put = append(put, allowRule(st.req, ops[st.op].Grant))
 		}
-		if err := s.net.ApplyRules(ctx, batch[0].nsg, put, del); err != nil {
+		if err := s.applyRules(ctx, batch[0].nsg, put, del); err != nil {
 			for _, st := range batch {
 				errs[st.op] = s.ruleFailed(ctx, st.req, ops[st.op].Grant, st.nsg, st.act, err)
 			}
@@ -198,7 +198,7 @@ func (s *Service) ApplyOperations(ctx context.Context, ops []Operation) []error 
 const recordParallel = 16
 
 func (s *Service) openRule(ctx context.Context, req Request, i int, nsg string) error {
-	if err := s.net.PutRule(ctx, nsg, allowRule(req, i)); err != nil {
+	if err := s.putRule(ctx, nsg, allowRule(req, i)); err != nil {
 		return s.ruleFailed(ctx, req, i, nsg, ruleOpen, err)
 	}
 	return s.recordOpen(ctx, req, i, nsg)
@@ -265,7 +265,7 @@ func allOpen(g *Grant) bool {
 // removeRule deletes grant i's rule from nsg and records it; req is the
 // request as its caller just read it.
 func (s *Service) removeRule(ctx context.Context, req Request, i int, nsg string) error {
-	if err := s.net.DeleteRule(ctx, nsg, RuleName(req.ID, i)); err != nil {
+	if err := s.deleteRule(ctx, nsg, RuleName(req.ID, i)); err != nil {
 		return s.ruleFailed(ctx, req, i, nsg, ruleClose, err)
 	}
 	return s.recordClose(ctx, req, i, nsg)
