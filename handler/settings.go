@@ -41,6 +41,7 @@ var allSettings = []setting{
 	{"JIT_MIN_DURATION", "5m", "both", "shortest request and shortest port maximum (Go or ISO 8601 duration)"},
 	{"JIT_ALLOW_PRIORITIES", "1000-1999", "both", "priority band of allow rules; must lie before the deny band"},
 	{"JIT_DENY_PRIORITIES", "4000-4095", "both", "priority band of deny (lockdown) rules"},
+	{"JIT_DEPLOYMENT", "", "both", "this deployment's name in the marker of every rule it writes ([jit:NAME] starts the description); a rule without it is never changed or deleted. Default: the Function App's name (WEBSITE_SITE_NAME), else jitaccess. Two deployments in one subscription need different names"},
 	{"JIT_SWEEP_INTERVAL", "30s", "local", "how often `handler local` sweeps overdue grants closed"},
 	{"JIT_SWEEP_SCHEDULE", "0 */1 * * * *", "functions", "NCRONTAB schedule of the sweeper function (read by the Functions host)"},
 	{"JIT_SUBSCRIPTIONS", "11111111-1111-1111-1111-111111111111", "both", "subscriptions in scope, comma-separated (the demo subscription in local mode; required in Functions mode)"},
@@ -74,6 +75,7 @@ type settings struct {
 	MinDuration   time.Duration
 	AllowBand     [2]int
 	DenyBand      [2]int
+	Deployment    string
 	SweepInterval time.Duration
 	LogLevel      string
 	ARMLatency    time.Duration
@@ -168,6 +170,9 @@ func readSettings(getenv func(string) string) (settings, error) {
 	if s.AllowBand[1] >= s.DenyBand[0] {
 		return s, fmt.Errorf("JIT_ALLOW_PRIORITIES (%d-%d) must lie entirely before JIT_DENY_PRIORITIES (%d-%d): allow rules must win over deny rules",
 			s.AllowBand[0], s.AllowBand[1], s.DenyBand[0], s.DenyBand[1])
+	}
+	if s.Deployment, err = deploymentSetting(get("JIT_DEPLOYMENT"), getenv("WEBSITE_SITE_NAME")); err != nil {
+		return s, err
 	}
 	if len(s.Subscriptions) == 0 {
 		return s, fmt.Errorf("JIT_SUBSCRIPTIONS names no subscription")
@@ -282,7 +287,38 @@ func (s settings) networkConfig(log zerolog.Logger) azurenet.Config {
 // serviceConfig is the service's configuration from the settings.
 func (s settings) serviceConfig(n jit.Notifier, log zerolog.Logger) jit.Config {
 	return jit.Config{MinDuration: s.MinDuration, Subscriptions: s.Subscriptions, PendingExpiry: s.PendingExpiry,
-		StuckAfter: s.StuckAfter, InventoryTTL: s.InventoryTTL, ReconcileShare: s.ReconcileShare, Notifier: n, Log: log}
+		StuckAfter: s.StuckAfter, InventoryTTL: s.InventoryTTL, ReconcileShare: s.ReconcileShare, Notifier: n, Log: log,
+		Deployment: s.Deployment,
+		AllowBand:  jit.Band{Min: s.AllowBand[0], Max: s.AllowBand[1]},
+		DenyBand:   jit.Band{Min: s.DenyBand[0], Max: s.DenyBand[1]}}
+}
+
+// deploymentSetting is JIT_DEPLOYMENT, or else the Function App's name made
+// into a deployment name (lower case, other characters as '-', at most 40
+// characters), or else jit.DefaultDeployment.
+func deploymentSetting(v, site string) (string, error) {
+	if v != "" {
+		if err := jit.ValidateDeployment(v); err != nil {
+			return "", fmt.Errorf("JIT_DEPLOYMENT: %s", jit.ErrorMessage(err))
+		}
+		return v, nil
+	}
+	var b strings.Builder
+	for _, c := range strings.ToLower(site) {
+		if c >= 'a' && c <= 'z' || c >= '0' && c <= '9' {
+			b.WriteRune(c)
+		} else if b.Len() > 0 {
+			b.WriteByte('-')
+		}
+	}
+	name := strings.TrimRight(b.String(), "-")
+	if len(name) > 40 {
+		name = strings.TrimRight(name[:40], "-")
+	}
+	if name == "" {
+		return jit.DefaultDeployment, nil
+	}
+	return name, nil
 }
 
 // functionsStorage picks the Table Storage connection for Functions mode:

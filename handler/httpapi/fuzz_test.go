@@ -75,7 +75,7 @@ func FuzzPolicyBody(f *testing.F) {
 			return
 		}
 		// What a GET returns, PUT back, is the same policy.
-		got, err := json.Marshal(policyToOut(pol))
+		got, err := json.Marshal(policyToOut(pol, jit.PolicyStatus{}))
 		if err != nil {
 			t.Fatalf("marshalling the policy of %q: %v", body, err)
 		}
@@ -91,7 +91,7 @@ func FuzzPolicyBody(f *testing.F) {
 		if err != nil {
 			t.Fatalf("the GET body %s of PUT %q is refused on PUT: %v", got, body, err)
 		}
-		again, _ := json.Marshal(policyToOut(pol2))
+		again, _ := json.Marshal(policyToOut(pol2, jit.PolicyStatus{}))
 		if !bytes.Equal(got, again) {
 			t.Fatalf("PUT %q, GET, PUT, GET changed the policy:\n%s\n%s", body, got, again)
 		}

@@ -41,6 +41,9 @@ type policyVMBody struct {
 	// Ours, read-only: what a GET shows of the VM's network.
 	PrivateIPAddresses    json.RawMessage `json:"privateIpAddresses,omitempty"`
 	NetworkSecurityGroups json.RawMessage `json:"networkSecurityGroups,omitempty"`
+	LockdownState         json.RawMessage `json:"lockdownState,omitempty"`
+	LockdownReason        json.RawMessage `json:"lockdownReason,omitempty"`
+	Warnings              json.RawMessage `json:"warnings,omitempty"`
 }
 
 type policyPortBody struct {
@@ -127,6 +130,10 @@ type policyVMOut struct {
 	// Ours: what JIT found guarding the VM when the policy was written.
 	PrivateIPAddresses    []string `json:"privateIpAddresses,omitempty"`
 	NetworkSecurityGroups []nsgOut `json:"networkSecurityGroups,omitempty"`
+	// Ours: the VM's lockdown as last seen in ARM (see jit.VMLockdown).
+	LockdownState  string   `json:"lockdownState"`
+	LockdownReason string   `json:"lockdownReason,omitempty"`
+	Warnings       []string `json:"warnings,omitempty"`
 }
 
 type portRuleOut struct {
@@ -143,12 +150,15 @@ type nsgOut struct {
 	Scope string `json:"scope"`
 }
 
-func policyToOut(p jit.Policy) policyOut {
+func policyToOut(p jit.Policy, st jit.PolicyStatus) policyOut {
 	out := policyOut{ID: "/api/v1/policies/" + p.Name, Name: p.Name, Type: "jitaccess/policies", Kind: "Basic", Etag: p.ETag,
-		Properties: policyPropOut{VirtualMachines: []policyVMOut{}, ProvisioningState: "Succeeded", UpdatedTimeUtc: p.UpdatedAt, UpdatedBy: p.UpdatedBy,
+		Properties: policyPropOut{VirtualMachines: []policyVMOut{}, ProvisioningState: st.ProvisioningState, UpdatedTimeUtc: p.UpdatedAt, UpdatedBy: p.UpdatedBy,
 			Approval: approvalToOut(p.Approval), Requesters: p.Requesters}}
-	for _, vm := range p.VMs {
+	for i, vm := range p.VMs {
 		vo := policyVMOut{ID: vm.ID, Ports: portRulesOut(vm.Ports), PrivateIPAddresses: vm.PrivateIPs}
+		if i < len(st.VMs) {
+			vo.LockdownState, vo.LockdownReason, vo.Warnings = st.VMs[i].State, st.VMs[i].Reason, st.VMs[i].Warnings
+		}
 		for _, n := range vm.NSGs {
 			vo.NetworkSecurityGroups = append(vo.NetworkSecurityGroups, nsgOut(n))
 		}

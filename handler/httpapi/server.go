@@ -296,7 +296,16 @@ func (s *Server) listPolicies(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	writeValues(w, pols, policyToOut)
+	sts, err := s.svc.PolicyStatuses(r.Context(), pols)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	i := 0
+	writeValues(w, pols, func(pol jit.Policy) policyOut {
+		i++
+		return policyToOut(pol, sts[i-1])
+	})
 }
 
 func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request) {
@@ -309,8 +318,7 @@ func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	w.Header().Set("ETag", strconv.Quote(pol.ETag))
-	writeJSON(w, http.StatusOK, policyToOut(pol))
+	s.writePolicy(w, r, http.StatusOK, pol)
 }
 
 func (s *Server) putPolicy(w http.ResponseWriter, r *http.Request) {
@@ -338,8 +346,7 @@ func (s *Server) putPolicy(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	w.Header().Set("ETag", strconv.Quote(saved.ETag))
-	writeJSON(w, http.StatusOK, policyToOut(saved))
+	s.writePolicy(w, r, http.StatusOK, saved)
 }
 
 func (s *Server) deletePolicy(w http.ResponseWriter, r *http.Request) {
@@ -347,11 +354,25 @@ func (s *Server) deletePolicy(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if err := s.svc.DeletePolicy(r.Context(), p, r.PathValue("name"), unquoteETag(r.Header.Get("If-Match"))); err != nil {
+	pol, err := s.svc.DeletePolicy(r.Context(), p, r.PathValue("name"), unquoteETag(r.Header.Get("If-Match")))
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	w.WriteHeader(http.StatusNoContent)
+	// Accepted: the deny rules are being removed; the policy is gone once
+	// they are (a GET then answers 404).
+	s.writePolicy(w, r, http.StatusAccepted, pol)
+}
+
+// writePolicy answers with the policy and its lockdown as last seen in ARM.
+func (s *Server) writePolicy(w http.ResponseWriter, r *http.Request, status int, pol jit.Policy) {
+	sts, err := s.svc.PolicyStatuses(r.Context(), []jit.Policy{pol})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.Header().Set("ETag", strconv.Quote(pol.ETag))
+	writeJSON(w, status, policyToOut(pol, sts[0]))
 }
 
 func (s *Server) initiate(w http.ResponseWriter, r *http.Request) {

@@ -1,6 +1,7 @@
 package jit
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -89,16 +90,25 @@ func BenchmarkParseDuration(b *testing.B) {
 	}
 }
 
-// BenchmarkRulePlanning builds the deny rule of a VM and the allow rule of a
-// grant, as PutPolicy and the worker do before every ARM write.
+// BenchmarkRulePlanning builds the deny rules of an NSG behind which 1,000
+// VMs are protected, and the allow rules of a grant, as every write to an
+// NSG does before it goes to ARM.
 func BenchmarkRulePlanning(b *testing.B) {
+	s := NewService(nil, nil, nil, Config{})
 	pol := benchPolicy()
+	nsg := pol.VMs[0].NSGs[0].ID
+	for i := 1; i < 1000; i++ {
+		vm := pol.VMs[0]
+		vm.ID = fmt.Sprintf("%s-%d", benchVM, i)
+		vm.PrivateIPs = []string{fmt.Sprintf("10.20.%d.%d", i/250, i%250+1)}
+		pol.VMs = append(pol.VMs, vm)
+	}
 	r := Request{ID: NewRequestID(), Grants: []Grant{{VM: benchVM, Protocol: ProtocolTCP, Ports: []int{22, 3389},
 		Sources: []string{"203.0.113.7"}, Destinations: []string{"10.20.0.46"}, End: time.Now().Add(time.Hour)}}}
 	b.ReportAllocs()
 	for b.Loop() {
-		_ = denyRule(pol.Name, pol.VMs[0])
-		_ = allowRule(r, 0)
+		_ = s.lockdownOf([]Policy{pol}, nsg)
+		_ = s.allowRules(r, 0)
 	}
 }
 
@@ -112,7 +122,7 @@ func BenchmarkKeys(b *testing.B) {
 	for b.Loop() {
 		_ = OperationID(OpClose, id, 0, nsg, due)
 		_ = RuleName(id, 0)
-		_ = DenyRuleName(benchVM)
+		_ = LegacyDenyRuleName(benchVM)
 	}
 }
 

@@ -91,7 +91,7 @@ func (s *Service) vmDeleted(ctx context.Context, vmID string) error {
 		return fmt.Errorf("checking that VM %s is gone: %w", vmID, err)
 	}
 	vm, _ := pol.VM(vmID)
-	if err := s.releaseVM(ctx, System, pol.Name, *vm); err != nil {
+	if err := s.revokeVM(ctx, System, *vm); err != nil {
 		return err
 	}
 	var keep []VMPolicy
@@ -110,6 +110,8 @@ func (s *Service) vmDeleted(ctx context.Context, vmID string) error {
 			return fmt.Errorf("taking the deleted VM out of policy %s: %w", pol.Name, err)
 		}
 	}
+	// Its deny rules go from its NSGs (its addresses may be reused).
+	s.queueSync(ctx, nsgsOf(Policy{VMs: []VMPolicy{*vm}}))
 	return s.audit(ctx, AuditEvent{Action: AuditPolicyPut, Actor: System.ID, Policy: pol.Name, VM: vmID, Result: ResultSuccess,
 		Detail: "the VM was deleted: it left the policy and its grants were revoked"})
 }

@@ -1,52 +1,56 @@
 package jit
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
 )
 
-// Warning is a finding about a protected VM: a foreign rule that lets a
-// policy port in ahead of the deny rule makes JIT ineffective for it.
-type Warning struct {
-	NSG  string
-	Rule string
-	Text string
-}
-
-// findBypasses returns the warnings for one VM in one NSG.
-func findBypasses(vm VMPolicy, n NSGInfo) []Warning {
-	deny := -1
-	for _, r := range n.Rules {
-		if strings.EqualFold(r.Name, DenyRuleName(vm.ID)) {
-			deny = r.Priority
-		}
-	}
-	if deny < 0 {
-		return nil // no deny rule yet: the repair comes first
-	}
-	var out []Warning
-	for _, r := range n.Rules {
-		if strings.HasPrefix(strings.ToLower(r.Name), RulePrefix) || !strings.EqualFold(r.Access, AccessAllow) || r.Priority >= deny {
-			continue
-		}
-		if !coversAny(r.Destinations, vm.PrivateIPs) {
-			continue
-		}
-		var ports []string
-		for _, p := range vm.PortNumbers() {
-			if portIn(p, r.Ports) {
-				ports = append(ports, strconv.Itoa(p))
+// bypasses returns, in words, the foreign rules of an NSG (as last seen)
+// that let one of the VM's policy ports in ahead of the JIT deny rule that
+// closes it, whatever their names: rules aimed at the VM's addresses, at
+// wider prefixes, at service tags or at application security groups
+// (which may hold the VM).
+func bypasses(vm VMPolicy, st NSGState) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, pr := range vm.Ports {
+		for _, ip := range vm.PrivateIPs {
+			a, err := netip.ParseAddr(ip)
+			if err != nil {
+				continue
+			}
+			deny := -1
+			for _, r := range st.Deny {
+				if denies(r, pr, a) && (deny < 0 || r.Priority < deny) {
+					deny = r.Priority
+				}
+			}
+			if deny < 0 {
+				continue // not locked here: the state says so first
+			}
+			for _, r := range st.Ahead {
+				if seen[r.Name] || r.Priority >= deny || !strings.EqualFold(r.Access, AccessAllow) || !portIn(pr.Number, r.Ports) {
+					continue
+				}
+				if !(r.Protocol == "*" || pr.Protocol == ProtocolAny || strings.EqualFold(r.Protocol, pr.Protocol)) {
+					continue
+				}
+				aimed := len(r.DestinationASGs) > 0 || coversAny(r.Destinations, []string{ip})
+				if !aimed {
+					continue
+				}
+				seen[r.Name] = true
+				target := "it"
+				if len(r.DestinationASGs) > 0 {
+					target = "an application security group that may hold it"
+				}
+				out = append(out, fmt.Sprintf(
+					"rule %s (priority %d) in NSG %s lets %s port %d into %s ahead of the JIT deny rule (priority %d): JIT is ineffective for it",
+					r.Name, r.Priority, ResourceName(st.ID), pr.Protocol, pr.Number, target, deny))
 			}
 		}
-		if len(ports) == 0 {
-			continue
-		}
-		out = append(out, Warning{NSG: n.ID, Rule: r.Name, Text: fmt.Sprintf(
-			"rule %s (priority %d) in NSG %s lets port %s in ahead of the JIT deny rule (priority %d): JIT is ineffective for it",
-			r.Name, r.Priority, ResourceName(n.ID), strings.Join(ports, ", "), deny)})
 	}
 	return out
 }
@@ -93,6 +97,3 @@ func coversAny(dests, ips []string) bool {
 	}
 	return false
 }
-
-// recordFindings is being replaced by NSG states.
-func (s *Service) recordFindings(ctx context.Context, v *view, nsgs []NSGInfo) error { return nil }

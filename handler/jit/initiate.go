@@ -242,8 +242,23 @@ func (s *Service) grantFor(p Principal, policy string, vm *VMPolicy, ip Initiate
 			return Grant{}, Errorf(EINVALID, "source %s is not allowed for port %d (allowed: %s)", c, ip.Number, strings.Join(rule.AllowedSources, ", "))
 		}
 	}
+	if !sharesFamily(canon, vm.PrivateIPs) {
+		return Grant{}, Errorf(EINVALID, "source %s cannot reach VM %s: its addresses (%s) are of the other IP version",
+			strings.Join(canon, ", "), vm.Name, strings.Join(vm.PrivateIPs, ", "))
+	}
 	return Grant{VM: vm.ID, Protocol: proto, Ports: []int{ip.Number}, Sources: canon, Duration: ip.Duration,
 		Destinations: vm.PrivateIPs, End: end, Status: GrantInitiating, NSGs: pendingNSGs(vm.NSGs)}, nil
+}
+
+// sharesFamily reports whether some source can reach some address: both
+// of one IP version, or a source of none ("*", a service tag).
+func sharesFamily(sources, addrs []string) bool {
+	for _, fam := range []string{familyV4, familyV6} {
+		if len(byFamily(sources, fam)) > 0 && len(byFamily(addrs, fam)) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func pendingNSGs(refs []NSGRef) []GrantNSG {

@@ -176,10 +176,10 @@ func TestPolicyNormalise(t *testing.T) {
 
 func TestRuleNamesFitARM(t *testing.T) {
 	long := "/subscriptions/11111111-1111-1111-1111-111111111111/resourceGroups/demo/providers/Microsoft.Compute/virtualMachines/" + strings.Repeat("v", 64)
-	if n := DenyRuleName(long); len(n) > 80 || !strings.HasPrefix(n, RulePrefix) {
+	if n := LegacyDenyRuleName(long); len(n) > 80 || !strings.HasPrefix(n, RulePrefix) {
 		t.Errorf("deny rule name %q", n)
 	}
-	if DenyRuleName(long) == DenyRuleName(long[:len(long)-1]+"w") {
+	if LegacyDenyRuleName(long) == LegacyDenyRuleName(long[:len(long)-1]+"w") {
 		t.Errorf("deny rule names of different VMs collide")
 	}
 	if n := RuleName(NewRequestID(), 99); len(n) > 80 {

@@ -28,16 +28,13 @@ type SweepReport struct {
 // view is what the store says should be in the NSGs, built once per sweep.
 type view struct {
 	policies []Policy
-	// deny rules expected per NSG (lower-case id)
-	deny map[string][]denyExpectation
 	// live grants per NSG (lower-case id), and every request by id
 	live     map[string][]grantRef
 	requests map[string]Request
-}
-
-type denyExpectation struct {
-	policy string
-	vm     VMPolicy
+	// states are the NSGs' stored states, and guarded the NSGs (lower-case
+	// ids) some policy's VM is behind.
+	states  map[string]NSGState
+	guarded map[string]bool
 }
 
 type grantRef struct {
@@ -61,14 +58,17 @@ func (s *Service) viewOf(ctx context.Context, reqs []Request) (*view, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing policies: %w", err)
 	}
-	v := &view{policies: pols, deny: map[string][]denyExpectation{}, live: map[string][]grantRef{}, requests: map[string]Request{}}
-	for _, p := range pols {
-		for _, vm := range p.VMs {
-			for _, n := range vm.NSGs {
-				k := strings.ToLower(n.ID)
-				v.deny[k] = append(v.deny[k], denyExpectation{policy: p.Name, vm: vm})
-			}
-		}
+	states, err := s.store.ListNSGStates(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing NSG states: %w", err)
+	}
+	v := &view{policies: pols, live: map[string][]grantRef{}, requests: map[string]Request{},
+		states: map[string]NSGState{}, guarded: map[string]bool{}}
+	for _, st := range states {
+		v.states[strings.ToLower(st.ID)] = st
+	}
+	for _, n := range nsgsOf(pols...) {
+		v.guarded[strings.ToLower(n)] = true
 	}
 	for _, r := range reqs {
 		v.requests[r.ID] = r
@@ -124,18 +124,11 @@ func (s *Service) Reconcile(ctx context.Context) (SweepReport, error) {
 			}
 		}
 		rep.NSGs++
-		wrote, err := s.reconcileNSG(ctx, v, n, &rep)
-		if err != nil {
+		if _, err := s.reconcileNSG(ctx, v, n, &rep); err != nil {
 			errs = append(errs, err)
 		}
-		if wrote {
-			// Judge foreign rules against the repaired NSG.
-			if rules, err := s.net.ListRules(ctx, n.ID); err == nil {
-				nsgs[i].Rules = rules
-			}
-		}
 	}
-	if err := s.recordFindings(ctx, v, nsgs); err != nil {
+	if err := s.finishAllDeletions(ctx, nsgs); err != nil {
 		errs = append(errs, err)
 	}
 	if err := Pause(ctx); err != nil {
@@ -167,24 +160,80 @@ func (s *Service) ReconcileNSG(ctx context.Context, nsgID string) (SweepReport, 
 		return rep, err
 	}
 	rep.NSGs = 1
-	info := NSGInfo{ID: nsgID, Rules: rules}
-	wrote, err := s.reconcileNSG(ctx, v, info, &rep)
-	if wrote {
-		if rules, rerr := s.net.ListRules(ctx, nsgID); rerr == nil {
-			info.Rules = rules
-		}
-	}
-	if ferr := s.recordFindings(ctx, v, []NSGInfo{info}); ferr != nil {
-		err = errors.Join(err, ferr)
-	}
+	_, err = s.reconcileNSG(ctx, v, NSGInfo{ID: nsgID, Rules: rules}, &rep)
 	return rep, err
 }
 
-// reconcileNSG repairs one NSG and reports whether it wrote to it.
+// finishAllDeletions finishes the deletions of policies whose deny rules
+// are gone everywhere, as the sweep saw; an NSG of theirs the listing did
+// not show (deleted) is written once, which records it missing.
+func (s *Service) finishAllDeletions(ctx context.Context, listed []NSGInfo) error {
+	pols, err := s.store.ListPolicies(ctx)
+	if err != nil {
+		return fmt.Errorf("listing policies: %w", err)
+	}
+	var deleting []Policy
+	for _, p := range pols {
+		if p.State == PolicyDeleting {
+			deleting = append(deleting, p)
+		}
+	}
+	if len(deleting) == 0 {
+		return nil
+	}
+	seen := map[string]bool{}
+	for _, n := range listed {
+		seen[strings.ToLower(n.ID)] = true
+	}
+	var errs []error
+	for _, n := range nsgsOf(deleting...) {
+		if !seen[strings.ToLower(n)] {
+			if _, err := s.applyNSG(ctx, n, nsgWrite{}); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	states, err := s.store.ListNSGStates(ctx)
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("listing NSG states: %w", err))...)
+	}
+	byID := map[string]NSGState{}
+	for _, st := range states {
+		byID[strings.ToLower(st.ID)] = st
+	}
+	s.finishDeletions(ctx, deleting, byID)
+	return errors.Join(errs...)
+}
+
+// reportBypasses audits, once, each foreign rule that a new state of an NSG
+// shows letting a policy port in ahead of the deny rule, and counts them.
+func (s *Service) reportBypasses(ctx context.Context, v *view, prev, next NSGState, rep *SweepReport) {
+	for _, p := range v.policies {
+		for _, vm := range p.VMs {
+			if !vm.guardedBy(next.ID) {
+				continue
+			}
+			was := bypasses(vm, prev)
+			for _, text := range bypasses(vm, next) {
+				rep.ForeignBypass++
+				if !slices.Contains(was, text) {
+					s.drift(ctx, Request{Policy: p.Name}, vm.ID, next.ID, text)
+				}
+			}
+		}
+	}
+}
+
+// reconcileNSG brings one NSG in line with the store in at most one write:
+// allow rules no live grant owns go, deleted or changed allow rules of live
+// grants come back, opens that never happened are given up, and the deny
+// rules are what the policies say (applyNSG). When nothing differs it
+// writes nothing and reads nothing more; the NSG's state is recorded
+// either way. It reports whether it wrote.
 func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *SweepReport) (bool, error) {
-	before := *rep
 	key := strings.ToLower(n.ID)
 	now := s.now()
+	o := s.owner()
 	present := map[string]SecurityRule{}
 	for _, r := range n.Rules {
 		present[strings.ToLower(r.Name)] = r
@@ -196,12 +245,24 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 		errs = append(errs, err)
 		s.auditFailure(ctx, System, "sweep: "+what, r.Policy, r.ID, vm, n.ID, err)
 	}
+	var w nsgWrite
+	type closed struct {
+		req Request
+		i   int
+	}
+	var closes []closed
+	var orphans []string
+	type repair struct {
+		req  Request
+		name string
+	}
+	var repairs []repair
 
 	// Allow rules: each must belong to a live grant that includes this NSG.
 	for _, r := range n.Rules {
 		reqID, idx, ok := parseRuleName(r.Name)
-		if !ok {
-			continue
+		if !ok || !o.MayChange(r) {
+			continue // not ours, whatever its name: judged as a foreign rule
 		}
 		req, known := v.requests[reqID]
 		if !known {
@@ -214,6 +275,9 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 				continue
 			}
 		}
+		if !known && !o.Owns(r) {
+			continue // a legacy rule of a request this deployment does not know
+		}
 		owned := known && idx < len(req.Grants) && !req.Grants[idx].Ended(now) && req.Status == RequestActive
 		if owned {
 			if _, in := req.Grants[idx].NSG(n.ID); !in {
@@ -223,18 +287,14 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 		if owned {
 			continue
 		}
-		if err := s.deleteRule(ctx, n.ID, r.Name); err != nil {
-			fail(req, "", "removing allow rule "+r.Name+" that no live grant owns", err)
-			continue
-		}
-		rep.Orphans++
-		s.drift(ctx, req, "", n.ID, "removed allow rule "+r.Name+" that no live grant owns")
+		w.del = append(w.del, r.Name)
+		orphans = append(orphans, r.Name)
 		if known && idx < len(req.Grants) {
 			if g := &req.Grants[idx]; g.Ended(now) {
 				if gn, ok := g.NSG(n.ID); ok && gn.State != RuleClosed {
-					// The rule is gone: record the close so the sweeper
-					// stops coming back.
-					_ = s.recordClose(ctx, req, idx, n.ID)
+					// The rule goes: record the close so the sweeper stops
+					// coming back.
+					closes = append(closes, closed{req, idx})
 				}
 			}
 		}
@@ -247,11 +307,16 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 		if g.Ended(now) || gn == nil {
 			continue
 		}
-		name := RuleName(ref.req.ID, ref.i)
-		want := allowRule(ref.req, ref.i)
 		switch gn.State {
 		case RuleOpen:
-			if have, ok := present[strings.ToLower(name)]; ok && sameRule(have, want) {
+			want := s.allowRules(ref.req, ref.i)
+			intact := true
+			for _, rule := range want {
+				if have, ok := present[strings.ToLower(rule.Name)]; !ok || !s.sameRule(have, rule) {
+					intact = false
+				}
+			}
+			if intact {
 				continue
 			}
 			// The view may be older than the NSG listing (a paced reconcile
@@ -260,12 +325,8 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 			if fresh, err := s.store.GetRequest(ctx, ref.req.ID); err != nil || !stillOpen(fresh, ref.i, n.ID, s.now()) {
 				continue
 			}
-			if err := s.putRule(ctx, n.ID, want); err != nil {
-				fail(ref.req, g.VM, "putting back allow rule "+name, err)
-				continue
-			}
-			rep.Repaired++
-			s.drift(ctx, ref.req, g.VM, n.ID, "allow rule "+name+" was deleted or changed by hand; put back")
+			w.put = append(w.put, want...)
+			repairs = append(repairs, repair{ref.req, RuleName(ref.req.ID, ref.i)})
 		case RulePending:
 			if now.Sub(ref.req.AcceptedAt()) < s.cfg.StuckAfter {
 				continue
@@ -278,34 +339,114 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 		}
 	}
 
-	// Deny rules: one per protected VM, as the policy says.
-	wantDeny := map[string]bool{}
-	for _, d := range v.deny[key] {
-		want := denyRule(d.policy, d.vm)
-		wantDeny[strings.ToLower(want.Name)] = true
-		if have, ok := present[strings.ToLower(want.Name)]; ok && sameRule(have, want) {
-			continue
+	// Deny rules: only a difference from what the policies want costs a
+	// write (applyNSG writes them with the rest).
+	ld := s.lockdownOf(v.policies, n.ID)
+	lockdownOK := true
+	for _, want := range ld.rules {
+		if have, ok := present[strings.ToLower(want.Name)]; !ok || !s.sameRule(have, want) {
+			lockdownOK = false
 		}
-		if err := s.putRule(ctx, n.ID, want); err != nil {
-			fail(Request{Policy: d.policy}, d.vm.ID, "restoring deny rule "+want.Name, err)
-			continue
-		}
-		rep.DenyRestored++
-		s.drift(ctx, Request{Policy: d.policy}, d.vm.ID, n.ID, "deny rule "+want.Name+" was missing or changed; restored")
 	}
-	// Managed deny rules no policy wants (left over by an interrupted
-	// policy change) go, so the NSG says exactly what the policies say.
+	prune := ld.prune(o)
 	for _, r := range n.Rules {
-		if strings.HasPrefix(strings.ToLower(r.Name), RulePrefix+"deny-") && !wantDeny[strings.ToLower(r.Name)] {
-			if err := s.deleteRule(ctx, n.ID, r.Name); err != nil {
-				fail(Request{}, "", "removing deny rule "+r.Name+" that no policy wants", err)
-				continue
-			}
-			s.drift(ctx, Request{}, "", n.ID, "removed deny rule "+r.Name+" that no policy wants")
-			rep.DenyRestored++
+		if prune(r) {
+			lockdownOK = false
 		}
 	}
-	return *rep != before, errors.Join(errs...)
+
+	prev := v.states[key]
+	if lockdownOK && len(w.put) == 0 && len(w.del) == 0 {
+		st := s.stateOf(n.ID, n.Rules, false, s.now())
+		s.noteNSG(ctx, v, st)
+		s.reportBypasses(ctx, v, prev, st, rep)
+		return false, errors.Join(errs...)
+	}
+	ap, err := s.applyNSG(ctx, n.ID, w)
+	if err != nil {
+		fail(Request{}, "", "bringing NSG "+ResourceName(n.ID)+" in line", err)
+		return false, errors.Join(errs...)
+	}
+	for _, c := range closes {
+		_ = s.recordClose(ctx, c.req, c.i, n.ID)
+	}
+	for _, name := range orphans {
+		rep.Orphans++
+		s.drift(ctx, Request{}, "", n.ID, "removed allow rule "+name+" that no live grant owns")
+	}
+	for _, r := range repairs {
+		rep.Repaired++
+		s.drift(ctx, r.req, "", n.ID, "allow rule "+r.name+" was deleted or changed by hand; put back")
+	}
+	for _, names := range [][]string{ap.Created, ap.Updated, ap.Removed} {
+		for _, name := range names {
+			if strings.HasPrefix(strings.ToLower(name), RulePrefix+"deny-") {
+				rep.DenyRestored++
+				s.drift(ctx, Request{}, "", n.ID, "deny rule "+name+" was missing, changed or no longer wanted; brought in line with the policies")
+			}
+		}
+	}
+	s.reportBypasses(ctx, v, prev, s.stateOf(n.ID, ap.Rules, ap.Missing, now), rep)
+	return ap.Wrote(), errors.Join(errs...)
+}
+
+// sameRule compares two rules on everything ARM stores of them but the
+// priority, which must lie within the band of the wanted rule's access.
+func (s *Service) sameRule(have, want SecurityRule) bool {
+	set := func(xs []string) []string {
+		out := make([]string, 0, len(xs))
+		for _, x := range xs {
+			out = append(out, strings.ToLower(x))
+		}
+		slices.Sort(out)
+		return slices.Compact(out)
+	}
+	anyIfEmpty := func(xs []string) []string {
+		if len(xs) == 0 {
+			return []string{"*"}
+		}
+		return xs
+	}
+	band := s.cfg.AllowBand
+	if want.Access == AccessDeny {
+		band = s.cfg.DenyBand
+	}
+	return strings.EqualFold(have.Access, want.Access) && strings.EqualFold(have.Protocol, want.Protocol) &&
+		have.Priority >= band.Min && have.Priority <= band.Max &&
+		slices.Equal(set(anyIfEmpty(have.SourcePorts)), set(anyIfEmpty(want.SourcePorts))) &&
+		slices.Equal(set(have.Ports), set(want.Ports)) && slices.Equal(set(have.Sources), set(want.Sources)) &&
+		slices.Equal(set(have.Destinations), set(want.Destinations)) &&
+		len(have.SourceASGs)+len(have.DestinationASGs) == 0 && have.Description == want.Description
+}
+
+// noteNSG records what a listing showed of an NSG that needed no write,
+// when it differs from its stored state.
+func (s *Service) noteNSG(ctx context.Context, v *view, st NSGState) {
+	n := st
+	if old, ok := v.states[strings.ToLower(n.ID)]; ok && !old.Failing() && sameState(old, st) {
+		return
+	}
+	if len(st.Deny) == 0 && len(st.Ahead) == 0 && !v.guarded[strings.ToLower(n.ID)] {
+		if _, ok := v.states[strings.ToLower(n.ID)]; !ok {
+			return // an NSG JIT has nothing to do with
+		}
+	}
+	if err := s.store.PutNSGState(ctx, st); err != nil {
+		s.cfg.Log.Warn().Err(err).Str("nsg", n.ID).Msg("recording the NSG's state failed")
+	}
+}
+
+// sameState reports whether two states saw the same rules.
+func sameState(a, b NSGState) bool {
+	same := func(x, y []SecurityRule) bool {
+		return slices.EqualFunc(x, y, func(p, q SecurityRule) bool {
+			return p.Name == q.Name && p.Priority == q.Priority && p.Access == q.Access && p.Protocol == q.Protocol &&
+				slices.Equal(p.Ports, q.Ports) && slices.Equal(p.Sources, q.Sources) && slices.Equal(p.Destinations, q.Destinations) &&
+				slices.Equal(p.SourcePorts, q.SourcePorts) && slices.Equal(p.SourceASGs, q.SourceASGs) &&
+				slices.Equal(p.DestinationASGs, q.DestinationASGs)
+		})
+	}
+	return a.Missing == b.Missing && same(a.Deny, b.Deny) && same(a.Ahead, b.Ahead)
 }
 
 // giveUp marks a grant failed whose open never happened in one NSG, and
@@ -337,27 +478,12 @@ func parseRuleName(name string) (string, int, bool) {
 	if !ok || !ValidRequestID(id) {
 		return "", 0, false
 	}
+	idx = strings.TrimSuffix(idx, "-"+familyV6)
 	i, err := strconv.Atoi(idx)
-	if err != nil || i < 0 {
+	if err != nil || i < 0 || strconv.Itoa(i) != idx {
 		return "", 0, false
 	}
 	return id, i, true
-}
-
-// sameRule compares what matters of two rules: access, protocol, ports,
-// sources and destinations (as sets), and the description.
-func sameRule(a, b SecurityRule) bool {
-	set := func(xs []string) []string {
-		out := make([]string, len(xs))
-		for i, x := range xs {
-			out[i] = strings.ToLower(x)
-		}
-		slices.Sort(out)
-		return slices.Compact(out)
-	}
-	return strings.EqualFold(a.Access, b.Access) && strings.EqualFold(a.Protocol, b.Protocol) &&
-		slices.Equal(set(a.Ports), set(b.Ports)) && slices.Equal(set(a.Sources), set(b.Sources)) &&
-		slices.Equal(set(a.Destinations), set(b.Destinations)) && a.Description == b.Description
 }
 
 // drift audits a difference found between the NSGs and the store, and

@@ -1,7 +1,6 @@
 package jit
 
 import (
-	"strings"
 	"time"
 )
 
@@ -119,16 +118,6 @@ func (g *Grant) NSG(id string) (*GrantNSG, bool) {
 // RuleName is the name of the allow rule of grant index i of request id.
 func RuleName(requestID string, i int) string {
 	return RulePrefix + "allow-" + requestID + "-" + itoa(i)
-}
-
-// DenyRuleName is the name of the lockdown rule of a VM in each NSG that
-// guards it. It stays within ARM's 80 characters for any VM name.
-func DenyRuleName(vmID string) string {
-	name := ResourceName(vmID)
-	if len(name) > 40 {
-		name = name[:40]
-	}
-	return RulePrefix + "deny-" + strings.ToLower(name) + "-" + ShortHash(vmID)
 }
 
 // updateStatus recomputes the request's status from its grants. Requests

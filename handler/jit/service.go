@@ -42,8 +42,17 @@ type Config struct {
 	// requests. Ended grants are closed before the drift repair; the closes
 	// themselves are not paced. 0 or 1 means no pauses.
 	ReconcileShare float64
-	Log            zerolog.Logger
+	// Deployment names this deployment in the marker of every rule it
+	// writes (see Owner); DefaultDeployment when empty.
+	Deployment string
+	// AllowBand and DenyBand are the priority bands of allow and deny
+	// rules, as the Network is configured; the defaults when zero.
+	AllowBand, DenyBand Band
+	Log                 zerolog.Logger
 }
+
+// DefaultDeployment is the deployment name when none is configured.
+const DefaultDeployment = "jitaccess"
 
 // Service holds the use cases. Its methods are safe for concurrent use.
 type Service struct {
@@ -76,6 +85,15 @@ func NewService(store Store, queue Queue, net Network, cfg Config) *Service {
 	}
 	if cfg.InventoryTTL == 0 {
 		cfg.InventoryTTL = DefaultInventoryTTL
+	}
+	if cfg.Deployment == "" {
+		cfg.Deployment = DefaultDeployment
+	}
+	if cfg.AllowBand == (Band{}) {
+		cfg.AllowBand = DefaultAllowBand
+	}
+	if cfg.DenyBand == (Band{}) {
+		cfg.DenyBand = DefaultDenyBand
 	}
 	return &Service{store: store, queue: queue, net: net, cfg: cfg}
 }
@@ -142,10 +160,13 @@ func (s *Service) ListPolicies(ctx context.Context, p Principal) ([]Policy, erro
 	return s.store.ListPolicies(ctx)
 }
 
-// PutPolicy creates or replaces a policy and locks its VMs' ports down with
-// deny rules in every NSG that guards them. ifMatch, when not empty, must be
-// the stored policy's ETag ("*" matches any existing policy). Nothing is
-// stored unless every deny rule was written.
+// PutPolicy creates or replaces a policy. It validates it, resolves its
+// VMs from the inventory, checks the NSG limits, stores it, and queues the
+// lockdown of every NSG it touches: it answers at once, and the policy's
+// state (PolicyStatus) shows the lockdown's progress as seen in ARM.
+// ifMatch, when not empty, must be the stored policy's ETag ("*" matches
+// any existing policy). A VM is in one policy at most: the store refuses
+// a policy naming a VM of another one, under concurrency too.
 func (s *Service) PutPolicy(ctx context.Context, p Principal, pol Policy, ifMatch string) (Policy, error) {
 	if err := requireRole(p, RoleAdmin, "changing policies"); err != nil {
 		return Policy{}, err
@@ -161,44 +182,36 @@ func (s *Service) PutPolicy(ctx context.Context, p Principal, pol Policy, ifMatc
 	if ifMatch != "" && (!exists || ifMatch != "*" && ifMatch != old.ETag) {
 		return Policy{}, Errorf(ECONFLICT, "policy %s has changed since it was read (If-Match does not match its etag)", pol.Name)
 	}
+	if exists && old.State == PolicyDeleting {
+		return Policy{}, Errorf(ECONFLICT, "policy %s is being deleted; put it again once it is gone", pol.Name)
+	}
 	for i, vm := range pol.VMs {
 		if err := s.inScope(vm.ID); err != nil {
 			return Policy{}, Errorf(EINVALID, "properties.virtualMachines[%d].id: %s", i, ErrorMessage(err))
 		}
 	}
-	if err := s.checkVMsFree(ctx, pol); err != nil {
+	all, err := s.store.ListPolicies(ctx)
+	if err != nil {
+		return Policy{}, fmt.Errorf("listing policies: %w", err)
+	}
+	if err := checkVMsFree(all, pol); err != nil {
 		return Policy{}, err
 	}
-	for i := range pol.VMs {
-		vm := &pol.VMs[i]
-		info, err := s.net.ResolveVM(ctx, vm.ID)
-		if err != nil {
-			if ErrorCode(err) == ENOTFOUND {
-				return Policy{}, Errorf(EINVALID, "properties.virtualMachines[%d].id: VM %s does not exist", i, vm.ID)
-			}
-			return Policy{}, fmt.Errorf("resolving VM %s: %w", vm.ID, err)
-		}
-		if info.Unsupported != "" {
-			return Policy{}, Errorf(EINVALID, "properties.virtualMachines[%d].id: VM %s cannot be protected: %s", i, vm.ID, info.Unsupported)
-		}
-		vm.Name, vm.PrivateIPs, vm.NSGs = info.Name, info.PrivateIPs, info.NSGs
+	if err := s.resolveVMs(ctx, &pol); err != nil {
+		return Policy{}, err
 	}
-
-	// Lock down first; undo on failure what this call added.
-	var written []denyTarget
-	for _, vm := range pol.VMs {
-		for _, n := range vm.NSGs {
-			if err := s.putRule(ctx, n.ID, denyRule(pol.Name, vm)); err != nil {
-				s.undoLockdown(ctx, old, exists, written)
-				s.auditFailure(ctx, p, AuditLockdown, pol.Name, "", vm.ID, n.ID, err)
-				return Policy{}, Wrap(EUNAVAILABLE, err, fmt.Sprintf("writing the deny rule for VM %s in NSG %s failed; nothing was changed, try again", vm.Name, ResourceName(n.ID)))
-			}
-			written = append(written, denyTarget{vm: vm.ID, nsg: n.ID})
+	next := []Policy{pol}
+	for _, other := range all {
+		if !strings.EqualFold(other.Name, pol.Name) {
+			next = append(next, other)
 		}
+	}
+	if err := s.checkLimits(next, nsgsOf(pol)); err != nil {
+		return Policy{}, err
 	}
 
 	now := s.now()
-	pol.UpdatedAt, pol.UpdatedBy = now, p.ID
+	pol.UpdatedAt, pol.UpdatedBy, pol.State = now, p.ID, ""
 	var saved Policy
 	if exists {
 		pol.CreatedAt = old.CreatedAt
@@ -209,59 +222,84 @@ func (s *Service) PutPolicy(ctx context.Context, p Principal, pol Policy, ifMatc
 		saved, err = s.store.CreatePolicy(ctx, pol)
 	}
 	if err != nil {
-		s.undoLockdown(ctx, old, exists, written)
 		if ErrorCode(err) == ECONFLICT {
+			if msg := ErrorMessage(err); strings.Contains(msg, "one policy only") {
+				return Policy{}, err
+			}
 			return Policy{}, Errorf(ECONFLICT, "policy %s was changed by someone else at the same time; read it and try again", pol.Name)
 		}
 		return Policy{}, fmt.Errorf("storing policy: %w", err)
 	}
 	if err := s.audit(ctx, AuditEvent{Action: AuditPolicyPut, Actor: p.ID, Policy: pol.Name, Result: ResultSuccess,
-		Detail: fmt.Sprintf("%d VMs", len(pol.VMs))}); err != nil {
-		return Policy{}, err
-	}
-	for _, w := range written {
-		vm, _ := saved.VM(w.vm)
-		if err := s.audit(ctx, AuditEvent{Action: AuditLockdown, Actor: p.ID, Policy: pol.Name, VM: w.vm, NSG: w.nsg,
-			Ports: vm.PortNumbers(), Sources: []string{AnySource}, Result: ResultSuccess}); err != nil {
-			return Policy{}, err
-		}
+		Detail: fmt.Sprintf("%d VMs; lockdown queued", len(pol.VMs))}); err != nil {
+		return saved, err
 	}
 	if exists {
 		for _, vm := range old.VMs {
 			if _, still := saved.VM(vm.ID); !still {
-				if err := s.releaseVM(ctx, p, old.Name, vm); err != nil {
+				if err := s.revokeVM(ctx, p, vm); err != nil {
 					return saved, err
 				}
 			}
 		}
 	}
-	s.cfg.Log.Info().Str("policy", pol.Name).Int("vms", len(pol.VMs)).Str("actor", p.ID).Msg("policy written")
+	s.queueSync(ctx, nsgsOf(old, saved))
+	s.cfg.Log.Info().Str("policy", pol.Name).Int("vms", len(pol.VMs)).Str("actor", p.ID).Msg("policy written; lockdown queued")
 	return saved, nil
 }
 
-type denyTarget struct{ vm, nsg string }
-
-// undoLockdown removes deny rules written by a failed PutPolicy for VMs that
-// were not already locked down by the previous version of the policy.
-func (s *Service) undoLockdown(ctx context.Context, old Policy, existed bool, written []denyTarget) {
-	for _, w := range written {
-		if existed {
-			if _, was := old.VM(w.vm); was {
-				continue
+// resolveVMs fills in each VM's name, IPs and NSGs from the inventory (list
+// calls, read again once when a VM is not in it), never one read per VM.
+func (s *Service) resolveVMs(ctx context.Context, pol *Policy) error {
+	inv, err := s.inventory(ctx)
+	if err != nil {
+		return Wrap(EUNAVAILABLE, err, "listing VMs from Azure failed; try again")
+	}
+	byID := func(vms []VMInfo) map[string]VMInfo {
+		m := make(map[string]VMInfo, len(vms))
+		for _, v := range vms {
+			m[strings.ToLower(v.ID)] = v
+		}
+		return m
+	}
+	known := byID(inv)
+	for _, vm := range pol.VMs {
+		if _, ok := known[strings.ToLower(vm.ID)]; !ok {
+			if inv, err = s.readInventory(ctx); err != nil {
+				return Wrap(EUNAVAILABLE, err, "listing VMs from Azure failed; try again")
 			}
+			known = byID(inv)
+			break
 		}
-		if err := s.deleteRule(ctx, w.nsg, DenyRuleName(w.vm)); err != nil {
-			s.cfg.Log.Error().Err(err).Str("vm", w.vm).Str("nsg", w.nsg).Msg("undoing deny rule failed")
+	}
+	for i := range pol.VMs {
+		vm := &pol.VMs[i]
+		info, ok := known[strings.ToLower(vm.ID)]
+		if !ok {
+			return Errorf(EINVALID, "properties.virtualMachines[%d].id: VM %s does not exist", i, vm.ID)
 		}
+		if info.Unsupported != "" {
+			return Errorf(EINVALID, "properties.virtualMachines[%d].id: VM %s cannot be protected: %s", i, vm.ID, info.Unsupported)
+		}
+		vm.Name, vm.PrivateIPs, vm.NSGs = info.Name, info.PrivateIPs, info.NSGs
+	}
+	return nil
+}
+
+// queueSync queues the lockdown of the NSGs. When the queue fails, the
+// sweeper brings them in line (every sweep writes each NSG's deny rules).
+func (s *Service) queueSync(ctx context.Context, nsgs []string) {
+	if len(nsgs) == 0 {
+		return
+	}
+	if _, err := s.queue.Enqueue(ctx, syncOps(nsgs, s.now())); err != nil {
+		s.cfg.Log.Warn().Err(err).Int("nsgs", len(nsgs)).Msg("queueing the lockdown failed; the next sweep does it")
 	}
 }
 
-// checkVMsFree refuses a VM that another policy already protects.
-func (s *Service) checkVMsFree(ctx context.Context, pol Policy) error {
-	all, err := s.store.ListPolicies(ctx)
-	if err != nil {
-		return fmt.Errorf("listing policies: %w", err)
-	}
+// checkVMsFree refuses a VM that another policy already protects. The
+// store checks it again as it writes, under concurrency.
+func checkVMsFree(all []Policy, pol Policy) error {
 	for _, other := range all {
 		if strings.EqualFold(other.Name, pol.Name) {
 			continue
@@ -275,40 +313,48 @@ func (s *Service) checkVMsFree(ctx context.Context, pol Policy) error {
 	return nil
 }
 
-// DeletePolicy revokes the policy's live grants, removes its deny rules and
-// deletes it.
-func (s *Service) DeletePolicy(ctx context.Context, p Principal, name, ifMatch string) error {
+// DeletePolicy revokes the policy's live grants, marks it Deleting and
+// queues the removal of its deny rules; the policy is gone once every NSG
+// was seen without them.
+func (s *Service) DeletePolicy(ctx context.Context, p Principal, name, ifMatch string) (Policy, error) {
 	if err := requireRole(p, RoleAdmin, "deleting policies"); err != nil {
-		return err
+		return Policy{}, err
 	}
 	if err := ValidatePolicyName(name); err != nil {
-		return err
+		return Policy{}, err
 	}
 	pol, err := s.getPolicy(ctx, name)
 	if err != nil {
-		return err
+		return Policy{}, err
 	}
 	if ifMatch != "" && ifMatch != "*" && ifMatch != pol.ETag {
-		return Errorf(ECONFLICT, "policy %s has changed since it was read (If-Match does not match its etag)", name)
+		return Policy{}, Errorf(ECONFLICT, "policy %s has changed since it was read (If-Match does not match its etag)", name)
+	}
+	if pol.State != PolicyDeleting {
+		pol.State, pol.UpdatedAt, pol.UpdatedBy = PolicyDeleting, s.now(), p.ID
+		if pol, err = s.store.UpdatePolicy(ctx, pol); err != nil {
+			if ErrorCode(err) == ECONFLICT {
+				return Policy{}, Errorf(ECONFLICT, "policy %s was changed by someone else at the same time; try again", name)
+			}
+			return Policy{}, fmt.Errorf("marking policy %s for deletion: %w", name, err)
+		}
+		if err := s.audit(ctx, AuditEvent{Action: AuditPolicyDelete, Actor: p.ID, Policy: pol.Name, Result: ResultSuccess,
+			Detail: "deletion accepted: grants revoked, deny rules being removed"}); err != nil {
+			return pol, err
+		}
 	}
 	for _, vm := range pol.VMs {
-		if err := s.releaseVM(ctx, p, pol.Name, vm); err != nil {
-			return err
+		if err := s.revokeVM(ctx, p, vm); err != nil {
+			return pol, err
 		}
 	}
-	if err := s.store.DeletePolicy(ctx, pol.Name, pol.ETag); err != nil {
-		if ErrorCode(err) == ECONFLICT {
-			return Errorf(ECONFLICT, "policy %s was changed by someone else at the same time; try again", name)
-		}
-		return fmt.Errorf("deleting policy: %w", err)
-	}
-	s.cfg.Log.Info().Str("policy", pol.Name).Str("actor", p.ID).Msg("policy deleted")
-	return s.audit(ctx, AuditEvent{Action: AuditPolicyDelete, Actor: p.ID, Policy: pol.Name, Result: ResultSuccess})
+	s.queueSync(ctx, nsgsOf(pol))
+	s.cfg.Log.Info().Str("policy", pol.Name).Str("actor", p.ID).Msg("policy deletion accepted")
+	return pol, nil
 }
 
-// releaseVM ends a VM's protection by a policy: its live grants are revoked
-// and its deny rules removed.
-func (s *Service) releaseVM(ctx context.Context, p Principal, policy string, vm VMPolicy) error {
+// revokeVM revokes the live grants of a VM that leaves its policy.
+func (s *Service) revokeVM(ctx context.Context, p Principal, vm VMPolicy) error {
 	reqs, err := s.store.ListRequests(ctx, RequestFilter{VM: vm.ID, Statuses: []string{RequestActive}})
 	if err != nil {
 		return fmt.Errorf("listing requests of VM %s: %w", vm.ID, err)
@@ -318,53 +364,57 @@ func (s *Service) releaseVM(ctx context.Context, p Principal, policy string, vm 
 			return err
 		}
 	}
-	for _, n := range vm.NSGs {
-		if err := s.deleteRule(ctx, n.ID, DenyRuleName(vm.ID)); err != nil {
-			s.auditFailure(ctx, p, AuditUnlock, policy, "", vm.ID, n.ID, err)
-			return Wrap(EUNAVAILABLE, err, fmt.Sprintf("removing the deny rule of VM %s from NSG %s failed; try again", vm.Name, ResourceName(n.ID)))
-		}
-		if err := s.audit(ctx, AuditEvent{Action: AuditUnlock, Actor: p.ID, Policy: policy, VM: vm.ID, NSG: n.ID,
-			Ports: vm.PortNumbers(), Result: ResultSuccess}); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 
-// denyRule is the lockdown rule of a VM in each NSG that guards it.
-func denyRule(policy string, vm VMPolicy) SecurityRule {
-	proto := vm.Ports[0].Protocol
-	for _, r := range vm.Ports {
-		if r.Protocol != proto {
-			proto = ProtocolAny
+// allowRules are the rules that open grant i of request r: one per
+// address family that both its sources and the VM's addresses have (a
+// rule mixing IPv4 and IPv6 is refused by ARM). Sources with no family
+// ("*", service tags) go in each.
+func (s *Service) allowRules(r Request, i int) []SecurityRule {
+	g := r.Grants[i]
+	var out []SecurityRule
+	for _, fam := range []string{familyV4, familyV6} {
+		srcs, dsts := byFamily(g.Sources, fam), byFamily(g.Destinations, fam)
+		if len(srcs) == 0 || len(dsts) == 0 {
+			continue
 		}
+		name := RuleName(r.ID, i)
+		if fam == familyV6 {
+			name += "-" + familyV6
+		}
+		out = append(out, SecurityRule{
+			Name: name,
+			// No end time here: extend moves it without a write, and the
+			// sweeper compares descriptions to find rules edited by hand.
+			Description: s.owner().describe(fmt.Sprintf("grant %s-%d for VM %s (jitaccess; do not edit)",
+				r.ID, i, ResourceName(g.VM))),
+			Access:       AccessAllow,
+			Protocol:     armProtocol(g.Protocol),
+			SourcePorts:  []string{"*"},
+			Ports:        portStrings(g.Ports),
+			Sources:      srcs,
+			Destinations: dsts,
+		})
 	}
-	return SecurityRule{
-		Name:         DenyRuleName(vm.ID),
-		Description:  clip(fmt.Sprintf("Managed by jitaccess: lockdown of VM %s (policy %s). Do not edit.", vm.Name, policy), 140),
-		Access:       AccessDeny,
-		Protocol:     armProtocol(proto),
-		Ports:        portStrings(vm.PortNumbers()),
-		Sources:      []string{AnySource},
-		Destinations: vm.PrivateIPs,
-	}
+	return out
 }
 
-// allowRule is the rule that opens grant i of request r.
-func allowRule(r Request, i int) SecurityRule {
-	g := r.Grants[i]
-	return SecurityRule{
-		Name: RuleName(r.ID, i),
-		// No end time here: extend moves it without a write, and the sweeper
-		// compares descriptions to find rules edited by hand.
-		Description: clip(fmt.Sprintf("Managed by jitaccess: grant %s-%d for VM %s. Do not edit.",
-			r.ID, i, ResourceName(g.VM)), 140),
-		Access:       AccessAllow,
-		Protocol:     armProtocol(g.Protocol),
-		Ports:        portStrings(g.Ports),
-		Sources:      g.Sources,
-		Destinations: g.Destinations,
+// byFamily returns the prefixes of the family, and those of none ("*",
+// service tags).
+func byFamily(prefixes []string, fam string) []string {
+	var out []string
+	for _, p := range prefixes {
+		if f := family(p); f == "" || f == fam {
+			out = append(out, p)
+		}
 	}
+	return out
+}
+
+// allowRuleNames are the names grant i's rules may have, one per family.
+func allowRuleNames(requestID string, i int) []string {
+	return []string{RuleName(requestID, i), RuleName(requestID, i) + "-" + familyV6}
 }
 
 func armProtocol(p string) string {

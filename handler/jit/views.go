@@ -8,12 +8,126 @@ import (
 	"time"
 )
 
-// VM states, as Defender's portal tabs name them.
+// VM states. Configured, NotConfigured and Unsupported are Defender's
+// portal tabs; the others say why a VM in a policy is not (yet) locked.
+// Configured means, as last seen in ARM, that every NSG guarding the VM
+// denies each of its policy ports to each of its addresses with this
+// deployment's rules.
 const (
-	VMConfigured    = "Configured"
-	VMNotConfigured = "NotConfigured"
-	VMUnsupported   = "Unsupported"
+	VMConfigured      = "Configured"
+	VMNotConfigured   = "NotConfigured"
+	VMUnsupported     = "Unsupported"
+	VMLockdownPending = "LockdownPending" // the deny rules are being written
+	VMLockdownFailed  = "LockdownFailed"  // writing them failed; Reason says why
+	VMDenyRuleMissing = "DenyRuleMissing" // seen missing or changed in ARM; a repair is due
+	VMReleasing       = "Releasing"       // its policy is being deleted
 )
+
+// Policy provisioning states, as Defender's JIT policies name them.
+const (
+	PolicySucceeded = "Succeeded"
+	PolicyUpdating  = "Updating"
+	PolicyFailed    = "Failed"
+)
+
+// VMLockdown is a policy VM's lockdown as last seen in ARM.
+type VMLockdown struct {
+	State    string
+	Reason   string   // in words, when State is not VMConfigured
+	Warnings []string // foreign rules that let its ports in ahead of the deny rules
+}
+
+// PolicyStatus is a policy's lockdown progress, as last seen in ARM.
+type PolicyStatus struct {
+	// ProvisioningState is PolicyDeleting, PolicyFailed (a VM failed),
+	// PolicyUpdating (a VM pending or being repaired) or PolicySucceeded.
+	ProvisioningState string
+	VMs               []VMLockdown // in the policy's VM order
+}
+
+// lockdownOfVM judges one VM of pol from the NSGs' states.
+func lockdownOfVM(pol Policy, vm VMPolicy, states map[string]NSGState) VMLockdown {
+	if pol.State == PolicyDeleting {
+		return VMLockdown{State: VMReleasing, Reason: "policy " + pol.Name + " is being deleted; its deny rules are being removed"}
+	}
+	out := VMLockdown{State: VMConfigured}
+	worse := func(state, reason string) {
+		rank := map[string]int{VMConfigured: 0, VMLockdownPending: 1, VMDenyRuleMissing: 2, VMLockdownFailed: 3}
+		if rank[state] > rank[out.State] {
+			out.State, out.Reason = state, reason
+		}
+	}
+	for _, n := range vm.NSGs {
+		st, ok := states[strings.ToLower(n.ID)]
+		name := ResourceName(n.ID)
+		gap, locked := firstGap(vm, st.Deny)
+		switch {
+		case ok && !st.SeenAt.IsZero() && locked && len(vm.PrivateIPs) > 0:
+			out.Warnings = append(out.Warnings, bypasses(vm, st)...)
+		case ok && st.SeenAt.Before(pol.UpdatedAt) && st.Failing() && !st.ErrorAt.Before(pol.UpdatedAt):
+			worse(VMLockdownFailed, fmt.Sprintf("lockdown failed in NSG %s: %s", name, st.Error))
+		case !ok || st.SeenAt.Before(pol.UpdatedAt):
+			worse(VMLockdownPending, fmt.Sprintf("lockdown pending in NSG %s", name))
+		case st.Missing:
+			worse(VMDenyRuleMissing, fmt.Sprintf("NSG %s no longer exists; the VM's network is being read again", name))
+		case st.Failing():
+			worse(VMLockdownFailed, fmt.Sprintf("deny rule missing in NSG %s (%s is open), and repairing it failed: %s", name, gap, st.Error))
+		default:
+			worse(VMDenyRuleMissing, fmt.Sprintf("deny rule missing in NSG %s (%s is open); repair pending", name, gap))
+		}
+	}
+	if out.State == VMConfigured && len(out.Warnings) > 0 {
+		out.Reason = out.Warnings[0]
+	}
+	return out
+}
+
+// statusOf judges pol from the NSGs' states.
+func statusOf(pol Policy, states map[string]NSGState) PolicyStatus {
+	st := PolicyStatus{ProvisioningState: PolicySucceeded, VMs: make([]VMLockdown, len(pol.VMs))}
+	for i, vm := range pol.VMs {
+		st.VMs[i] = lockdownOfVM(pol, vm, states)
+		switch st.VMs[i].State {
+		case VMLockdownFailed:
+			st.ProvisioningState = PolicyFailed
+		case VMLockdownPending, VMDenyRuleMissing:
+			if st.ProvisioningState != PolicyFailed {
+				st.ProvisioningState = PolicyUpdating
+			}
+		}
+	}
+	if pol.State == PolicyDeleting {
+		st.ProvisioningState = PolicyDeleting
+	}
+	return st
+}
+
+// PolicyStatuses judges the policies' lockdown from the NSGs' states, one
+// status per policy in order, with one read of the states.
+func (s *Service) PolicyStatuses(ctx context.Context, pols []Policy) ([]PolicyStatus, error) {
+	states, err := s.nsgStates(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]PolicyStatus, len(pols))
+	for i, p := range pols {
+		out[i] = statusOf(p, states)
+	}
+	return out, nil
+}
+
+// nsgStates reads the NSGs' states by lower-case id.
+func (s *Service) nsgStates(ctx context.Context) (map[string]NSGState, error) {
+	list, err := s.store.ListNSGStates(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading what was last seen of the NSGs: %w", err)
+	}
+	states := make(map[string]NSGState, len(list))
+	for _, st := range list {
+		states[strings.ToLower(st.ID)] = st
+	}
+	return states, nil
+}
 
 // VMStatus is a VM as people see it: whether JIT protects it and how it has
 // been used lately.
@@ -94,6 +208,10 @@ func (s *Service) ListVMs(ctx context.Context, p Principal) ([]VMStatus, error) 
 	if err != nil {
 		return nil, fmt.Errorf("listing policies: %w", err)
 	}
+	states, err := s.nsgStates(ctx)
+	if err != nil {
+		return nil, err
+	}
 	now := s.now()
 	reqs, err := s.store.ListRequests(ctx, RequestFilter{Since: now.Add(-7 * 24 * time.Hour)})
 	if err != nil {
@@ -108,7 +226,8 @@ func (s *Service) ListVMs(ctx context.Context, p Principal) ([]VMStatus, error) 
 		}
 		for _, pol := range pols {
 			if vp, ok := pol.VM(vm.ID); ok {
-				st.State, st.Reason, st.Policy, st.Ports = VMConfigured, "", pol.Name, vp.Ports
+				ld := lockdownOfVM(pol, *vp, states)
+				st.State, st.Reason, st.Policy, st.Ports, st.Warnings = ld.State, ld.Reason, pol.Name, vp.Ports, ld.Warnings
 			}
 		}
 		out[i] = st

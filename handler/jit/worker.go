@@ -20,21 +20,9 @@ func (f WorkerFunc) ApplyOperation(ctx context.Context, op Operation) error { re
 // time (clock skew between queue and worker) still close.
 const closeEarly = time.Second
 
-// ApplyOperation opens or closes one grant's allow rule in one NSG. It is
-// idempotent and safe out of order: an open of a grant that has ended
-// removes the rule instead, a close of a grant that was extended does
-// nothing, a second open or close of the same rule makes no ARM write.
+// ApplyOperation does one operation: ApplyOperations with a batch of one.
 func (s *Service) ApplyOperation(ctx context.Context, op Operation) error {
-	req, act, nsg, err := s.planOperation(ctx, op)
-	switch {
-	case err != nil:
-		return err
-	case act == ruleOpen:
-		return s.openRule(ctx, req, op.Grant, nsg)
-	case act == ruleClose:
-		return s.removeRule(ctx, req, op.Grant, nsg)
-	}
-	return nil
+	return s.ApplyOperations(ctx, []Operation{op})[0]
 }
 
 // ruleAction is what an operation needs done to its rule.
@@ -51,6 +39,9 @@ const (
 // grant and a close of a closed rule need nothing. nsg is the NSG's id as
 // the grant spells it.
 func (s *Service) planOperation(ctx context.Context, op Operation) (req Request, act ruleAction, nsg string, err error) {
+	if op.Kind == OpSync {
+		return req, ruleNothing, op.NSG, nil // the lockdown rides on every write
+	}
 	req, err = s.store.GetRequest(ctx, op.RequestID)
 	if ErrorCode(err) == ENOTFOUND {
 		s.cfg.Log.Warn().Str("request", op.RequestID).Str("op", op.Kind).Msg("operation for an unknown request dropped")
@@ -98,15 +89,16 @@ func (s *Service) planOperation(ctx context.Context, op Operation) (req Request,
 	return req, ruleNothing, "", nil
 }
 
-// maxBatch bounds how many rules one ApplyRules call changes, so that a
+// maxBatch bounds how many grants one NSG write opens or closes, so that a
 // burst is cut into NSG writes of a reasonable size.
 const maxBatch = 200
 
 // ApplyOperations applies ops, which must all name the same NSG, with one
-// ARM write for all of them: each op is decided as ApplyOperation decides
-// it, the rules to open and to remove go to Network.ApplyRules together,
-// and then each op is recorded as ApplyOperation records it. It returns one
-// error per op; when the write fails, every op that needed it fails.
+// ARM write for all of them (and the NSG's lockdown, which every write
+// brings in line): each op is decided as planOperation decides it, the
+// rules to open and to remove go to one RuleChange, and then each op is
+// recorded. It returns one error per op; when the write fails, every op
+// that needed it fails.
 func (s *Service) ApplyOperations(ctx context.Context, ops []Operation) []error {
 	errs := make([]error, len(ops))
 	if len(ops) == 0 {
@@ -120,9 +112,14 @@ func (s *Service) ApplyOperations(ctx context.Context, ops []Operation) []error 
 	}
 	var steps []step
 	nsg := ops[0].NSG
+	syncAt := -1
 	for k, op := range ops {
 		if !SameID(op.NSG, nsg) {
 			errs[k] = Errorf(EINTERNAL, "operation %s is for NSG %s, not %s like the rest of its batch", op.ID, op.NSG, nsg)
+			continue
+		}
+		if op.Kind == OpSync {
+			syncAt = k
 			continue
 		}
 		req, act, n, err := s.planOperation(ctx, op)
@@ -134,18 +131,27 @@ func (s *Service) ApplyOperations(ctx context.Context, ops []Operation) []error 
 			steps = append(steps, step{k, req, act, n})
 		}
 	}
-	for start := 0; start < len(steps); start += maxBatch {
-		batch := steps[start:min(start+maxBatch, len(steps))]
-		removed := map[string]bool{}
-		var del []string
-		for _, st := range batch {
-			if st.act == ruleClose {
-				name := RuleName(st.req.ID, ops[st.op].Grant)
-				removed[name] = true
-				del = append(del, name)
+	if len(steps) == 0 && syncAt >= 0 {
+		if _, err := s.applyNSG(ctx, nsg, nsgWrite{}); err != nil {
+			err = fmt.Errorf("bringing the deny rules of NSG %s in line: %w", nsg, err)
+			for k, op := range ops {
+				if op.Kind == OpSync {
+					errs[k] = err
+				}
 			}
 		}
-		var put []SecurityRule
+		return errs
+	}
+	for start := 0; start < len(steps); start += maxBatch {
+		batch := steps[start:min(start+maxBatch, len(steps))]
+		var w nsgWrite
+		removed := map[string]bool{}
+		for _, st := range batch {
+			if st.act == ruleClose {
+				removed[RuleName(st.req.ID, ops[st.op].Grant)] = true
+				w.del = append(w.del, allowRuleNames(st.req.ID, ops[st.op].Grant)...)
+			}
+		}
 		for i, st := range batch {
 			if st.act != ruleOpen {
 				continue
@@ -155,11 +161,14 @@ func (s *Service) ApplyOperations(ctx context.Context, ops []Operation) []error 
 				batch[i].act = ruleClose
 				continue
 			}
-			put = append(put, allowRule(st.req, ops[st.op].Grant))
+			w.put = append(w.put, s.allowRules(st.req, ops[st.op].Grant)...)
 		}
-		if err := s.applyRules(ctx, batch[0].nsg, put, del); err != nil {
+		if _, err := s.applyNSG(ctx, batch[0].nsg, w); err != nil {
 			for _, st := range batch {
 				errs[st.op] = s.ruleFailed(ctx, st.req, ops[st.op].Grant, st.nsg, st.act, err)
+			}
+			if syncAt >= 0 {
+				errs[syncAt] = err
 			}
 			continue
 		}
@@ -196,13 +205,6 @@ func (s *Service) ApplyOperations(ctx context.Context, ops []Operation) []error 
 // recordParallel is how many requests one NSG write's outcomes are recorded
 // on at once.
 const recordParallel = 16
-
-func (s *Service) openRule(ctx context.Context, req Request, i int, nsg string) error {
-	if err := s.putRule(ctx, nsg, allowRule(req, i)); err != nil {
-		return s.ruleFailed(ctx, req, i, nsg, ruleOpen, err)
-	}
-	return s.recordOpen(ctx, req, i, nsg)
-}
 
 // ruleFailed records a failed open or close on the grant and in the audit
 // trail, and returns the error to retry with.
@@ -265,7 +267,7 @@ func allOpen(g *Grant) bool {
 // removeRule deletes grant i's rule from nsg and records it; req is the
 // request as its caller just read it.
 func (s *Service) removeRule(ctx context.Context, req Request, i int, nsg string) error {
-	if err := s.deleteRule(ctx, nsg, RuleName(req.ID, i)); err != nil {
+	if _, err := s.applyNSG(ctx, nsg, nsgWrite{del: allowRuleNames(req.ID, i)}); err != nil {
 		return s.ruleFailed(ctx, req, i, nsg, ruleClose, err)
 	}
 	return s.recordClose(ctx, req, i, nsg)

@@ -84,9 +84,9 @@ func validate(op jit.Operation) error {
 		return missing("id")
 	case op.Kind == "":
 		return missing("kind")
-	case op.Kind != jit.OpOpen && op.Kind != jit.OpClose:
-		return jit.Errorf(jit.EINVALID, "operation message: kind %q is neither %q nor %q", op.Kind, jit.OpOpen, jit.OpClose)
-	case op.RequestID == "":
+	case op.Kind != jit.OpOpen && op.Kind != jit.OpClose && op.Kind != jit.OpSync:
+		return jit.Errorf(jit.EINVALID, "operation message: kind %q is not %q, %q or %q", op.Kind, jit.OpOpen, jit.OpClose, jit.OpSync)
+	case op.RequestID == "" && op.Kind != jit.OpSync:
 		return missing("requestId")
 	case op.NSG == "":
 		return missing("nsg")
