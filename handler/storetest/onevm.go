@@ -217,3 +217,20 @@ func testPolicyRaceSameName(t *testing.T, s jit.Store) {
 		t.Errorf("stored policy has VMs %+v, want one racer's", ps[0].VMs)
 	}
 }
+
+// testPolicyRaceUnrelated: policies on VMs of their own, created at once,
+// are all stored: racing writers retry rather than refuse.
+func testPolicyRaceUnrelated(t *testing.T, s jit.Store) {
+	ctx := context.Background()
+	wins := race(t, racers, func(i int) error {
+		_, err := s.CreatePolicy(ctx, policyOn(fmt.Sprintf("own-%d", i), fmt.Sprintf("%s-%d", vmC, i)))
+		return err
+	})
+	ps, err := s.ListPolicies(ctx)
+	if err != nil {
+		t.Fatalf("ListPolicies: %v", err)
+	}
+	if wins != racers || len(ps) != racers {
+		t.Errorf("%d concurrent creates of unrelated policies: %d succeeded, %d stored; want all", racers, wins, len(ps))
+	}
+}

@@ -74,6 +74,7 @@ func Run(t *testing.T, newStore func(t *testing.T) jit.Store) {
 		{"PolicyDeletingHoldsVMs", testPolicyDeletingHoldsVMs},
 		{"PolicyRaceOneVM", testPolicyRaceOneVM},
 		{"PolicyRaceSameName", testPolicyRaceSameName},
+		{"PolicyRaceUnrelated", testPolicyRaceUnrelated},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
