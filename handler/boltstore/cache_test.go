@@ -33,12 +33,12 @@ func TestPolicyCacheHandsOutCopies(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got.VMs[0].PrivateIPs[0] != "10.0.0.4" || got.VMs[0].Ports[0].Approval.Approvers[0] != "a" || got.VMs[0].Warnings != nil {
+		if got.VMs[0].PrivateIPs[0] != "10.0.0.4" || got.VMs[0].Ports[0].Approval.Approvers[0] != "a" {
 			t.Fatalf("read back %+v", got.VMs[0])
 		}
 		got.VMs[0].PrivateIPs[0] = "changed"
 		got.VMs[0].Ports[0].Approval.Approvers[0] = "changed"
-		got.VMs[0].Warnings = append(got.VMs[0].Warnings, jit.Warning{Text: "x"})
+		got.VMs = append(got.VMs, jit.VMPolicy{ID: "x"})
 	}
 	p.VMs[0].PrivateIPs = []string{"10.0.0.9"}
 	if _, err := s.UpdatePolicy(ctx, p); err != nil {

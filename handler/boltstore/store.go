@@ -27,6 +27,7 @@ import (
 //	                   files written before; such requests are decoded to filter)
 //	audit              timeKey(Time) + event id → AuditEvent
 //	audit_ids          event id → its key in audit
+//	nsg_states         lower-case NSG id → NSGState
 //
 // timeKey sorts newest first, so a forward cursor walks from the newest
 // record and ties come in ascending byte order of the id.
@@ -36,6 +37,7 @@ var (
 	bucketRequestsByStart = []byte("requests_by_start")
 	bucketAudit           = []byte("audit")
 	bucketAuditIDs        = []byte("audit_ids")
+	bucketNSGStates       = []byte("nsg_states")
 )
 
 // scanBatch is how many audit events ScanAudit reads per read transaction.
@@ -47,7 +49,9 @@ const scanBatch = 64
 //
 // Policy names are unique case-insensitively: "Prod" and "prod" are the same
 // policy, found under either spelling, and the name keeps the spelling it
-// was last written with. Request and event ids are compared exactly.
+// was last written with. A VM is in one policy at most: policy writes check
+// the other policies inside their write transaction, which bbolt runs one
+// at a time. Request and event ids are compared exactly.
 type Store struct {
 	db        *bbolt.DB
 	listChunk int // requests a paced listing decodes per read transaction
@@ -91,7 +95,7 @@ var _ jit.Store = (*Store)(nil)
 // New returns a Store on db, creating its buckets when missing.
 func New(db *bbolt.DB) (*Store, error) {
 	err := db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{bucketPolicies, bucketRequests, bucketRequestsByStart, bucketAudit, bucketAuditIDs} {
+		for _, name := range [][]byte{bucketPolicies, bucketRequests, bucketRequestsByStart, bucketAudit, bucketAuditIDs, bucketNSGStates} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
@@ -175,6 +179,9 @@ func (s *Store) CreatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, err
 			}
 			return jit.Errorf(jit.ECONFLICT, "policy %q already exists", existing.Name)
 		}
+		if err := s.checkVMsFree(b, key, p); err != nil {
+			return err
+		}
 		return put(b, key, p)
 	})
 	if err != nil {
@@ -207,6 +214,9 @@ func (s *Store) UpdatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, err
 		}
 		if want != "" && want != existing.ETag {
 			return jit.Errorf(jit.ECONFLICT, "policy %q was changed by someone else: read it again and retry", existing.Name)
+		}
+		if err := s.checkVMsFree(b, key, p); err != nil {
+			return err
 		}
 		return put(b, key, p)
 	})
@@ -242,6 +252,81 @@ func (s *Store) DeletePolicy(ctx context.Context, name, etag string) error {
 		}
 		return b.Delete(key)
 	})
+}
+
+// checkVMsFree refuses p, to be stored under key, when another policy in b
+// names one of its VMs. It runs inside the write transaction, so no
+// concurrent write can slip a VM in between the check and the write.
+func (s *Store) checkVMsFree(b *bbolt.Bucket, key []byte, p jit.Policy) error {
+	mine := make(map[string]string, len(p.VMs))
+	for _, vm := range p.VMs {
+		mine[strings.ToLower(vm.ID)] = vm.ID
+	}
+	if len(mine) == 0 {
+		return nil
+	}
+	return b.ForEach(func(k, v []byte) error {
+		if bytes.Equal(k, key) {
+			return nil
+		}
+		other, err := s.decodePolicy(k, v)
+		if err != nil {
+			return err
+		}
+		for _, vm := range other.VMs {
+			if id, ok := mine[strings.ToLower(vm.ID)]; ok {
+				return vmTaken(id, other.Name)
+			}
+		}
+		return nil
+	})
+}
+
+func vmTaken(vm, policy string) error {
+	return jit.Errorf(jit.ECONFLICT, "VM %s is already in policy %s; a VM can be in one policy only", vm, policy)
+}
+
+// PutNSGState merges st into the stored state of its NSG (jit.NSGState.Merge)
+// in one write transaction, so concurrent writers never make it older. The
+// state keeps the id as its first writer spelled it.
+func (s *Store) PutNSGState(ctx context.Context, st jit.NSGState) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if st.ID == "" {
+		return jit.Errorf(jit.EINVALID, "NSG id is required")
+	}
+	st = utcNSGState(st)
+	key := []byte(strings.ToLower(st.ID))
+	return s.db.Batch(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketNSGStates)
+		var stored jit.NSGState
+		if old := b.Get(key); old != nil {
+			if err := decode(old, &stored); err != nil {
+				return err
+			}
+		}
+		return put(b, key, stored.Merge(st))
+	})
+}
+
+// ListNSGStates returns every NSG state, ordered by lower-case id.
+func (s *Store) ListNSGStates(ctx context.Context) ([]jit.NSGState, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var sts []jit.NSGState
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketNSGStates).ForEach(func(_, v []byte) error {
+			var st jit.NSGState
+			if err := decode(v, &st); err != nil {
+				return err
+			}
+			sts = append(sts, st)
+			return nil
+		})
+	})
+	return sts, err
 }
 
 // GetRequest returns the request with the given id.
@@ -683,6 +768,12 @@ func utcPolicy(p jit.Policy) jit.Policy {
 	p.CreatedAt = p.CreatedAt.UTC()
 	p.UpdatedAt = p.UpdatedAt.UTC()
 	return p
+}
+
+func utcNSGState(st jit.NSGState) jit.NSGState {
+	st.SeenAt = st.SeenAt.UTC()
+	st.ErrorAt = st.ErrorAt.UTC()
+	return st
 }
 
 func utcRequest(r jit.Request) jit.Request {

@@ -257,3 +257,23 @@ func TestStatusIndexOfOlderFiles(t *testing.T) {
 		t.Fatalf("index value after update %q, want %q", v, jit.RequestClosed)
 	}
 }
+
+// TestPolicyBeforeState: a policy record of the version before
+// Policy.State (with VMPolicy.Warnings, and the ETag inside, as this store
+// wrote it) still reads, updates and holds its VM.
+func TestPolicyBeforeState(t *testing.T) {
+	db, s := open(t, filepath.Join(t.TempDir(), "state.db"))
+	defer db.Close()
+	const etag = "0f1e2d3c4b5a6978"
+	record := bytes.Replace(storetest.PolicyBeforeState, []byte(`"ETag": ""`), []byte(`"ETag": "`+etag+`"`), 1)
+	if bytes.Equal(record, storetest.PolicyBeforeState) {
+		t.Fatal("the fixture has no ETag field to fill in")
+	}
+	err := db.Bolt().Update(func(tx *bbolt.Tx) error {
+		return tx.Bucket([]byte("policies")).Put([]byte("legacy"), record)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.CheckPolicyBeforeState(t, s, etag)
+}

@@ -12,7 +12,9 @@
 // then RowKey and answers range queries on them, so keys are chosen for the
 // API's queries:
 //
-//	policies  "policy" / <lower-case name>                 one partition, name order
+//	policies  "policy" / "!generation"                     changed by every policy write
+//	          "policy" / <lower-case name>                 one partition, name order
+//	          "nsg"    / <vmKey(NSG id)>                   the state of one NSG
 //	requests  "r"      / i_<id>                            the record
 //	          "r"      / t_<timeKey(start)><id>            every request, newest first
 //	          "r"      / v_<vm>_<timeKey(start)><id>       one VM's requests, newest first
@@ -22,8 +24,10 @@
 //
 // Ids, names and VM ids go through escapeKey, a reversible escape that
 // keeps byte order and never yields the characters keys forbid (/ \ # ?,
-// control characters); VM ids are lower-cased first (ARM ids ignore
-// case). timeKey is 24 hex digits of the inverted time, so ascending keys
+// control characters); VM and NSG ids are lower-cased first (ARM ids
+// ignore case), and an NSG state keeps the id as its first writer spelled
+// it. The NSG states share the policies table so that the deployment needs
+// no fourth table; ListPolicies reads the "policy" partition only. timeKey is 24 hex digits of the inverted time, so ascending keys
 // are newest first, ties in ascending id order; it keeps nanoseconds and
 // any year, where Table Storage's DateTime starts in 1601 at 100 ns.
 //
@@ -37,9 +41,32 @@
 //
 //   - GetPolicy, GetRequest: one point read. ListPolicies: one range query
 //     over the policy partition.
-//   - CreatePolicy: one insert (409 is ECONFLICT). UpdatePolicy and
-//     DeletePolicy: one conditional write, If-Match the policy's ETag (412
-//     is ECONFLICT); the policy ETag is the Table ETag.
+//   - CreatePolicy, UpdatePolicy: one range query over the policy partition
+//     (one page per 1,000 policies), then one transaction of two operations:
+//     the policy's insert, or replace If-Match its Table ETag, and the
+//     replace of the generation row If-Match its ETag as read (its insert
+//     the first time). A VM is in one policy at most and Table Storage has
+//     no condition on several entities, so every policy write reads the
+//     generation row (first in the query, since it sorts first), checks the
+//     names and VMs of all policies, and commits only if the generation row
+//     is unchanged, that is if no policy write committed since. When
+//     another write got in (the transaction fails and the generation row's
+//     ETag moved, one more point read to tell), it starts over, at most 10
+//     times, then answers ECONFLICT. A mismatched name, ETag or VM is
+//     ECONFLICT without any write.
+//   - DeletePolicy: one point read, then one transaction: the delete If-Match
+//     the Table ETag read and an unconditional replace of the generation row,
+//     so that writes that listed the policy start over.
+//   - A policy ETag is a version stored in the row (Version), because
+//     transaction responses carry no ETags; rows written before there were
+//     versions keep their Table ETag as their ETag until written again. The
+//     stored version is compared before the write, and the write is
+//     conditional on the Table ETag read with it, so If-Match stays exact.
+//   - PutNSGState: one point read, then one replace If-Match the ETag read
+//     (an insert for a new NSG), nothing when the merge changes nothing;
+//     a 412 or 409 from another writer starts over (at most 30 times, then
+//     EUNAVAILABLE). ListNSGStates: one range query over the "nsg"
+//     partition.
 //   - CreateRequest: one transaction (record and 1 + #VMs index rows).
 //     UpdateRequest: a point read, then one replace of the record If-Match
 //     the Table ETag read, or, when start time, status, policy, requestor or
@@ -59,8 +86,11 @@
 //
 // # Trade-offs
 //
-// All requests share one partition so that a request and its index rows
-// change atomically; a partition serves about 2,000 entities a second,
+// All policies share one partition with the generation row so that a
+// policy write and the generation change atomically; every policy write
+// reads every policy, which is cheap for the tens of policies a deployment
+// has and serialises policy writes, which are rare. All requests share one
+// partition so that a request and its index rows change atomically; a partition serves about 2,000 entities a second,
 // far above the rate people ask for access. Index rows hold no payload, so
 // listing costs a read per request returned, but an update that only
 // records an NSG's progress rewrites one entity. The audit trail is written

@@ -146,3 +146,20 @@ func TestExpandConnectionString(t *testing.T) {
 		t.Errorf("aztables does not accept the expanded string: %v", err)
 	}
 }
+
+// TestGenerationRow: no policy name has the generation row's key, and the
+// row sorts before every policy row, which the policy writes rely on.
+func TestGenerationRow(t *testing.T) {
+	if _, err := unescapeKey(generationRow); err == nil {
+		t.Errorf("%q is a possible output of escapeKey", generationRow)
+	}
+	for _, name := range []string{"0", "a", "A", "9-._", "zzz", "Prod-1.web_tier"} {
+		row, err := policyRow(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if row == generationRow || row <= generationRow {
+			t.Errorf("policy %q has row %q, not after the generation row %q", name, row, generationRow)
+		}
+	}
+}

@@ -298,13 +298,6 @@ func storeError(err error, doing string) error {
 	return fmt.Errorf("%s: %w", doing, err)
 }
 
-// isTableETag reports whether s has the shape of a Table ETag. The service
-// rejects a malformed If-Match as invalid input; such a tag can match no
-// entity, so the store answers as for a stale one.
-func isTableETag(s string) bool {
-	return len(s) > 3 && strings.HasPrefix(s, `W/"`) && strings.HasSuffix(s, `"`)
-}
-
 // newVersion returns a random version tag for records whose writes are
 // transactions (whose responses carry no ETags).
 func newVersion() string {

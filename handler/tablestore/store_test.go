@@ -1,6 +1,7 @@
 package tablestore
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -58,6 +59,7 @@ func TestStore(t *testing.T) {
 	t.Run("LargePolicy", func(t *testing.T) { testLargePolicy(t, newTestStore(t, az, 0)) })
 	t.Run("IndexedUpdatesNoLostUpdate", func(t *testing.T) { testIndexedUpdates(t, newTestStore(t, az, 0)) })
 	t.Run("TooManyVMs", func(t *testing.T) { testTooManyVMs(t, newTestStore(t, az, 0)) })
+	t.Run("PolicyBeforeState", func(t *testing.T) { testPolicyBeforeState(t, newTestStore(t, az, 0)) })
 	t.Run("ExistingTables", func(t *testing.T) {
 		// A second store on the same tables sees the first one's data.
 		s1, err := NewFromConnectionString(az.ConnectionString(), Config{TablePrefix: "shared"})
@@ -318,4 +320,22 @@ func testTooManyVMs(t *testing.T, s *Store) {
 	if err != nil || len(rs) != 0 {
 		t.Errorf("ListRequests of a VM no longer named = %d, %v; want none", len(rs), err)
 	}
+}
+
+// testPolicyBeforeState: a policy row of the version before Policy.State
+// (VMPolicy.Warnings in its JSON, no Version: its ETag was the Table ETag)
+// still reads, updates with the tag handed out then, and holds its VM.
+func testPolicyBeforeState(t *testing.T, s *Store) {
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, storetest.PolicyBeforeState); err != nil {
+		t.Fatal(err)
+	}
+	e := newEntity(policyPartition, "legacy")
+	e["Name"] = "Legacy"
+	e["D0"] = compact.String()
+	resp, err := s.policies.AddEntity(context.Background(), e.marshal(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	storetest.CheckPolicyBeforeState(t, s, string(resp.ETag))
 }
