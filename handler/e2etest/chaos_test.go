@@ -56,6 +56,13 @@ func chaosEstate(t *testing.T, dir string) (path string, vms []string, nsgs []st
 	return path, vms, nsgs
 }
 
+// chaosIP is the private IP chaosEstate gives the VM vm-NN.
+func chaosIP(vm string) string {
+	var i int
+	_, _ = fmt.Sscanf(vm, "vm-%d", &i)
+	return fmt.Sprintf("10.20.%d.%d", i%4, 10+i)
+}
+
 // chaosHandler is `handler local` restarted at random by the test.
 type chaosHandler struct {
 	t        *testing.T
@@ -511,8 +518,7 @@ func TestChaos(t *testing.T) {
 	missingDeny := 0
 	for _, vm := range vms {
 		for _, n := range nsgsOf[strings.ToLower(vmID(vm))] {
-			rules := p.nsgRules(jit.ResourceName(n))
-			if _, ok := rules[jit.DenyRuleName(vmID(vm))]; !ok {
+			if !locked(p.nsgRules(jit.ResourceName(n)), chaosIP(vm), 22) {
 				missingDeny++
 			}
 		}

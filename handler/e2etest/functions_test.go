@@ -211,7 +211,12 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 			t.Fatalf("deleting %s by hand: %d", rule, resp.StatusCode)
 		}
 	}
-	deny := jit.DenyRuleName(vmID("vm-nic-nsg"))
+	var deny string
+	for _, name := range sim.RuleNames(nicNSG) {
+		if strings.HasPrefix(name, "jit-deny-") {
+			deny = name
+		}
+	}
 	handDelete(deny)
 	res, err := host.SendEvent(ctx, `{"id":"e-1","topic":"/subscriptions/`+sub+`","subject":"`+nicNSG+`/securityRules/`+deny+
 		`","eventType":"Microsoft.Resources.ResourceDeleteSuccess","eventTime":"2026-11-24T07:00:00Z","data":{}}`)
@@ -325,9 +330,25 @@ func TestFunctionsModeTwoInstances(t *testing.T) {
 		}
 		return have
 	}
+	ips := map[string]string{"vm-nic-nsg": "10.10.1.4", "vm-subnet-nsg": "10.10.2.4", "vm-both-nsg": "10.10.2.5"}
+	lockedNow := func(vm string) bool {
+		for _, nsg := range nsgs {
+			id := rgURL + "/providers/Microsoft.Network/networkSecurityGroups/" + nsg
+			rules := map[string]armRule{}
+			for _, name := range sim.RuleNames(id) {
+				var r armRule
+				b, _ := sim.RuleJSON(id, name)
+				_ = json.Unmarshal(b, &r)
+				rules[name] = r
+			}
+			if locked(rules, ips[vm], 22) {
+				return true
+			}
+		}
+		return false
+	}
 	for _, vm := range vms {
-		deny := jit.DenyRuleName(vmID(vm))
-		waitFor(t, 15*time.Second, "lockdown of "+vm, func() bool { return rulesNow()[deny] })
+		waitFor(t, 15*time.Second, "lockdown of "+vm, func() bool { return lockedNow(vm) })
 	}
 
 	var reqs []requestRec
@@ -359,7 +380,7 @@ func TestFunctionsModeTwoInstances(t *testing.T) {
 		})
 	}
 	for _, vm := range vms {
-		if !rulesNow()[jit.DenyRuleName(vmID(vm))] {
+		if !lockedNow(vm) {
 			t.Errorf("%s lost its deny rule", vm)
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -216,6 +218,38 @@ type armRule struct {
 		DestinationAddressPrefixes []string `json:"destinationAddressPrefixes"`
 		Description                string   `json:"description"`
 	} `json:"properties"`
+}
+
+// denies reports whether r is one of jitaccess's inbound deny rules (its
+// marker starts the description) closing port to ip from anywhere.
+func (r armRule) denies(ip string, port int) bool {
+	p := r.Properties
+	if !strings.HasPrefix(r.Name, "jit-deny-") || !strings.HasPrefix(p.Description, "[jit:") || p.Access != "Deny" || p.Direction != "Inbound" {
+		return false
+	}
+	portOK := false
+	for _, pr := range append([]string{p.DestinationPortRange}, p.DestinationPortRanges...) {
+		lo, hi, isRange := strings.Cut(pr, "-")
+		if !isRange {
+			hi = lo
+		}
+		a, err1 := strconv.Atoi(lo)
+		b, err2 := strconv.Atoi(hi)
+		if pr == "*" || err1 == nil && err2 == nil && a <= port && port <= b {
+			portOK = true
+		}
+	}
+	return portOK && slices.Contains(append([]string{p.DestinationAddressPrefix}, p.DestinationAddressPrefixes...), ip)
+}
+
+// locked reports whether one of rules denies port to ip.
+func locked(rules map[string]armRule, ip string, port int) bool {
+	for _, r := range rules {
+		if r.denies(ip, port) {
+			return true
+		}
+	}
+	return false
 }
 
 // nsgRules reads an NSG through the simulator's /_arm paths.
