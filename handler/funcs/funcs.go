@@ -6,6 +6,38 @@
 // application/json. A non-2xx answer fails the invocation, so the host
 // redelivers a Service Bus message. It must not depend on storage, queue or
 // Azure SDK packages.
+//
+// The worker function takes its queue in batches ("cardinality": "many",
+// "dataType": "string" in functions/worker/function.json). What the host
+// sends then, as read in its sources:
+//
+//   - The Service Bus extension (azure-sdk-for-net,
+//     Microsoft.Azure.WebJobs.Extensions.ServiceBus,
+//     ServiceBusTriggerBindingStrategy) names each binding datum of a batch
+//     with "Array" appended (MessageIdArray, DeliveryCountArray,
+//     EnqueuedTimeUtcArray, SessionIdArray, ...), one element per message.
+//   - The host (azure-functions-host, ScriptInvocationContextExtensions.cs,
+//     ToHttpScriptInvocationContext) sends every value that is not a JSON
+//     object, arrays included, as a string holding its JSON text. With
+//     dataType string the trigger value is the array of the bodies as
+//     strings, so Data.msg is "[\"{...}\",\"{...}\"]". Without it the
+//     host asks for object[] (GeneralScriptBindingProvider), and bodies
+//     may come parsed as objects; batches have been seen to alter date
+//     strings in bodies that way (azure-functions-servicebus-extension#232).
+//     Strings, objects and a plain array are read all the same.
+//   - With sessions the extension's batch loop
+//     (ServiceBusListener.RunBatchReceiveLoopAsync) accepts one session and
+//     invokes the function at a concurrency of one: a batch holds one
+//     session's messages, one NSG's; maxConcurrentSessions does not apply;
+//     the loop takes the next session only after a receive has waited
+//     sessionIdleTimeout in vain, so host.json keeps that at one second. A
+//     failed invocation abandons every message of the batch.
+//   - Target-based scaling votes for messages / maxMessageBatchSize
+//     instances for a batch function (ServiceBusTargetScaler), and each
+//     instance works one session at a time: host.json's maxMessageBatchSize
+//     is 100, not the default 1000, so that a backlog over many NSGs gets
+//     instances, and a batch stays within one ARM write (jit applies at most
+//     200 rule changes per write).
 package funcs
 
 import (
@@ -35,7 +67,9 @@ const (
 
 // Service is what the functions call.
 type Service interface {
-	ApplyOperation(ctx context.Context, op jit.Operation) error
+	// ApplyOperations applies operations of one NSG together and returns
+	// one error per operation.
+	ApplyOperations(ctx context.Context, ops []jit.Operation) []error
 	Reconcile(ctx context.Context) (jit.SweepReport, error)
 	HandleResourceEvent(ctx context.Context, ev jit.ResourceEvent) error
 }
@@ -68,9 +102,10 @@ func New(cfg Config) *Handler {
 	return &Handler{cfg: cfg}
 }
 
-// maxInvocation bounds an invocation payload (a Service Bus message is at
-// most 256 KiB on the standard tier, 100 MiB on premium; ours are tiny).
-const maxInvocation = 1 << 20
+// maxInvocation bounds an invocation payload. Our messages are tiny (a few
+// hundred bytes), but a batch brings up to host.json's maxMessageBatchSize
+// of them (default 1000), each with its share of the metadata arrays.
+const maxInvocation = 16 << 20
 
 // outsideHeaders are headers that App Service's front end or its
 // authentication adds to every request from outside, and that the host's own
@@ -142,31 +177,135 @@ func (h *Handler) invoke(w http.ResponseWriter, r *http.Request, fn func(context
 	_, _ = w.Write(b)
 }
 
-// worker applies one operation from the queue.
+// worker applies the operations of a batch of queue messages (one message
+// is a batch of one). The host settles a batch as a whole: it completes
+// every message when the invocation succeeds and abandons every one when
+// it fails, so the invocation fails when any message's operation did, and
+// the whole batch comes again. That is safe because operations are
+// idempotent: an open rule is not opened again, a closed one not closed.
+//
+// A message that cannot be read does not keep the others from being
+// applied: the readable ones are applied, then the invocation fails, so
+// the unreadable one is delivered again (an instance of a newer release
+// may read it) until the queue dead-letters it after its maximum delivery
+// count. Its batch companions ride along and are found done each time.
 func (h *Handler) worker(ctx context.Context, inv invocation) (string, error) {
-	raw, ok := inv.Data[workerBinding]
-	if !ok {
-		return "", fmt.Errorf("invocation has no Data.%s", workerBinding)
-	}
-	op, err := h.cfg.DecodeOperation(hostValue(raw))
+	msgs, err := queueMessages(inv, workerBinding)
 	if err != nil {
-		// A message we cannot read will never be readable: say so and
-		// let the host dead-letter it after its deliveries.
-		return "", fmt.Errorf("reading the queue message %s: %w", metaString(inv.Metadata, "MessageId"), err)
+		return "", err
 	}
-	deliveries, _ := metaInt(inv.Metadata, "DeliveryCount")
-	log := h.cfg.Log.With().Str("op", op.ID).Str("kind", op.Kind).Int64("delivery", deliveries).Logger()
-	if enq, ok := metaTime(inv.Metadata, "EnqueuedTimeUtc"); ok {
-		log = log.With().Dur("queued", time.Since(enq)).Logger()
-	}
-	if err := h.cfg.Service.ApplyOperation(ctx, op); err != nil {
-		if deliveries >= h.cfg.MaxDeliveries {
-			log.Error().Err(err).Msg("last delivery failed; the message is dead-lettered and the sweeper closes what is due")
+	var (
+		ops    []jit.Operation
+		opMsg  []queueMessage // the message of each op
+		failed []string       // what failed, for the host's log
+		oldest time.Time
+	)
+	for _, m := range msgs {
+		if !m.Enqueued.IsZero() && (oldest.IsZero() || m.Enqueued.Before(oldest)) {
+			oldest = m.Enqueued
 		}
-		return "", fmt.Errorf("applying %s: %w", op.ID, err)
+		op, err := h.cfg.DecodeOperation(m.Body)
+		if err != nil {
+			log := h.messageLog(m)
+			// A message we cannot read will never be readable by this
+			// release: say so and let the host dead-letter it after its
+			// deliveries.
+			if h.lastDelivery(m) {
+				log.Error().Err(err).Msg("unreadable message on its last delivery; it is dead-lettered")
+			} else {
+				log.Warn().Err(err).Msg("unreadable message; the batch is delivered again")
+			}
+			failed = append(failed, fmt.Sprintf("reading the queue message %s: %v", m.ID, err))
+			continue
+		}
+		ops = append(ops, op)
+		opMsg = append(opMsg, m)
 	}
-	log.Debug().Msg("operation applied")
-	return "applied " + op.ID, nil
+
+	applied := make([]bool, len(ops))
+	groups := groupByNSG(ops)
+	for _, group := range groups {
+		batch := make([]jit.Operation, len(group))
+		for k, i := range group {
+			batch[k] = ops[i]
+		}
+		errs := h.cfg.Service.ApplyOperations(ctx, batch)
+		for k, i := range group {
+			err := fmt.Errorf("the service gave %d outcomes for %d operations", len(errs), len(batch))
+			if len(errs) == len(batch) {
+				err = errs[k]
+			}
+			if err == nil {
+				applied[i] = true
+				continue
+			}
+			log := h.opLog(ops[i], opMsg[i])
+			if h.lastDelivery(opMsg[i]) {
+				log.Error().Err(err).Msg("last delivery failed; the message is dead-lettered and the sweeper closes what is due")
+			} else {
+				log.Warn().Err(err).Msg("operation failed; the batch is delivered again")
+			}
+			failed = append(failed, fmt.Sprintf("applying %s: %v", ops[i].ID, err))
+		}
+	}
+
+	if len(failed) > 0 {
+		// The whole batch is abandoned: an op applied on its message's
+		// last delivery is dead-lettered all the same.
+		for i, ok := range applied {
+			if ok && h.lastDelivery(opMsg[i]) {
+				log := h.opLog(ops[i], opMsg[i])
+				log.Warn().Msg("applied, but its batch failed on the message's last delivery; it is dead-lettered though done")
+			}
+		}
+		// Each failure was logged above; the host's log gets the first few.
+		summary := strings.Join(failed[:min(len(failed), maxListed)], "; ")
+		if len(failed) > maxListed {
+			summary += fmt.Sprintf("; and %d more", len(failed)-maxListed)
+		}
+		return "", fmt.Errorf("%d of %d queue messages failed; the host abandons the batch: %s", len(failed), len(msgs), summary)
+	}
+	ev := h.cfg.Log.Debug().Int("messages", len(msgs)).Int("nsgs", len(groups))
+	if !oldest.IsZero() {
+		ev = ev.Dur("queued", time.Since(oldest))
+	}
+	ev.Msg("operations applied")
+	return fmt.Sprintf("applied %d operations on %d NSGs", len(ops), len(groups)), nil
+}
+
+// maxListed bounds the failures a failed invocation names in its result.
+const maxListed = 5
+
+// groupByNSG returns the indexes of ops by NSG, in the order each NSG first
+// appears and, within one, in queue order. The host batches one session,
+// which is one NSG, but nothing makes a sender keep to that, and
+// ApplyOperations takes one NSG at a time.
+func groupByNSG(ops []jit.Operation) [][]int {
+	var groups [][]int
+next:
+	for i, op := range ops {
+		for g, group := range groups {
+			if jit.SameID(ops[group[0]].NSG, op.NSG) {
+				groups[g] = append(group, i)
+				continue next
+			}
+		}
+		groups = append(groups, []int{i})
+	}
+	return groups
+}
+
+// lastDelivery reports whether a failure now is final for m: the queue
+// dead-letters it instead of delivering it again.
+func (h *Handler) lastDelivery(m queueMessage) bool { return m.Deliveries >= h.cfg.MaxDeliveries }
+
+func (h *Handler) messageLog(m queueMessage) zerolog.Logger {
+	return h.cfg.Log.With().Str("messageId", m.ID).Int64("delivery", m.Deliveries).Logger()
+}
+
+func (h *Handler) opLog(op jit.Operation, m queueMessage) zerolog.Logger {
+	return h.cfg.Log.With().Str("op", op.ID).Str("kind", op.Kind).Str("nsg", op.NSG).
+		Str("messageId", m.ID).Int64("delivery", m.Deliveries).Logger()
 }
 
 // gridEvent is an Event Grid event (Event Grid schema).

@@ -1,32 +1,50 @@
 package funcs
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"jitaccess/handler/jit"
 )
 
 type recordingService struct {
-	mu     sync.Mutex
-	ops    []jit.Operation
-	sweeps int
-	events []jit.ResourceEvent
-	fail   error
+	mu      sync.Mutex
+	ops     []jit.Operation
+	batches [][]jit.Operation // one per ApplyOperations call
+	sweeps  int
+	events  []jit.ResourceEvent
+	fail    error            // every call fails
+	failOp  map[string]error // these operations fail
+	short   bool             // answer one error too few
 }
 
-func (s *recordingService) ApplyOperation(_ context.Context, op jit.Operation) error {
+func (s *recordingService) ApplyOperations(_ context.Context, ops []jit.Operation) []error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.ops = append(s.ops, op)
-	return s.fail
+	s.ops = append(s.ops, ops...)
+	s.batches = append(s.batches, ops)
+	errs := make([]error, len(ops))
+	for k, op := range ops {
+		errs[k] = s.fail
+		if err := s.failOp[op.ID]; err != nil {
+			errs[k] = err
+		}
+	}
+	if s.short {
+		errs = errs[1:]
+	}
+	return errs
 }
 
 func (s *recordingService) Reconcile(context.Context) (jit.SweepReport, error) {
@@ -187,5 +205,247 @@ func TestInvocationPathsFromOutsideAreNotInvocations(t *testing.T) {
 					path, header, rec.Code, len(svc.ops), svc.sweeps, len(svc.events))
 			}
 		}
+	}
+}
+
+// batchOp is an operation body in the shape decodeJSONOp reads.
+func batchOp(id, nsg string) string {
+	return `{"ID":"` + id + `","Kind":"open","RequestID":"r","Grant":0,"NSG":"` + nsg + `"}`
+}
+
+// hostText is how the host sends a value that is not a JSON object: a
+// string holding its JSON text.
+func hostText(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := json.Marshal(string(b))
+	return string(s)
+}
+
+// batchInvocation builds a batch invocation of the bodies (each the JSON
+// text of one body) with the host's metadata arrays, in the form the host
+// sends (strings holding JSON) or as plain arrays.
+func batchInvocation(t *testing.T, bodies []string, deliveries []int, asText bool) string {
+	t.Helper()
+	ids := make([]string, len(bodies))
+	enqueued := make([]string, len(bodies))
+	sessions := make([]string, len(bodies))
+	for i := range bodies {
+		ids[i] = "m" + strconv.Itoa(i)
+		enqueued[i] = "2026-11-24T07:00:00.123"
+		sessions[i] = "s"
+	}
+	encode := func(v any) string {
+		if asText {
+			return hostText(t, v)
+		}
+		b, _ := json.Marshal(v)
+		return string(b)
+	}
+	meta := map[string]string{
+		"MessageIdArray": encode(ids), "DeliveryCountArray": encode(deliveries), "EnqueuedTimeUtcArray": encode(enqueued),
+		"SessionIdArray": encode(sessions), "UserPropertiesArray": `"[{},{}]"`,
+		"sys": `{"MethodName":"worker","UtcNow":"2026-11-24T07:00:01.5+00:00","RandGuid":"d3e0"}`,
+	}
+	var b strings.Builder
+	b.WriteString(`{"Data":{"msg":` + encode(bodies) + `},"Metadata":{`)
+	first := true
+	for k, v := range meta {
+		if !first {
+			b.WriteString(",")
+		}
+		first = false
+		b.WriteString(`"` + k + `":` + v)
+	}
+	b.WriteString("}}")
+	return b.String()
+}
+
+// With "cardinality": "many" the host sends the bodies as an array (in a
+// string holding its JSON, as ToHttpScriptInvocationContext does, or as
+// the array itself), each body a string or the object, and the metadata as
+// arrays: every form reads as the same batch, applied in one call.
+func TestWorkerBatchEncodings(t *testing.T) {
+	const nsg = "/subscriptions/s/nsg"
+	bodies := []string{batchOp("open-a", nsg), batchOp("open-b", nsg), batchOp("open-c", nsg)}
+	once := make([]string, len(bodies))
+	for i, b := range bodies {
+		s, _ := json.Marshal(b)
+		once[i] = string(s)
+	}
+	objects := `[` + strings.Join(bodies, ",") + `]`
+	twice := `[` + strings.Join(once, ",") + `]` // each body a string holding a string
+	meta := `"Metadata":{"MessageIdArray":"[\"m0\",\"m1\",\"m2\"]","DeliveryCountArray":"[1,1,2]","EnqueuedTimeUtcArray":"[\"2026-11-24T07:00:00\",\"2026-11-24T07:00:00\",\"2026-11-24T07:00:00\"]"}`
+	for name, payload := range map[string]string{
+		"host form":          batchInvocation(t, bodies, []int{1, 1, 2}, true),
+		"plain arrays":       batchInvocation(t, bodies, []int{1, 1, 2}, false),
+		"array of objects":   `{"Data":{"msg":` + objects + `},` + meta + `}`,
+		"objects in text":    `{"Data":{"msg":` + hostText(t, json.RawMessage(objects)) + `},` + meta + `}`,
+		"bodies twice":       `{"Data":{"msg":` + twice + `},` + meta + `}`,
+		"no metadata arrays": `{"Data":{"msg":` + hostText(t, bodies) + `},"Metadata":{}}`,
+		"arrays too short":   `{"Data":{"msg":` + hostText(t, bodies) + `},"Metadata":{"MessageIdArray":"[\"m0\"]","DeliveryCountArray":[1]}}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			svc := &recordingService{}
+			rec, resp := post(t, newTestHandler(svc), "/worker", payload)
+			if rec.Code != 200 {
+				t.Fatalf("status %d: %s", rec.Code, rec.Body)
+			}
+			if len(svc.batches) != 1 || len(svc.ops) != 3 || svc.ops[0].ID != "open-a" || svc.ops[1].ID != "open-b" || svc.ops[2].ID != "open-c" {
+				t.Fatalf("batches %+v, want the three operations in queue order in one call", svc.batches)
+			}
+			if len(resp.Logs) == 0 || !strings.Contains(resp.Logs[0], "applied 3 operations on 1 NSGs") {
+				t.Errorf("logs %v", resp.Logs)
+			}
+		})
+	}
+}
+
+// The batch's metadata arrays give each message its own id and delivery
+// count, as the dead-letter warnings need.
+func TestQueueMessagesMetadata(t *testing.T) {
+	inv, err := parseInvocation([]byte(batchInvocation(t, []string{`{"a":1}`, `{"b":2}`}, []int{3, 10}, true)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := queueMessages(inv, workerBinding)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := time.Date(2026, 11, 24, 7, 0, 0, 123e6, time.UTC)
+	if len(msgs) != 2 || string(msgs[0].Body) != `{"a":1}` || string(msgs[1].Body) != `{"b":2}` ||
+		msgs[0].ID != "m0" || msgs[1].ID != "m1" || msgs[0].Deliveries != 3 || msgs[1].Deliveries != 10 ||
+		!msgs[0].Enqueued.Equal(want) || !msgs[1].Enqueued.Equal(want) {
+		t.Errorf("messages %+v", msgs)
+	}
+	// One message (cardinality one) is a batch of one.
+	inv, _ = parseInvocation([]byte(`{"Data":{"msg":"{\"a\":1}"},"Metadata":{"MessageId":"\"m\"","DeliveryCount":"4","EnqueuedTimeUtc":"2026-11-24T07:00:00"}}`))
+	msgs, err = queueMessages(inv, workerBinding)
+	if err != nil || len(msgs) != 1 || string(msgs[0].Body) != `{"a":1}` || msgs[0].ID != "m" || msgs[0].Deliveries != 4 || msgs[0].Enqueued.IsZero() {
+		t.Errorf("single message: %+v, %v", msgs, err)
+	}
+	for _, bad := range []string{`{"Data":{"msg":[]}}`, `{"Data":{"msg":"[]"}}`, `{"Data":{"msg":"[1,"}}`, `{"Data":{}}`} {
+		inv, _ := parseInvocation([]byte(bad))
+		if msgs, err := queueMessages(inv, workerBinding); err == nil {
+			t.Errorf("%s read as %+v", bad, msgs)
+		}
+	}
+}
+
+// A batch holds one session, one NSG, but the worker groups defensively:
+// each NSG's operations go to ApplyOperations together, in queue order,
+// NSG ids compared as ARM compares them (without case).
+func TestWorkerBatchMixedNSGs(t *testing.T) {
+	const a, b = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Network/networkSecurityGroups/a",
+		"/subscriptions/s/resourceGroups/g/providers/Microsoft.Network/networkSecurityGroups/b"
+	bodies := []string{batchOp("a1", a), batchOp("b1", b), batchOp("a2", strings.ToUpper(a)), batchOp("b2", b), batchOp("a3", a)}
+	svc := &recordingService{}
+	rec, _ := post(t, newTestHandler(svc), "/worker", batchInvocation(t, bodies, []int{1, 1, 1, 1, 1}, true))
+	if rec.Code != 200 {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	var got [][]string
+	for _, batch := range svc.batches {
+		var ids []string
+		for _, op := range batch {
+			ids = append(ids, op.ID)
+			if !jit.SameID(op.NSG, batch[0].NSG) {
+				t.Errorf("one call mixes NSGs: %+v", batch)
+			}
+		}
+		got = append(got, ids)
+	}
+	if len(got) != 2 || strings.Join(got[0], ",") != "a1,a2,a3" || strings.Join(got[1], ",") != "b1,b2" {
+		t.Errorf("calls %v, want [a1 a2 a3] then [b1 b2]", got)
+	}
+}
+
+// One failed operation fails the invocation, so the host abandons the
+// batch and delivers it again; the others were applied all the same, and
+// the log names the one that failed, at error level on its last delivery.
+func TestWorkerBatchFailingOp(t *testing.T) {
+	const nsg = "/subscriptions/s/nsg"
+	bodies := []string{batchOp("open-a", nsg), batchOp("open-b", nsg), batchOp("open-c", nsg)}
+	for _, tc := range []struct {
+		name       string
+		deliveries []int
+		wantLevel  string
+	}{
+		{"early delivery", []int{1, 2, 1}, "warn"},
+		{"last delivery", []int{10, 10, 10}, "error"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			svc := &recordingService{failOp: map[string]error{"open-b": errors.New("arm said no")}}
+			h := New(Config{API: http.NotFoundHandler(), Service: svc, DecodeOperation: decodeJSONOp, Log: zerolog.New(&logs)})
+			rec, resp := post(t, h, "/worker", batchInvocation(t, bodies, tc.deliveries, true))
+			if rec.Code < 300 {
+				t.Fatalf("status %d for a batch with a failed operation: the host would complete it", rec.Code)
+			}
+			if len(svc.ops) != 3 {
+				t.Errorf("applied %+v, want all three tried", svc.ops)
+			}
+			if len(resp.Logs) == 0 || !strings.Contains(resp.Logs[len(resp.Logs)-1], "applying open-b: arm said no") {
+				t.Errorf("logs %v", resp.Logs)
+			}
+			var failedLogged, doneButDeadLettered bool
+			for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+				var ev map[string]any
+				if err := json.Unmarshal([]byte(line), &ev); err != nil {
+					t.Fatalf("log line %q: %v", line, err)
+				}
+				if ev["op"] == "open-b" && ev["level"] == tc.wantLevel && ev["messageId"] == "m1" && ev["nsg"] == nsg {
+					failedLogged = true
+				}
+				if ev["op"] == "open-a" && ev["messageId"] == "m0" && strings.Contains(line, "dead-lettered though done") {
+					doneButDeadLettered = true
+				}
+			}
+			if !failedLogged {
+				t.Errorf("no %s log naming the failed operation open-b (message m1):\n%s", tc.wantLevel, logs.String())
+			}
+			if doneButDeadLettered != (tc.wantLevel == "error") {
+				t.Errorf("applied-but-dead-lettered warning for open-a: %v, want %v:\n%s", doneButDeadLettered, tc.wantLevel == "error", logs.String())
+			}
+		})
+	}
+	// A service that answers fewer outcomes than operations fails them all.
+	svc := &recordingService{short: true}
+	if rec, _ := post(t, newTestHandler(svc), "/worker", batchInvocation(t, bodies, []int{1, 1, 1}, true)); rec.Code != 500 {
+		t.Errorf("status %d with outcomes missing", rec.Code)
+	}
+	// A failed NSG write fails every op; the result names the first few.
+	many, deliveries := make([]string, 40), make([]int, 40)
+	for i := range many {
+		many[i], deliveries[i] = batchOp("open-"+strconv.Itoa(i), nsg), 1
+	}
+	svc = &recordingService{fail: errors.New("arm said no")}
+	rec, resp := post(t, newTestHandler(svc), "/worker", batchInvocation(t, many, deliveries, true))
+	if last := resp.Logs[len(resp.Logs)-1]; rec.Code != 500 || !strings.Contains(last, "40 of 40 queue messages failed") ||
+		!strings.Contains(last, "applying open-4: arm said no; and 35 more") || strings.Contains(last, "open-5:") {
+		t.Errorf("status %d, logs %v", rec.Code, resp.Logs)
+	}
+}
+
+// An unreadable message does not keep its batch companions from being
+// applied, but it fails the invocation, so that it is delivered again (a
+// newer release may read it) until the queue dead-letters it.
+func TestWorkerBatchUnreadableMessage(t *testing.T) {
+	const nsg = "/subscriptions/s/nsg"
+	bodies := []string{batchOp("open-a", nsg), `{"ID":"open-b","Kind":"open","Colour":"blue"}`, `not json`, batchOp("open-c", nsg)}
+	svc := &recordingService{}
+	rec, resp := post(t, newTestHandler(svc), "/worker", batchInvocation(t, bodies, []int{1, 1, 1, 1}, true))
+	if rec.Code != 500 {
+		t.Fatalf("status %d with unreadable messages in the batch", rec.Code)
+	}
+	if len(svc.batches) != 1 || len(svc.ops) != 2 || svc.ops[0].ID != "open-a" || svc.ops[1].ID != "open-c" {
+		t.Errorf("applied %+v, want open-a and open-c in one call", svc.batches)
+	}
+	last := resp.Logs[len(resp.Logs)-1]
+	if !strings.Contains(last, "2 of 4 queue messages failed") || !strings.Contains(last, "reading the queue message m1") || !strings.Contains(last, "reading the queue message m2") {
+		t.Errorf("logs %v", resp.Logs)
 	}
 }

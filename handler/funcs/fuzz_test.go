@@ -43,8 +43,31 @@ var invocationSeeds = func() []string {
 		`{"Data":{"event":{"subject":"x"}},"Metadata":{}}`,
 		``, `[]`, `null`, `{"Data":{}}`, `{"Data":null}`, `{"Metadata":{}}`, `{"Data":{"msg":"not json"}}`, `{"Data":{"msg":null}}`,
 		`{"Data":{"msg":1e999}}`, `{"Data":{"msg":""}} trailing`, `{"Data":{"msg":"\"\\\"\\\\\\\"\\\"\""}}`,
+		// Batches ("cardinality": "many"): the bodies' array as JSON text
+		// in a string (as the host sends it) or as the array, bodies as
+		// strings or objects, the metadata as arrays.
+		`{"Data":{"msg":` + batchText + `},` + batchMeta + `}`,
+		`{"Data":{"msg":[` + string(once) + `,` + string(once) + `]},"Metadata":{"MessageIdArray":["a","b"],"DeliveryCountArray":[1,10]}}`,
+		`{"Data":{"msg":[` + fuzzOp + `,` + fuzzOpOther + `]},` + batchMeta + `}`,
+		`{"Data":{"msg":[` + string(once) + `,"not json"]},` + batchMeta + `}`,
+		`{"Data":{"msg":"[]"},"Metadata":{}}`, `{"Data":{"msg":[null]},"Metadata":{"DeliveryCountArray":"[1,2,3]"}}`,
 	}
 }()
+
+// fuzzOpOther is an operation of another NSG.
+const fuzzOpOther = `{"id":"close-y-1-def-0","kind":"close","requestId":"y","grant":1,"nsg":"/subscriptions/s/nsg2","due":"2030-01-02T03:04:05.5Z"}`
+
+// batchText is a batch of two bodies as the host sends it: a string
+// holding the JSON array of the bodies, each a string.
+var batchText = func() string {
+	b, _ := json.Marshal([]string{fuzzOp, fuzzOpOther})
+	s, _ := json.Marshal(string(b))
+	return string(s)
+}()
+
+const batchMeta = `"Metadata":{"MessageIdArray":"[\"open-x-0-abc-0\",\"close-y-1-def-0\"]","DeliveryCountArray":"[1,10]",` +
+	`"EnqueuedTimeUtcArray":"[\"2026-11-24T07:00:00.123\",\"2026-11-24T07:00:01\"]","SessionIdArray":"[\"abc\",\"abc\"]",` +
+	`"sys":{"MethodName":"worker","UtcNow":"2026-11-24T07:00:02.1234567+00:00","RandGuid":"d3e0"}}`
 
 func FuzzParseInvocation(f *testing.F) {
 	for _, s := range invocationSeeds {
@@ -69,6 +92,62 @@ func FuzzParseInvocation(f *testing.F) {
 			_, _ = metaInt(inv.Metadata, k)
 			if tm, ok := metaTime(inv.Metadata, k); ok && tm.Location() != time.UTC {
 				t.Fatalf("metaTime(%s) = %v, not in UTC", inv.Metadata[k], tm)
+			}
+		}
+	})
+}
+
+// FuzzQueueMessages: the batch decoder never panics, reads a batch as
+// many messages as the array has elements and gives a message metadata
+// only from arrays as long as the batch; a batch of bodies reads the same
+// whether the host sends it as an array or as a string holding one.
+func FuzzQueueMessages(f *testing.F) {
+	for _, s := range invocationSeeds {
+		f.Add([]byte(s), fuzzOp, fuzzOpOther, uint8(0))
+	}
+	f.Add([]byte(`{"Data":{"msg":"[\"{}\",{}]"},"Metadata":{"DeliveryCountArray":"[1,\"2\"]","MessageIdArray":[null,"b"]}}`), `{"a":1}`, ` [] `, uint8(1))
+	f.Add([]byte(`{"Data":{"msg":"[1,2"},"Metadata":{"DeliveryCountArray":"[1]"}}`), `4`, `"x"`, uint8(2))
+	f.Fuzz(func(t *testing.T, payload []byte, a, b string, form uint8) {
+		if inv, err := parseInvocation(payload); err == nil {
+			msgs, err := queueMessages(inv, workerBinding)
+			if err == nil && len(msgs) == 0 {
+				t.Fatalf("queueMessages(%q) read no message and no error", payload)
+			}
+		}
+		// Two bodies, each valid JSON of at most one string level (what
+		// a sender writes), in the forms the host sends.
+		for _, body := range []string{a, b} {
+			if !json.Valid([]byte(body)) || stringDepth([]byte(body)) > 1 || !utf8.ValidString(body) {
+				return
+			}
+		}
+		elems := []string{a, b}
+		if form%2 == 1 { // each body as a string
+			for i, e := range elems {
+				s, _ := json.Marshal(e)
+				elems[i] = string(s)
+			}
+		}
+		array := "[" + strings.Join(elems, ",") + "]"
+		text, _ := json.Marshal(array)
+		meta := map[string]json.RawMessage{"DeliveryCountArray": json.RawMessage(`"[1,2]"`), "MessageIdArray": json.RawMessage(`["x"]`)}
+		var got [2][]queueMessage
+		for k, data := range []string{array, string(text)} {
+			msgs, err := queueMessages(invocation{Data: map[string]json.RawMessage{"msg": json.RawMessage(data)}, Metadata: meta}, "msg")
+			if err != nil || len(msgs) != 2 {
+				t.Fatalf("batch %s: %+v, %v; want two messages", data, msgs, err)
+			}
+			if msgs[0].Deliveries != 1 || msgs[1].Deliveries != 2 || msgs[0].ID != "" {
+				t.Fatalf("batch %s: metadata read as %+v", data, msgs)
+			}
+			got[k] = msgs
+		}
+		for i := range 2 {
+			if !bytes.Equal(got[0][i].Body, got[1][i].Body) {
+				t.Fatalf("body %d reads %q from the array, %q from its text", i, got[0][i].Body, got[1][i].Body)
+			}
+			if stringDepth([]byte(elems[i])) == 0 && !bytes.Equal(got[0][i].Body, bytes.TrimSpace([]byte(elems[i]))) {
+				t.Fatalf("body %q reads %q", elems[i], got[0][i].Body)
 			}
 		}
 	})
@@ -218,15 +297,34 @@ func FuzzInvocation(f *testing.F) {
 		switch rec.Code {
 		case http.StatusOK:
 			calls := map[string]int{WorkerFunction: len(svc.ops), EventsFunction: len(svc.events), SweeperFunction: svc.sweeps}
-			if fail || calls[path] != 1 {
+			if fail || calls[path] < 1 || (path != WorkerFunction && calls[path] != 1) {
 				t.Fatalf("POST /%s %q: 200 with service failing=%v, calls %v", path, body, fail, calls)
 			}
 			if path == EventsFunction && (svc.events[0].ID == "" || svc.events[0].Type == "") {
 				t.Fatalf("POST /%s %q: handled an event without id or type: %+v", path, body, svc.events[0])
 			}
 			if path == WorkerFunction {
-				if _, err := servicebus.EncodeOperation(svc.ops[0]); err != nil {
-					t.Fatalf("POST /%s %q applied an operation that does not encode: %+v: %v", path, body, svc.ops[0], err)
+				// Every message of the batch was read and applied.
+				inv, err := parseInvocation(body)
+				if err != nil {
+					t.Fatalf("POST /%s %q: 200 for a payload that does not parse: %v", path, body, err)
+				}
+				if msgs, err := queueMessages(inv, workerBinding); err != nil || len(msgs) != len(svc.ops) {
+					t.Fatalf("POST /%s %q: 200 with %d operations applied of messages %+v (%v)", path, body, len(svc.ops), msgs, err)
+				}
+				for _, op := range svc.ops {
+					if _, err := servicebus.EncodeOperation(op); err != nil {
+						t.Fatalf("POST /%s %q applied an operation that does not encode: %+v: %v", path, body, op, err)
+					}
+				}
+			}
+			if path == WorkerFunction {
+				for _, batch := range svc.batches {
+					for _, op := range batch {
+						if !jit.SameID(op.NSG, batch[0].NSG) {
+							t.Fatalf("POST /%s %q: one ApplyOperations call mixes NSGs: %+v", path, body, batch)
+						}
+					}
 				}
 			}
 		case http.StatusInternalServerError:
@@ -237,18 +335,24 @@ func FuzzInvocation(f *testing.F) {
 }
 
 type stubService struct {
-	mu     sync.Mutex
-	ops    []jit.Operation
-	events []jit.ResourceEvent
-	sweeps int
-	err    error
+	mu      sync.Mutex
+	ops     []jit.Operation
+	batches [][]jit.Operation
+	events  []jit.ResourceEvent
+	sweeps  int
+	err     error
 }
 
-func (s *stubService) ApplyOperation(_ context.Context, op jit.Operation) error {
+func (s *stubService) ApplyOperations(_ context.Context, ops []jit.Operation) []error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.ops = append(s.ops, op)
-	return s.err
+	s.ops = append(s.ops, ops...)
+	s.batches = append(s.batches, ops)
+	errs := make([]error, len(ops))
+	for k := range errs {
+		errs[k] = s.err
+	}
+	return errs
 }
 
 func (s *stubService) Reconcile(context.Context) (jit.SweepReport, error) {

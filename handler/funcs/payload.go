@@ -47,12 +47,8 @@ func hostValue(raw json.RawMessage) []byte {
 	return v
 }
 
-// metaString reads a metadata value as a string, whatever its encoding.
-func metaString(m map[string]json.RawMessage, key string) string {
-	raw, ok := m[key]
-	if !ok {
-		return ""
-	}
+// valueText reads a host value as text, whatever its encoding; null is "".
+func valueText(raw json.RawMessage) string {
 	v := hostValue(raw)
 	if string(v) == "null" {
 		return ""
@@ -60,9 +56,9 @@ func metaString(m map[string]json.RawMessage, key string) string {
 	return string(v)
 }
 
-// metaInt reads a metadata value as an integer: 4, "4" and "\"4\"" all work.
-func metaInt(m map[string]json.RawMessage, key string) (int64, bool) {
-	s := metaString(m, key)
+// valueInt reads a host value as an integer: 4, "4" and "\"4\"" all work.
+func valueInt(raw json.RawMessage) (int64, bool) {
+	s := valueText(raw)
 	if s == "" {
 		return 0, false
 	}
@@ -70,9 +66,9 @@ func metaInt(m map[string]json.RawMessage, key string) (int64, bool) {
 	return n, err == nil
 }
 
-// metaTime reads a time the host may send without a zone (UTC is meant).
-func metaTime(m map[string]json.RawMessage, key string) (time.Time, bool) {
-	s := metaString(m, key)
+// valueTime reads a time the host may send without a zone (UTC is meant).
+func valueTime(raw json.RawMessage) (time.Time, bool) {
+	s := valueText(raw)
 	if s == "" {
 		return time.Time{}, false
 	}
@@ -88,6 +84,88 @@ func metaTime(m map[string]json.RawMessage, key string) (time.Time, bool) {
 		}
 	}
 	return time.Time{}, false
+}
+
+// metaString reads a metadata value as a string, whatever its encoding.
+func metaString(m map[string]json.RawMessage, key string) string { return valueText(m[key]) }
+
+// metaInt reads a metadata value as an integer: 4, "4" and "\"4\"" all work.
+func metaInt(m map[string]json.RawMessage, key string) (int64, bool) { return valueInt(m[key]) }
+
+// metaTime reads a metadata time the host may send without a zone.
+func metaTime(m map[string]json.RawMessage, key string) (time.Time, bool) { return valueTime(m[key]) }
+
+// metaArray reads a binding datum that holds one element per message of a
+// batch (MessageIdArray, DeliveryCountArray, ...): an array, or a string
+// holding one. It is nil when the datum is missing, is no array or has
+// another length than the batch, so that no message is given another's
+// data.
+func metaArray(m map[string]json.RawMessage, key string, n int) []json.RawMessage {
+	v := hostValue(m[key])
+	if len(v) == 0 || v[0] != '[' {
+		return nil
+	}
+	var elems []json.RawMessage
+	if err := json.Unmarshal(v, &elems); err != nil || len(elems) != n {
+		return nil
+	}
+	return elems
+}
+
+// queueMessage is one Service Bus message of an invocation, with the
+// binding data the worker uses.
+type queueMessage struct {
+	Body       []byte    // the innermost JSON text of the body
+	ID         string    // MessageId; "" when the host sent none
+	Deliveries int64     // DeliveryCount, 1 on the first delivery; 0 when unknown
+	Enqueued   time.Time // EnqueuedTimeUtc; zero when unknown
+}
+
+// queueMessages reads the messages of a Service Bus trigger's invocation.
+// With "cardinality": "many" the host sends Data.<binding> as the array of
+// the bodies and each binding datum as an array with one element per
+// message, under its name with "Array" appended; each may come as the array
+// itself or as a string holding its JSON text, and each body as a string
+// (encoded once or twice) or as the JSON object. A single message
+// (cardinality one, or an older host) comes as one body with MessageId,
+// DeliveryCount and EnqueuedTimeUtc, and is read as a batch of one. An
+// operation body is always a JSON object, so an array is never one body.
+func queueMessages(inv invocation, binding string) ([]queueMessage, error) {
+	raw, ok := inv.Data[binding]
+	if !ok {
+		return nil, fmt.Errorf("invocation has no Data.%s", binding)
+	}
+	v := hostValue(raw)
+	if len(v) == 0 || v[0] != '[' {
+		m := queueMessage{Body: v, ID: metaString(inv.Metadata, "MessageId")}
+		m.Deliveries, _ = metaInt(inv.Metadata, "DeliveryCount")
+		m.Enqueued, _ = metaTime(inv.Metadata, "EnqueuedTimeUtc")
+		return []queueMessage{m}, nil
+	}
+	var bodies []json.RawMessage
+	if err := json.Unmarshal(v, &bodies); err != nil {
+		return nil, fmt.Errorf("Data.%s is not a JSON array of message bodies: %w", binding, err)
+	}
+	if len(bodies) == 0 {
+		return nil, fmt.Errorf("Data.%s is a batch of no messages", binding)
+	}
+	ids := metaArray(inv.Metadata, "MessageIdArray", len(bodies))
+	counts := metaArray(inv.Metadata, "DeliveryCountArray", len(bodies))
+	times := metaArray(inv.Metadata, "EnqueuedTimeUtcArray", len(bodies))
+	msgs := make([]queueMessage, len(bodies))
+	for i, b := range bodies {
+		msgs[i].Body = hostValue(b)
+		if ids != nil {
+			msgs[i].ID = valueText(ids[i])
+		}
+		if counts != nil {
+			msgs[i].Deliveries, _ = valueInt(counts[i])
+		}
+		if times != nil {
+			msgs[i].Enqueued, _ = valueTime(times[i])
+		}
+	}
+	return msgs, nil
 }
 
 // response is the custom handler's answer to an invocation.

@@ -9,8 +9,10 @@
 // HTTP from one front URL to the instances in turn, receives the Service
 // Bus queue with sessions (per instance, host.json's maxConcurrentSessions
 // receivers) and invokes the worker function in the host's payload shape,
-// one message per invocation or, with "cardinality": "many", a batch;
-// it completes on 2xx and abandons (the whole batch) otherwise. FireTimer
+// one message per invocation or, with "cardinality": "many", a batch of
+// one session's messages from the instance's single batch receiver, one
+// session at a time, as the Service Bus extension's batch loop does; it
+// completes on 2xx and abandons (the whole batch) otherwise. FireTimer
 // and SendEvent invoke the timer and Event Grid functions. Counters per
 // instance say what the host did (invocations and failures by function,
 // messages delivered, receives, completes, abandons). Instance.Kill takes

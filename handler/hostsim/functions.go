@@ -93,7 +93,7 @@ type HostSettings struct {
 // shape delivery.
 type ServiceBusSettings struct {
 	// MaxConcurrentSessions is how many sessions one instance works on at
-	// once. Default 8.
+	// once with single dispatch. Default 8. A batch trigger works on one.
 	MaxConcurrentSessions int
 	// MaxMessageBatchSize is the most messages of one invocation with
 	// "cardinality": "many". Default 1000.

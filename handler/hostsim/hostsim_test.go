@@ -436,7 +436,7 @@ func TestHostSettingsFromRepo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := HostSettings{FunctionTimeout: 5 * time.Minute, ServiceBus: ServiceBusSettings{MaxConcurrentSessions: 8, MaxMessageBatchSize: 1000, SessionIdleTimeout: 5 * time.Second}}
+	want := HostSettings{FunctionTimeout: 5 * time.Minute, ServiceBus: ServiceBusSettings{MaxConcurrentSessions: 8, MaxMessageBatchSize: 100, SessionIdleTimeout: time.Second}}
 	if hs != want {
 		t.Errorf("host.json gives %+v, want %+v", hs, want)
 	}
@@ -449,7 +449,7 @@ func TestHostSettingsFromRepo(t *testing.T) {
 		tr, _ := f.Trigger()
 		triggers[f.Name] = tr
 	}
-	if w := triggers["worker"]; w.Type != "serviceBusTrigger" || w.Name != "msg" || !w.IsSessionsEnabled || w.Many() {
+	if w := triggers["worker"]; w.Type != "serviceBusTrigger" || w.Name != "msg" || !w.IsSessionsEnabled || !w.Many() || w.DataType != "string" {
 		t.Errorf("worker trigger %+v", w)
 	}
 	for in, want := range map[string]time.Duration{"00:00:05": 5 * time.Second, "1.02:03:04.5": 26*time.Hour + 3*time.Minute + 4500*time.Millisecond, "": 0} {
@@ -520,5 +520,81 @@ func TestHostInstanceKilled(t *testing.T) {
 	}
 	if q := sb.State(t).Queues[queue]; q.Counts.Completed != 1 || q.Counts.Abandoned != 0 || len(q.Active) != 0 {
 		t.Errorf("the broker counts %+v, active %v", q.Counts, q.Active)
+	}
+}
+
+// TestHostBatchOneSessionAtATime: with "cardinality": "many" an instance
+// has one batch receiver whatever maxConcurrentSessions says, as the
+// Service Bus extension's batch loop does, so its invocations never
+// overlap and each carries one session's messages.
+func TestHostBatchOneSessionAtATime(t *testing.T) {
+	sb := testenv.StartServiceBus(t)
+	const queue = "hostsim-batch-sessions"
+	sessions := []string{"nsg-a", "nsg-b", "nsg-c"}
+	for _, s := range sessions {
+		sendSession(t, sb, queue, s, []string{`{"ID":"open-` + s + `"}`, `{"ID":"close-` + s + `"}`}, nil)
+	}
+	var (
+		inFlight, most atomic.Int32
+		mu             sync.Mutex
+		batches        [][]string // the SessionIdArray of each invocation
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			http.NotFound(w, r)
+			return
+		}
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		body, _ := io.ReadAll(r.Body)
+		var p payload
+		var text string
+		var ids []string
+		if json.Unmarshal(body, &p) == nil && json.Unmarshal(p.Metadata["SessionIdArray"], &text) == nil && json.Unmarshal([]byte(text), &ids) == nil {
+			mu.Lock()
+			batches = append(batches, ids)
+			mu.Unlock()
+		}
+		time.Sleep(100 * time.Millisecond)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"Outputs":{},"Logs":[],"ReturnValue":null}`)
+	}))
+	defer srv.Close()
+	h, err := Start(Config{
+		HandlerURLs:    []string{srv.URL},
+		HostServiceBus: sb.ConnectionString(),
+		Queue:          queue,
+		Functions:      workerFunction("many"),
+		Host:           &HostSettings{ServiceBus: ServiceBusSettings{MaxConcurrentSessions: 8, MaxMessageBatchSize: 10, SessionIdleTimeout: 200 * time.Millisecond}},
+		Logf:           t.Logf,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	waitUntil(t, 30*time.Second, "every message completed", func() bool { return h.Stats().Completes == 6 })
+	if m := most.Load(); m != 1 {
+		t.Errorf("%d invocations at once on one instance, want 1", m)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	seen := map[string]int{}
+	for _, ids := range batches {
+		if len(ids) == 0 || slices.ContainsFunc(ids, func(id string) bool { return id != ids[0] }) {
+			t.Errorf("a batch mixes sessions: %v", ids)
+		}
+		for _, id := range ids {
+			seen[id]++
+		}
+	}
+	for _, s := range sessions {
+		if seen[s] != 2 {
+			t.Errorf("session %s: %d messages delivered, want 2 (batches %v)", s, seen[s], batches)
+		}
+	}
+	if s := h.Stats(); s.Sessions < 3 {
+		t.Errorf("stats %+v: want the three sessions accepted one after the other", s)
 	}
 }

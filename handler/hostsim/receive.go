@@ -16,10 +16,20 @@ const acceptWait = 2 * time.Second
 const settleTimeout = 30 * time.Second
 
 // startReceivers gives every instance its own Service Bus connection and
-// maxConcurrentSessions session receivers, as each host instance has.
+// maxConcurrentSessions session receivers, as each host instance has. With
+// "cardinality": "many" an instance has one: the extension's batch loop
+// (ServiceBusListener.RunBatchReceiveLoopAsync in
+// Microsoft.Azure.WebJobs.Extensions.ServiceBus) accepts one session,
+// invokes the function at a concurrency of one, and takes the next session
+// only after a receive has waited sessionIdleTimeout in vain;
+// maxConcurrentSessions applies to single dispatch only.
 func (h *Host) startReceivers() error {
 	if h.worker == nil {
 		return nil
+	}
+	receivers := h.settings.ServiceBus.MaxConcurrentSessions
+	if h.trigger.Many() {
+		receivers = 1
 	}
 	for _, in := range h.instances {
 		c, err := azservicebus.NewClientFromConnectionString(h.cfg.HostServiceBus, nil)
@@ -27,7 +37,7 @@ func (h *Host) startReceivers() error {
 			return fmt.Errorf("connecting the host to Service Bus: %w", err)
 		}
 		in.sb = c
-		for range h.settings.ServiceBus.MaxConcurrentSessions {
+		for range receivers {
 			in.receivers.Add(1)
 			go h.receiveSessions(in)
 		}
