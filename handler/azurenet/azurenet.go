@@ -532,10 +532,10 @@ func freePriority(used map[int]bool, band Band) (int, bool) {
 
 func toARM(rule jit.SecurityRule, priority int32) armnetwork.SecurityRule {
 	p := &armnetwork.SecurityRulePropertiesFormat{
-		Access:          ptr(armnetwork.SecurityRuleAccess(rule.Access)),
-		Direction:       ptr(armnetwork.SecurityRuleDirectionInbound),
-		Priority:        ptr(priority),
-		Protocol:        ptr(armnetwork.SecurityRuleProtocol(rule.Protocol)),
+		Access:    ptr(armnetwork.SecurityRuleAccess(rule.Access)),
+		Direction: ptr(armnetwork.SecurityRuleDirectionInbound),
+		Priority:  ptr(priority),
+		Protocol:  ptr(armnetwork.SecurityRuleProtocol(rule.Protocol)),
 	}
 	if rule.Description != "" {
 		p.Description = ptr(rule.Description)

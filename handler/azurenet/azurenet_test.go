@@ -58,18 +58,36 @@ func newEnvOptions(t *testing.T, opts armsim.Options) (*armsim.Server, *azurenet
 func newEnvConfig(t *testing.T, opts armsim.Options, edit func(*azurenet.Config)) (*armsim.Server, *azurenet.Driver, *arm.ClientOptions) {
 	t.Helper()
 	sim := armsim.New(opts)
+	co := serve(t, sim)
+	return sim, newDriver(t, co, edit), co
+}
+
+// serve serves sim over HTTP and returns the SDK client options that reach
+// it.
+func serve(tb testing.TB, sim *armsim.Server) *arm.ClientOptions {
 	srv := httptest.NewServer(sim)
-	t.Cleanup(srv.Close)
-	co := &arm.ClientOptions{ClientOptions: azcore.ClientOptions{
+	tb.Cleanup(srv.Close)
+	return &arm.ClientOptions{ClientOptions: azcore.ClientOptions{
 		Cloud: cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
 			cloud.ResourceManager: {Endpoint: srv.URL, Audience: "https://management.azure.com"},
 		}},
 		InsecureAllowCredentialWithHTTP: true,
 	}}
+}
+
+// newDriver is a driver for testOwner that reaches ARM through co, with
+// retry delays small enough that no test sleeps for long, and its
+// configuration changed by edit. Benchmarks log nothing.
+func newDriver(tb testing.TB, co *arm.ClientOptions, edit func(*azurenet.Config)) *azurenet.Driver {
+	tb.Helper()
+	log := zerolog.Nop()
+	if _, bench := tb.(*testing.B); !bench {
+		log = zerolog.New(zerolog.NewTestWriter(tb))
+	}
 	cfg := azurenet.Config{
 		Owner:         testOwner,
 		Subscriptions: []string{armsim.DemoSubscription},
-		Log:           zerolog.New(zerolog.NewTestWriter(t)),
+		Log:           log,
 		Retry:         policy.RetryOptions{MaxRetries: 3, RetryDelay: time.Millisecond, MaxRetryDelay: 200 * time.Millisecond},
 		RetryDelay:    time.Millisecond,
 		MaxRetryDelay: 5 * time.Millisecond,
@@ -80,9 +98,9 @@ func newEnvConfig(t *testing.T, opts armsim.Options, edit func(*azurenet.Config)
 	}
 	d, err := azurenet.New(cfg, &azfake.TokenCredential{}, co)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	return sim, d, co
+	return d
 }
 
 func TestResolveVM(t *testing.T) {

@@ -138,8 +138,8 @@ func planRules(doc *nsgDoc, nsgID string, c jit.RuleChange, bands []Band, owner 
 	var a jit.Applied
 	fate := make([]int, len(doc.rules))
 	priority := make([]int, len(doc.rules)) // of rewritten rules; 0: to choose
-	found := map[string]bool{}               // Put names that exist
-	used := map[int]bool{}                   // inbound priorities of the rules kept or rewritten in place
+	found := map[string]bool{}              // Put names that exist
+	used := map[int]bool{}                  // inbound priorities of the rules kept or rewritten in place
 	for i, sr := range doc.rules {
 		name := strings.ToLower(sr.Name)
 		may := sr.Properties != nil && owner.MayChange(sr.rule())

@@ -238,4 +238,3 @@ func TestApplyRulesRetriesTransientFailures(t *testing.T) {
 		})
 	}
 }
-

@@ -9,10 +9,8 @@ import (
 	"testing"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
-	azfake "github.com/Azure/azure-sdk-for-go/sdk/azcore/fake"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v9"
-	"github.com/rs/zerolog"
 
 	"jitaccess/handler/armsim"
 	"jitaccess/handler/azurenet"
@@ -37,12 +35,7 @@ func addForeign(t *testing.T, sim *armsim.Server, nsgID, name, description strin
 // owner.
 func driverFor(t *testing.T, co *arm.ClientOptions, owner jit.Owner) *azurenet.Driver {
 	t.Helper()
-	d, err := azurenet.New(azurenet.Config{Owner: owner, Subscriptions: []string{armsim.DemoSubscription},
-		Log: zerolog.New(zerolog.NewTestWriter(t)), RetryDelay: 1e6, MaxRetryDelay: 5e6, PollFrequency: 5e6}, &azfake.TokenCredential{}, co)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return newDriver(t, co, func(c *azurenet.Config) { c.Owner = owner })
 }
 
 // ruleFor is an allow rule owned by owner.
@@ -210,7 +203,9 @@ func TestDriftInEveryPropertyIsRewritten(t *testing.T) {
 		{"source port ranges", func(p *armnetwork.SecurityRulePropertiesFormat) {
 			p.SourcePortRange, p.SourcePortRanges = nil, []*string{to.Ptr("1024-65535"), to.Ptr("80")}
 		}, true, 0},
-		{"protocol", func(p *armnetwork.SecurityRulePropertiesFormat) { p.Protocol = to.Ptr(armnetwork.SecurityRuleProtocolUDP) }, true, 0},
+		{"protocol", func(p *armnetwork.SecurityRulePropertiesFormat) {
+			p.Protocol = to.Ptr(armnetwork.SecurityRuleProtocolUDP)
+		}, true, 0},
 		{"source ASG instead of prefix", func(p *armnetwork.SecurityRulePropertiesFormat) {
 			p.SourceAddressPrefix, p.SourceApplicationSecurityGroups = nil, []*armnetwork.ApplicationSecurityGroup{{ID: to.Ptr(asg)}}
 		}, true, 0},
