@@ -1,31 +1,57 @@
 // Package azurenet is the jit.Network driver for Azure: it reads VMs, network
 // interfaces, subnets and network security groups through Azure Resource
-// Manager and writes the service's security rules, through the Azure SDK:
+// Manager and writes the deployment's security rules, through the Azure SDK:
 // the armcompute and armnetwork clients, and for whole NSGs azcore's ARM
 // pipeline with lean JSON types (nsgdoc.go). It depends on handler/jit (whose
 // interface it implements) and on the SDK; it must not depend on the store,
-// the queue or any front door, and it keeps no state beyond SDK clients.
+// the queue or any front door, and it keeps no state beyond SDK clients and
+// what ARM last said of each subscription's write budgets.
 //
 // # NSG conventions
 //
-// Every rule the service manages has a name starting with jit.RulePrefix
-// ("jit-"). The driver refuses to change or delete any other rule and never
-// renumbers a rule: someone else's rules are read (to find free priorities
-// and report rules that bypass JIT) and left byte-for-byte as they are.
+// A rule belongs to this deployment only when its name starts with
+// jit.RulePrefix ("jit-") and its description starts with the deployment's
+// marker, "[jit:NAME] " (Config.Owner; see jit.Owner). The driver changes
+// or deletes a rule only when Config.Owner.MayChange allows it: the
+// deployment's own rules, and rules from before markers (description
+// "Managed by jitaccess: ..."), which it adopts under its marker when it
+// rewrites them. Every other rule, whatever its name, is read (to find free
+// priorities and to report rules that bypass JIT) and sent back
+// byte-for-byte: a change that puts a rule under a name such a rule has
+// fails with jit.ECONFLICT and writes nothing; a delete of such a name
+// leaves it alone; Prune is never asked about it. Two deployments sharing
+// a subscription or an NSG therefore never touch each other's rules.
 //
-// Managed rules are inbound rules placed in two priority bands, configurable
-// through Config:
+// Every change goes through ApplyRules: one read and at most one write of
+// the whole NSG (a PUT with If-Match; on 412 the driver reads again and
+// plans anew). The driver's rules are inbound rules in two priority bands,
+// configurable through Config:
 //
-//   - allow rules (one per grant and NSG): 1000–1999 (DefaultAllowMin–DefaultAllowMax);
-//   - deny rules (one per VM and NSG, closing the policy's ports): 4000–4095
-//     (DefaultDenyMin–DefaultDenyMax), below every allow rule and above
-//     Azure's default rules (65000 and up).
+//   - allow rules: 1000–1999 (DefaultAllowMin–DefaultAllowMax);
+//   - deny rules: 4000–4095 (DefaultDenyMin–DefaultDenyMax), below every
+//     allow rule and above Azure's default rules (65000 and up).
 //
-// A new rule gets the lowest priority of its band that no inbound rule of the
-// NSG uses, managed or not; an existing rule keeps its priority when its
-// content changes. When a concurrent writer takes the same priority first
-// (ARM answers 400 SecurityRuleConflict), the driver reads the NSG again and
-// picks another one.
+// A new rule gets the lowest priority of its band that no inbound rule of
+// the NSG uses, owned or not. An existing owned rule is rewritten when it
+// differs from what is put in any property (direction, protocol, source
+// and destination ports and prefixes, application security groups,
+// access, description; compared as sets, letter case and ARM's singular
+// and plural forms aside), and keeps its priority unless that lies outside
+// the band for its access, when it moves to the lowest free one.
+//
+// # Pacing
+//
+// ARM throttles each subscription with token buckets: 200 writes and 200
+// deletes, each refilled at 10 a second, and says in every answer how many
+// are left (x-ms-ratelimit-remaining-subscription-writes and -deletes).
+// Whole-NSG writes are PUTs and count against the writes. A pipeline
+// policy paces the driver's writes and deletes per subscription by those
+// figures before ARM has to answer 429: it spends freely down to
+// Config.WriteReserve tokens (default 20), then spaces requests at
+// Config.WriteRate (default 10 a second, ARM's refill), and waits for the
+// refill when the bucket is dry. Until the first answer tells the budget,
+// one write at a time goes. A subscription's 429 holds every write of that
+// kind to the subscription until its Retry-After. Reads are not paced.
 //
 // # Retries
 //
@@ -34,8 +60,10 @@
 // exponential backoff and a bounded number of attempts (Config.MaxAttempts),
 // what ARM's network resource provider answers to overlapping writes on one
 // NSG (409 AnotherOperationInProgress, RetryableErrorDueToAnotherOperation,
-// CanceledAndSupersededDueToAnotherOperation) and failed long-running
-// operations. Errors that remain after the retries are jit.EUNAVAILABLE.
+// CanceledAndSupersededDueToAnotherOperation), failed long-running
+// operations, and 429s whose Retry-After exceeds azcore's maximum delay (up
+// to 30 s). No retry on any path comes before the Retry-After of the answer
+// it follows. Errors that remain after the retries are jit.EUNAVAILABLE.
 package azurenet
 
 import (
@@ -649,10 +677,15 @@ func answerRetryAfter(err error) time.Duration {
 
 // isTransient reports whether the driver's own retry should try again:
 // NSG write conflicts, failed long-running operations, and throttling that
-// azcore did not wait for (a Retry-After beyond its maximum delay, up to
-// maxThrottleWait). Other 429s and 5xx were already retried by azcore.
+// azcore did not wait for (a Retry-After beyond its maximum delay), as long
+// as the answer's Retry-After is within maxThrottleWait. Other 429s and 5xx
+// were already retried by azcore.
 func (d *Driver) isTransient(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	if answerRetryAfter(err) > maxThrottleWait {
+		// Waiting that long holds a worker; the queue delivers again later.
 		return false
 	}
 	var lro lroError
@@ -679,6 +712,10 @@ func classify(err error, what string) error {
 	var lro lroError
 	if errors.As(err, &lro) {
 		return jit.Wrap(jit.EUNAVAILABLE, err, what+": the operation failed in Azure; try again later")
+	}
+	var te throttledError
+	if errors.As(err, &te) {
+		return jit.Wrap(jit.EUNAVAILABLE, err, what+": "+te.Error()+"; try again later")
 	}
 	re := responseError(err)
 	if re == nil {

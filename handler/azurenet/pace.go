@@ -3,6 +3,7 @@ package azurenet
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
 	"net/http"
 	"strconv"
@@ -113,6 +114,9 @@ func (p *pacer) acquire(ctx context.Context, b *budget) error {
 		if ok {
 			return nil
 		}
+		if wait > maxThrottleWait {
+			return throttledError{wait}
+		}
 		var timer *time.Timer
 		var fired <-chan time.Time
 		if wait > 0 {
@@ -133,6 +137,15 @@ func (p *pacer) acquire(ctx context.Context, b *budget) error {
 	}
 }
 
+// throttledError is the pacer's refusal of a request ARM would refuse
+// anyway: the subscription's 429 asked for longer than the driver waits
+// (maxThrottleWait).
+type throttledError struct{ wait time.Duration }
+
+func (e throttledError) Error() string {
+	return fmt.Sprintf("ARM throttles this subscription's writes for another %v", e.wait.Round(time.Second))
+}
+
 // takeLocked lets one request go (true), or says how long to wait before
 // asking again (0: until an answer comes back).
 func (p *pacer) takeLocked(b *budget, now time.Time) (time.Duration, bool) {
@@ -146,13 +159,7 @@ func (p *pacer) takeLocked(b *budget, now time.Time) (time.Duration, bool) {
 		b.inflight++
 		return 0, true
 	}
-	if b.remaining < math.Inf(1) {
-		b.remaining += now.Sub(b.at).Seconds() * p.rate
-		if b.most > 0 {
-			b.remaining = min(b.remaining, b.most)
-		}
-		b.at = now
-	}
+	p.refillLocked(b, now)
 	left := b.remaining - float64(b.inflight)
 	if left < p.reserve+1 {
 		if left < 1 {
@@ -165,6 +172,17 @@ func (p *pacer) takeLocked(b *budget, now time.Time) (time.Duration, bool) {
 	}
 	b.inflight++
 	return 0, true
+}
+
+// refillLocked adds to b what ARM has refilled since b.at.
+func (p *pacer) refillLocked(b *budget, now time.Time) {
+	if b.remaining < math.Inf(1) && now.After(b.at) {
+		b.remaining += now.Sub(b.at).Seconds() * p.rate
+		if b.most > 0 {
+			b.remaining = min(b.remaining, b.most)
+		}
+		b.at = now
+	}
 }
 
 // record learns from one answer (nil when the request failed without one).
@@ -180,7 +198,14 @@ func (p *pacer) record(b *budget, resp *http.Response) {
 	b.inflight--
 	if resp != nil {
 		if v, err := strconv.Atoi(resp.Header.Get("x-ms-ratelimit-remaining-subscription-" + b.kind)); err == nil && v >= 0 {
-			b.known, b.remaining, b.at, b.most = true, float64(v), now, max(b.most, float64(v))
+			// Concurrent answers come back in any order, and an older one
+			// tells of more tokens than a newer one: the lower of what the
+			// answers said (refilled since) holds. Refill alone raises it.
+			p.refillLocked(b, now)
+			if !b.known || float64(v) < b.remaining {
+				b.remaining = float64(v)
+			}
+			b.known, b.at, b.most = true, now, max(b.most, float64(v))
 		} else if !b.known && resp.StatusCode < 300 {
 			// ARM says nothing of this budget: nothing to pace by.
 			b.known, b.remaining = true, math.Inf(1)

@@ -11,6 +11,7 @@ import (
 
 	"jitaccess/handler/armsim"
 	"jitaccess/handler/azurenet"
+	"jitaccess/handler/jit"
 )
 
 // callLog records when the simulator received each call, and which it
@@ -146,6 +147,39 @@ func TestThrottlingHoldsTheSubscription(t *testing.T) {
 	}
 	if c := sim.Calls(); c.ByKind["PUT networkSecurityGroups"] != 3 {
 		t.Errorf("calls %v: want the throttled write, its retry and the other write", c.ByKind)
+	}
+}
+
+// Throttling azcore already waits out (Retry-After within its maximum) is
+// not retried again on top: the driver gives up when azcore does, instead
+// of multiplying the calls to a throttled ARM. A Retry-After beyond what a
+// worker waits out fails the change at once, and the next write to the
+// subscription too, without a call, for the queue to deliver again later.
+func TestThrottlingBeyondReach(t *testing.T) {
+	sim, d := newEnv(t, armsim.Options{})
+	sim.FailNext(armsim.Writes, 100, armsim.Throttled(20*time.Millisecond))
+	_, err := d.ApplyRules(context.Background(), nsgVMNIC, put(allowRule("jit-allow-1", "203.0.113.7")))
+	if jit.ErrorCode(err) != jit.EUNAVAILABLE {
+		t.Errorf("persistent throttling: %v, want unavailable", err)
+	}
+	if n := sim.Calls().ByKind["PUT networkSecurityGroups"]; n != 4 {
+		t.Errorf("persistent throttling made %d PUTs, want 4 (azcore's first try and 3 retries)", n)
+	}
+
+	sim, d = newEnv(t, armsim.Options{})
+	sim.FailNext(armsim.Writes, 1, armsim.Throttled(10*time.Minute))
+	start := time.Now()
+	for _, nsg := range []string{nsgVMNIC, nsgVMBoth} {
+		_, err := d.ApplyRules(context.Background(), nsg, put(allowRule("jit-allow-1", "203.0.113.7")))
+		if jit.ErrorCode(err) != jit.EUNAVAILABLE || !strings.Contains(jit.ErrorMessage(err), "try again later") {
+			t.Errorf("write to %s after a 429 asking for 10 minutes: %v, want unavailable", nsg, err)
+		}
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("a 429 asking for 10 minutes held the worker %v", el)
+	}
+	if n := sim.Calls().ByKind["PUT networkSecurityGroups"]; n != 1 {
+		t.Errorf("%d PUTs, want only the throttled one", n)
 	}
 }
 
