@@ -29,7 +29,7 @@ func TestApplyRulesAtAzureSpeed(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = d.ApplyRules(ctx, w.nsg, []jit.SecurityRule{w.rule}, nil)
+			_, errs[i] = d.ApplyRules(ctx, w.nsg, put(w.rule))
 		}()
 	}
 	wg.Wait()
@@ -74,12 +74,13 @@ func TestApplyRulesWaitsOutAnotherOperation(t *testing.T) {
 	defer cancel()
 	first := make(chan error, 1)
 	go func() {
-		first <- d.ApplyRules(ctx, nsgVMNIC, []jit.SecurityRule{allowRule("jit-allow-a", "203.0.113.7")}, nil)
+		_, err := d.ApplyRules(ctx, nsgVMNIC, put(allowRule("jit-allow-a", "203.0.113.7")))
+		first <- err
 	}()
 	for sim.Calls().ByKind["PUT networkSecurityGroups"] == 0 {
 		time.Sleep(5 * time.Millisecond)
 	}
-	if err := d.ApplyRules(ctx, nsgVMNIC, []jit.SecurityRule{allowRule("jit-allow-b", "203.0.113.8")}, nil); err != nil {
+	if _, err := d.ApplyRules(ctx, nsgVMNIC, put(allowRule("jit-allow-b", "203.0.113.8"))); err != nil {
 		t.Fatalf("write during another operation: %v", err)
 	}
 	if err := <-first; err != nil {

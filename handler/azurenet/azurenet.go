@@ -1,31 +1,57 @@
 // Package azurenet is the jit.Network driver for Azure: it reads VMs, network
 // interfaces, subnets and network security groups through Azure Resource
-// Manager and writes the service's security rules, through the Azure SDK:
+// Manager and writes the deployment's security rules, through the Azure SDK:
 // the armcompute and armnetwork clients, and for whole NSGs azcore's ARM
 // pipeline with lean JSON types (nsgdoc.go). It depends on handler/jit (whose
 // interface it implements) and on the SDK; it must not depend on the store,
-// the queue or any front door, and it keeps no state beyond SDK clients.
+// the queue or any front door, and it keeps no state beyond SDK clients and
+// what ARM last said of each subscription's write budgets.
 //
 // # NSG conventions
 //
-// Every rule the service manages has a name starting with jit.RulePrefix
-// ("jit-"). The driver refuses to change or delete any other rule and never
-// renumbers a rule: someone else's rules are read (to find free priorities
-// and report rules that bypass JIT) and left byte-for-byte as they are.
+// A rule belongs to this deployment only when its name starts with
+// jit.RulePrefix ("jit-") and its description starts with the deployment's
+// marker, "[jit:NAME] " (Config.Owner; see jit.Owner). The driver changes
+// or deletes a rule only when Config.Owner.MayChange allows it: the
+// deployment's own rules, and rules from before markers (description
+// "Managed by jitaccess: ..."), which it adopts under its marker when it
+// rewrites them. Every other rule, whatever its name, is read (to find free
+// priorities and to report rules that bypass JIT) and sent back
+// byte-for-byte: a change that puts a rule under a name such a rule has
+// fails with jit.ECONFLICT and writes nothing; a delete of such a name
+// leaves it alone; Prune is never asked about it. Two deployments sharing
+// a subscription or an NSG therefore never touch each other's rules.
 //
-// Managed rules are inbound rules placed in two priority bands, configurable
-// through Config:
+// Every change goes through ApplyRules: one read and at most one write of
+// the whole NSG (a PUT with If-Match; on 412 the driver reads again and
+// plans anew). The driver's rules are inbound rules in two priority bands,
+// configurable through Config:
 //
-//   - allow rules (one per grant and NSG): 1000–1999 (DefaultAllowMin–DefaultAllowMax);
-//   - deny rules (one per VM and NSG, closing the policy's ports): 4000–4095
-//     (DefaultDenyMin–DefaultDenyMax), below every allow rule and above
-//     Azure's default rules (65000 and up).
+//   - allow rules: 1000–1999 (DefaultAllowMin–DefaultAllowMax);
+//   - deny rules: 4000–4095 (DefaultDenyMin–DefaultDenyMax), below every
+//     allow rule and above Azure's default rules (65000 and up).
 //
-// A new rule gets the lowest priority of its band that no inbound rule of the
-// NSG uses, managed or not; an existing rule keeps its priority when its
-// content changes. When a concurrent writer takes the same priority first
-// (ARM answers 400 SecurityRuleConflict), the driver reads the NSG again and
-// picks another one.
+// A new rule gets the lowest priority of its band that no inbound rule of
+// the NSG uses, owned or not. An existing owned rule is rewritten when it
+// differs from what is put in any property (direction, protocol, source
+// and destination ports and prefixes, application security groups,
+// access, description; compared as sets, letter case and ARM's singular
+// and plural forms aside), and keeps its priority unless that lies outside
+// the band for its access, when it moves to the lowest free one.
+//
+// # Pacing
+//
+// ARM throttles each subscription with token buckets: 200 writes and 200
+// deletes, each refilled at 10 a second, and says in every answer how many
+// are left (x-ms-ratelimit-remaining-subscription-writes and -deletes).
+// Whole-NSG writes are PUTs and count against the writes. A pipeline
+// policy paces the driver's writes and deletes per subscription by those
+// figures before ARM has to answer 429: it spends freely down to
+// Config.WriteReserve tokens (default 20), then spaces requests at
+// Config.WriteRate (default 10 a second, ARM's refill), and waits for the
+// refill when the bucket is dry. Until the first answer tells the budget,
+// one write at a time goes. A subscription's 429 holds every write of that
+// kind to the subscription until its Retry-After. Reads are not paced.
 //
 // # Retries
 //
@@ -34,8 +60,10 @@
 // exponential backoff and a bounded number of attempts (Config.MaxAttempts),
 // what ARM's network resource provider answers to overlapping writes on one
 // NSG (409 AnotherOperationInProgress, RetryableErrorDueToAnotherOperation,
-// CanceledAndSupersededDueToAnotherOperation) and failed long-running
-// operations. Errors that remain after the retries are jit.EUNAVAILABLE.
+// CanceledAndSupersededDueToAnotherOperation), failed long-running
+// operations, and 429s whose Retry-After exceeds azcore's maximum delay (up
+// to 30 s). No retry on any path comes before the Retry-After of the answer
+// it follows. Errors that remain after the retries are jit.EUNAVAILABLE.
 package azurenet
 
 import (
@@ -45,6 +73,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -53,7 +82,6 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v9"
 	"github.com/rs/zerolog"
@@ -69,12 +97,23 @@ const (
 	DefaultDenyMax  = 4095
 )
 
+// Default pacing of writes per subscription (Config.WriteReserve and
+// WriteRate): ARM refills 10 write and 10 delete tokens a second.
+const (
+	DefaultWriteReserve = 20
+	DefaultWriteRate    = 10.0
+)
+
 // Band is an inclusive range of security rule priorities.
 type Band struct{ Min, Max int }
 
 // Config configures a Driver. Zero fields take the defaults documented on
 // each.
 type Config struct {
+	// Owner is the deployment whose rules the driver writes: it changes
+	// and deletes only rules Owner.MayChange allows, and writes only rules
+	// whose descriptions start with Owner.Marker(). Required.
+	Owner jit.Owner
 	// Subscriptions is the scope of ListVMs.
 	Subscriptions []string
 	// AllowBand and DenyBand are where new allow and deny rules go; default
@@ -97,6 +136,20 @@ type Config struct {
 	// ARM sends no Retry-After; default 2s (azcore's floor is 1s outside
 	// tests).
 	PollFrequency time.Duration
+	// WriteReserve is how many of a subscription's ARM write tokens (and,
+	// separately, delete tokens) the driver leaves for others: while ARM's
+	// last answer (x-ms-ratelimit-remaining-subscription-writes or
+	// -deletes) less the driver's requests in flight says no more than
+	// that remain, the driver spaces its PUTs (DELETEs) at WriteRate
+	// instead of sending them at once. Default 20, a tenth of ARM's bucket
+	// of 200; negative turns pacing off (a 429 is still never retried
+	// before its Retry-After).
+	WriteReserve int
+	// WriteRate is the pace, in requests per second and subscription, of
+	// writes (and of deletes) within the reserve: ARM's refill rate, 10 a
+	// second, by default. A higher rate than ARM refills runs the bucket
+	// dry.
+	WriteRate float64
 }
 
 // Driver implements jit.Network on Azure Resource Manager. It is safe for
@@ -106,6 +159,7 @@ type Driver struct {
 	cred azcore.TokenCredential
 	opts arm.ClientOptions
 	log  zerolog.Logger
+	pace *pacer // nil when pacing is off
 
 	mu      sync.Mutex
 	clients map[string]*clients // by lower-case subscription id
@@ -121,12 +175,14 @@ type clients struct {
 	nics    *armnetwork.InterfacesClient
 	vnets   *armnetwork.VirtualNetworksClient
 	subnets *armnetwork.SubnetsClient
-	rules   *armnetwork.SecurityRulesClient
 }
 
 // New returns a Driver that reaches ARM with cred and opts (nil for public
 // Azure with the SDK's defaults).
 func New(cfg Config, cred azcore.TokenCredential, opts *arm.ClientOptions) (*Driver, error) {
+	if err := jit.ValidateDeployment(cfg.Owner.Deployment); err != nil {
+		return nil, fmt.Errorf("azurenet: Config.Owner: %w (every rule the driver writes carries the deployment's name, so that it never touches another deployment's rules)", err)
+	}
 	if cfg.AllowBand == (Band{}) {
 		cfg.AllowBand = Band{DefaultAllowMin, DefaultAllowMax}
 	}
@@ -154,9 +210,22 @@ func New(cfg Config, cred azcore.TokenCredential, opts *arm.ClientOptions) (*Dri
 	if cfg.PollFrequency <= 0 {
 		cfg.PollFrequency = 2 * time.Second
 	}
+	if cfg.WriteReserve == 0 {
+		cfg.WriteReserve = DefaultWriteReserve
+	}
+	if cfg.WriteRate <= 0 {
+		cfg.WriteRate = DefaultWriteRate
+	}
 	var o arm.ClientOptions
 	if opts != nil {
 		o = *opts
+	}
+	var pace *pacer
+	if cfg.WriteReserve > 0 {
+		// Per retry, so that azcore's retries are paced too and wait out a
+		// 429 that another request of the subscription received.
+		pace = newPacer(cfg.WriteReserve, cfg.WriteRate)
+		o.PerRetryPolicies = append(slices.Clip(o.PerRetryPolicies), pace)
 	}
 	switch {
 	case !zeroRetry(cfg.Retry):
@@ -164,7 +233,7 @@ func New(cfg Config, cred azcore.TokenCredential, opts *arm.ClientOptions) (*Dri
 	case zeroRetry(o.Retry):
 		o.Retry = policy.RetryOptions{MaxRetries: 4, RetryDelay: time.Second, MaxRetryDelay: 60 * time.Second}
 	}
-	return &Driver{cfg: cfg, cred: cred, opts: o, log: cfg.Log, clients: map[string]*clients{}}, nil
+	return &Driver{cfg: cfg, cred: cred, opts: o, log: cfg.Log, pace: pace, clients: map[string]*clients{}}, nil
 }
 
 func zeroRetry(r policy.RetryOptions) bool {
@@ -187,7 +256,6 @@ func (d *Driver) clientsFor(sub string) (*clients, error) {
 		return nil, fmt.Errorf("create network clients: %w", err)
 	}
 	c.nics, c.vnets, c.subnets = nf.NewInterfacesClient(), nf.NewVirtualNetworksClient(), nf.NewSubnetsClient()
-	c.rules = nf.NewSecurityRulesClient()
 	d.clients[strings.ToLower(sub)] = &c
 	return &c, nil
 }
@@ -224,16 +292,6 @@ func nsgRef(nsgID string) (ref, error) {
 		return ref{}, jit.Errorf(jit.EINVALID, "%q is not the id of a network security group", nsgID)
 	}
 	return r, nil
-}
-
-// nsgClients is nsgRef with the SDK clients of the NSG's subscription.
-func (d *Driver) nsgClients(nsgID string) (ref, *clients, error) {
-	r, err := nsgRef(nsgID)
-	if err != nil {
-		return ref{}, nil, err
-	}
-	c, err := d.clientsFor(r.sub)
-	return r, c, err
 }
 
 // ResolveVM reads one VM, its NICs and their subnets.
@@ -447,143 +505,6 @@ func (d *Driver) topology(ctx context.Context, vm *armcompute.VirtualMachine, lk
 	return info, nil
 }
 
-// PutRule creates or updates a managed inbound rule; see the package doc for
-// how priorities are chosen.
-func (d *Driver) PutRule(ctx context.Context, nsgID string, rule jit.SecurityRule) error {
-	if !strings.HasPrefix(rule.Name, jit.RulePrefix) {
-		return jit.Errorf(jit.EINVALID, "refusing to write security rule %q: only rules named %q... are managed", rule.Name, jit.RulePrefix)
-	}
-	var band Band
-	switch rule.Access {
-	case jit.AccessAllow:
-		band = d.cfg.AllowBand
-	case jit.AccessDeny:
-		band = d.cfg.DenyBand
-	default:
-		return jit.Errorf(jit.EINVALID, "security rule %s has access %q, want Allow or Deny", rule.Name, rule.Access)
-	}
-	if len(rule.Ports) == 0 || len(rule.Sources) == 0 || len(rule.Destinations) == 0 {
-		return jit.Errorf(jit.EINVALID, "security rule %s needs ports, sources and destinations", rule.Name)
-	}
-	r, c, err := d.nsgClients(nsgID)
-	if err != nil {
-		return err
-	}
-	log := d.log.With().Str("nsg", nsgID).Str("rule", rule.Name).Logger()
-	clashed := map[int]bool{} // priorities a concurrent writer took; ARM may not show them yet
-	for attempt := 1; ; attempt++ {
-		doc, err := d.readNSG(ctx, r)
-		if err != nil {
-			if isNotFound(err) {
-				return jit.Wrap(jit.ENOTFOUND, err, fmt.Sprintf("network security group %s not found", nsgID))
-			}
-			if d.isTransient(err) && attempt < d.cfg.MaxAttempts {
-				if err := d.backoff(ctx, attempt, err); err != nil {
-					return err
-				}
-				continue
-			}
-			return classify(err, "read network security group "+nsgID)
-		}
-		var existing *leanRule
-		used := map[int]bool{}
-		for p := range clashed {
-			used[p] = true
-		}
-		for i, sr := range doc.rules {
-			if strings.EqualFold(sr.Name, rule.Name) && sr.Properties != nil {
-				existing = &doc.rules[i]
-			}
-			if sr.inbound() {
-				used[sr.Properties.Priority] = true
-			}
-		}
-		var priority int
-		if existing != nil {
-			if sameRule(*existing, rule) {
-				log.Debug().Msg("security rule already up to date")
-				return nil
-			}
-			priority = existing.Properties.Priority
-		} else {
-			p, ok := freePriority(used, band)
-			if !ok {
-				return jit.Errorf(jit.ECONFLICT, "no free priority between %d and %d in network security group %s", band.Min, band.Max, nsgID)
-			}
-			priority = p
-		}
-		err = d.writeRule(ctx, c, r, rule, int32(priority))
-		if err == nil {
-			log.Info().Int("priority", priority).Bool("created", existing == nil).Msg("security rule written")
-			return nil
-		}
-		switch {
-		case existing == nil && isPriorityClash(err):
-			clashed[priority] = true
-			log.Warn().Int("priority", priority).Int("attempt", attempt).Msg("priority taken concurrently, choosing another")
-			if attempt >= d.cfg.MaxAttempts {
-				return jit.Wrap(jit.EUNAVAILABLE, err, fmt.Sprintf("write security rule %s in %s: priorities kept being taken concurrently", rule.Name, nsgID))
-			}
-		case d.isTransient(err):
-			if attempt >= d.cfg.MaxAttempts {
-				return classify(err, "write security rule "+rule.Name+" in "+nsgID)
-			}
-			log.Warn().Err(err).Int("attempt", attempt).Msg("security rule write failed, retrying")
-			if err := d.backoff(ctx, attempt, err); err != nil {
-				return err
-			}
-		default:
-			return classify(err, "write security rule "+rule.Name+" in "+nsgID)
-		}
-	}
-}
-
-func (d *Driver) writeRule(ctx context.Context, c *clients, r ref, rule jit.SecurityRule, priority int32) error {
-	poller, err := c.rules.BeginCreateOrUpdate(ctx, r.rg, r.name, rule.Name, toARM(rule, priority), nil)
-	if err != nil {
-		return err
-	}
-	if err := awaitWrite(ctx, poller, d.cfg.PollFrequency); err != nil {
-		return lroError{err}
-	}
-	return nil
-}
-
-// DeleteRule deletes a managed rule; a missing rule or NSG is success.
-func (d *Driver) DeleteRule(ctx context.Context, nsgID, name string) error {
-	if !strings.HasPrefix(name, jit.RulePrefix) {
-		return jit.Errorf(jit.EINVALID, "refusing to delete security rule %q: only rules named %q... are managed", name, jit.RulePrefix)
-	}
-	r, c, err := d.nsgClients(nsgID)
-	if err != nil {
-		return err
-	}
-	log := d.log.With().Str("nsg", nsgID).Str("rule", name).Logger()
-	for attempt := 1; ; attempt++ {
-		poller, err := c.rules.BeginDelete(ctx, r.rg, r.name, name, nil)
-		if err == nil {
-			if _, perr := poller.PollUntilDone(ctx, &runtime.PollUntilDoneOptions{Frequency: d.cfg.PollFrequency}); perr != nil {
-				err = lroError{perr}
-			}
-		}
-		switch {
-		case err == nil:
-			log.Info().Msg("security rule deleted")
-			return nil
-		case isNotFound(err):
-			log.Debug().Msg("security rule or NSG already gone")
-			return nil
-		case d.isTransient(err) && attempt < d.cfg.MaxAttempts:
-			log.Warn().Err(err).Int("attempt", attempt).Msg("security rule delete failed, retrying")
-			if err := d.backoff(ctx, attempt, err); err != nil {
-				return err
-			}
-		default:
-			return classify(err, "delete security rule "+name+" in "+nsgID)
-		}
-	}
-}
-
 // ListRules returns the NSG's inbound rules by priority.
 func (d *Driver) ListRules(ctx context.Context, nsgID string) ([]jit.SecurityRule, error) {
 	r, err := nsgRef(nsgID)
@@ -616,14 +537,15 @@ func (d *Driver) ListNSGs(ctx context.Context) ([]jit.NSGInfo, error) {
 
 // backoff sleeps before attempt+1: exponential from RetryDelay, capped, with
 // jitter so that workers contending for one NSG spread out, and never less
-// than a throttled answer's Retry-After.
+// than the Retry-After of the answer that failed (a 429, or a busy NSG's
+// 409).
 func (d *Driver) backoff(ctx context.Context, attempt int, cause error) error {
 	delay := d.cfg.RetryDelay << min(attempt-1, 16)
 	if delay > d.cfg.MaxRetryDelay || delay <= 0 {
 		delay = d.cfg.MaxRetryDelay
 	}
 	delay = delay/2 + rand.N(delay/2+1)
-	return jit.Sleep(ctx, max(delay, throttledFor(cause)))
+	return jit.Sleep(ctx, max(delay, answerRetryAfter(cause)))
 }
 
 // freePriority is the lowest priority of band not in used.
@@ -638,15 +560,15 @@ func freePriority(used map[int]bool, band Band) (int, bool) {
 
 func toARM(rule jit.SecurityRule, priority int32) armnetwork.SecurityRule {
 	p := &armnetwork.SecurityRulePropertiesFormat{
-		Access:          ptr(armnetwork.SecurityRuleAccess(rule.Access)),
-		Direction:       ptr(armnetwork.SecurityRuleDirectionInbound),
-		Priority:        ptr(priority),
-		Protocol:        ptr(armnetwork.SecurityRuleProtocol(rule.Protocol)),
-		SourcePortRange: ptr("*"),
+		Access:    ptr(armnetwork.SecurityRuleAccess(rule.Access)),
+		Direction: ptr(armnetwork.SecurityRuleDirectionInbound),
+		Priority:  ptr(priority),
+		Protocol:  ptr(armnetwork.SecurityRuleProtocol(rule.Protocol)),
 	}
 	if rule.Description != "" {
 		p.Description = ptr(rule.Description)
 	}
+	oneOrMany(&p.SourcePortRange, &p.SourcePortRanges, sourcePorts(rule))
 	oneOrMany(&p.DestinationPortRange, &p.DestinationPortRanges, rule.Ports)
 	oneOrMany(&p.SourceAddressPrefix, &p.SourceAddressPrefixes, rule.Sources)
 	oneOrMany(&p.DestinationAddressPrefix, &p.DestinationAddressPrefixes, rule.Destinations)
@@ -744,12 +666,26 @@ func throttledFor(err error) time.Duration {
 	return retryAfter(re.RawResponse)
 }
 
+// answerRetryAfter is the Retry-After of the ARM answer behind err, or 0.
+func answerRetryAfter(err error) time.Duration {
+	re := responseError(err)
+	if re == nil || re.RawResponse == nil {
+		return 0
+	}
+	return retryAfter(re.RawResponse)
+}
+
 // isTransient reports whether the driver's own retry should try again:
 // NSG write conflicts, failed long-running operations, and throttling that
-// azcore did not wait for (a Retry-After beyond its maximum delay, up to
-// maxThrottleWait). Other 429s and 5xx were already retried by azcore.
+// azcore did not wait for (a Retry-After beyond its maximum delay), as long
+// as the answer's Retry-After is within maxThrottleWait. Other 429s and 5xx
+// were already retried by azcore.
 func (d *Driver) isTransient(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	if answerRetryAfter(err) > maxThrottleWait {
+		// Waiting that long holds a worker; the queue delivers again later.
 		return false
 	}
 	var lro lroError
@@ -776,6 +712,10 @@ func classify(err error, what string) error {
 	var lro lroError
 	if errors.As(err, &lro) {
 		return jit.Wrap(jit.EUNAVAILABLE, err, what+": the operation failed in Azure; try again later")
+	}
+	var te throttledError
+	if errors.As(err, &te) {
+		return jit.Wrap(jit.EUNAVAILABLE, err, what+": "+te.Error()+"; try again later")
 	}
 	re := responseError(err)
 	if re == nil {

@@ -3,11 +3,9 @@ package azurenet_test
 import (
 	"bytes"
 	"context"
-	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,6 +34,9 @@ var (
 	nsgProtected = armsim.DemoID("Microsoft.Network/networkSecurityGroups", "nsg-subnet-protected")
 )
 
+// testOwner is the deployment the tests' driver writes for.
+var testOwner = jit.Owner{Deployment: "test"}
+
 // newEnv starts the simulator on a real listener and a driver that reaches
 // it through the real SDK clients, with retry delays small enough that no
 // test sleeps for long.
@@ -49,27 +50,57 @@ func newEnv(t *testing.T, opts armsim.Options) (*armsim.Server, *azurenet.Driver
 // reach the simulator.
 func newEnvOptions(t *testing.T, opts armsim.Options) (*armsim.Server, *azurenet.Driver, *arm.ClientOptions) {
 	t.Helper()
+	return newEnvConfig(t, opts, nil)
+}
+
+// newEnvConfig is newEnvOptions with the driver's configuration changed by
+// edit.
+func newEnvConfig(t *testing.T, opts armsim.Options, edit func(*azurenet.Config)) (*armsim.Server, *azurenet.Driver, *arm.ClientOptions) {
+	t.Helper()
 	sim := armsim.New(opts)
+	co := serve(t, sim)
+	return sim, newDriver(t, co, edit), co
+}
+
+// serve serves sim over HTTP and returns the SDK client options that reach
+// it.
+func serve(tb testing.TB, sim *armsim.Server) *arm.ClientOptions {
 	srv := httptest.NewServer(sim)
-	t.Cleanup(srv.Close)
-	co := &arm.ClientOptions{ClientOptions: azcore.ClientOptions{
+	tb.Cleanup(srv.Close)
+	return &arm.ClientOptions{ClientOptions: azcore.ClientOptions{
 		Cloud: cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
 			cloud.ResourceManager: {Endpoint: srv.URL, Audience: "https://management.azure.com"},
 		}},
 		InsecureAllowCredentialWithHTTP: true,
 	}}
-	d, err := azurenet.New(azurenet.Config{
+}
+
+// newDriver is a driver for testOwner that reaches ARM through co, with
+// retry delays small enough that no test sleeps for long, and its
+// configuration changed by edit. Benchmarks log nothing.
+func newDriver(tb testing.TB, co *arm.ClientOptions, edit func(*azurenet.Config)) *azurenet.Driver {
+	tb.Helper()
+	log := zerolog.Nop()
+	if _, bench := tb.(*testing.B); !bench {
+		log = zerolog.New(zerolog.NewTestWriter(tb))
+	}
+	cfg := azurenet.Config{
+		Owner:         testOwner,
 		Subscriptions: []string{armsim.DemoSubscription},
-		Log:           zerolog.New(zerolog.NewTestWriter(t)),
+		Log:           log,
 		Retry:         policy.RetryOptions{MaxRetries: 3, RetryDelay: time.Millisecond, MaxRetryDelay: 200 * time.Millisecond},
 		RetryDelay:    time.Millisecond,
 		MaxRetryDelay: 5 * time.Millisecond,
 		PollFrequency: 5 * time.Millisecond,
-	}, &azfake.TokenCredential{}, co)
-	if err != nil {
-		t.Fatal(err)
 	}
-	return sim, d, co
+	if edit != nil {
+		edit(&cfg)
+	}
+	d, err := azurenet.New(cfg, &azfake.TokenCredential{}, co)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return d
 }
 
 func TestResolveVM(t *testing.T) {
@@ -152,16 +183,32 @@ func TestListVMsJoinsListsWithoutPerVMReads(t *testing.T) {
 
 func allowRule(name string, sources ...string) jit.SecurityRule {
 	return jit.SecurityRule{
-		Name: name, Description: "managed by jitaccess; vm-nic-nsg; grant 1", Access: jit.AccessAllow, Protocol: "Tcp",
+		Name: name, Description: testOwner.Marker() + "vm-nic-nsg; grant 1", Access: jit.AccessAllow, Protocol: "Tcp",
 		Ports: []string{"22", "3389"}, Sources: sources, Destinations: []string{"10.10.1.4"},
 	}
 }
 
 func denyRule(name string) jit.SecurityRule {
 	return jit.SecurityRule{
-		Name: name, Description: "managed by jitaccess; vm-nic-nsg lockdown", Access: jit.AccessDeny, Protocol: "*",
+		Name: name, Description: testOwner.Marker() + "vm-nic-nsg lockdown", Access: jit.AccessDeny, Protocol: "*",
 		Ports: []string{"22", "3389"}, Sources: []string{"*"}, Destinations: []string{"10.10.1.4"},
 	}
+}
+
+// put is a change that puts rules.
+func put(rules ...jit.SecurityRule) jit.RuleChange { return jit.RuleChange{Put: rules} }
+
+// del is a change that deletes rules by name.
+func del(names ...string) jit.RuleChange { return jit.RuleChange{Delete: names} }
+
+// apply is ApplyRules that must succeed.
+func apply(t *testing.T, d *azurenet.Driver, nsgID string, c jit.RuleChange) jit.Applied {
+	t.Helper()
+	a, err := d.ApplyRules(context.Background(), nsgID, c)
+	if err != nil {
+		t.Fatalf("ApplyRules(%s): %v", nsgID, err)
+	}
+	return a
 }
 
 func findRule(t *testing.T, d *azurenet.Driver, nsgID, name string) (jit.SecurityRule, bool) {
@@ -178,192 +225,110 @@ func findRule(t *testing.T, d *azurenet.Driver, nsgID, name string) (jit.Securit
 	return jit.SecurityRule{}, false
 }
 
-func TestPutRuleIsIdempotent(t *testing.T) {
+func TestApplyRulesIsIdempotent(t *testing.T) {
 	sim, d := newEnv(t, armsim.Options{})
-	ctx := context.Background()
 	rule := allowRule("jit-allow-1", "203.0.113.7")
-	if err := d.PutRule(ctx, nsgVMNIC, rule); err != nil {
-		t.Fatal(err)
+	if a := apply(t, d, nsgVMNIC, put(rule)); !slices.Equal(a.Created, []string{rule.Name}) {
+		t.Fatalf("applied %+v, want %s created", a, rule.Name)
 	}
 	if w := sim.Calls().Writes; w != 1 {
 		t.Fatalf("%d writes for a new rule, want 1", w)
 	}
 	got, ok := findRule(t, d, nsgVMNIC, rule.Name)
-	if !ok || got.Priority != azurenet.DefaultAllowMin || !slices.Equal(got.Ports, rule.Ports) || got.Description != rule.Description {
+	if !ok || got.Priority != azurenet.DefaultAllowMin || !slices.Equal(got.Ports, rule.Ports) || got.Description != rule.Description ||
+		!slices.Equal(got.SourcePorts, []string{"*"}) {
 		t.Fatalf("rule after put: %+v", got)
 	}
 
 	sim.ResetCalls()
 	same := rule
 	same.Ports = []string{"3389", "22"} // order does not matter
-	same.Protocol = "TCP"
-	if err := d.PutRule(ctx, nsgVMNIC, same); err != nil {
-		t.Fatal(err)
+	same.Protocol = "TCP"               // nor letter case
+	same.SourcePorts = []string{"*"}    // nor the default spelt out
+	if a := apply(t, d, nsgVMNIC, put(same)); a.Wrote() || len(a.Rules) != 2 {
+		t.Fatalf("identical put: %+v, want nothing written and the two rules read", a)
 	}
 	if c := sim.Calls(); c.Writes != 0 || c.Reads != 1 {
-		t.Fatalf("identical PutRule made %d writes and %d reads, want 0 and 1: %v", c.Writes, c.Reads, c.ByKind)
+		t.Fatalf("identical put made %d writes and %d reads, want 0 and 1: %v", c.Writes, c.Reads, c.ByKind)
 	}
 
 	// A change keeps the rule's priority even though a lower one is free.
-	if err := d.PutRule(ctx, nsgVMNIC, allowRule("jit-allow-0", "198.51.100.1")); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.PutRule(ctx, nsgVMNIC, allowRule("jit-allow-1", "203.0.113.7", "203.0.113.8")); err != nil {
-		t.Fatal(err)
+	apply(t, d, nsgVMNIC, put(allowRule("jit-allow-0", "198.51.100.1")))
+	apply(t, d, nsgVMNIC, jit.RuleChange{Delete: []string{"jit-allow-0"}})
+	apply(t, d, nsgVMNIC, put(allowRule("jit-allow-2", "198.51.100.1")))
+	a := apply(t, d, nsgVMNIC, put(allowRule("jit-allow-1", "203.0.113.7", "203.0.113.8")))
+	if !slices.Equal(a.Updated, []string{"jit-allow-1"}) {
+		t.Errorf("applied %+v, want jit-allow-1 updated", a)
 	}
 	got, _ = findRule(t, d, nsgVMNIC, "jit-allow-1")
 	if got.Priority != azurenet.DefaultAllowMin || len(got.Sources) != 2 {
 		t.Fatalf("updated rule: %+v", got)
 	}
-	other, _ := findRule(t, d, nsgVMNIC, "jit-allow-0")
+	other, _ := findRule(t, d, nsgVMNIC, "jit-allow-2")
 	if other.Priority != azurenet.DefaultAllowMin+1 {
 		t.Fatalf("second rule priority %d, want %d", other.Priority, azurenet.DefaultAllowMin+1)
 	}
 }
 
-func TestForeignRulesUntouched(t *testing.T) {
+func TestRefusesRulesItWouldNotOwn(t *testing.T) {
 	sim, d := newEnv(t, armsim.Options{})
 	ctx := context.Background()
-	before, ok := sim.RuleJSON(nsgVMNIC, "allow-https")
-	if !ok {
-		t.Fatal("demo estate lacks allow-https")
-	}
-	deny, allow := denyRule("jit-deny-vm-nic-nsg"), allowRule("jit-allow-1", "203.0.113.7")
-	for _, r := range []jit.SecurityRule{deny, allow} {
-		if err := d.PutRule(ctx, nsgVMNIC, r); err != nil {
-			t.Fatal(err)
+	unmarked := allowRule("jit-allow-1", "*")
+	unmarked.Description = "Managed by jitaccess: grant 1" // a legacy description is not this deployment's
+	withASG := allowRule("jit-allow-2", "*")
+	withASG.SourceASGs = []string{armsim.DemoID("Microsoft.Network/applicationSecurityGroups", "asg")}
+	for _, r := range []jit.SecurityRule{allowRule("allow-https", "*"), unmarked, withASG, {Name: "jit-x", Description: testOwner.Marker(), Access: "Maybe", Ports: []string{"22"}, Sources: []string{"*"}, Destinations: []string{"*"}}} {
+		if _, err := d.ApplyRules(ctx, nsgVMNIC, put(r)); jit.ErrorCode(err) != jit.EINVALID {
+			t.Errorf("put %s (%q): %v, want EINVALID", r.Name, r.Description, err)
 		}
-	}
-	if r, _ := findRule(t, d, nsgVMNIC, deny.Name); r.Priority != azurenet.DefaultDenyMin {
-		t.Errorf("deny rule priority %d, want %d", r.Priority, azurenet.DefaultDenyMin)
-	}
-	for _, name := range []string{allow.Name, deny.Name} {
-		if err := d.DeleteRule(ctx, nsgVMNIC, name); err != nil {
-			t.Fatal(err)
-		}
-	}
-	after, _ := sim.RuleJSON(nsgVMNIC, "allow-https")
-	if !bytes.Equal(before, after) {
-		t.Errorf("foreign rule changed:\nbefore %s\nafter  %s", before, after)
-	}
-	if names := sim.RuleNames(nsgVMNIC); !slices.Equal(names, []string{"allow-https"}) {
-		t.Errorf("rules left: %v", names)
-	}
-}
-
-func TestRefusesUnmanagedNames(t *testing.T) {
-	sim, d := newEnv(t, armsim.Options{})
-	ctx := context.Background()
-	r := allowRule("allow-https", "*")
-	if err := d.PutRule(ctx, nsgVMNIC, r); jit.ErrorCode(err) != jit.EINVALID {
-		t.Errorf("PutRule(allow-https) = %v, want EINVALID", err)
-	}
-	if err := d.DeleteRule(ctx, nsgVMNIC, "allow-https"); jit.ErrorCode(err) != jit.EINVALID {
-		t.Errorf("DeleteRule(allow-https) = %v, want EINVALID", err)
 	}
 	if c := sim.Calls(); c.Writes != 0 || c.Reads != 0 {
 		t.Errorf("refused calls still reached ARM: %v", c.ByKind)
 	}
+	// Deleting a rule the deployment does not own leaves it alone.
+	before, _ := sim.RuleJSON(nsgVMNIC, "allow-https")
+	if a := apply(t, d, nsgVMNIC, del("allow-https")); a.Wrote() || len(a.Rules) != 1 {
+		t.Errorf("delete allow-https: %+v, want nothing done", a)
+	}
+	if after, _ := sim.RuleJSON(nsgVMNIC, "allow-https"); !bytes.Equal(before, after) {
+		t.Errorf("allow-https changed:\nbefore %s\nafter  %s", before, after)
+	}
 }
 
-func TestDeleteMissingIsSuccess(t *testing.T) {
-	_, d := newEnv(t, armsim.Options{})
-	for _, nsg := range []string{nsgVMNIC, armsim.DemoID("Microsoft.Network/networkSecurityGroups", "no-such-nsg")} {
-		if err := d.DeleteRule(context.Background(), nsg, "jit-allow-missing"); err != nil {
-			t.Errorf("DeleteRule in %s: %v", nsg, err)
+func TestMissingNSG(t *testing.T) {
+	sim, d := newEnv(t, armsim.Options{})
+	missing := armsim.DemoID("Microsoft.Network/networkSecurityGroups", "no-such-nsg")
+	prune := func(jit.SecurityRule) bool { return true }
+	for _, c := range []jit.RuleChange{{}, del("jit-allow-missing"), {Prune: prune}} {
+		a, err := d.ApplyRules(context.Background(), missing, c)
+		if err != nil || !a.Missing || a.Wrote() || a.Rules != nil {
+			t.Errorf("%+v in a missing NSG: %+v, %v; want Missing", c, a, err)
 		}
 	}
-}
-
-func TestPutRuleMissingNSG(t *testing.T) {
-	_, d := newEnv(t, armsim.Options{})
-	err := d.PutRule(context.Background(), armsim.DemoID("Microsoft.Network/networkSecurityGroups", "no-such-nsg"), allowRule("jit-a", "*"))
+	_, err := d.ApplyRules(context.Background(), missing, jit.RuleChange{Put: []jit.SecurityRule{allowRule("jit-a", "*")}, Prune: prune})
 	if jit.ErrorCode(err) != jit.ENOTFOUND {
-		t.Fatalf("err %v, want ENOTFOUND", err)
+		t.Errorf("put in a missing NSG: %v, want ENOTFOUND", err)
 	}
-}
-
-func TestTransientFailuresAreRetried(t *testing.T) {
-	tests := []struct {
-		name   string
-		target armsim.Target
-		n      int
-		fault  armsim.Fault
-	}{
-		{"429 with Retry-After", armsim.Writes, 2, armsim.Throttled(5 * time.Millisecond)},
-		{"429 on reads", armsim.Reads, 2, armsim.Throttled(5 * time.Millisecond)},
-		{"409 AnotherOperationInProgress", armsim.Writes, 2, armsim.AnotherOperationInProgress()},
-		{"500", armsim.Writes, 2, armsim.InternalServerError()},
-		{"operation superseded", armsim.Writes, 1, armsim.LROFailed("CanceledAndSupersededDueToAnotherOperation")},
-		{"operation failed", armsim.Writes, 2, armsim.LROFailed("InternalServerError")},
+	if _, err := d.ListRules(context.Background(), missing); jit.ErrorCode(err) != jit.ENOTFOUND {
+		t.Errorf("ListRules of a missing NSG: %v, want ENOTFOUND", err)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			sim, d := newEnv(t, armsim.Options{InProgressPolls: 1})
-			ctx := context.Background()
-			sim.FailNext(tt.target, tt.n, tt.fault)
-			start := time.Now()
-			if err := d.PutRule(ctx, nsgVMNIC, allowRule("jit-allow-1", "203.0.113.7")); err != nil {
-				t.Fatal(err)
-			}
-			if _, ok := findRule(t, d, nsgVMNIC, "jit-allow-1"); !ok {
-				t.Fatal("rule not written")
-			}
-			if c := sim.Calls(); c.Faults != tt.n {
-				t.Errorf("%d faults served, want %d", c.Faults, tt.n)
-			}
-			sim.FailNext(tt.target, tt.n, tt.fault)
-			if err := d.DeleteRule(ctx, nsgVMNIC, "jit-allow-1"); err != nil {
-				t.Fatal(err)
-			}
-			if _, ok := findRule(t, d, nsgVMNIC, "jit-allow-1"); ok {
-				t.Fatal("rule not deleted")
-			}
-			if el := time.Since(start); el > 3*time.Second {
-				t.Errorf("took %v; retry delays should be tiny in tests", el)
-			}
-		})
+	if c := sim.Calls(); c.Writes != 0 {
+		t.Errorf("%d writes to a missing NSG", c.Writes)
+	}
+	// Deleting a rule that is not there writes nothing either.
+	if a := apply(t, d, nsgVMNIC, del("jit-allow-missing")); a.Wrote() || a.Missing {
+		t.Errorf("delete of a missing rule: %+v", a)
 	}
 }
 
 func TestPersistentFailureIsUnavailable(t *testing.T) {
-	for _, f := range []armsim.Fault{armsim.AnotherOperationInProgress(), armsim.Throttled(time.Millisecond), armsim.LROFailed("InternalServerError")} {
+	for _, f := range []armsim.Fault{armsim.AnotherOperationInProgress(), armsim.Throttled(time.Millisecond), armsim.InternalServerError(), armsim.LROFailed("InternalServerError")} {
 		sim, d := newEnv(t, armsim.Options{})
 		sim.FailNext(armsim.Writes, 1000, f)
-		err := d.PutRule(context.Background(), nsgVMNIC, allowRule("jit-allow-1", "203.0.113.7"))
+		_, err := d.ApplyRules(context.Background(), nsgVMNIC, put(allowRule("jit-allow-1", "203.0.113.7")))
 		if jit.ErrorCode(err) != jit.EUNAVAILABLE {
 			t.Errorf("%s: err %v (code %q), want EUNAVAILABLE", f.Code, err, jit.ErrorCode(err))
 		}
-	}
-}
-
-func TestPriorityClashIsRetried(t *testing.T) {
-	var sim *armsim.Server
-	var raced atomic.Bool
-	// Another writer takes priority 1000 between the driver's read of the
-	// NSG and its PUT, as a concurrent portal edit or second worker would.
-	sim, d := newEnv(t, armsim.Options{Intercept: func(r *http.Request, c armsim.Call) *armsim.Fault {
-		if c.Kind() == "PUT securityRules" && raced.CompareAndSwap(false, true) {
-			err := sim.AddRule(nsgVMNIC, armnetwork.SecurityRule{Name: to.Ptr("someone-else"), Properties: &armnetwork.SecurityRulePropertiesFormat{
-				Access: to.Ptr(armnetwork.SecurityRuleAccessAllow), Direction: to.Ptr(armnetwork.SecurityRuleDirectionInbound),
-				Priority: to.Ptr[int32](azurenet.DefaultAllowMin), Protocol: to.Ptr(armnetwork.SecurityRuleProtocolTCP),
-				SourceAddressPrefix: to.Ptr("*"), SourcePortRange: to.Ptr("*"), DestinationAddressPrefix: to.Ptr("*"), DestinationPortRange: to.Ptr("80"),
-			}})
-			if err != nil {
-				panic(err)
-			}
-		}
-		return nil
-	}})
-	if err := d.PutRule(context.Background(), nsgVMNIC, allowRule("jit-allow-1", "203.0.113.7")); err != nil {
-		t.Fatal(err)
-	}
-	got, ok := findRule(t, d, nsgVMNIC, "jit-allow-1")
-	if !ok || got.Priority != azurenet.DefaultAllowMin+1 {
-		t.Fatalf("rule %+v, want priority %d", got, azurenet.DefaultAllowMin+1)
-	}
-	if c := sim.Calls(); c.ByKind["PUT securityRules"] != 2 || c.ByKind["GET networkSecurityGroups"] < 2 {
-		t.Errorf("calls %v: want a re-read and a second PUT", c.ByKind)
 	}
 }
 
@@ -378,76 +343,34 @@ func TestPrioritySkipsForeignAndFullBand(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := d.PutRule(context.Background(), nsgVMNIC, allowRule("jit-a", "*")); err != nil {
-		t.Fatal(err)
-	}
+	apply(t, d, nsgVMNIC, put(allowRule("jit-a", "*")))
 	if r, _ := findRule(t, d, nsgVMNIC, "jit-a"); r.Priority != 1002 {
 		t.Errorf("priority %d, want 1002 (lowest free)", r.Priority)
 	}
+
+	// A band with no free priority left is a conflict that writes nothing.
+	_, narrow, _ := newEnvConfig(t, armsim.Options{}, func(c *azurenet.Config) { c.AllowBand = azurenet.Band{Min: 1000, Max: 1001} })
+	apply(t, narrow, nsgVMNIC, put(allowRule("jit-a", "*"), allowRule("jit-b", "*")))
+	if _, err := narrow.ApplyRules(context.Background(), nsgVMNIC, put(allowRule("jit-c", "*"))); jit.ErrorCode(err) != jit.ECONFLICT {
+		t.Errorf("third rule in a band of two: %v, want ECONFLICT", err)
+	}
 }
 
-func TestNewRejectsBadBands(t *testing.T) {
+func TestNewChecksConfig(t *testing.T) {
 	for _, cfg := range []azurenet.Config{
-		{AllowBand: azurenet.Band{Min: 50, Max: 60}},
-		{DenyBand: azurenet.Band{Min: 4000, Max: 5000}},
-		{AllowBand: azurenet.Band{Min: 4000, Max: 4050}, DenyBand: azurenet.Band{Min: 1000, Max: 1100}},
+		{Owner: testOwner, AllowBand: azurenet.Band{Min: 50, Max: 60}},
+		{Owner: testOwner, DenyBand: azurenet.Band{Min: 4000, Max: 5000}},
+		{Owner: testOwner, AllowBand: azurenet.Band{Min: 4000, Max: 4050}, DenyBand: azurenet.Band{Min: 1000, Max: 1100}},
+		{},
+		{Owner: jit.Owner{Deployment: "Prod"}},
+		{Owner: jit.Owner{Deployment: "-prod"}},
 	} {
 		if _, err := azurenet.New(cfg, &azfake.TokenCredential{}, nil); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)
 		}
 	}
-}
-
-// A 429's Retry-After is waited out before the call is tried again, also
-// when it is longer than azcore's own maximum retry delay (200 ms here),
-// for which azcore gives up at once. A lower bound only: a slow machine
-// takes longer and still passes.
-func TestThrottlingWaitsRetryAfter(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		target armsim.Target
-		kind   string
-	}{{"write", armsim.Writes, "PUT securityRules"}, {"read", armsim.Reads, "GET networkSecurityGroups"}} {
-		t.Run(tc.name, func(t *testing.T) {
-			sim, d := newEnv(t, armsim.Options{})
-			const wait = 400 * time.Millisecond
-			sim.FailNext(tc.target, 1, armsim.Throttled(wait))
-			start := time.Now()
-			if err := d.PutRule(context.Background(), nsgVMNIC, allowRule("jit-allow-1", "203.0.113.7")); err != nil {
-				t.Fatal(err)
-			}
-			if el := time.Since(start); el < wait {
-				t.Errorf("retried %v after a 429 asking for %v", el, wait)
-			}
-			if c := sim.Calls(); c.Faults != 1 || c.ByKind[tc.kind] != 2 {
-				t.Errorf("calls %+v: want the throttled %s and one retry", c.ByKind, tc.kind)
-			}
-		})
-	}
-	// Throttling azcore already waits out (Retry-After within its maximum)
-	// is not retried again on top: the driver gives up when azcore does,
-	// instead of multiplying the calls to a throttled ARM.
-	{
-		sim, d := newEnv(t, armsim.Options{})
-		sim.FailNext(armsim.Writes, 100, armsim.Throttled(20*time.Millisecond))
-		err := d.PutRule(context.Background(), nsgVMNIC, allowRule("jit-allow-1", "203.0.113.7"))
-		if jit.ErrorCode(err) != jit.EUNAVAILABLE {
-			t.Errorf("persistent throttling: %v, want unavailable", err)
-		}
-		if n := sim.Calls().ByKind["PUT securityRules"]; n != 4 {
-			t.Errorf("persistent throttling made %d PUTs, want 4 (azcore's first try and 3 retries)", n)
-		}
-	}
-	// A Retry-After beyond what a worker waits out fails the operation at
-	// once, for the queue to deliver again later.
-	sim, d := newEnv(t, armsim.Options{})
-	sim.FailNext(armsim.Writes, 1, armsim.Throttled(10*time.Minute))
-	start := time.Now()
-	err := d.PutRule(context.Background(), nsgVMNIC, allowRule("jit-allow-1", "203.0.113.7"))
-	if jit.ErrorCode(err) != jit.EUNAVAILABLE {
-		t.Errorf("a 429 asking for 10 minutes: %v, want unavailable", err)
-	}
-	if el := time.Since(start); el > 5*time.Second {
-		t.Errorf("a 429 asking for 10 minutes held the worker %v", el)
+	_, err := azurenet.New(azurenet.Config{}, &azfake.TokenCredential{}, nil)
+	if err == nil || !strings.Contains(err.Error(), "Owner") || !strings.Contains(err.Error(), "deployment name") {
+		t.Errorf("New without an owner: %v, want a message naming Config.Owner and the deployment name", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"reflect"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -36,36 +37,37 @@ func TestApplyRulesOneWrite(t *testing.T) {
 		t.Fatal("demo estate lacks allow-https")
 	}
 	// Two existing managed rules: one to change, one to delete.
-	for _, r := range []jit.SecurityRule{allowRule("jit-keep", "198.51.100.1"), allowRule("jit-gone", "198.51.100.2")} {
-		if err := d.PutRule(ctx, nsgVMNIC, r); err != nil {
-			t.Fatal(err)
-		}
-	}
+	apply(t, d, nsgVMNIC, put(allowRule("jit-keep", "198.51.100.1"), allowRule("jit-gone", "198.51.100.2")))
 	keepBefore, _ := findRule(t, d, nsgVMNIC, "jit-keep")
 	sim.ResetCalls()
 
-	put := append(manyAllowRules(50), allowRule("jit-keep", "198.51.100.1", "198.51.100.9"), denyRule("jit-deny-vm"))
-	if err := d.ApplyRules(ctx, nsgVMNIC, put, []string{"jit-gone", "jit-never-there"}); err != nil {
-		t.Fatal(err)
+	rules := append(manyAllowRules(50), allowRule("jit-keep", "198.51.100.1", "198.51.100.9"), denyRule("jit-deny-vm"))
+	a := apply(t, d, nsgVMNIC, jit.RuleChange{Put: rules, Delete: []string{"jit-gone", "jit-never-there"}})
+	if len(a.Created) != 51 || !slices.Equal(a.Updated, []string{"jit-keep"}) || !slices.Equal(a.Removed, []string{"jit-gone"}) {
+		t.Errorf("applied created %d %v, updated %v, removed %v", len(a.Created), a.Created, a.Updated, a.Removed)
 	}
 	// One read, one write: following the PUT's operation reads no NSG.
 	if c := sim.Calls(); c.Writes != 1 || c.ByKind["PUT networkSecurityGroups"] != 1 || c.ByKind["GET networkSecurityGroups"] != 1 {
 		t.Fatalf("calls %v, want one NSG read and one NSG write", c.ByKind)
 	}
-	rules, err := d.ListRules(ctx, nsgVMNIC)
+	listed, err := d.ListRules(ctx, nsgVMNIC)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Applied.Rules are what a read after the write sees.
+	if !reflect.DeepEqual(a.Rules, listed) {
+		t.Errorf("Applied.Rules differ from the rules read after the write:\n got %+v\nwant %+v", a.Rules, listed)
+	}
 	byName := map[string]jit.SecurityRule{}
 	priorities := map[int]string{}
-	for _, r := range rules {
+	for _, r := range listed {
 		byName[r.Name] = r
 		if other, dup := priorities[r.Priority]; dup {
 			t.Errorf("%s and %s share priority %d", r.Name, other, r.Priority)
 		}
 		priorities[r.Priority] = r.Name
 	}
-	for _, r := range put {
+	for _, r := range rules {
 		got, ok := byName[r.Name]
 		if !ok {
 			t.Errorf("rule %s missing", r.Name)
@@ -91,24 +93,25 @@ func TestApplyRulesOneWrite(t *testing.T) {
 
 	// The same again changes nothing and writes nothing.
 	sim.ResetCalls()
-	if err := d.ApplyRules(ctx, nsgVMNIC, put, []string{"jit-gone"}); err != nil {
-		t.Fatal(err)
-	}
+	again := apply(t, d, nsgVMNIC, jit.RuleChange{Put: rules, Delete: []string{"jit-gone"}})
 	if c := sim.Calls(); c.Writes != 0 || c.Reads != 1 {
 		t.Errorf("repeated ApplyRules made calls %v, want one read", c.ByKind)
 	}
+	if again.Wrote() || !reflect.DeepEqual(again.Rules, listed) {
+		t.Errorf("repeated ApplyRules: %+v, want nothing written and the rules as read", again)
+	}
 
 	// Deleting everything managed leaves the foreign rule alone.
-	var del []string
-	for _, r := range put {
-		del = append(del, r.Name)
+	var names []string
+	for _, r := range rules {
+		names = append(names, r.Name)
 	}
 	sim.ResetCalls()
-	if err := d.ApplyRules(ctx, nsgVMNIC, nil, del); err != nil {
-		t.Fatal(err)
+	if a := apply(t, d, nsgVMNIC, del(names...)); len(a.Removed) != len(names) || len(a.Rules) != 1 {
+		t.Errorf("delete all: removed %d, rules %+v", len(a.Removed), a.Rules)
 	}
 	if c := sim.Calls(); c.Writes != 1 {
-		t.Errorf("%d writes to delete %d rules, want 1", c.Writes, len(del))
+		t.Errorf("%d writes to delete %d rules, want 1", c.Writes, len(names))
 	}
 	if names := sim.RuleNames(nsgVMNIC); !slices.Equal(names, []string{"allow-https"}) {
 		t.Errorf("rules left: %v", names)
@@ -142,9 +145,7 @@ func TestApplyRulesKeepsWritableMembers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := d.ApplyRules(ctx, nsgVMNIC, manyAllowRules(3), nil); err != nil {
-		t.Fatal(err)
-	}
+	apply(t, d, nsgVMNIC, put(manyAllowRules(3)...))
 	after, err := client.Get(ctx, armsim.DemoResourceGroup, "nsg-vm-nic", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -189,9 +190,7 @@ func TestApplyRulesRetriesEtagConflict(t *testing.T) {
 		}
 		return nil
 	}})
-	if err := d.ApplyRules(context.Background(), nsgVMNIC, manyAllowRules(3), nil); err != nil {
-		t.Fatal(err)
-	}
+	apply(t, d, nsgVMNIC, put(manyAllowRules(3)...))
 	if c := sim.Calls(); c.ByKind["PUT networkSecurityGroups"] != 2 || c.ByKind["GET networkSecurityGroups"] < 2 {
 		t.Errorf("calls %v: want a 412, a re-read and a second PUT", c.ByKind)
 	}
@@ -215,47 +214,27 @@ func TestApplyRulesRetriesTransientFailures(t *testing.T) {
 		{"429 on writes", armsim.Writes, 2, armsim.Throttled(5 * time.Millisecond)},
 		{"429 on reads", armsim.Reads, 2, armsim.Throttled(5 * time.Millisecond)},
 		{"409 AnotherOperationInProgress", armsim.Writes, 2, armsim.AnotherOperationInProgress()},
+		{"500", armsim.Writes, 2, armsim.InternalServerError()},
+		{"operation superseded", armsim.Writes, 1, armsim.LROFailed("CanceledAndSupersededDueToAnotherOperation")},
 		{"operation failed", armsim.Writes, 2, armsim.LROFailed("InternalServerError")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			sim, d := newEnv(t, armsim.Options{InProgressPolls: 1})
-			ctx := context.Background()
 			sim.FailNext(tt.target, tt.n, tt.fault)
-			if err := d.ApplyRules(ctx, nsgVMNIC, manyAllowRules(2), nil); err != nil {
-				t.Fatal(err)
-			}
+			start := time.Now()
+			apply(t, d, nsgVMNIC, put(manyAllowRules(2)...))
 			if c := sim.Calls(); c.Faults != tt.n {
 				t.Errorf("%d faults served, want %d", c.Faults, tt.n)
 			}
 			sim.FailNext(tt.target, tt.n, tt.fault)
-			if err := d.ApplyRules(ctx, nsgVMNIC, nil, []string{"jit-allow-000", "jit-allow-001"}); err != nil {
-				t.Fatal(err)
-			}
+			apply(t, d, nsgVMNIC, del("jit-allow-000", "jit-allow-001"))
 			if names := sim.RuleNames(nsgVMNIC); !slices.Equal(names, []string{"allow-https"}) {
 				t.Errorf("rules left: %v", names)
 			}
+			if el := time.Since(start); el > 3*time.Second {
+				t.Errorf("took %v; retry delays should be tiny in tests", el)
+			}
 		})
-	}
-}
-
-func TestApplyRulesRefusesUnmanagedNames(t *testing.T) {
-	sim, d := newEnv(t, armsim.Options{})
-	ctx := context.Background()
-	if err := d.ApplyRules(ctx, nsgVMNIC, []jit.SecurityRule{allowRule("allow-https", "*")}, nil); jit.ErrorCode(err) != jit.EINVALID {
-		t.Errorf("put allow-https: %v, want EINVALID", err)
-	}
-	if err := d.ApplyRules(ctx, nsgVMNIC, manyAllowRules(1), []string{"allow-https"}); jit.ErrorCode(err) != jit.EINVALID {
-		t.Errorf("delete allow-https: %v, want EINVALID", err)
-	}
-	if c := sim.Calls(); c.Writes != 0 || c.Reads != 0 {
-		t.Errorf("refused calls still reached ARM: %v", c.ByKind)
-	}
-	missing := armsim.DemoID("Microsoft.Network/networkSecurityGroups", "no-such-nsg")
-	if err := d.ApplyRules(ctx, missing, nil, []string{"jit-a"}); err != nil {
-		t.Errorf("delete in a missing NSG: %v, want success", err)
-	}
-	if err := d.ApplyRules(ctx, missing, manyAllowRules(1), nil); jit.ErrorCode(err) != jit.ENOTFOUND {
-		t.Errorf("put in a missing NSG: %v, want ENOTFOUND", err)
 	}
 }

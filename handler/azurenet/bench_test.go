@@ -94,7 +94,8 @@ func BenchmarkToARM(b *testing.B) {
 // PUT body. "lean" is the driver's; "sdk" is the same through the
 // armnetwork models, as the driver did before.
 func BenchmarkNSGRoundTrip(b *testing.B) {
-	put := []jit.SecurityRule{{Name: "jit-allow-new-0", Access: jit.AccessAllow, Protocol: "Tcp", Ports: []string{"22"},
+	owner := jit.Owner{Deployment: "bench"}
+	put := []jit.SecurityRule{{Name: "jit-allow-new-0", Description: owner.Marker() + "grant", Access: jit.AccessAllow, Protocol: "Tcp", Ports: []string{"22"},
 		Sources: []string{"198.51.100.1"}, Destinations: []string{"10.0.0.4"}}}
 	bands := []Band{{DefaultAllowMin, DefaultAllowMax}}
 	for _, n := range []int{5, 30} {
@@ -106,7 +107,7 @@ func BenchmarkNSGRoundTrip(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				rules, _, _, err := planRules(doc, put, bands, nil)
+				rules, _, err := planRules(doc, "nsg", jit.RuleChange{Put: put}, bands, owner)
 				if err != nil {
 					b.Fatal(err)
 				}

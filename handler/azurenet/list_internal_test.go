@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -92,23 +93,34 @@ func TestAwaitOperationAnswerStates(t *testing.T) {
 	}
 }
 
-// TestPlanRulesRewritesUnreadableManagedRule: a managed rule ARM sent
-// without properties is written afresh, not duplicated.
-func TestPlanRulesRewritesUnreadableManagedRule(t *testing.T) {
+// TestPlanRulesUnreadableRule: a rule ARM sent without properties cannot
+// show whose it is, so it is never changed: kept byte-for-byte beside a new
+// rule, and a Put of its name is a conflict, not a duplicate.
+func TestPlanRulesUnreadableRule(t *testing.T) {
 	doc, err := decodeNSG([]byte(`{"properties":{"securityRules":[{"name":"jit-allow-x-0"},{"name":"other","properties":{"direction":"Inbound","priority":1000}}]}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	put := []jit.SecurityRule{{Name: "jit-allow-x-0", Access: jit.AccessAllow, Protocol: "Tcp", Ports: []string{"22"}, Sources: []string{"198.51.100.1"}, Destinations: []string{"10.0.0.4"}}}
-	rules, created, changed, err := planRules(doc, put, []Band{{DefaultAllowMin, DefaultAllowMax}}, nil)
+	owner := jit.Owner{Deployment: "prod"}
+	rule := func(name string) jit.SecurityRule {
+		return jit.SecurityRule{Name: name, Description: owner.Marker() + "grant", Access: jit.AccessAllow, Protocol: "Tcp",
+			Ports: []string{"22"}, Sources: []string{"198.51.100.1"}, Destinations: []string{"10.0.0.4"}}
+	}
+	bands := []Band{{DefaultAllowMin, DefaultAllowMax}}
+	prune := func(jit.SecurityRule) bool { return true }
+	_, _, err = planRules(doc, "nsg", jit.RuleChange{Put: []jit.SecurityRule{rule("jit-allow-x-0")}, Prune: prune}, bands, owner)
+	if jit.ErrorCode(err) != jit.ECONFLICT {
+		t.Errorf("put over an unreadable rule: %v, want ECONFLICT", err)
+	}
+	rules, a, err := planRules(doc, "nsg", jit.RuleChange{Put: []jit.SecurityRule{rule("jit-allow-y-0")}, Delete: []string{"jit-allow-x-0"}, Prune: prune}, bands, owner)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rules) != 2 || created != 1 || changed != 2 {
-		t.Fatalf("%d rules, %d created, %d changed; want 2, 1, 2", len(rules), created, changed)
+	if len(rules) != 3 || string(rules[0]) != `{"name":"jit-allow-x-0"}` || !slices.Equal(a.Created, []string{"jit-allow-y-0"}) || a.Removed != nil || a.Updated != nil {
+		t.Fatalf("rules %s, applied %+v: want the unreadable rule kept and one created", rules, a)
 	}
 	var got leanRule
-	if err := json.Unmarshal(rules[1], &got); err != nil || got.Name != "jit-allow-x-0" || got.Properties == nil || got.Properties.Priority != 1001 {
-		t.Errorf("rewritten rule %s (%v), want jit-allow-x-0 at 1001", rules[1], err)
+	if err := json.Unmarshal(rules[2], &got); err != nil || got.Name != "jit-allow-y-0" || got.Properties == nil || got.Properties.Priority != 1001 {
+		t.Errorf("new rule %s (%v), want jit-allow-y-0 at 1001", rules[2], err)
 	}
 }

@@ -22,9 +22,7 @@ func TestListNSGsMatchesSDK(t *testing.T) {
 	sim, d, co := newEnvOptions(t, armsim.Options{PageSize: 2})
 	// Rules of every shape beside the demo's: plural ports and prefixes,
 	// an outbound rule (not listed), a description.
-	if err := d.PutRule(ctx, nsgVMNIC, allowRule("jit-allow-0", "203.0.113.7", "203.0.113.8")); err != nil {
-		t.Fatal(err)
-	}
+	apply(t, d, nsgVMNIC, put(allowRule("jit-allow-0", "203.0.113.7", "203.0.113.8")))
 	err := sim.AddRule(nsgVMBoth, armnetwork.SecurityRule{Name: to.Ptr("hand-made"), Properties: &armnetwork.SecurityRulePropertiesFormat{
 		Access: to.Ptr(armnetwork.SecurityRuleAccessAllow), Direction: to.Ptr(armnetwork.SecurityRuleDirectionInbound),
 		Protocol: to.Ptr(armnetwork.SecurityRuleProtocolTCP), Priority: to.Ptr[int32](300), Description: to.Ptr("ops"),
@@ -69,7 +67,8 @@ func TestListNSGsMatchesSDK(t *testing.T) {
 					continue
 				}
 				info.Rules = append(info.Rules, jit.SecurityRule{Name: *sr.Name, Description: deref(p.Description), Access: string(*p.Access),
-					Protocol: string(*p.Protocol), Priority: int(*p.Priority),
+					Protocol: string(*p.Protocol), Priority: int(*p.Priority), SourcePorts: both(p.SourcePortRange, p.SourcePortRanges),
+					SourceASGs: asgs(p.SourceApplicationSecurityGroups), DestinationASGs: asgs(p.DestinationApplicationSecurityGroups),
 					Ports: both(p.DestinationPortRange, p.DestinationPortRanges), Sources: both(p.SourceAddressPrefix, p.SourceAddressPrefixes),
 					Destinations: both(p.DestinationAddressPrefix, p.DestinationAddressPrefixes)})
 			}
@@ -104,6 +103,16 @@ func both(single *string, plural []*string) []string {
 	for _, v := range plural {
 		if v != nil && *v != "" {
 			out = append(out, *v)
+		}
+	}
+	return out
+}
+
+func asgs(refs []*armnetwork.ApplicationSecurityGroup) []string {
+	var out []string
+	for _, r := range refs {
+		if r != nil && r.ID != nil {
+			out = append(out, *r.ID)
 		}
 	}
 	return out

@@ -50,7 +50,7 @@ func TestListVMsAcrossSubscriptions(t *testing.T) {
 		{[]string{"11111111-1111-1111-1111-111111111111"}, []string{"vm-a"}},
 	}
 	for _, c := range cases {
-		d, err := azurenet.New(azurenet.Config{Subscriptions: c.subs}, &azfake.TokenCredential{}, co)
+		d, err := azurenet.New(azurenet.Config{Owner: testOwner, Subscriptions: c.subs}, &azfake.TokenCredential{}, co)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -62,6 +62,23 @@ type leanRuleFields struct {
 	SourceAddressPrefixes      []string `json:"sourceAddressPrefixes"`
 	DestinationAddressPrefix   string   `json:"destinationAddressPrefix"`
 	DestinationAddressPrefixes []string `json:"destinationAddressPrefixes"`
+	SourceASGs                 []asgRef `json:"sourceApplicationSecurityGroups"`
+	DestinationASGs            []asgRef `json:"destinationApplicationSecurityGroups"`
+}
+
+// asgRef is a reference to an application security group.
+type asgRef struct {
+	ID string `json:"id"`
+}
+
+func asgIDs(refs []asgRef) []string {
+	var out []string
+	for _, r := range refs {
+		if r.ID != "" {
+			out = append(out, r.ID)
+		}
+	}
+	return out
 }
 
 // inbound reports whether the rule is an inbound rule with properties.
@@ -74,26 +91,43 @@ func (r leanRule) rule() jit.SecurityRule {
 	p := r.Properties
 	return jit.SecurityRule{
 		Name: r.Name, Description: p.Description, Access: p.Access, Protocol: p.Protocol, Priority: p.Priority,
-		Ports:        joined(p.DestinationPortRange, p.DestinationPortRanges),
-		Sources:      joined(p.SourceAddressPrefix, p.SourceAddressPrefixes),
-		Destinations: joined(p.DestinationAddressPrefix, p.DestinationAddressPrefixes),
+		SourcePorts:     joined(p.SourcePortRange, p.SourcePortRanges),
+		Ports:           joined(p.DestinationPortRange, p.DestinationPortRanges),
+		Sources:         joined(p.SourceAddressPrefix, p.SourceAddressPrefixes),
+		Destinations:    joined(p.DestinationAddressPrefix, p.DestinationAddressPrefixes),
+		SourceASGs:      asgIDs(p.SourceASGs),
+		DestinationASGs: asgIDs(p.DestinationASGs),
 	}
 }
 
-// sameRule compares what the service controls, normalised: ARM's singular
-// and plural forms, order and letter case do not count.
+// sameRule reports whether have already is want in every property a rule
+// has but its priority (which the driver chooses): direction (inbound),
+// protocol, source and destination ports and prefixes, application
+// security groups, access and description. ARM's singular and plural
+// forms, order and letter case do not count.
 func sameRule(have leanRule, want jit.SecurityRule) bool {
 	if !have.inbound() {
 		return false
 	}
-	p, got := have.Properties, have.rule()
-	return sameSet(joined(p.SourcePortRange, p.SourcePortRanges), []string{"*"}) &&
-		strings.EqualFold(got.Access, want.Access) &&
+	got := have.rule()
+	return strings.EqualFold(got.Access, want.Access) &&
 		strings.EqualFold(got.Protocol, want.Protocol) &&
 		got.Description == want.Description &&
+		sameSet(got.SourcePorts, sourcePorts(want)) &&
 		sameSet(got.Ports, want.Ports) &&
 		sameSet(got.Sources, want.Sources) &&
-		sameSet(got.Destinations, want.Destinations)
+		sameSet(got.Destinations, want.Destinations) &&
+		sameSet(got.SourceASGs, want.SourceASGs) &&
+		sameSet(got.DestinationASGs, want.DestinationASGs)
+}
+
+// sourcePorts is what the driver writes as a rule's source port ranges:
+// its own, or "*" when it names none.
+func sourcePorts(rule jit.SecurityRule) []string {
+	if len(rule.SourcePorts) == 0 {
+		return []string{"*"}
+	}
+	return rule.SourcePorts
 }
 
 // inboundRules is the NSG's inbound rules by priority.
