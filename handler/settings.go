@@ -277,6 +277,7 @@ func armAzureSettings(get func(string) string, latency time.Duration) (armsim.Az
 // networkConfig is the azurenet driver's configuration from the settings.
 func (s settings) networkConfig(log zerolog.Logger) azurenet.Config {
 	return azurenet.Config{
+		Owner:         jit.Owner{Deployment: s.Deployment},
 		Subscriptions: s.Subscriptions,
 		AllowBand:     azurenet.Band{Min: s.AllowBand[0], Max: s.AllowBand[1]},
 		DenyBand:      azurenet.Band{Min: s.DenyBand[0], Max: s.DenyBand[1]},

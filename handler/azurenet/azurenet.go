@@ -19,7 +19,11 @@
 // priorities and to report rules that bypass JIT) and sent back
 // byte-for-byte: a change that puts a rule under a name such a rule has
 // fails with jit.ECONFLICT and writes nothing; a delete of such a name
-// leaves it alone; Prune is never asked about it. Two deployments sharing
+// leaves it alone; Prune is never asked about it. The one exception is a
+// name RuleChange.Ours vouches for: an exact name the service generated
+// (deny rules carry a digest of the deployment's name, allow rules a
+// request id only its store issued), so a rule of ours edited by hand, its
+// marker gone, is still put back or removed. Two deployments sharing
 // a subscription or an NSG therefore never touch each other's rules.
 //
 // Every change goes through ApplyRules: one read and at most one write of

@@ -142,7 +142,7 @@ func planRules(doc *nsgDoc, nsgID string, c jit.RuleChange, bands []Band, owner 
 	used := map[int]bool{}                  // inbound priorities of the rules kept or rewritten in place
 	for i, sr := range doc.rules {
 		name := strings.ToLower(sr.Name)
-		may := sr.Properties != nil && owner.MayChange(sr.rule())
+		may := sr.Properties != nil && owner.MayChange(sr.rule()) || c.Ours != nil && c.Ours(sr.Name)
 		j, put := want[name]
 		fate[i] = keepRule
 		switch {

@@ -51,7 +51,7 @@ func (b *bench) newStack(spec estateSpec) (*stack, error) {
 		return nil, err
 	}
 	srv := httptest.NewServer(sim)
-	net, err := azurenet.New(azurenet.Config{Subscriptions: []string{benchSub}}, benchCredential{},
+	net, err := azurenet.New(azurenet.Config{Owner: jit.Owner{Deployment: jit.DefaultDeployment}, Subscriptions: []string{benchSub}}, benchCredential{},
 		&arm.ClientOptions{ClientOptions: azcore.ClientOptions{
 			Cloud: cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
 				cloud.ResourceManager: {Endpoint: srv.URL, Audience: "https://management.azure.com"}}},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,7 +21,6 @@ import (
 
 	"jitaccess/handler/armsim"
 	"jitaccess/handler/hostsim"
-	"jitaccess/handler/jit"
 	"jitaccess/handler/testenv"
 )
 

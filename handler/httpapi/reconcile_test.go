@@ -76,7 +76,8 @@ func TestReconcileRepairsDrift(t *testing.T) {
 		s.must(200, nil, "GET", "/api/v1/requests/"+r.ID, nil, &r)
 		return r.Grants[0].Status == "Initiated"
 	})
-	deny := jit.DenyRuleName(vmID("vm-nic-nsg"))
+	waitFor(t, "the lockdown", func() bool { return s.lockedInARM("nsg-vm-nic", 22, "10.10.1.4") })
+	deny := s.denyRules("nsg-vm-nic")[0]
 	ctx := t.Context()
 
 	// A clean estate: a sweep changes nothing.
@@ -96,9 +97,17 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	widened := map[string]any{"properties": map[string]any{"access": "Allow", "direction": "Inbound", "priority": 1000, "protocol": "*",
 		"sourceAddressPrefix": "*", "sourcePortRange": "*", "destinationAddressPrefix": "*", "destinationPortRange": "*"}}
 	s.handEdit("PUT", rules+allow, widened)
+	// An allow rule of ours (our marker) that no grant owns goes; one named
+	// like ours without the marker is someone else's: left alone, reported.
 	orphan := "jit-allow-" + jit.NewRequestID() + "-0"
 	widened["properties"].(map[string]any)["priority"] = 1500
+	widened["properties"].(map[string]any)["description"] = "[jit:" + jit.DefaultDeployment + "] grant of a request gone from the store"
 	s.handEdit("PUT", rules+orphan, widened)
+	lookalike := "jit-allow-" + jit.NewRequestID() + "-0"
+	widened["properties"].(map[string]any)["priority"] = 1600
+	widened["properties"].(map[string]any)["description"] = "not jitaccess"
+	s.handEdit("PUT", rules+lookalike, widened)
+	delete(widened["properties"].(map[string]any), "description")
 	// And a foreign rule that lets SSH in ahead of the deny rule.
 	if err := s.sim.AddRule(nsgID("nsg-vm-nic"), armnetwork.SecurityRule{Name: to.Ptr("ssh-from-office"), Properties: &armnetwork.SecurityRulePropertiesFormat{
 		Access: to.Ptr(armnetwork.SecurityRuleAccessAllow), Direction: to.Ptr(armnetwork.SecurityRuleDirectionInbound), Priority: to.Ptr[int32](500),
@@ -126,6 +135,9 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	if _, ok := s.rule("nsg-vm-nic", "ssh-from-office"); !ok {
 		t.Fatalf("a foreign rule was touched")
 	}
+	if got, ok := s.rule("nsg-vm-nic", lookalike); !ok || deref(got.Properties.Description) != "not jitaccess" {
+		t.Fatalf("a foreign rule named like ours was touched")
+	}
 	var vms struct {
 		Value []struct {
 			Name     string   `json:"name"`
@@ -134,7 +146,8 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	}
 	s.must(200, nil, "GET", "/api/v1/vms", nil, &vms)
 	for _, v := range vms.Value {
-		if v.Name == "vm-nic-nsg" && (len(v.Warnings) != 1 || !strings.Contains(v.Warnings[0], "ssh-from-office")) {
+		if v.Name == "vm-nic-nsg" && (len(v.Warnings) != 2 || !slices.ContainsFunc(v.Warnings, func(w string) bool { return strings.Contains(w, "ssh-from-office") }) ||
+			!slices.ContainsFunc(v.Warnings, func(w string) bool { return strings.Contains(w, lookalike) })) {
 			t.Errorf("vm-nic-nsg warnings: %v", v.Warnings)
 		}
 	}
@@ -192,9 +205,7 @@ func TestEventsEnrolAndRetireVMs(t *testing.T) {
 	if len(pol.Properties.VirtualMachines) != 1 || len(pol.Properties.VirtualMachines[0].Ports) != 4 {
 		t.Fatalf("tagged VM's policy: %+v", pol)
 	}
-	if _, ok := s.rule("nsg-vm-both", jit.DenyRuleName(vm)); !ok {
-		t.Errorf("tagged VM not locked down")
-	}
+	waitFor(t, "the tagged VM's lockdown", func() bool { return s.lockedInARM("nsg-vm-both", 22, "10.10.2.5") })
 	// A deleted VM leaves its policy and its grants are closed.
 	var r request
 	s.must(202, nil, "POST", "/api/v1/policies/auto/initiate", initiate("vm-both-nsg", "PT1H"), &r)
@@ -205,7 +216,7 @@ func TestEventsEnrolAndRetireVMs(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.must(200, nil, "GET", "/api/v1/policies/auto", nil, nil)
-	if _, ok := s.rule("nsg-vm-both", jit.DenyRuleName(vm)); !ok {
+	if !s.lockedInARM("nsg-vm-both", 22, "10.10.2.5") {
 		t.Fatal("a delete event for an existing VM removed its lockdown")
 	}
 	if _, ok := s.rule("nsg-vm-both", r.Grants[0].RuleName); !ok {
@@ -310,7 +321,8 @@ func TestSweepAfterExtendFindsNoDrift(t *testing.T) {
 func TestFailedRepairIsAudited(t *testing.T) {
 	s := newStack(t, stackOptions{local: true})
 	s.must(200, nil, "PUT", "/api/v1/policies/p", policyBody("vm-nic-nsg", nil), nil)
-	deny := jit.DenyRuleName(vmID("vm-nic-nsg"))
+	waitFor(t, "the lockdown", func() bool { return s.lockedInARM("nsg-vm-nic", 22, "10.10.1.4") })
+	deny := s.denyRules("nsg-vm-nic")[0]
 	s.handEdit("DELETE", nsgID("nsg-vm-nic")+"/securityRules/"+deny, nil)
 	s.sim.FailNext(armsim.Writes, 1000, armsim.Fault{Status: http.StatusForbidden, Code: "AuthorizationFailed",
 		Message: "The client does not have authorization to perform action 'Microsoft.Network/networkSecurityGroups/write'."})
@@ -318,7 +330,7 @@ func TestFailedRepairIsAudited(t *testing.T) {
 		t.Fatal("a sweep whose every write failed reported no error")
 	}
 	s.sim.ClearFaults()
-	if f := s.auditDetails("failure"); !slices.ContainsFunc(f, func(d string) bool { return strings.Contains(d, "restoring deny rule "+deny) }) {
+	if f := s.auditDetails("failure"); !slices.ContainsFunc(f, func(d string) bool { return strings.Contains(d, "bringing NSG nsg-vm-nic in line") }) {
 		t.Errorf("failed deny restore not audited: %v", f)
 	}
 	if _, err := s.svc.Reconcile(t.Context()); err != nil {
@@ -334,12 +346,9 @@ func TestFailedRepairIsAudited(t *testing.T) {
 func TestNICEventFollowsTopology(t *testing.T) {
 	s := newStack(t, stackOptions{local: true})
 	ctx := t.Context()
-	vm := vmID("vm-both-nsg")
 	s.must(200, nil, "PUT", "/api/v1/policies/p", policyBody("vm-both-nsg", nil), nil)
-	deny := jit.DenyRuleName(vm)
-	if _, ok := s.rule("nsg-vm-both", deny); !ok {
-		t.Fatal("no deny rule in the NIC's NSG")
-	}
+	waitFor(t, "the lockdown", func() bool { return s.lockedInARM("nsg-vm-both", 22, "10.10.2.5") })
+	deny := s.denyRules("nsg-vm-both")[0]
 	nic := "/subscriptions/" + sub + "/resourceGroups/demo/providers/Microsoft.Network/networkInterfaces/vm-both-nsg-nic"
 	ev := jit.ResourceEvent{ID: "nic-1", Type: jit.EventWriteSuccess, Subject: nic}
 

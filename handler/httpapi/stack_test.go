@@ -84,7 +84,7 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	sim := armsim.New(armsim.Options{})
 	armSrv := httptest.NewServer(sim)
 	t.Cleanup(armSrv.Close)
-	net, err := azurenet.New(azurenet.Config{Subscriptions: []string{sub}, PollFrequency: 5 * time.Millisecond}, &azfake.TokenCredential{},
+	net, err := azurenet.New(azurenet.Config{Owner: jit.Owner{Deployment: jit.DefaultDeployment}, Subscriptions: []string{sub}, PollFrequency: 5 * time.Millisecond}, &azfake.TokenCredential{},
 		&arm.ClientOptions{ClientOptions: azcore.ClientOptions{
 			Cloud: cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
 				cloud.ResourceManager: {Endpoint: armSrv.URL, Audience: "https://management.azure.com"}}},

@@ -21,7 +21,7 @@ func (s *stack) denyRules(nsg string) []string {
 	var out []string
 	for _, name := range s.sim.RuleNames(nsgID(nsg)) {
 		r, _ := s.rule(nsg, name)
-		if strings.HasPrefix(name, "jit-deny-") && r.Properties != nil && strings.HasPrefix(to.String(r.Properties.Description), "[jit:"+jit.DefaultDeployment+"] ") {
+		if strings.HasPrefix(name, "jit-deny-") && r.Properties != nil && strings.HasPrefix(deref(r.Properties.Description), "[jit:"+jit.DefaultDeployment+"] ") {
 			out = append(out, name)
 		}
 	}
@@ -159,8 +159,8 @@ func TestVMStatusNeverLies(t *testing.T) {
 	if _, err := s.svc.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := s.rule("nsg-vm-nic", deny[0]); to.String(got.Properties.SourcePortRange) != "*" {
-		t.Errorf("source port not put back: %v", to.String(got.Properties.SourcePortRange))
+	if got, _ := s.rule("nsg-vm-nic", deny[0]); deref(got.Properties.SourcePortRange) != "*" {
+		t.Errorf("source port not put back: %v", deref(got.Properties.SourcePortRange))
 	}
 	s.vm("vm-nic-nsg")
 	if d := s.auditDetails("drift"); !slices.ContainsFunc(d, func(x string) bool { return strings.Contains(x, deny[0]) }) {
@@ -181,16 +181,16 @@ func TestVMStatusNeverLies(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	add("jit-deny-telnet-everywhere", "Deny", 200, false)
-	add("jit-backdoor", "Allow", 300, false)
-	add("web-asg-open", "Allow", 310, true)
+	add("jit-deny-telnet-everywhere", "Deny", 250, false)
+	add("jit-backdoor", "Allow", 260, false)
+	add("web-asg-open", "Allow", 270, true)
 	for range 2 {
 		if _, err := s.svc.Reconcile(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, name := range []string{"jit-deny-telnet-everywhere", "jit-backdoor", "web-asg-open"} {
-		if got, ok := s.rule("nsg-vm-nic", name); !ok || to.String(got.Properties.Description) != "network team" {
+		if got, ok := s.rule("nsg-vm-nic", name); !ok || deref(got.Properties.Description) != "network team" {
 			t.Errorf("foreign rule %s was changed or deleted", name)
 		}
 	}
@@ -292,4 +292,11 @@ func TestConcurrentPolicyPuts(t *testing.T) {
 	if d := s.denyRules("nsg-vm-nic"); len(d) != 1 || !s.lockedInARM("nsg-vm-nic", 22, "10.10.1.4") {
 		t.Errorf("after the same PUT twice: deny rules %v", d)
 	}
+}
+
+func deref(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
 }

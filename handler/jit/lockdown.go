@@ -236,6 +236,7 @@ func (s *Service) applyNSG(ctx context.Context, nsgID string, w nsgWrite) (Appli
 	denyPrune := ld.prune(s.owner())
 	change := RuleChange{Put: append(slices.Clone(ld.rules), w.put...), Delete: w.del,
 		Prune: func(r SecurityRule) bool { return denyPrune(r) || w.prune != nil && w.prune(r) }}
+	change.Ours = namesOf(change)
 	ap, err := s.net.ApplyRules(ctx, nsgID, change)
 	if err != nil {
 		s.recordNSGFailure(ctx, nsgID, err)
@@ -243,7 +244,9 @@ func (s *Service) applyNSG(ctx context.Context, nsgID string, w nsgWrite) (Appli
 			return ap, err
 		}
 		s.cfg.Log.Warn().Err(err).Str("nsg", nsgID).Msg("NSG change with its lockdown failed; trying the grants alone")
-		ap, err = s.net.ApplyRules(ctx, nsgID, RuleChange{Put: w.put, Delete: w.del, Prune: w.prune})
+		grants := RuleChange{Put: w.put, Delete: w.del, Prune: w.prune}
+		grants.Ours = namesOf(grants)
+		ap, err = s.net.ApplyRules(ctx, nsgID, grants)
 		if err != nil {
 			return ap, err
 		}
@@ -252,6 +255,19 @@ func (s *Service) applyNSG(ctx context.Context, nsgID string, w nsgWrite) (Appli
 	}
 	s.recordNSG(ctx, nsgID, ap, &ld, pols)
 	return ap, nil
+}
+
+// namesOf vouches for the names c puts and deletes: the service only ever
+// puts and deletes by the exact names it generates (see RuleChange.Ours).
+func namesOf(c RuleChange) func(string) bool {
+	names := make(map[string]bool, len(c.Put)+len(c.Delete))
+	for _, r := range c.Put {
+		names[strings.ToLower(r.Name)] = true
+	}
+	for _, n := range c.Delete {
+		names[strings.ToLower(n)] = true
+	}
+	return func(name string) bool { return names[strings.ToLower(name)] }
 }
 
 // recordNSG keeps what ap shows of the NSG as its state, audits the VMs

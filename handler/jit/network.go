@@ -45,10 +45,16 @@ type Network interface {
 // owns, and removes it when it answers true. A name in Put that a rule the
 // deployment does not own already has fails the whole change with
 // ECONFLICT; a name in Delete that such a rule has is left alone.
+//
+// Ours, when set, vouches for names: a rule with a name it accepts is the
+// deployment's even without the marker (the service's exact generated
+// names: a rule of its own edited by hand, its marker gone, is still put
+// back or removed rather than left as a foreign rule under its name).
 type RuleChange struct {
 	Put    []SecurityRule
 	Delete []string
 	Prune  func(SecurityRule) bool
+	Ours   func(name string) bool
 }
 
 // Empty reports whether c asks for nothing.

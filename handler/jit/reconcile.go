@@ -261,8 +261,8 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 	// Allow rules: each must belong to a live grant that includes this NSG.
 	for _, r := range n.Rules {
 		reqID, idx, ok := parseRuleName(r.Name)
-		if !ok || !o.MayChange(r) {
-			continue // not ours, whatever its name: judged as a foreign rule
+		if !ok {
+			continue
 		}
 		req, known := v.requests[reqID]
 		if !known {
@@ -276,7 +276,10 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 			}
 		}
 		if !known && !o.Owns(r) {
-			continue // a legacy rule of a request this deployment does not know
+			// A request this deployment never issued: another deployment's
+			// rule, a legacy rule it cannot place, or someone's rule named
+			// like ours: left alone (and reported if it bypasses a lockdown).
+			continue
 		}
 		owned := known && idx < len(req.Grants) && !req.Grants[idx].Ended(now) && req.Status == RequestActive
 		if owned {
@@ -356,10 +359,12 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 	}
 
 	prev := v.states[key]
+	// What the listing shows is what was last seen, whether or not the
+	// repair below succeeds.
+	seen := s.stateOf(n.ID, n.Rules, false, now)
+	s.noteNSG(ctx, v, seen)
 	if lockdownOK && len(w.put) == 0 && len(w.del) == 0 {
-		st := s.stateOf(n.ID, n.Rules, false, s.now())
-		s.noteNSG(ctx, v, st)
-		s.reportBypasses(ctx, v, prev, st, rep)
+		s.reportBypasses(ctx, v, prev, seen, rep)
 		return false, errors.Join(errs...)
 	}
 	ap, err := s.applyNSG(ctx, n.ID, w)
