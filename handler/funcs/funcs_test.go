@@ -377,6 +377,7 @@ type barrierService struct {
 	want    int
 	release chan struct{} // closed when want calls were in flight at once
 
+	released bool
 	mu       sync.Mutex
 	inFlight map[string]int // lower-cased NSG -> calls in flight for it
 	now      int            // calls in flight
@@ -392,7 +393,8 @@ func (s *barrierService) ApplyOperations(ctx context.Context, ops []jit.Operatio
 	}
 	s.now++
 	s.most = max(s.most, s.now)
-	if s.now == s.want {
+	if s.now == s.want && !s.released {
+		s.released = true
 		close(s.release)
 	}
 	s.mu.Unlock()

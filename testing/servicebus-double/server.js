@@ -245,14 +245,14 @@ function encodeForDelivery(m) {
 // unlocked message, in queue order.
 function pump(q) {
   for (const [sessionId, link] of q.sessionLocks) {
-    while (link.sendable()) {
+    while (hasCredit(link)) {
       const m = q.active.find((x) => x.sessionId === sessionId && !x.lock);
       if (!m) break;
       deliver(q, link, m);
     }
   }
   for (const link of q.receivers) {
-    while (link.sendable()) {
+    while (hasCredit(link)) {
       const m = q.active.find((x) => !x.lock);
       if (!m) break;
       deliver(q, link, m);
@@ -261,7 +261,17 @@ function pump(q) {
   serveWaiting(q);
 }
 
+// hasCredit says whether the receiver has credit for one more message.
+// rhea takes credit only when it transfers a delivery, later, so the
+// deliveries handed to it and not yet transferred count too: otherwise one
+// receiver with credit for one would get (and lock) every message.
+function hasCredit(link) {
+  if (link.sbSent === undefined) link.sbSent = link.delivery_count;
+  return link.sendable() && link.credit - (link.sbSent - link.delivery_count) > 0;
+}
+
 function deliver(q, link, m) {
+  link.sbSent = (link.sbSent === undefined ? link.delivery_count : link.sbSent) + 1;
   // The delivery tag is the lock token, as Service Bus does (16 bytes).
   const token = crypto.randomBytes(16);
   const delivery = link.send(encodeForDelivery(m), token, 0);
