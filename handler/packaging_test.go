@@ -324,8 +324,11 @@ func checkServiceBusTrigger(t *testing.T, app string) {
 			if c := b.str("connection"); c != "ServiceBusConnection" {
 				t.Errorf("%s: connection %q, want ServiceBusConnection (the app settings' prefix)", fn, c)
 			}
-			if s, _ := b["isSessionsEnabled"].(bool); !s {
-				t.Errorf("%s: isSessionsEnabled must be true: operations on one NSG run one at a time", fn)
+			if s, _ := b["isSessionsEnabled"].(bool); s {
+				t.Errorf("%s: isSessionsEnabled must be false: with sessions the batch trigger works one NSG at a time per instance", fn)
+			}
+			if c := b.str("cardinality"); c != "many" {
+				t.Errorf("%s: cardinality %q, want many: the worker applies a batch's operations per NSG, one write each", fn, c)
 			}
 		}
 	}

@@ -57,7 +57,7 @@ var allSettings = []setting{
 	{"JIT_TABLES_URL", "", "functions", "Table service URL (https://ACCOUNT.table.core.windows.net), used with the managed identity"},
 	{"JIT_TABLES_CONNECTION", "", "functions", "Table Storage connection string instead of JIT_TABLES_URL (UseDevelopmentStorage=true for Azurite)"},
 	{"JIT_TABLE_PREFIX", "jit", "functions", "prefix of the table names (policies, requests, audit)"},
-	{"JIT_SERVICEBUS_QUEUE", "jit-operations", "functions", "session-enabled queue of open/close operations (also read by the Functions host)"},
+	{"JIT_SERVICEBUS_QUEUE", "jit-operations", "functions", "queue of open/close operations, without sessions (also read by the Functions host)"},
 	{"JIT_MAX_DELIVERIES", "10", "functions", "the queue's max delivery count, so the last failed delivery is logged as final"},
 	{"ServiceBusConnection__fullyQualifiedNamespace", "", "functions", "Service Bus namespace (NS.servicebus.windows.net), used with the managed identity"},
 	{"JIT_SERVICEBUS_ENDPOINT", "", "functions", "host:port to connect to instead of the namespace's own address (tests point it at the Service Bus double)"},

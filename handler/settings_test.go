@@ -424,7 +424,7 @@ func TestQueueMatchesHostAndSettings(t *testing.T) {
 		t.Errorf("main.bicep maxDeliveries %v, want JIT_MAX_DELIVERIES's default %q", m, settingByName("JIT_MAX_DELIVERIES").Default)
 	}
 	for _, want := range []string{
-		"requiresSession: true",
+		"requiresSession: false",
 		"maxDeliveryCount: maxDeliveries",
 		"deadLetteringOnMessageExpiration: true",
 		"requiresDuplicateDetection: true",

@@ -186,7 +186,7 @@ resource tables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-
   name: '${tablePrefix}${t}'
 }]
 
-// Standard tier: sessions, scheduled messages and duplicate detection.
+// Standard tier: scheduled messages and duplicate detection.
 resource serviceBus 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
   name: '${namePrefix}-sb-${suffix}'
   location: location
@@ -197,11 +197,15 @@ resource serviceBus 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
   }
 }
 
+// No sessions: the worker takes batches that mix NSGs and applies them in
+// parallel (see handler/funcs). Service Bus cannot turn sessions on or off on
+// an existing queue, so a deployment over the old session queue of the same
+// name fails: see "Moving to the queue without sessions" in README.md.
 resource queue 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {
   parent: serviceBus
   name: queueName
   properties: {
-    requiresSession: true
+    requiresSession: false
     maxDeliveryCount: maxDeliveries
     deadLetteringOnMessageExpiration: true
     lockDuration: 'PT5M'

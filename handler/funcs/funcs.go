@@ -25,19 +25,33 @@
 //     may come parsed as objects; batches have been seen to alter date
 //     strings in bodies that way (azure-functions-servicebus-extension#232).
 //     Strings, objects and a plain array are read all the same.
-//   - With sessions the extension's batch loop
-//     (ServiceBusListener.RunBatchReceiveLoopAsync) accepts one session and
-//     invokes the function at a concurrency of one: a batch holds one
-//     session's messages, one NSG's; maxConcurrentSessions does not apply;
-//     the loop takes the next session only after a receive has waited
-//     sessionIdleTimeout in vain, so host.json keeps that at one second. A
-//     failed invocation abandons every message of the batch.
+//   - The queue has no sessions. The extension's batch loop
+//     (ServiceBusListener.RunBatchReceiveLoopAsync) then keeps one
+//     receiver per instance, receives up to maxMessageBatchSize messages
+//     in queue order, whatever their NSG, and invokes the function at a
+//     concurrency of one: the next batch comes when this one is settled.
+//     maxConcurrentCalls and maxConcurrentSessions do not apply to batches.
+//     A failed invocation abandons every message of the batch. (With
+//     sessions the same loop works one session, one NSG, at a time per
+//     instance, waiting sessionIdleTimeout after each: far too slow for
+//     a backlog over many NSGs, hence no sessions.)
+//   - So a batch mixes NSGs. The worker groups its operations by NSG and
+//     applies the groups in parallel (at most maxParallelNSGs at once),
+//     each group with one ApplyOperations call: one whole-NSG write per
+//     NSG per batch. Nothing orders one NSG's operations across batches or
+//     instances, and nothing needs to: every operation is idempotent and
+//     decided from the store's state, and the ARM driver writes an NSG
+//     whole with If-Match (re-reading on 412) and retries ARM's "another
+//     operation in progress" answers, so two instances writing one NSG
+//     only wait for each other.
 //   - Target-based scaling votes for messages / maxMessageBatchSize
-//     instances for a batch function (ServiceBusTargetScaler), and each
-//     instance works one session at a time: host.json's maxMessageBatchSize
-//     is 100, not the default 1000, so that a backlog over many NSGs gets
-//     instances, and a batch stays within one ARM write (jit applies at most
-//     200 rule changes per write).
+//     instances for a batch function (ServiceBusTargetScaler): host.json's
+//     maxMessageBatchSize is 100, not the default 1000, so that a backlog
+//     gets instances sooner, an invocation stays well inside
+//     functionTimeout (one round of parallel NSG writes, about 2 s each at
+//     Azure's pace, per maxParallelNSGs NSGs of the batch), and one NSG's
+//     group stays within one ARM write (jit applies at most 200 rule
+//     changes per write).
 package funcs
 
 import (
@@ -47,6 +61,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -222,31 +237,21 @@ func (h *Handler) worker(ctx context.Context, inv invocation) (string, error) {
 		opMsg = append(opMsg, m)
 	}
 
-	applied := make([]bool, len(ops))
 	groups := groupByNSG(ops)
-	for _, group := range groups {
-		batch := make([]jit.Operation, len(group))
-		for k, i := range group {
-			batch[k] = ops[i]
+	errs := h.applyGroups(ctx, ops, groups)
+	applied := make([]bool, len(ops))
+	for i, err := range errs {
+		if err == nil {
+			applied[i] = true
+			continue
 		}
-		errs := h.cfg.Service.ApplyOperations(ctx, batch)
-		for k, i := range group {
-			err := fmt.Errorf("the service gave %d outcomes for %d operations", len(errs), len(batch))
-			if len(errs) == len(batch) {
-				err = errs[k]
-			}
-			if err == nil {
-				applied[i] = true
-				continue
-			}
-			log := h.opLog(ops[i], opMsg[i])
-			if h.lastDelivery(opMsg[i]) {
-				log.Error().Err(err).Msg("last delivery failed; the message is dead-lettered and the sweeper closes what is due")
-			} else {
-				log.Warn().Err(err).Msg("operation failed; the batch is delivered again")
-			}
-			failed = append(failed, fmt.Sprintf("applying %s: %v", ops[i].ID, err))
+		log := h.opLog(ops[i], opMsg[i])
+		if h.lastDelivery(opMsg[i]) {
+			log.Error().Err(err).Msg("last delivery failed; the message is dead-lettered and the sweeper closes what is due")
+		} else {
+			log.Warn().Err(err).Msg("operation failed; the batch is delivered again")
 		}
+		failed = append(failed, fmt.Sprintf("applying %s: %v", ops[i].ID, err))
 	}
 
 	if len(failed) > 0 {
@@ -276,10 +281,47 @@ func (h *Handler) worker(ctx context.Context, inv invocation) (string, error) {
 // maxListed bounds the failures a failed invocation names in its result.
 const maxListed = 5
 
+// maxParallelNSGs bounds the NSGs of one batch applied at once. Each is one
+// whole-NSG ARM write of about 2 s: 16 at once is about 8 writes a second,
+// under the 10 a second that refill ARM's write bucket of a subscription,
+// so one instance's batch does not drain it (instances together may; the
+// ARM driver waits out 429s). A batch over more NSGs takes more rounds.
+const maxParallelNSGs = 16
+
+// applyGroups applies each group of ops (indexes into ops, one NSG each)
+// with one ApplyOperations call, up to maxParallelNSGs groups at once, and
+// returns the outcome of every op. Groups of different NSGs touch
+// different NSGs and store rows; an NSG is never in two groups.
+func (h *Handler) applyGroups(ctx context.Context, ops []jit.Operation, groups [][]int) []error {
+	errs := make([]error, len(ops))
+	slots := make(chan struct{}, maxParallelNSGs)
+	var wg sync.WaitGroup
+	for _, group := range groups {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			batch := make([]jit.Operation, len(group))
+			for k, i := range group {
+				batch[k] = ops[i]
+			}
+			out := h.cfg.Service.ApplyOperations(ctx, batch)
+			for k, i := range group {
+				if len(out) != len(batch) {
+					errs[i] = fmt.Errorf("the service gave %d outcomes for %d operations", len(out), len(batch))
+				} else {
+					errs[i] = out[k]
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return errs
+}
+
 // groupByNSG returns the indexes of ops by NSG, in the order each NSG first
-// appears and, within one, in queue order. The host batches one session,
-// which is one NSG, but nothing makes a sender keep to that, and
-// ApplyOperations takes one NSG at a time.
+// appears and, within one, in queue order. A batch from the queue mixes
+// NSGs, and ApplyOperations takes one NSG at a time. (Quadratic, but a
+// batch holds at most maxMessageBatchSize operations.)
 func groupByNSG(ops []jit.Operation) [][]int {
 	var groups [][]int
 next:

@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -335,19 +337,19 @@ func TestQueueMessagesMetadata(t *testing.T) {
 	}
 }
 
-// A batch holds one session, one NSG, but the worker groups defensively:
-// each NSG's operations go to ApplyOperations together, in queue order,
-// NSG ids compared as ARM compares them (without case).
+// A batch mixes NSGs: each NSG's operations go to ApplyOperations
+// together, in queue order, NSG ids compared as ARM compares them (without
+// case).
 func TestWorkerBatchMixedNSGs(t *testing.T) {
 	const a, b = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Network/networkSecurityGroups/a",
 		"/subscriptions/s/resourceGroups/g/providers/Microsoft.Network/networkSecurityGroups/b"
 	bodies := []string{batchOp("a1", a), batchOp("b1", b), batchOp("a2", strings.ToUpper(a)), batchOp("b2", b), batchOp("a3", a)}
 	svc := &recordingService{}
-	rec, _ := post(t, newTestHandler(svc), "/worker", batchInvocation(t, bodies, []int{1, 1, 1, 1, 1}, true))
+	rec, resp := post(t, newTestHandler(svc), "/worker", batchInvocation(t, bodies, []int{1, 1, 1, 1, 1}, true))
 	if rec.Code != 200 {
 		t.Fatalf("status %d: %s", rec.Code, rec.Body)
 	}
-	var got [][]string
+	var got []string
 	for _, batch := range svc.batches {
 		var ids []string
 		for _, op := range batch {
@@ -356,10 +358,127 @@ func TestWorkerBatchMixedNSGs(t *testing.T) {
 				t.Errorf("one call mixes NSGs: %+v", batch)
 			}
 		}
-		got = append(got, ids)
+		got = append(got, strings.Join(ids, ","))
 	}
-	if len(got) != 2 || strings.Join(got[0], ",") != "a1,a2,a3" || strings.Join(got[1], ",") != "b1,b2" {
-		t.Errorf("calls %v, want [a1 a2 a3] then [b1 b2]", got)
+	// The groups run in parallel: their calls come in any order.
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"a1,a2,a3", "b1,b2"}) {
+		t.Errorf("calls %v, want [a1 a2 a3] and [b1 b2]", got)
+	}
+	if len(resp.Logs) == 0 || !strings.Contains(resp.Logs[0], "applied 5 operations on 2 NSGs") {
+		t.Errorf("logs %v", resp.Logs)
+	}
+}
+
+// barrierService holds every ApplyOperations call until want calls are in
+// flight at once (or a deadline passes), and notes what overlapped.
+type barrierService struct {
+	recordingService
+	want    int
+	release chan struct{} // closed when want calls were in flight at once
+
+	released bool
+	mu       sync.Mutex
+	inFlight map[string]int // lower-cased NSG -> calls in flight for it
+	now      int            // calls in flight
+	most     int            // most calls in flight at once
+	splits   []string       // NSGs that had two calls in flight at once
+}
+
+func (s *barrierService) ApplyOperations(ctx context.Context, ops []jit.Operation) []error {
+	nsg := strings.ToLower(ops[0].NSG)
+	s.mu.Lock()
+	if s.inFlight[nsg]++; s.inFlight[nsg] > 1 {
+		s.splits = append(s.splits, nsg)
+	}
+	s.now++
+	s.most = max(s.most, s.now)
+	if s.now == s.want && !s.released {
+		s.released = true
+		close(s.release)
+	}
+	s.mu.Unlock()
+
+	select {
+	case <-s.release:
+	case <-time.After(5 * time.Second): // the test then fails: too few at once
+	}
+	errs := s.recordingService.ApplyOperations(ctx, ops)
+
+	s.mu.Lock()
+	s.inFlight[nsg]--
+	s.now--
+	s.mu.Unlock()
+	return errs
+}
+
+// The NSGs of one batch are applied in parallel, at most maxParallelNSGs
+// at once, and one NSG's operations always in one call: never split
+// between two calls that could overlap.
+func TestWorkerBatchAppliesNSGsInParallel(t *testing.T) {
+	const nsgs, perNSG = maxParallelNSGs + 4, 3
+	var bodies []string
+	var deliveries []int
+	for k := range perNSG { // interleaved, as a queue shared by NSGs holds them
+		for n := range nsgs {
+			nsg := "/subscriptions/s/resourceGroups/g/providers/Microsoft.Network/networkSecurityGroups/nsg-" + strconv.Itoa(n)
+			if k == 1 {
+				nsg = strings.ToUpper(nsg) // the same NSG, as ARM compares ids
+			}
+			bodies = append(bodies, batchOp(fmt.Sprintf("op-%d-%d", n, k), nsg))
+			deliveries = append(deliveries, 1)
+		}
+	}
+	svc := &barrierService{want: maxParallelNSGs, release: make(chan struct{}), inFlight: map[string]int{}}
+	h := New(Config{API: http.NotFoundHandler(), Service: svc, DecodeOperation: decodeJSONOp})
+	rec, resp := post(t, h, "/worker", batchInvocation(t, bodies, deliveries, true))
+	if rec.Code != 200 {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	if svc.most != maxParallelNSGs {
+		t.Errorf("at most %d NSGs applied at once, want %d", svc.most, maxParallelNSGs)
+	}
+	if len(svc.splits) > 0 {
+		t.Errorf("NSGs with two calls in flight at once: %v", svc.splits)
+	}
+	calls := map[string][]string{} // NSG -> the op ids of its calls
+	for _, batch := range svc.batches {
+		nsg := strings.ToLower(batch[0].NSG)
+		if _, twice := calls[nsg]; twice {
+			t.Errorf("NSG %s applied in more than one call", nsg)
+		}
+		for k, op := range batch {
+			if !jit.SameID(op.NSG, nsg) || op.ID != fmt.Sprintf("op-%s-%d", strings.TrimPrefix(nsg, "/subscriptions/s/resourcegroups/g/providers/microsoft.network/networksecuritygroups/nsg-"), k) {
+				t.Errorf("call for %s holds %s at %d: want its own operations in queue order", nsg, op.ID, k)
+			}
+			calls[nsg] = append(calls[nsg], op.ID)
+		}
+	}
+	if len(calls) != nsgs || len(svc.ops) != nsgs*perNSG {
+		t.Errorf("%d NSGs and %d operations applied, want %d and %d", len(calls), len(svc.ops), nsgs, nsgs*perNSG)
+	}
+	if len(resp.Logs) == 0 || !strings.Contains(resp.Logs[0], fmt.Sprintf("applied %d operations on %d NSGs", nsgs*perNSG, nsgs)) {
+		t.Errorf("logs %v", resp.Logs)
+	}
+}
+
+// A failure in one NSG's group fails the invocation while the groups that
+// ran beside it are applied.
+func TestWorkerBatchParallelFailure(t *testing.T) {
+	var bodies []string
+	for n := range 5 {
+		bodies = append(bodies, batchOp("op-"+strconv.Itoa(n), "/subscriptions/s/nsg-"+strconv.Itoa(n)))
+	}
+	svc := &recordingService{failOp: map[string]error{"op-3": errors.New("arm said no")}}
+	rec, resp := post(t, newTestHandler(svc), "/worker", batchInvocation(t, bodies, []int{1, 1, 1, 1, 1}, true))
+	if rec.Code != 500 {
+		t.Fatalf("status %d with a failed group", rec.Code)
+	}
+	if len(svc.batches) != 5 {
+		t.Errorf("%d calls, want one per NSG", len(svc.batches))
+	}
+	if last := resp.Logs[len(resp.Logs)-1]; !strings.Contains(last, "1 of 5 queue messages failed") || !strings.Contains(last, "applying op-3: arm said no") {
+		t.Errorf("logs %v", resp.Logs)
 	}
 }
 

@@ -7,16 +7,19 @@
 // on its own FUNCTIONS_CUSTOMHANDLER_PORT with the app settings given, and
 // waits as the host does (GET / until any HTTP answer). It then forwards
 // HTTP from one front URL to the instances in turn, receives the Service
-// Bus queue with sessions (per instance, host.json's maxConcurrentSessions
-// receivers) and invokes the worker function in the host's payload shape,
-// one message per invocation or, with "cardinality": "many", a batch of
-// one session's messages from the instance's single batch receiver, one
-// session at a time, as the Service Bus extension's batch loop does; it
-// completes on 2xx and abandons (the whole batch) otherwise. FireTimer
-// and SendEvent invoke the timer and Event Grid functions. Counters per
-// instance say what the host did (invocations and failures by function,
-// messages delivered, receives, completes, abandons). Instance.Kill takes
-// one instance away mid-work, as a dying host instance goes.
+// Bus queue as the Service Bus extension does on each instance, and invokes
+// the worker function in the host's payload shape. With "cardinality":
+// "many" an instance has one batch loop, invoking one batch at a time: up
+// to maxMessageBatchSize messages of a queue without sessions, whatever
+// they hold, or of one session at a time with sessions
+// ("isSessionsEnabled"). One message per invocation goes out
+// maxConcurrentCalls at once (maxConcurrentSessions sessions with
+// sessions). It completes on 2xx and abandons (the whole batch) otherwise.
+// FireTimer and SendEvent invoke the timer and Event Grid functions.
+// Counters per instance say what the host did (invocations and failures by
+// function, messages delivered, receives, completes, abandons).
+// Instance.Kill takes one instance away mid-work, as a dying host instance
+// goes.
 //
 // The payload shapes follow the host's source: HttpScriptInvocationContext
 // built by ToHttpScriptInvocationContext (azure-functions-host,

@@ -92,6 +92,10 @@ type HostSettings struct {
 // ServiceBusSettings are host.json's extensions.serviceBus settings that
 // shape delivery.
 type ServiceBusSettings struct {
+	// MaxConcurrentCalls is how many messages one instance works on at
+	// once with single dispatch and no sessions. Default 16. A batch
+	// trigger works on one batch at a time.
+	MaxConcurrentCalls int
 	// MaxConcurrentSessions is how many sessions one instance works on at
 	// once with single dispatch. Default 8. A batch trigger works on one.
 	MaxConcurrentSessions int
@@ -107,6 +111,9 @@ type ServiceBusSettings struct {
 func (s HostSettings) withDefaults() HostSettings {
 	if s.FunctionTimeout <= 0 {
 		s.FunctionTimeout = 5 * time.Minute
+	}
+	if s.ServiceBus.MaxConcurrentCalls <= 0 {
+		s.ServiceBus.MaxConcurrentCalls = 16
 	}
 	if s.ServiceBus.MaxConcurrentSessions <= 0 {
 		s.ServiceBus.MaxConcurrentSessions = 8
@@ -132,6 +139,7 @@ func LoadHostJSON(path string) (HostSettings, error) {
 		FunctionTimeout string `json:"functionTimeout"`
 		Extensions      struct {
 			ServiceBus struct {
+				MaxConcurrentCalls    int    `json:"maxConcurrentCalls"`
 				MaxConcurrentSessions int    `json:"maxConcurrentSessions"`
 				MaxMessageBatchSize   int    `json:"maxMessageBatchSize"`
 				SessionIdleTimeout    string `json:"sessionIdleTimeout"`
@@ -145,6 +153,7 @@ func LoadHostJSON(path string) (HostSettings, error) {
 		return hs, fmt.Errorf("%s: functionTimeout: %w", path, err)
 	}
 	sb := doc.Extensions.ServiceBus
+	hs.ServiceBus.MaxConcurrentCalls = sb.MaxConcurrentCalls
 	hs.ServiceBus.MaxConcurrentSessions = sb.MaxConcurrentSessions
 	hs.ServiceBus.MaxMessageBatchSize = sb.MaxMessageBatchSize
 	if hs.ServiceBus.SessionIdleTimeout, err = parseTimeSpan(sb.SessionIdleTimeout); err != nil {

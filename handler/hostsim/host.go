@@ -133,7 +133,7 @@ type Host struct {
 }
 
 // Instance is one handler instance, with its own process, port, Service
-// Bus connection and session receivers.
+// Bus connection and receivers.
 type Instance struct {
 	index   int
 	url     string
@@ -230,9 +230,6 @@ func (h *Host) configure() error {
 		case "servicebustrigger":
 			if h.worker != nil {
 				return fmt.Errorf("functions %s and %s both have a Service Bus trigger: hostsim runs one", h.worker.Name, f.Name)
-			}
-			if !t.IsSessionsEnabled {
-				return fmt.Errorf("function %s: hostsim receives with sessions only (isSessionsEnabled)", f.Name)
 			}
 			h.worker, h.trigger = &f, t
 		case "timertrigger":
@@ -665,8 +662,9 @@ func (h *Host) Close() error {
 
 // Kill takes the instance away as when its host instance dies: the
 // handler process is killed at once, the messages its receivers hold are
-// not settled (their locks go with its Service Bus connection, so the
-// broker hands them out again), and the front door, FireTimer and
+// not settled (the double hands them out again as soon as the connection
+// ends; Azure may keep a message's lock until its lockDuration passes),
+// and the front door, FireTimer and
 // SendEvent use the other instances. Its counters stay readable.
 func (in *Instance) Kill() {
 	in.down.Store(true)

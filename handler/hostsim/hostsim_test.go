@@ -101,8 +101,17 @@ func decodePayload(t *testing.T, body []byte) payload {
 	return p
 }
 
-// sendSession puts messages on queue in one session, before the host runs.
+// sendSession puts messages on queue, a queue with sessions, in one
+// session, before the host runs.
 func sendSession(t *testing.T, sb *testenv.ServiceBusDouble, queue, session string, bodies []string, props map[string]any) []string {
+	t.Helper()
+	sb.SessionQueue(t, queue)
+	return send(t, sb, queue, session, &session, bodies, props)
+}
+
+// send puts messages on queue, before the host runs, with ids prefix-0,
+// prefix-1, ..., in session when it is not nil.
+func send(t *testing.T, sb *testenv.ServiceBusDouble, queue, prefix string, session *string, bodies []string, props map[string]any) []string {
 	t.Helper()
 	client, err := azservicebus.NewClientFromConnectionString(sb.ConnectionString(), nil)
 	if err != nil {
@@ -116,9 +125,9 @@ func sendSession(t *testing.T, sb *testenv.ServiceBusDouble, queue, session stri
 	defer sender.Close(context.Background())
 	var ids []string
 	for i, b := range bodies {
-		id := fmt.Sprintf("%s-%d", session, i)
+		id := fmt.Sprintf("%s-%d", prefix, i)
 		ids = append(ids, id)
-		msg := &azservicebus.Message{Body: []byte(b), MessageID: &id, SessionID: &session}
+		msg := &azservicebus.Message{Body: []byte(b), MessageID: &id, SessionID: session}
 		if i == 0 {
 			msg.ApplicationProperties = props
 		}
@@ -140,22 +149,22 @@ func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() boo
 	}
 }
 
-func workerFunction(cardinality string) []Function {
+func workerFunction(cardinality string, sessions bool) []Function {
 	return []Function{{Name: "worker", Bindings: []Binding{{Type: "serviceBusTrigger", Direction: "in", Name: "msg",
-		QueueName: "%JIT_SERVICEBUS_QUEUE%", Connection: "ServiceBusConnection", IsSessionsEnabled: true, Cardinality: cardinality}}}}
+		QueueName: "%JIT_SERVICEBUS_QUEUE%", Connection: "ServiceBusConnection", IsSessionsEnabled: sessions, Cardinality: cardinality}}}}
 }
 
 var zonelessSecond = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$`)
 
-// TestHostBatchPayload delivers a session's messages with "cardinality":
-// "many" to a recording handler: one invocation carries the batch in the
-// host's shape, a non-2xx answer abandons the whole batch, and the retry
-// brings the same messages again, each one delivery later.
+// TestHostBatchPayload delivers messages of a queue without sessions with
+// "cardinality": "many" to a recording handler: one invocation carries the
+// batch in the host's shape, a non-2xx answer abandons the whole batch, and
+// the retry brings the same messages again, each one delivery later.
 func TestHostBatchPayload(t *testing.T) {
 	sb := testenv.StartServiceBus(t)
-	const queue, session = "hostsim-batch", "gate-1"
-	bodies := []string{`{"ID":"open-a","Kind":"open"}`, `{"ID":"open-b","Kind":"open"}`, `{"ID":"close-c","Kind":"close"}`}
-	ids := sendSession(t, sb, queue, session, bodies, map[string]any{"origin": "test"})
+	const queue = "hostsim-batch"
+	bodies := []string{`{"ID":"open-a","Kind":"open","NSG":"a"}`, `{"ID":"open-b","Kind":"open","NSG":"b"}`, `{"ID":"close-c","Kind":"close","NSG":"a"}`}
+	ids := send(t, sb, queue, "batch", nil, bodies, map[string]any{"origin": "test"})
 
 	rec := newRecorder(t, func(n int, r recorded) int {
 		if n == 0 {
@@ -167,8 +176,8 @@ func TestHostBatchPayload(t *testing.T) {
 		HandlerURLs:    []string{rec.srv.URL},
 		HostServiceBus: sb.ConnectionString(),
 		Queue:          queue,
-		Functions:      workerFunction("many"),
-		Host:           &HostSettings{ServiceBus: ServiceBusSettings{MaxConcurrentSessions: 1, MaxMessageBatchSize: 10, SessionIdleTimeout: 300 * time.Millisecond}},
+		Functions:      workerFunction("many", false),
+		Host:           &HostSettings{ServiceBus: ServiceBusSettings{MaxMessageBatchSize: 10}},
 		Logf:           t.Logf,
 	})
 	if err != nil {
@@ -228,8 +237,8 @@ func TestHostBatchPayload(t *testing.T) {
 	}
 	first := batches[0]
 	if !slices.Equal(first.bodies, bodies) || !slices.Equal(first.ids, ids) || !slices.Equal(first.counts, []int{1, 1, 1}) ||
-		!slices.Equal(first.sessions, []string{session, session, session}) {
-		t.Errorf("first batch: %+v, want the three messages in order, delivered once, in session %s", first, session)
+		!slices.Equal(first.sessions, []string{"", "", ""}) {
+		t.Errorf("first batch: %+v, want the three messages in order, delivered once, without sessions (null)", first)
 	}
 	// The retry brings the whole batch again, each message on its second
 	// delivery (in one invocation or more, and in the order the client
@@ -251,7 +260,7 @@ func TestHostBatchPayload(t *testing.T) {
 	}
 
 	s := h.Stats()
-	if s.Invocations["worker"] != int64(len(batches)) || s.Failures["worker"] != 1 || s.Messages != 6 || s.Abandons != 3 || s.Completes != 3 || s.SettleErrors != 0 {
+	if s.Invocations["worker"] != int64(len(batches)) || s.Failures["worker"] != 1 || s.Messages != 6 || s.Abandons != 3 || s.Completes != 3 || s.SettleErrors != 0 || s.Sessions != 0 {
 		t.Errorf("stats %+v", s)
 	}
 	q := sb.State(t).Queues[queue]
@@ -264,7 +273,8 @@ func TestHostBatchPayload(t *testing.T) {
 }
 
 // TestHostSinglePayload delivers one message per invocation (the default
-// cardinality) with the quirks hosts show, and redelivers a failed one.
+// cardinality) of a session, with the quirks hosts show, and redelivers a
+// failed one.
 func TestHostSinglePayload(t *testing.T) {
 	sb := testenv.StartServiceBus(t)
 	const queue, session = "hostsim-single", "gate-2"
@@ -282,7 +292,7 @@ func TestHostSinglePayload(t *testing.T) {
 		HandlerURLs:    []string{rec.srv.URL},
 		HostServiceBus: sb.ConnectionString(),
 		Queue:          queue,
-		Functions:      workerFunction(""),
+		Functions:      workerFunction("", true),
 		Host:           &HostSettings{ServiceBus: ServiceBusSettings{SessionIdleTimeout: 300 * time.Millisecond}},
 	})
 	if err != nil {
@@ -436,7 +446,8 @@ func TestHostSettingsFromRepo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := HostSettings{FunctionTimeout: 5 * time.Minute, ServiceBus: ServiceBusSettings{MaxConcurrentSessions: 8, MaxMessageBatchSize: 100, SessionIdleTimeout: time.Second}}
+	// No session settings: the queue has none; they take the defaults.
+	want := HostSettings{FunctionTimeout: 5 * time.Minute, ServiceBus: ServiceBusSettings{MaxConcurrentCalls: 16, MaxConcurrentSessions: 8, MaxMessageBatchSize: 100, SessionIdleTimeout: time.Minute}}
 	if hs != want {
 		t.Errorf("host.json gives %+v, want %+v", hs, want)
 	}
@@ -449,7 +460,7 @@ func TestHostSettingsFromRepo(t *testing.T) {
 		tr, _ := f.Trigger()
 		triggers[f.Name] = tr
 	}
-	if w := triggers["worker"]; w.Type != "serviceBusTrigger" || w.Name != "msg" || !w.IsSessionsEnabled || !w.Many() || w.DataType != "string" {
+	if w := triggers["worker"]; w.Type != "serviceBusTrigger" || w.Name != "msg" || w.IsSessionsEnabled || !w.Many() || w.DataType != "string" {
 		t.Errorf("worker trigger %+v", w)
 	}
 	for in, want := range map[string]time.Duration{"00:00:05": 5 * time.Second, "1.02:03:04.5": 26*time.Hour + 3*time.Minute + 4500*time.Millisecond, "": 0} {
@@ -462,13 +473,13 @@ func TestHostSettingsFromRepo(t *testing.T) {
 	}
 }
 
-// TestHostInstanceKilled takes away the instance working on a message:
-// the message is not settled by it, goes to the other instance, and so
-// does every forwarded request from then on.
+// TestHostInstanceKilled takes away the instance working on a message of a
+// queue without sessions: the message is not settled by it, goes to the
+// other instance, and so does every forwarded request from then on.
 func TestHostInstanceKilled(t *testing.T) {
 	sb := testenv.StartServiceBus(t)
 	const queue = "hostsim-kill"
-	ids := sendSession(t, sb, queue, "gate-3", []string{`{"ID":"open-a"}`}, nil)
+	ids := send(t, sb, queue, "kill", nil, []string{`{"ID":"open-a"}`}, nil)
 	hung := make(chan int, 1) // which instance holds the first invocation
 	var first atomic.Bool
 	recs := make([]*recorder, 2)
@@ -481,13 +492,13 @@ func TestHostInstanceKilled(t *testing.T) {
 			return http.StatusOK
 		})
 	}
-	fns := append(workerFunction(""), Function{Name: "api", Bindings: []Binding{{Type: "httpTrigger", Direction: "in", Name: "req"}, {Type: "http", Direction: "out", Name: "res"}}})
+	fns := append(workerFunction("", false), Function{Name: "api", Bindings: []Binding{{Type: "httpTrigger", Direction: "in", Name: "req"}, {Type: "http", Direction: "out", Name: "res"}}})
 	h, err := Start(Config{
 		HandlerURLs:    []string{recs[0].srv.URL, recs[1].srv.URL},
 		HostServiceBus: sb.ConnectionString(),
 		Queue:          queue,
 		Functions:      fns,
-		Host:           &HostSettings{ServiceBus: ServiceBusSettings{MaxConcurrentSessions: 1, SessionIdleTimeout: 300 * time.Millisecond}},
+		Host:           &HostSettings{ServiceBus: ServiceBusSettings{MaxConcurrentCalls: 1}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -566,7 +577,7 @@ func TestHostBatchOneSessionAtATime(t *testing.T) {
 		HandlerURLs:    []string{srv.URL},
 		HostServiceBus: sb.ConnectionString(),
 		Queue:          queue,
-		Functions:      workerFunction("many"),
+		Functions:      workerFunction("many", true),
 		Host:           &HostSettings{ServiceBus: ServiceBusSettings{MaxConcurrentSessions: 8, MaxMessageBatchSize: 10, SessionIdleTimeout: 200 * time.Millisecond}},
 		Logf:           t.Logf,
 	})
@@ -596,5 +607,110 @@ func TestHostBatchOneSessionAtATime(t *testing.T) {
 	}
 	if s := h.Stats(); s.Sessions < 3 {
 		t.Errorf("stats %+v: want the three sessions accepted one after the other", s)
+	}
+}
+
+// TestHostBatchesMixOneAtATimePerInstance: on a queue without sessions each
+// instance has one batch loop, as the Service Bus extension does: batches
+// of up to maxMessageBatchSize messages in queue order, whatever NSG they
+// name, one invocation at a time per instance, the instances side by side.
+func TestHostBatchesMixOneAtATimePerInstance(t *testing.T) {
+	sb := testenv.StartServiceBus(t)
+	const queue, total, batchSize = "hostsim-batch-mixed", 24, 4
+	var bodies []string
+	for i := range total {
+		bodies = append(bodies, fmt.Sprintf(`{"ID":"op-%d","NSG":"nsg-%d"}`, i, i%3))
+	}
+	ids := send(t, sb, queue, "mixed", nil, bodies, nil)
+
+	type instance struct {
+		inFlight, most atomic.Int32
+		mu             sync.Mutex
+		batches        [][]string // the MessageIdArray of each invocation
+		srv            *httptest.Server
+	}
+	instances := make([]*instance, 2)
+	var urls []string
+	for i := range instances {
+		in := &instance{}
+		in.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet {
+				http.NotFound(w, r)
+				return
+			}
+			n := in.inFlight.Add(1)
+			defer in.inFlight.Add(-1)
+			for m := in.most.Load(); n > m && !in.most.CompareAndSwap(m, n); m = in.most.Load() {
+			}
+			body, _ := io.ReadAll(r.Body)
+			var p payload
+			var text string
+			var got []string
+			if json.Unmarshal(body, &p) == nil && json.Unmarshal(p.Metadata["MessageIdArray"], &text) == nil && json.Unmarshal([]byte(text), &got) == nil {
+				in.mu.Lock()
+				in.batches = append(in.batches, got)
+				in.mu.Unlock()
+			}
+			time.Sleep(100 * time.Millisecond)
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprint(w, `{"Outputs":{},"Logs":[],"ReturnValue":null}`)
+		}))
+		defer in.srv.Close()
+		instances[i] = in
+		urls = append(urls, in.srv.URL)
+	}
+	h, err := Start(Config{
+		HandlerURLs:    urls,
+		HostServiceBus: sb.ConnectionString(),
+		Queue:          queue,
+		Functions:      workerFunction("many", false),
+		// maxConcurrentCalls does not apply to batches.
+		Host: &HostSettings{ServiceBus: ServiceBusSettings{MaxConcurrentCalls: 16, MaxMessageBatchSize: batchSize}},
+		Logf: t.Logf,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	waitUntil(t, 30*time.Second, "every message completed", func() bool { return h.Stats().Completes == total })
+
+	seen := map[string]int{}
+	mixed := false
+	for i, in := range instances {
+		if m := in.most.Load(); m != 1 {
+			t.Errorf("instance %d: %d invocations at once, want 1", i, m)
+		}
+		in.mu.Lock()
+		if len(in.batches) == 0 {
+			t.Errorf("instance %d got no batch: the instances should work side by side", i)
+		}
+		for _, b := range in.batches {
+			if len(b) == 0 || len(b) > batchSize {
+				t.Errorf("instance %d: a batch of %d messages, want 1 to %d", i, len(b), batchSize)
+			}
+			nsgs := map[int]bool{}
+			for _, id := range b {
+				seen[id]++
+				k := slices.Index(ids, id)
+				nsgs[k%3] = true
+			}
+			mixed = mixed || len(nsgs) > 1
+			// In queue order within a batch.
+			if !slices.IsSortedFunc(b, func(x, y string) int { return slices.Index(ids, x) - slices.Index(ids, y) }) {
+				t.Errorf("instance %d: batch %v is not in queue order", i, b)
+			}
+		}
+		in.mu.Unlock()
+	}
+	for _, id := range ids {
+		if seen[id] != 1 {
+			t.Errorf("message %s delivered %d times, want once", id, seen[id])
+		}
+	}
+	if !mixed {
+		t.Error("no batch mixed NSGs: a queue without sessions batches whatever comes")
+	}
+	if s := h.Stats(); s.Sessions != 0 || s.Abandons != 0 || s.Completes != total {
+		t.Errorf("stats %+v", s)
 	}
 }

@@ -16,20 +16,29 @@ const acceptWait = 2 * time.Second
 const settleTimeout = 30 * time.Second
 
 // startReceivers gives every instance its own Service Bus connection and
-// maxConcurrentSessions session receivers, as each host instance has. With
-// "cardinality": "many" an instance has one: the extension's batch loop
-// (ServiceBusListener.RunBatchReceiveLoopAsync in
-// Microsoft.Azure.WebJobs.Extensions.ServiceBus) accepts one session,
-// invokes the function at a concurrency of one, and takes the next session
-// only after a receive has waited sessionIdleTimeout in vain;
-// maxConcurrentSessions applies to single dispatch only.
+// the receive loops the Service Bus extension's listener
+// (ServiceBusListener in Microsoft.Azure.WebJobs.Extensions.ServiceBus)
+// runs on each host instance:
+//
+//   - "cardinality": "many": one loop (RunBatchReceiveLoopAsync), which
+//     invokes the function at a concurrency of one. Without sessions it
+//     receives up to maxMessageBatchSize messages of any kind from one
+//     receiver; with sessions it accepts one session, works it until a
+//     receive has waited sessionIdleTimeout in vain, and takes the next.
+//     maxConcurrentCalls and maxConcurrentSessions do not apply.
+//   - one message per invocation: the SDK's processor, maxConcurrentCalls
+//     messages at once without sessions, maxConcurrentSessions sessions at
+//     once (one message at a time each) with sessions.
 func (h *Host) startReceivers() error {
 	if h.worker == nil {
 		return nil
 	}
-	receivers := h.settings.ServiceBus.MaxConcurrentSessions
+	loops := h.settings.ServiceBus.MaxConcurrentCalls
+	if h.trigger.IsSessionsEnabled {
+		loops = h.settings.ServiceBus.MaxConcurrentSessions
+	}
 	if h.trigger.Many() {
-		receivers = 1
+		loops = 1
 	}
 	for _, in := range h.instances {
 		c, err := azservicebus.NewClientFromConnectionString(h.cfg.HostServiceBus, nil)
@@ -37,12 +46,51 @@ func (h *Host) startReceivers() error {
 			return fmt.Errorf("connecting the host to Service Bus: %w", err)
 		}
 		in.sb = c
-		for range receivers {
+		for range loops {
+			if h.trigger.IsSessionsEnabled {
+				in.receivers.Add(1)
+				go h.receiveSessions(in)
+				continue
+			}
+			r, err := c.NewReceiverForQueue(h.queue, nil)
+			if err != nil {
+				return fmt.Errorf("receiving queue %s: %w", h.queue, err)
+			}
 			in.receivers.Add(1)
-			go h.receiveSessions(in)
+			go h.receiveQueue(in, r)
 		}
 	}
 	return nil
+}
+
+// receiver settles messages: a Receiver or a SessionReceiver.
+type receiver interface {
+	ReceiveMessages(ctx context.Context, maxMessages int, options *azservicebus.ReceiveMessagesOptions) ([]*azservicebus.ReceivedMessage, error)
+	CompleteMessage(ctx context.Context, m *azservicebus.ReceivedMessage, options *azservicebus.CompleteMessageOptions) error
+	AbandonMessage(ctx context.Context, m *azservicebus.ReceivedMessage, options *azservicebus.AbandonMessageOptions) error
+}
+
+// receiveQueue receives a queue without sessions until Close: a batch of
+// up to maxMessageBatchSize messages per invocation for "cardinality":
+// "many", else one message per invocation. A receive waits until a message
+// comes (the extension waits its client's try timeout, then asks again).
+func (h *Host) receiveQueue(in *Instance, r *azservicebus.Receiver) {
+	defer in.receivers.Done()
+	for in.ctx.Err() == nil {
+		if err := h.receiveOnce(in.ctx, in, r); err != nil {
+			// A failure that came at once is not retried in a tight loop.
+			select {
+			case <-in.ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	// A killed instance's receiver goes with its connection, unsettled.
+	if !in.down.Load() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = r.Close(ctx)
+		cancel()
+	}
 }
 
 // receiveSessions takes the next session with messages, works through it
@@ -77,29 +125,43 @@ func (h *Host) receiveSessions(in *Instance) {
 	}
 }
 
-// workSession delivers a session's messages in order: one per invocation,
-// or up to maxMessageBatchSize per invocation for "cardinality": "many".
+// workSession delivers a session's messages in order until a receive has
+// waited sessionIdleTimeout in vain.
 func (h *Host) workSession(in *Instance, sess *azservicebus.SessionReceiver) {
+	for in.ctx.Err() == nil {
+		ctx, cancel := context.WithTimeout(in.ctx, h.settings.ServiceBus.SessionIdleTimeout)
+		err := h.receiveOnce(ctx, in, sess)
+		cancel()
+		if err != nil {
+			return
+		}
+	}
+}
+
+// receiveOnce receives what ctx allows and delivers it: one invocation
+// for "cardinality": "many", one per message otherwise. An error (nothing
+// received) says the receive came back empty.
+func (h *Host) receiveOnce(ctx context.Context, in *Instance, r receiver) error {
 	n := 1
 	if h.trigger.Many() {
 		n = h.settings.ServiceBus.MaxMessageBatchSize
 	}
-	for in.ctx.Err() == nil {
-		ctx, cancel := context.WithTimeout(in.ctx, h.settings.ServiceBus.SessionIdleTimeout)
-		msgs, err := sess.ReceiveMessages(ctx, n, nil)
-		cancel()
-		if err != nil || len(msgs) == 0 {
-			return
+	msgs, err := r.ReceiveMessages(ctx, n, nil)
+	if len(msgs) == 0 {
+		if err == nil {
+			err = fmt.Errorf("no messages")
 		}
-		in.counts.update(func(s *Stats) { s.Receives++; s.Received += int64(len(msgs)) })
-		if h.trigger.Many() {
-			h.settle(in, sess, msgs, h.deliverBatch(in, msgs))
-			continue
-		}
-		for _, m := range msgs {
-			h.settle(in, sess, []*azservicebus.ReceivedMessage{m}, h.deliverOne(in, m))
-		}
+		return err
 	}
+	in.counts.update(func(s *Stats) { s.Receives++; s.Received += int64(len(msgs)) })
+	if h.trigger.Many() {
+		h.settle(in, r, msgs, h.deliverBatch(in, msgs))
+		return nil
+	}
+	for _, m := range msgs {
+		h.settle(in, r, []*azservicebus.ReceivedMessage{m}, h.deliverOne(in, m))
+	}
+	return nil
 }
 
 // deliverOne invokes the worker with one message; true when it succeeded.
@@ -122,7 +184,7 @@ func (h *Host) deliverBatch(in *Instance, msgs []*azservicebus.ReceivedMessage) 
 
 // settle completes the messages of a successful invocation and abandons
 // those of a failed one (all of a batch), as autoCompleteMessages does.
-func (h *Host) settle(in *Instance, sess *azservicebus.SessionReceiver, msgs []*azservicebus.ReceivedMessage, ok bool) {
+func (h *Host) settle(in *Instance, r receiver, msgs []*azservicebus.ReceivedMessage, ok bool) {
 	if in.down.Load() {
 		return // a dead instance settles nothing: its locks go with its connection
 	}
@@ -131,9 +193,9 @@ func (h *Host) settle(in *Instance, sess *azservicebus.SessionReceiver, msgs []*
 	for _, m := range msgs {
 		var err error
 		if ok {
-			err = sess.CompleteMessage(ctx, m, nil)
+			err = r.CompleteMessage(ctx, m, nil)
 		} else {
-			err = sess.AbandonMessage(ctx, m, nil)
+			err = r.AbandonMessage(ctx, m, nil)
 		}
 		in.counts.update(func(s *Stats) {
 			switch {

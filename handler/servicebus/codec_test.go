@@ -73,13 +73,3 @@ func TestDecodeOperationErrors(t *testing.T) {
 		})
 	}
 }
-
-func TestSessionID(t *testing.T) {
-	a, b := servicebus.SessionID(nsgA), servicebus.SessionID(strings.ToUpper(nsgA))
-	if a != b {
-		t.Errorf("session ids of one NSG in two cases differ: %s, %s", a, b)
-	}
-	if len(a) != 32 || a == servicebus.SessionID(nsgB) {
-		t.Errorf("session id %q: want 32 hex digits, distinct per NSG", a)
-	}
-}

@@ -2,7 +2,6 @@ package servicebus_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -66,77 +65,79 @@ func newQueue(t *testing.T) (*servicebus.Queue, *azservicebus.Client) {
 }
 
 // runHost does what the Functions host's Service Bus trigger does with
-// sessions: a few loops each accept the next free session, hand its
-// messages one by one to the worker, complete on success and abandon on
-// failure, and let the session go when it has been idle a while.
-func runHost(t *testing.T, client *azservicebus.Client, queue string, w jit.Worker, sessions int) {
+// "cardinality": "many" on a queue without sessions, for one instance: one
+// loop receives a batch, the worker groups it by NSG and applies the groups
+// in parallel, each group's operations one after the other in queue order;
+// the whole batch is completed when every operation succeeded, and
+// abandoned otherwise.
+func runHost(t *testing.T, client *azservicebus.Client, queue string, w jit.Worker) {
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for range sessions {
-		wg.Go(func() { hostLoop(ctx, t, client, queue, w) })
+	r, err := client.NewReceiverForQueue(queue, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
+	var wg sync.WaitGroup
+	wg.Go(func() { hostLoop(ctx, t, r, w) })
 	t.Cleanup(func() {
 		cancel()
 		wg.Wait()
+		_ = r.Close(context.Background())
 	})
 }
 
-const sessionIdle = 200 * time.Millisecond
+// batchSize is the test host's maxMessageBatchSize.
+const batchSize = 100
 
-func hostLoop(ctx context.Context, t *testing.T, client *azservicebus.Client, queue string, w jit.Worker) {
+func hostLoop(ctx context.Context, t *testing.T, r *azservicebus.Receiver, w jit.Worker) {
 	for ctx.Err() == nil {
-		actx, cancel := context.WithTimeout(ctx, time.Second)
-		sr, err := client.AcceptNextSessionForQueue(actx, queue, nil)
-		cancel()
-		if err != nil {
-			var sbErr *azservicebus.Error
-			if ctx.Err() == nil && !(errors.As(err, &sbErr) && sbErr.Code == azservicebus.CodeTimeout) && !errors.Is(err, context.DeadlineExceeded) {
-				t.Logf("host: accepting a session: %v", err)
+		msgs, err := r.ReceiveMessages(ctx, batchSize, nil)
+		if len(msgs) == 0 {
+			if err != nil && ctx.Err() == nil {
+				t.Logf("host: receiving: %v", err)
 				time.Sleep(20 * time.Millisecond)
 			}
 			continue
 		}
-		drainSession(ctx, t, sr, w)
-		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = sr.Close(closeCtx)
-		cancel()
+		handleBatch(ctx, t, r, w, msgs)
 	}
 }
 
-func drainSession(ctx context.Context, t *testing.T, sr *azservicebus.SessionReceiver, w jit.Worker) {
-	for {
-		rctx, cancel := context.WithTimeout(ctx, sessionIdle)
-		msgs, err := sr.ReceiveMessages(rctx, 1, nil)
-		cancel()
-		if len(msgs) == 0 {
-			if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
-				t.Logf("host: receiving: %v", err)
-			}
-			return
-		}
-		for _, m := range msgs {
-			handleMessage(ctx, t, sr, w, m)
-		}
-	}
-}
-
-func handleMessage(ctx context.Context, t *testing.T, sr *azservicebus.SessionReceiver, w jit.Worker, m *azservicebus.ReceivedMessage) {
+func handleBatch(ctx context.Context, t *testing.T, r *azservicebus.Receiver, w jit.Worker, msgs []*azservicebus.ReceivedMessage) {
 	// Settling must outlive the host's context, or a message would hang in
 	// its lock at shutdown.
 	settle, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	op, err := servicebus.DecodeOperation(m.Body)
-	if err != nil {
-		t.Errorf("host: undecodable message %s: %v", m.MessageID, err)
-		_ = sr.DeadLetterMessage(settle, m, nil)
-		return
+	groups := map[string][]jit.Operation{}
+	for _, m := range msgs {
+		op, err := servicebus.DecodeOperation(m.Body)
+		if err != nil {
+			t.Errorf("host: undecodable message %s: %v", m.MessageID, err)
+			continue
+		}
+		nsg := strings.ToLower(op.NSG)
+		groups[nsg] = append(groups[nsg], op)
 	}
-	if err := w.ApplyOperation(ctx, op); err != nil {
-		err = sr.AbandonMessage(settle, m, nil)
-	} else {
-		err = sr.CompleteMessage(settle, m, nil)
+	var failed atomic.Bool
+	var wg sync.WaitGroup
+	for _, ops := range groups {
+		wg.Go(func() {
+			for _, op := range ops {
+				if err := w.ApplyOperation(ctx, op); err != nil {
+					failed.Store(true)
+				}
+			}
+		})
 	}
-	if err != nil && ctx.Err() == nil {
-		t.Logf("host: settling %s: %v", m.MessageID, err)
+	wg.Wait()
+	for _, m := range msgs {
+		var err error
+		if failed.Load() {
+			err = r.AbandonMessage(settle, m, nil)
+		} else {
+			err = r.CompleteMessage(settle, m, nil)
+		}
+		if err != nil && ctx.Err() == nil {
+			t.Logf("host: settling %s: %v", m.MessageID, err)
+		}
 	}
 }

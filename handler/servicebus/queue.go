@@ -1,14 +1,22 @@
 // Package servicebus is the Azure Service Bus adapter of jit.Queue: it puts
-// operations on one session-enabled queue, where the Functions host's
-// Service Bus trigger picks them up and hands each body to the worker, which
-// turns it back into a jit.Operation with DecodeOperation.
+// operations on one queue without sessions, where the Functions host's
+// Service Bus trigger picks them up in batches and hands the bodies to the
+// worker, which turns each back into a jit.Operation with DecodeOperation.
 //
-// Ordering comes from sessions: the session id is a hash of the NSG id, so
-// the operations of one NSG run one at a time and different NSGs run in
-// parallel. Operations due later are scheduled messages, and their sequence
-// numbers are the tickets that Cancel takes. Each message id is the
-// operation's deterministic id, so the queue's duplicate detection drops an
-// operation enqueued twice.
+// Nothing orders one NSG's operations here: a batch mixes NSGs (the worker
+// groups them and applies the groups in parallel), and two host instances
+// may hold operations of one NSG at once. That is safe because every
+// operation is idempotent and decided from the store's state, not from the
+// order it comes in, and the ARM driver writes an NSG whole with If-Match
+// (re-reading on 412) and retries ARM's "another operation in progress"
+// answers: two writers of one NSG only wait for each other. Sessions (one
+// per NSG) would order them, but the host's batch trigger then works one
+// session at a time per instance, one NSG write after another.
+//
+// Operations due later are scheduled messages, and their sequence numbers
+// are the tickets that Cancel takes. Each message id is the operation's
+// deterministic id, so the queue's duplicate detection drops an operation
+// enqueued twice.
 //
 // It depends on jit and the Azure SDK's azservicebus only; it knows nothing
 // of HTTP, the Functions host protocol or the store.
@@ -16,8 +24,6 @@ package servicebus
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -44,7 +50,7 @@ const ticketPrefix = "sb:"
 // nothing left to cancel, but callers get one ticket per operation.
 const sentTicketPrefix = "sb:sent:"
 
-// Queue implements jit.Queue on one session-enabled Service Bus queue.
+// Queue implements jit.Queue on one Service Bus queue without sessions.
 type Queue struct {
 	client *azservicebus.Client
 	sender *azservicebus.Sender
@@ -107,15 +113,6 @@ func (q *Queue) Close(ctx context.Context) error {
 		return fmt.Errorf("closing the sender of queue %q: %w", q.name, err)
 	}
 	return nil
-}
-
-// SessionID returns the session id of an NSG's operations: the first 32 hex
-// digits of the SHA-256 of its lower-cased ARM id. ARM ids are case
-// insensitive and can be longer than the 128 characters a session id may
-// have.
-func SessionID(nsgID string) string {
-	sum := sha256.Sum256([]byte(strings.ToLower(nsgID)))
-	return hex.EncodeToString(sum[:16])
 }
 
 // Enqueue sends the operations due now in batches and schedules the others
@@ -283,7 +280,6 @@ func newMessage(op jit.Operation) (*azservicebus.Message, error) {
 	}
 	return &azservicebus.Message{
 		MessageID:   &op.ID,
-		SessionID:   new(SessionID(op.NSG)),
 		ContentType: new(ContentType),
 		Subject:     new(op.Kind),
 		Body:        body,

@@ -23,8 +23,15 @@ const (
 
 func TestQueueBehaviour(t *testing.T) {
 	queuetest.Run(t, func(t *testing.T, w jit.Worker) jit.Queue {
+		if strings.HasSuffix(t.Name(), "/SameNSGSerialInDueOrder") {
+			// Without sessions nothing keeps one NSG's operations in order:
+			// a message the receiver let go while its batch ran comes back
+			// behind later ones, and instances overlap. The worker does
+			// not need the order (see the package doc).
+			t.Skip("a queue without sessions does not order one NSG's operations")
+		}
 		q, client := newQueue(t)
-		runHost(t, client, q.Name(), w, 4)
+		runHost(t, client, q.Name(), w)
 		return q
 	})
 }
@@ -36,26 +43,26 @@ func op(name, nsg string, due time.Time) jit.Operation {
 	}
 }
 
-func receiveOne(t *testing.T, client *azservicebus.Client, queue, session string, within time.Duration) *azservicebus.ReceivedMessage {
+func receiveOne(t *testing.T, client *azservicebus.Client, queue string, within time.Duration) *azservicebus.ReceivedMessage {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
-	sr, err := client.AcceptSessionForQueue(ctx, queue, session, nil)
+	r, err := client.NewReceiverForQueue(queue, nil)
 	if err != nil {
-		t.Fatalf("AcceptSessionForQueue(%s): %v", session, err)
+		t.Fatalf("NewReceiverForQueue(%s): %v", queue, err)
 	}
-	defer sr.Close(context.Background())
-	msgs, err := sr.ReceiveMessages(ctx, 1, nil)
+	defer r.Close(context.Background())
+	msgs, err := r.ReceiveMessages(ctx, 1, nil)
 	if err != nil || len(msgs) != 1 {
-		t.Fatalf("ReceiveMessages in session %s: %d messages, %v", session, len(msgs), err)
+		t.Fatalf("ReceiveMessages: %d messages, %v", len(msgs), err)
 	}
-	if err := sr.CompleteMessage(context.Background(), msgs[0], nil); err != nil {
+	if err := r.CompleteMessage(context.Background(), msgs[0], nil); err != nil {
 		t.Fatalf("CompleteMessage: %v", err)
 	}
 	return msgs[0]
 }
 
-func TestEnqueueDueNowIsReceivableInItsSession(t *testing.T) {
+func TestEnqueueDueNowIsReceivable(t *testing.T) {
 	q, client := newQueue(t)
 	o := op("now", nsgA, time.Time{})
 	tickets, err := q.Enqueue(context.Background(), []jit.Operation{o})
@@ -65,12 +72,12 @@ func TestEnqueueDueNowIsReceivableInItsSession(t *testing.T) {
 	if len(tickets) != 1 || !strings.HasPrefix(tickets[0], "sb:sent:") {
 		t.Errorf("tickets %q, want one sent ticket", tickets)
 	}
-	m := receiveOne(t, client, q.Name(), servicebus.SessionID(nsgA), 5*time.Second)
+	m := receiveOne(t, client, q.Name(), 5*time.Second)
 	if m.MessageID != o.ID {
 		t.Errorf("MessageID %q, want %q", m.MessageID, o.ID)
 	}
-	if m.SessionID == nil || *m.SessionID != servicebus.SessionID(nsgA) {
-		t.Errorf("SessionID %v, want %q", m.SessionID, servicebus.SessionID(nsgA))
+	if m.SessionID != nil {
+		t.Errorf("SessionID %q, want none: the queue has no sessions", *m.SessionID)
 	}
 	if m.ContentType == nil || *m.ContentType != "application/json" || m.Subject == nil || *m.Subject != jit.OpOpen {
 		t.Errorf("ContentType %v, Subject %v", m.ContentType, m.Subject)
@@ -103,17 +110,17 @@ func TestEnqueueLaterIsScheduledUntilDue(t *testing.T) {
 	if want := "sb:" + itoa(s.Seq); tickets[0] != want {
 		t.Errorf("ticket %q, want %q", tickets[0], want)
 	}
-	if s.MessageID != o.ID || s.SessionID != servicebus.SessionID(nsgA) {
+	if s.MessageID != o.ID || s.SessionID != "" {
 		t.Errorf("scheduled message %+v", s)
 	}
 	if s.ScheduledTime.Before(due) || s.ScheduledTime.Sub(due) > time.Millisecond {
 		t.Errorf("scheduled at %v, want %v rounded up to the millisecond", s.ScheduledTime, due)
 	}
 
-	// Before its time the session has nothing to give.
+	// Before its time the queue has nothing to give.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	sr, err := client.AcceptSessionForQueue(ctx, q.Name(), servicebus.SessionID(nsgA), nil)
+	sr, err := client.NewReceiverForQueue(q.Name(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +158,7 @@ func TestCancel(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := sharedDouble(t).State(t).Queues[q.Name()]
-	if len(st.Scheduled) != 1 || st.Scheduled[0].SessionID != servicebus.SessionID(nsgB) || st.Counts.Cancelled != 1 {
+	if len(st.Scheduled) != 1 || st.Scheduled[0].MessageID != op("c2", nsgB, due).ID || st.Counts.Cancelled != 1 {
 		t.Errorf("after cancelling one: scheduled %+v, cancelled %d", st.Scheduled, st.Counts.Cancelled)
 	}
 	// Unknown, empty, sent and already-cancelled tickets are no errors.
@@ -167,31 +174,42 @@ func TestCancel(t *testing.T) {
 	}
 }
 
-func TestTwoNSGsTwoSessions(t *testing.T) {
+// Operations of two NSGs go without sessions: one receiver gets both, in
+// the order they were enqueued.
+func TestTwoNSGsOneReceiver(t *testing.T) {
 	q, client := newQueue(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := q.Enqueue(ctx, []jit.Operation{op("a", nsgA, time.Time{}), op("b", nsgB, time.Time{})}); err != nil {
+	a, b := op("a", nsgA, time.Time{}), op("b", nsgB, time.Time{})
+	if _, err := q.Enqueue(ctx, []jit.Operation{a, b}); err != nil {
 		t.Fatal(err)
 	}
+	r, err := client.NewReceiverForQueue(q.Name(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(context.Background())
 	var got []string
-	for range 2 {
-		sr, err := client.AcceptNextSessionForQueue(ctx, q.Name(), nil)
+	for len(got) < 2 {
+		msgs, err := r.ReceiveMessages(ctx, 10, nil)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("after %v: %v", got, err)
 		}
-		defer sr.Close(context.Background())
-		got = append(got, sr.SessionID())
+		for _, m := range msgs {
+			got = append(got, m.MessageID)
+			if m.SessionID != nil {
+				t.Errorf("message %s has session %q", m.MessageID, *m.SessionID)
+			}
+			if err := r.CompleteMessage(ctx, m, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
-	slices.Sort(got)
-	want := []string{servicebus.SessionID(nsgA), servicebus.SessionID(nsgB)}
-	slices.Sort(want)
-	if !slices.Equal(got, want) {
-		t.Errorf("sessions %q, want %q", got, want)
+	if !slices.Equal(got, []string{a.ID, b.ID}) {
+		t.Errorf("received %q, want %q", got, []string{a.ID, b.ID})
 	}
-	st := sharedDouble(t).State(t).Queues[q.Name()]
-	if len(st.LockedSessions) != 2 {
-		t.Errorf("double has sessions %q locked, want both", st.LockedSessions)
+	if st := sharedDouble(t).State(t).Queues[q.Name()]; st.RequiresSession || st.Counts.Completed != 2 {
+		t.Errorf("queue state %+v", st)
 	}
 }
 
@@ -269,11 +287,10 @@ func TestDoubleTakesSingleSends(t *testing.T) {
 	}
 	defer sender.Close(ctx)
 	body, _ := servicebus.EncodeOperation(op("single", nsgB, time.Time{}))
-	sid := servicebus.SessionID(nsgB)
-	if err := sender.SendMessage(ctx, &azservicebus.Message{Body: body, SessionID: &sid, ApplicationProperties: map[string]any{"n": int64(7)}}, nil); err != nil {
+	if err := sender.SendMessage(ctx, &azservicebus.Message{Body: body, ApplicationProperties: map[string]any{"n": int64(7)}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	m := receiveOne(t, client, name, sid, 5*time.Second)
+	m := receiveOne(t, client, name, 5*time.Second)
 	if string(m.Body) != string(body) || m.ApplicationProperties["n"] != int64(7) {
 		t.Errorf("received body %s, properties %v", m.Body, m.ApplicationProperties)
 	}

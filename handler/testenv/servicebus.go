@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +17,9 @@ import (
 )
 
 // ServiceBusQueue is the queue the double serves to tests. The double
-// creates any queue on first use; tests use this one unless they need more.
+// creates any queue on first use, without sessions as the project's queue
+// is (CreateQueue makes one with sessions); tests use this one unless they
+// need more.
 const ServiceBusQueue = "jit-operations"
 
 // ServiceBusDouble is a running Service Bus test double
@@ -169,11 +172,12 @@ type ServiceBusState struct {
 
 // ServiceBusQueueState is one queue's state in the double.
 type ServiceBusQueueState struct {
-	Active         []ServiceBusMessage `json:"active"`
-	Scheduled      []ServiceBusMessage `json:"scheduled"`
-	LockedSessions []string            `json:"lockedSessions"`
-	DeadLetters    []ServiceBusMessage `json:"deadLetters"`
-	Counts         struct {
+	RequiresSession bool                `json:"requiresSession"`
+	Active          []ServiceBusMessage `json:"active"`
+	Scheduled       []ServiceBusMessage `json:"scheduled"`
+	LockedSessions  []string            `json:"lockedSessions"`
+	DeadLetters     []ServiceBusMessage `json:"deadLetters"`
+	Counts          struct {
 		Sent              int `json:"sent"`
 		Scheduled         int `json:"scheduled"`
 		Completed         int `json:"completed"`
@@ -219,6 +223,35 @@ func (d *ServiceBusDouble) State(t testing.TB) ServiceBusState {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// CreateQueue creates a queue with sessions (requiresSession) or without,
+// before anything uses it: as in Service Bus, a queue's kind cannot change
+// once it is in use.
+func (d *ServiceBusDouble) CreateQueue(name string, requiresSession bool) error {
+	body := strings.NewReader(fmt.Sprintf(`{"requiresSession":%t}`, requiresSession))
+	req, err := http.NewRequest(http.MethodPut, fmt.Sprintf("http://127.0.0.1:%d/queues/%s", d.HTTPPort, url.PathEscape(name)), body)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("creating queue %s in the Service Bus double: %w", name, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("creating queue %s in the Service Bus double: %s: %s", name, resp.Status, msg)
+	}
+	return nil
+}
+
+// SessionQueue is CreateQueue of a queue with sessions, for tests.
+func (d *ServiceBusDouble) SessionQueue(t testing.TB, name string) {
+	t.Helper()
+	if err := d.CreateQueue(name, true); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // ResetState drops every message and counter in the double.

@@ -2,21 +2,27 @@
 // Service Bus test double: an AMQP 1.0 server (on rhea) that speaks enough of
 // Azure Service Bus's dialect for the real Go client (azservicebus v1.11.0,
 // connection string with UseDevelopmentEmulator=true) to send, schedule,
-// cancel and receive session messages. Microsoft's emulator needs Docker,
+// cancel and receive messages, with or without sessions. Microsoft's
+// emulator needs Docker,
 // which the test machines lack; this is test tooling only, never shipped.
 //
 // Supported: SASL ANONYMOUS, without TLS and, given a certificate, also with
 // TLS (as a namespace reached by its name and an Entra ID token is); CBS
 // put-token (always accepted; its type and audience are recorded);
-// queues created on first use, every one session-enabled; sends (single and
-// batched, format 0x80013700); duplicate detection by message-id; the
-// management operations schedule-message, cancel-scheduled-message,
-// renew-session-lock, get/set-session-state, renew-lock, update-disposition;
-// session receivers (a named session, or the next free one, waiting up to
-// the client's com.microsoft:timeout); peek-lock dispositions on the link
+// queues created on first use without sessions, or beforehand with
+// PUT /queues/NAME {"requiresSession": true} (as in Service Bus, a queue's
+// kind is fixed: a session queue refuses messages without a session id and
+// non-session receivers, a queue without sessions refuses session
+// receivers); sends (single and batched, format 0x80013700); duplicate
+// detection by message-id; the management operations schedule-message,
+// cancel-scheduled-message, renew-session-lock, get/set-session-state,
+// renew-lock, update-disposition; receivers of a queue without sessions
+// (every message, in queue order, to whichever link has credit); session
+// receivers (a named session, or the next free one, waiting up to the
+// client's com.microsoft:timeout); peek-lock dispositions on the link
 // (accepted = complete, modified = abandon, released, rejected = dead-letter).
-// Not supported: topics/subscriptions, non-session receivers, deferral,
-// peek, TTL/expiry, lock expiry (locks last until settled or the link goes).
+// Not supported: topics/subscriptions, deferral, peek, TTL/expiry, lock
+// expiry (locks last until settled or the link goes).
 //
 // Usage: node server.js [--amqp-port N] [--http-port M] [--max-delivery-count K]
 //        [--tls-cert FILE --tls-key FILE [--amqps-port P]]
@@ -88,6 +94,8 @@ function queue(name) {
   if (!q) {
     q = {
       name,
+      requiresSession: false,
+      receivers: new Set(), // our sender links to receivers of a queue without sessions
       nextSeq: 1,
       active: [], // messages visible to receivers, in enqueue order; locked ones stay in place
       scheduled: new Map(), // seq -> message not yet visible
@@ -217,7 +225,7 @@ function removeActive(q, m) {
   if (i >= 0) q.active.splice(i, 1);
 }
 
-// ---- delivering to session receivers ------------------------------------
+// ---- delivering to receivers ---------------------------------------------
 
 function encodeForDelivery(m) {
   const ours = new Set(['x-opt-sequence-number', 'x-opt-enqueued-time', 'x-opt-locked-until', 'x-opt-lock-token', 'x-opt-enqueue-sequence-number']);
@@ -233,21 +241,43 @@ function encodeForDelivery(m) {
 }
 
 // pump sends each session receiver with credit the next unlocked message of
-// its session, in queue order.
+// its session, and each receiver of a queue without sessions the next
+// unlocked message, in queue order.
 function pump(q) {
   for (const [sessionId, link] of q.sessionLocks) {
-    while (link.sendable()) {
+    while (hasCredit(link)) {
       const m = q.active.find((x) => x.sessionId === sessionId && !x.lock);
       if (!m) break;
-      // The delivery tag is the lock token, as Service Bus does (16 bytes).
-      const token = crypto.randomBytes(16);
-      const delivery = link.send(encodeForDelivery(m), token, 0);
-      m.lock = { token, link, delivery };
-      delivery.sbMessage = m;
-      log('delivered', q.name, sessionId, m.seq, 'count', m.deliveryCount);
+      deliver(q, link, m);
+    }
+  }
+  for (const link of q.receivers) {
+    while (hasCredit(link)) {
+      const m = q.active.find((x) => !x.lock);
+      if (!m) break;
+      deliver(q, link, m);
     }
   }
   serveWaiting(q);
+}
+
+// hasCredit says whether the receiver has credit for one more message.
+// rhea takes credit only when it transfers a delivery, later, so the
+// deliveries handed to it and not yet transferred count too: otherwise one
+// receiver with credit for one would get (and lock) every message.
+function hasCredit(link) {
+  if (link.sbSent === undefined) link.sbSent = link.delivery_count;
+  return link.sendable() && link.credit - (link.sbSent - link.delivery_count) > 0;
+}
+
+function deliver(q, link, m) {
+  link.sbSent = (link.sbSent === undefined ? link.delivery_count : link.sbSent) + 1;
+  // The delivery tag is the lock token, as Service Bus does (16 bytes).
+  const token = crypto.randomBytes(16);
+  const delivery = link.send(encodeForDelivery(m), token, 0);
+  m.lock = { token, link, delivery };
+  delivery.sbMessage = m;
+  log('delivered', q.name, m.sessionId, m.seq, 'count', m.deliveryCount);
 }
 
 function lockedBy(q, link) {
@@ -288,6 +318,7 @@ function releaseLink(link) {
   const q = link.sbQueue;
   if (!q) return;
   link.sbQueue = undefined;
+  q.receivers.delete(link);
   for (const m of lockedBy(q, link)) m.lock = undefined;
   if (link.sbSession !== undefined && q.sessionLocks.get(link.sbSession) === link) q.sessionLocks.delete(link.sbSession);
   q.waiting = q.waiting.filter((w) => w.link !== link);
@@ -384,7 +415,7 @@ function handleManagement(link, address, request) {
       for (const entry of body.messages || []) {
         const parsed = parseMessage(entry.message);
         if (parsed.sessionId === undefined && entry['session-id'] !== undefined) parsed.sessionId = entry['session-id'];
-        if (parsed.sessionId === undefined) return reply(link, request, 400, undefined, 'session-enabled queue: a message needs a session id');
+        if (parsed.sessionId === undefined && q.requiresSession) return reply(link, request, 400, undefined, 'session-enabled queue: a message needs a session id');
         const at = annotationTime(parsed, 'x-opt-scheduled-enqueue-time');
         seqs.push(accept(q, parsed, at === undefined ? Date.now() : at));
       }
@@ -499,7 +530,7 @@ container.on('message', (context) => {
       }
       for (const b of buffers) {
         const parsed = parseMessage(b);
-        if (parsed.sessionId === undefined) throw new Error('session-enabled queue: a message needs a session id');
+        if (parsed.sessionId === undefined && q.requiresSession) throw new Error('session-enabled queue: a message needs a session id');
         accept(q, parsed, annotationTime(parsed, 'x-opt-scheduled-enqueue-time'));
       }
       pump(q);
@@ -511,7 +542,8 @@ container.on('message', (context) => {
   }
 });
 
-// The client receives: a management reply link, or a session receiver.
+// The client receives: a management reply link, a session receiver, or a
+// receiver of a queue without sessions.
 container.on('sender_open', (context) => {
   const link = context.sender;
   echoAttach(link);
@@ -527,8 +559,20 @@ container.on('sender_open', (context) => {
   }
   const q = queue(address);
   const filter = remote.source && remote.source.filter;
-  if (!filter || !(SESSION_FILTER in filter)) {
-    refuseAttach(link, 'amqp:not-implemented', 'the test double serves session receivers only');
+  const sessionful = Boolean(filter && SESSION_FILTER in filter);
+  // Service Bus's own words for a receiver of the wrong kind.
+  if (sessionful && !q.requiresSession) {
+    refuseAttach(link, 'amqp:not-allowed', 'A sessionful message receiver cannot be created on an entity that does not require sessions.');
+    return;
+  }
+  if (!sessionful && q.requiresSession) {
+    refuseAttach(link, 'amqp:not-allowed', 'It is not possible for an entity that requires sessions to create a non-sessionful message receiver.');
+    return;
+  }
+  if (!sessionful) {
+    link.sbQueue = q;
+    q.receivers.add(link);
+    log('receiver attached', q.name);
     return;
   }
   const f = filter[SESSION_FILTER];
@@ -611,6 +655,7 @@ function forgetConnection(context) {
   const conn = context.connection;
   for (const q of queues.values()) {
     for (const [, link] of [...q.sessionLocks]) if (link.connection === conn) releaseLink(link);
+    for (const link of [...q.receivers]) if (link.connection === conn) releaseLink(link);
     q.waiting = q.waiting.filter((w) => { if (w.link.connection === conn) clearTimeout(w.timer); return w.link.connection !== conn; });
   }
 }
@@ -626,6 +671,7 @@ function stateJSON() {
   const out = { queues: {}, cbs };
   for (const q of queues.values()) {
     out.queues[q.name] = {
+      requiresSession: q.requiresSession,
       active: q.active.map((m) => ({
         seq: m.seq, messageId: m.messageId, sessionId: m.sessionId, deliveryCount: m.deliveryCount,
         locked: Boolean(m.lock), enqueuedTime: new Date(m.enqueuedAt).toISOString(),
@@ -647,6 +693,32 @@ const admin = http.createServer((req, res) => {
     res.end(JSON.stringify(obj));
   };
   if (req.method === 'GET' && req.url === '/state') return send(200, stateJSON());
+  const put = req.method === 'PUT' && /^\/queues\/([^/?]+)$/.exec(req.url);
+  if (put) {
+    // Creates a queue of the kind asked for. A queue's kind cannot change
+    // once it is in use, as in Service Bus (which refuses any change).
+    let body = '';
+    req.on('data', (c) => { body += c; });
+    req.on('end', () => {
+      let props;
+      try {
+        props = JSON.parse(body || '{}');
+      } catch {
+        return send(400, { error: 'the body is not JSON' });
+      }
+      const name = decodeURIComponent(put[1]);
+      const fresh = !queues.has(name);
+      const q = queue(name);
+      const want = Boolean(props.requiresSession);
+      if (q.requiresSession !== want) {
+        const used = q.active.length || q.scheduled.size || q.receivers.size || q.sessionLocks.size || q.waiting.length;
+        if (!fresh && used) return send(409, { error: `queue ${name} is in use: requiresSession cannot change` });
+        q.requiresSession = want;
+      }
+      return send(200, { name, requiresSession: q.requiresSession });
+    });
+    return undefined;
+  }
   if (req.method === 'POST' && req.url === '/reset') {
     // Drops messages and counters; links stay, so a reset between tests
     // needs no reconnect. Locked sessions are kept with their links.
@@ -657,7 +729,7 @@ const admin = http.createServer((req, res) => {
     armTimer();
     return send(200, {});
   }
-  return send(404, { error: 'GET /state or POST /reset' });
+  return send(404, { error: 'GET /state, POST /reset or PUT /queues/NAME' });
 });
 
 // ---- start and stop ------------------------------------------------------
