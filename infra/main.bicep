@@ -46,6 +46,10 @@ param allowPriorities string = '1000-1999'
 @description('JIT_DENY_PRIORITIES')
 param denyPriorities string = '4000-4095'
 
+@description('JIT_DEPLOYMENT: the name in the marker of every rule this deployment writes; empty: the Function App\'s name. Two deployments in one subscription need different names.')
+@maxLength(40)
+param deployment string = ''
+
 @description('JIT_SWEEP_SCHEDULE (NCRONTAB)')
 param sweepSchedule string = '0 */1 * * * *'
 
@@ -247,6 +251,7 @@ var commonSettings = [
   { name: 'JIT_MIN_DURATION', value: minDuration }
   { name: 'JIT_ALLOW_PRIORITIES', value: allowPriorities }
   { name: 'JIT_DENY_PRIORITIES', value: denyPriorities }
+  { name: 'JIT_DEPLOYMENT', value: deployment }
   { name: 'JIT_SWEEP_SCHEDULE', value: sweepSchedule }
   { name: 'JIT_LOG_LEVEL', value: logLevel }
   { name: 'JIT_PENDING_EXPIRY', value: pendingExpiry }

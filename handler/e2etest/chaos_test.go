@@ -355,9 +355,12 @@ func TestChaos(t *testing.T) {
 					}
 				}
 			case 1:
-				// Open SSH to the world under our prefix: JIT must remove it.
+				// Open SSH to the world in a rule marked as ours that no grant
+				// owns (a leftover, or a forgery of our marker): JIT must
+				// remove it.
 				rule := map[string]any{"properties": map[string]any{"access": "Allow", "direction": "Inbound", "priority": 1900 + i%90,
-					"protocol": "Tcp", "sourceAddressPrefix": "*", "sourcePortRange": "*", "destinationAddressPrefix": "*", "destinationPortRange": "22"}}
+					"protocol": "Tcp", "sourceAddressPrefix": "*", "sourcePortRange": "*", "destinationAddressPrefix": "*", "destinationPortRange": "22",
+					"description": "[jit:" + jit.DefaultDeployment + "] grant of no request"}}
 				name := "jit-allow-" + jit.NewRequestID() + "-0"
 				if s, _ := c.callQuiet(p, "PUT", base+"/securityRules/"+name+"?api-version=2024-05-01", rule); s/100 == 2 {
 					handEdits.Add(1)
@@ -533,7 +536,7 @@ func TestChaos(t *testing.T) {
   ARM faults injected:    %d (20%% of writes: 429, 409, 429 another operation, 500, LRO failed or superseded; 10 ms write latency)
   close operations:       %.0f%% dropped, %.0f%% duplicated
   process kills/restarts: %d
-  hand edits via /_arm:   %d (deny rules deleted, world-open rules under our prefix, live rules widened)
+  hand edits via /_arm:   %d (deny rules deleted, world-open rules marked as ours, live rules widened)
   rules seen removed:     %d
   largest close lag:      %s (bound: sweep %s + 10s)
   grants still open:      %d
