@@ -279,8 +279,8 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 }
 
 // TestFunctionsModeTwoInstances scales out as the Functions host does: two
-// handler instances on one Azurite and one queue, each with its own session
-// receivers. Grants on three NSGs open and close through the queue, and
+// handler instances on one Azurite and one queue, each with its own batch
+// receiver. Grants on three NSGs open and close through the queue, and
 // both instances do some of the work.
 func TestFunctionsModeTwoInstances(t *testing.T) {
 	azurite := testenv.StartAzurite(t)
@@ -290,13 +290,14 @@ func TestFunctionsModeTwoInstances(t *testing.T) {
 	armSrv := httptest.NewServer(sim)
 	t.Cleanup(armSrv.Close)
 
-	// One session at a time per instance: while one instance holds a gate's
-	// session, the next gate with work goes to the other.
+	// Small batches (one invocation at a time per instance, as the real
+	// extension runs batch functions): while one instance works on a
+	// batch, the next messages go to the other.
 	hs, err := hostsim.RepoHostSettings()
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs.ServiceBus.MaxConcurrentSessions = 1
+	hs.ServiceBus.MaxMessageBatchSize = 2
 	queue := "jit-scaleout"
 	host := startHost(t, hostsim.Config{
 		Instances:            2,
