@@ -24,6 +24,9 @@ type estateSpec struct {
 	SubnetNSG   bool // every subnet has an NSG shared by its VMs
 	NICNSGEvery int  // when > 1, only every n-th VM has a NIC NSG (the rest rely on the subnet)
 	NICNSGFirst int  // when > 0, VMs 0..NICNSGFirst-1 have a NIC NSG (besides NICNSG)
+	// OneSubnetNSG: every subnet carries the same NSG (with SubnetNSG), so
+	// that all the VMs are behind one NSG.
+	OneSubnetNSG bool
 }
 
 // vmIP is VM i's private address.
@@ -52,9 +55,17 @@ func (e estateSpec) vmNSGs(i int) []string {
 		out = append(out, nsgID(nicNSGName(i)))
 	}
 	if e.SubnetNSG {
-		out = append(out, nsgID(subnetNSGName(i/e.perNet())))
+		out = append(out, nsgID(e.subnetNSG(i/e.perNet())))
 	}
 	return out
+}
+
+// subnetNSG is the name of the NSG on subnet s.
+func (e estateSpec) subnetNSG(s int) string {
+	if e.OneSubnetNSG {
+		return subnetNSGName(0)
+	}
+	return subnetNSGName(s)
 }
 
 func (e estateSpec) perNet() int {
@@ -102,8 +113,10 @@ func (e estateSpec) write(path string) error {
 	for s := 0; s < nets; s++ {
 		sn := subnet{Name: fmt.Sprintf("s%03d", s), AddressPrefix: fmt.Sprintf("10.20.%d.0/24", s)}
 		if e.SubnetNSG {
-			sn.NSG = subnetNSGName(s)
-			nsgs = append(nsgs, nsg{Name: sn.NSG})
+			sn.NSG = e.subnetNSG(s)
+			if s == 0 || !e.OneSubnetNSG {
+				nsgs = append(nsgs, nsg{Name: sn.NSG})
+			}
 		}
 		subnets = append(subnets, sn)
 	}
