@@ -3,7 +3,6 @@ package tablestore
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -69,12 +68,8 @@ func (s *Store) AppendAudit(ctx context.Context, ev jit.AuditEvent) error {
 	}
 	for _, pk := range partitions {
 		row := newEntity(pk, timeKey(ev.Time)+id)
-		for i := 0; ; i++ {
-			chunk, ok := idRow["D"+strconv.Itoa(i)]
-			if !ok {
-				break
-			}
-			row["D"+strconv.Itoa(i)] = chunk
+		for _, name := range idRow.payloadProps() {
+			row[name] = idRow[name]
 		}
 		if _, err := s.audit.AddEntity(ctx, row.marshal(), nil); err != nil && !isConflict(err) {
 			return storeError(err, "append audit event")

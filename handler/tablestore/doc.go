@@ -27,15 +27,19 @@
 // control characters); VM and NSG ids are lower-cased first (ARM ids
 // ignore case), and an NSG state keeps the id as its first writer spelled
 // it. The NSG states share the policies table so that the deployment needs
-// no fourth table; ListPolicies reads the "policy" partition only. timeKey is 24 hex digits of the inverted time, so ascending keys
-// are newest first, ties in ascending id order; it keeps nanoseconds and
-// any year, where Table Storage's DateTime starts in 1601 at 100 ns.
+// no fourth table; ListPolicies reads the "policy" partition only.
+// timeKey is 24 hex digits of the inverted time, so ascending keys are
+// newest first, ties in ascending id order; it keeps nanoseconds and any
+// year, where Table Storage's DateTime starts in 1601 at 100 ns.
 //
 // Every record is the JSON of its jit struct in string properties D0, D1,
-// ... of at most 30,000 bytes each (a property holds 64 KiB), so a policy
-// of many VMs fits; a record above 450,000 bytes of JSON (an entity holds
-// 1 MiB, strings count as UTF-16) is refused as EINVALID. Times are stored
-// in UTC and come back to the nanosecond, zero times as zero.
+// ... of at most 30,000 bytes each (a property holds 64 KiB); a record
+// above 16 KiB of JSON is gzipped and stored as base64 in Z0, Z1, ...
+// instead (a policy of 1,000 VMs, about 460 KB of JSON, takes about a
+// tenth of that). What is stored may take 450,000 bytes (an entity holds
+// 1 MiB, strings count as UTF-16) and a record 16 MiB of JSON; beyond
+// either it is refused as EINVALID. Times are stored in UTC and come back
+// to the nanosecond, zero times as zero.
 //
 // # What each call costs
 //
