@@ -1,6 +1,8 @@
 package e2etest
 
 import (
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -36,15 +38,20 @@ func ruleIn(p *proc, nsg, rule string) bool {
 	return ok
 }
 
-// denyRuleOf is the name of the deny rule of vm in nsg, or "" when there is none.
-func denyRuleOf(p *proc, nsg, vm string) string {
+// guard is a VM's address behind one of the NSGs that guard it, in the demo
+// estate.
+type guard struct{ nsg, vm, ip string }
+
+var (
+	nicGuard        = guard{"nsg-vm-nic", "vm-nic-nsg", "10.10.1.4"}
+	bothNICGuard    = guard{"nsg-vm-both", "vm-both-nsg", "10.10.2.5"}
+	bothSubnetGuard = guard{"nsg-subnet-protected", "vm-both-nsg", "10.10.2.5"}
+)
+
+// locks says whether g's NSG holds a deny rule of ours closing port to g's VM.
+func (g guard) locks(p *proc, port int) bool {
 	p.t.Helper()
-	for name := range p.nsgRules(nsg) {
-		if strings.HasPrefix(name, "jit-deny-"+vm+"-") {
-			return name
-		}
-	}
-	return ""
+	return locked(p.nsgRules(g.nsg), g.ip, port)
 }
 
 // openPortal loads the page and waits until it has drawn the VM tables.
@@ -214,10 +221,9 @@ func TestPortalDisable(t *testing.T) {
 			}},
 		},
 	}}, nil)
-	for _, g := range []struct{ nsg, vm string }{{"nsg-vm-nic", "vm-nic-nsg"}, {"nsg-vm-both", "vm-both-nsg"}, {"nsg-subnet-protected", "vm-both-nsg"}} {
-		if denyRuleOf(p, g.nsg, g.vm) == "" {
-			t.Fatalf("no deny rule of %s in %s after enabling JIT", g.vm, g.nsg)
-		}
+	// The lockdown runs after the PUT has answered.
+	for _, g := range []guard{nicGuard, bothNICGuard, bothSubnetGuard} {
+		waitFor(t, 5*time.Second, "the lockdown of "+g.vm+" in "+g.nsg, func() bool { return g.locks(p, 22) })
 	}
 	// Live access on the VM to be disabled: it must be revoked with it.
 	var open requestRec
@@ -247,8 +253,8 @@ func TestPortalDisable(t *testing.T) {
 			chromedp.WaitNotPresent(chromedp.CSS(`#table-configured tr[data-vm="`+vm+`"]`)),
 			chromedp.WaitReady(chromedp.CSS(`#table-notconfigured tr[data-vm="`+vm+`"]`)),
 		)
-		if msg := b.text("#page-message"); msg != "JIT disabled on "+vm+"." {
-			t.Errorf("page message after disabling: %q", msg)
+		if msg := b.text("#page-message"); !strings.HasPrefix(msg, "Disabling JIT on "+vm+": removal in progress.") {
+			t.Errorf("page message after disabling: %q; want the removal in progress", msg)
 		}
 	}
 
@@ -296,14 +302,16 @@ func TestPortalDisable(t *testing.T) {
 	// 1. One VM of two: the policy keeps the other VM and everything else.
 	disable("vm-nic-nsg")
 	readShared("disabling vm-nic-nsg")
-	waitFor(t, 5*time.Second, "the deny rule to leave nsg-vm-nic", func() bool { return denyRuleOf(p, "nsg-vm-nic", "vm-nic-nsg") == "" })
+	waitFor(t, 5*time.Second, "the deny rule to leave nsg-vm-nic", func() bool { return !nicGuard.locks(p, 22) })
 	waitFor(t, 5*time.Second, "the open access on vm-nic-nsg to be revoked", func() bool { return !ruleIn(p, "nsg-vm-nic", openRule) })
 	if st := getRequest(p, open.ID).Status; st == "Active" {
 		t.Errorf("the request on the disabled VM is still %s", st)
 	}
-	for _, nsg := range []string{"nsg-vm-both", "nsg-subnet-protected"} {
-		if denyRuleOf(p, nsg, "vm-both-nsg") == "" {
-			t.Errorf("disabling vm-nic-nsg removed vm-both-nsg's deny rule from %s", nsg)
+	for _, g := range []guard{bothNICGuard, bothSubnetGuard} {
+		for _, port := range []int{22, 3389} {
+			if !g.locks(p, port) {
+				t.Errorf("disabling vm-nic-nsg opened port %d of vm-both-nsg in %s", port, g.nsg)
+			}
 		}
 	}
 
@@ -325,8 +333,179 @@ func TestPortalDisable(t *testing.T) {
 	// 2. The last VM: the policy goes.
 	disable("vm-both-nsg")
 	p.must(404, "GET", "/api/v1/policies/shared", nil, nil)
-	for _, nsg := range []string{"nsg-vm-both", "nsg-subnet-protected"} {
-		waitFor(t, 5*time.Second, "the deny rule to leave "+nsg, func() bool { return denyRuleOf(p, nsg, "vm-both-nsg") == "" })
+	for _, g := range []guard{bothNICGuard, bothSubnetGuard} {
+		waitFor(t, 5*time.Second, "the deny rule to leave "+g.nsg, func() bool { return !g.locks(p, 22) && !g.locks(p, 3389) })
 	}
 	t.Logf("disable scenario took %s", time.Since(start).Round(100*time.Millisecond))
+}
+
+// TestPortalDenyRuleDeleted: a person deletes a VM's deny rule by hand in
+// ARM. Local mode hears of it as Event Grid would and puts it back within
+// moments, so the page may never catch the gap; what it must never do is
+// show "Locked" from a VM list asked for while ARM lacked the rule. The
+// test looks at ARM and at the page in turns, making the page reload its
+// lists each time (as a person coming back to the tab does), and checks
+// every look at the page against what ARM held when its list was asked for.
+func TestPortalDenyRuleDeleted(t *testing.T) {
+	t.Parallel()
+	p := startLocal(t, t.TempDir(), freeAddr(t))
+	p.must(200, "PUT", "/api/v1/policies/ssh", map[string]any{"properties": map[string]any{
+		"virtualMachines": []any{map[string]any{"id": vmID("vm-nic-nsg"), "ports": []any{port22()}}},
+	}}, nil)
+	waitFor(t, 5*time.Second, "the lockdown of vm-nic-nsg", func() bool { return nicGuard.locks(p, 22) })
+
+	b := startBrowser(t)
+	openPortal(b, p)
+	badge := `#table-configured tr[data-vm="vm-nic-nsg"] td[data-label="Lockdown"] .badge`
+	b.waitJS("vm-nic-nsg to show Locked", 10*time.Second,
+		`(() => { const b = document.querySelector('`+badge+`'); return b && b.textContent === 'Locked'; })()`)
+
+	var deny string
+	for name, r := range p.nsgRules(nicGuard.nsg) {
+		if r.denies(nicGuard.ip, 22) {
+			deny = name
+		}
+	}
+	// armLook is ARM's state as the test saw it; pageLook is what the page
+	// showed and when it had asked for the VM list it showed.
+	type armLook struct {
+		at     time.Time
+		locked bool
+	}
+	type pageLook struct {
+		label string
+		asked time.Time
+	}
+	var arm []armLook
+	var page []pageLook
+	look := func() {
+		t.Helper()
+		arm = append(arm, armLook{time.Now(), nicGuard.locks(p, 22)})
+		got := evalJS[[]string](b, `(() => { const b = document.querySelector('`+badge+`');
+			document.dispatchEvent(new Event('visibilitychange'));
+			return [b ? b.textContent : '(no row)', document.body.getAttribute('data-vms-asked') || '0']; })()`)
+		ms, err := strconv.ParseInt(got[1], 10, 64)
+		if err != nil {
+			t.Fatalf("data-vms-asked is %q: %v", got[1], err)
+		}
+		page = append(page, pageLook{got[0], time.UnixMilli(ms)})
+	}
+
+	status, raw := p.call("DELETE", "/_arm"+rgURL+"/providers/Microsoft.Network/networkSecurityGroups/"+nicGuard.nsg+
+		"/securityRules/"+deny+"?api-version=2024-05-01", nil, nil)
+	if status/100 != 2 {
+		t.Fatalf("deleting %s by hand: status %d, %s", deny, status, raw)
+	}
+	deleted := time.Now()
+	// Until ARM holds the rule again and the page shows Locked from a list
+	// asked for after that.
+	var repaired time.Time
+	for {
+		look()
+		last := arm[len(arm)-1]
+		if last.locked && repaired.IsZero() {
+			repaired = last.at
+		}
+		if pl := page[len(page)-1]; !repaired.IsZero() && pl.label == "Locked" && pl.asked.After(repaired) {
+			break
+		}
+		if time.Since(deleted) > 15*time.Second {
+			t.Fatalf("15s after deleting %s by hand: ARM holds it again=%v, the page shows %q", deny, !repaired.IsZero(), page[len(page)-1].label)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// The service knows what it last saw in ARM: it learns of a hand edit
+	// through an event, within lag.
+	const lag = 300 * time.Millisecond
+	gap := 0
+	shown := map[string]int{}
+	for _, pl := range page {
+		shown[pl.label]++
+		if pl.label != "Locked" {
+			continue
+		}
+		// ARM lacked the rule at every look from lag before the list was
+		// asked for until after.
+		from := pl.asked.Add(-lag)
+		i := slices.IndexFunc(arm, func(a armLook) bool { return !a.at.Before(from) })
+		j := slices.IndexFunc(arm, func(a armLook) bool { return !a.at.Before(pl.asked) })
+		if i <= 0 || j < 0 {
+			continue
+		}
+		if slices.ContainsFunc(arm[i-1:j+1], func(a armLook) bool { return a.locked }) {
+			continue
+		}
+		t.Errorf("the page showed Locked from a VM list asked for at %s, while ARM lacked %s from %s to %s",
+			pl.asked.Format("15:04:05.000"), deny, arm[i-1].at.Format("15:04:05.000"), arm[j].at.Format("15:04:05.000"))
+	}
+	for _, a := range arm {
+		if !a.locked {
+			gap++
+		}
+	}
+	t.Logf("after deleting %s: %d looks at ARM without it, the page showed %v; ARM held it again after %s",
+		deny, gap, shown, repaired.Sub(deleted).Round(time.Millisecond))
+}
+
+// TestPortalLockdownPending: with ARM writes taking seconds, as in Azure,
+// the page shows an enabled VM's lockdown pending (its ports and policy
+// state with it), lets access be requested meanwhile, and follows the
+// lockdown to "Locked".
+func TestPortalLockdownPending(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	p := startLocal(t, t.TempDir(), freeAddr(t), "JIT_ARM_LATENCY=2s")
+	b := startBrowser(t)
+	openPortal(b, p)
+	b.do("enabling JIT on vm-subnet-nsg with the defaults",
+		chromedp.Click(chromedp.CSS("#tab-notconfigured")),
+		chromedp.Click(chromedp.CSS(`#table-notconfigured input[data-vm="vm-subnet-nsg"]`)),
+		chromedp.Click(chromedp.CSS("#btn-enable")),
+		chromedp.WaitVisible(chromedp.CSS("#policy-form")),
+		chromedp.Click(chromedp.CSS(`#policy-form button[type=submit]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#table-configured tr[data-vm="vm-subnet-nsg"]`)),
+	)
+	if msg := b.text("#page-message"); !strings.Contains(msg, "Lockdown in progress") {
+		t.Errorf("page message after enabling: %q; want the lockdown in progress", msg)
+	}
+	row := `#table-configured tr[data-vm="vm-subnet-nsg"]`
+	if got := b.text(row + ` td[data-label="Lockdown"]`); !strings.Contains(got, "Lockdown pending") || !strings.Contains(got, "nsg-subnet-protected") {
+		t.Errorf("the Lockdown column says %q; want Lockdown pending in nsg-subnet-protected", got)
+	}
+	if got := b.text(row + ` td[data-label="JIT ports"]`); !strings.Contains(got, "22/TCP") {
+		t.Errorf("a VM whose lockdown is pending shows ports %q; want its policy's", got)
+	}
+	if got := b.text(row + ` td[data-label="Policy"]`); !strings.Contains(got, "Updating") {
+		t.Errorf("the Policy column says %q; want provisioning Updating", got)
+	}
+	if got := b.text("#count-configured"); got != "(1)" {
+		t.Errorf("the Configured tab counts %q, want (1)", got)
+	}
+
+	// Access may be asked for while the lockdown runs.
+	tr := `#request-form tr:has(input[data-port="22"])`
+	b.do("requesting SSH on the VM being locked",
+		chromedp.Click(chromedp.CSS(row+` input[data-vm="vm-subnet-nsg"]`)),
+		chromedp.Click(chromedp.CSS("#btn-request")),
+		chromedp.WaitVisible(chromedp.CSS(tr)),
+		chromedp.Click(chromedp.CSS(tr+` input[type=checkbox]`)),
+		chromedp.SendKeys(chromedp.CSS("#req-justification"), "first look"),
+		chromedp.Click(chromedp.CSS(`#request-form button[type=submit]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#panel-requests`)),
+	)
+	id := latestRequest(t, p, 22)
+
+	b.do("looking at the Configured tab", chromedp.Click(chromedp.CSS("#tab-configured")))
+	b.waitJS("the Lockdown column to say Locked", 20*time.Second,
+		`(() => { const b = document.querySelector('`+row+` td[data-label="Lockdown"] .badge'); return b && b.textContent === 'Locked'; })()`)
+	if !locked(p.nsgRules("nsg-subnet-protected"), "10.10.2.4", 22) {
+		t.Errorf("the page says Locked but nsg-subnet-protected does not deny 22 to 10.10.2.4")
+	}
+	b.waitJS("the policy state to leave the Policy column", 10*time.Second,
+		`!document.querySelector('`+row+` [data-provisioning]')`)
+	waitFor(t, 20*time.Second, "request "+id+"'s rule in nsg-subnet-protected", func() bool {
+		return ruleIn(p, "nsg-subnet-protected", "jit-allow-"+id+"-0")
+	})
+	t.Logf("lockdown-pending scenario took %s", time.Since(start).Round(100*time.Millisecond))
 }

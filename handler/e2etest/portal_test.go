@@ -102,8 +102,21 @@ func TestPortal(t *testing.T) {
 	if got, want := strings.Join(ports, " "), "22/TCP/PT3H 3389/TCP/PT3H 5985/TCP/PT3H 2222/UDP/PT3H"; got != want {
 		t.Errorf("policy vm-nic-nsg has ports %s, want %s", got, want)
 	}
-	if _, ok := p.nsgRules("nsg-vm-nic")[denyRuleName(p)]; !ok {
-		t.Errorf("no deny rule in nsg-vm-nic after enabling JIT")
+	// The lockdown runs after the PUT has answered: the page says so, and
+	// the Lockdown column follows it to "Locked".
+	if msg := b.text("#page-message"); !strings.Contains(msg, "Lockdown in progress") && !strings.Contains(msg, "in place") {
+		t.Errorf("page message after enabling: %q; want the lockdown in progress", msg)
+	}
+	nicRow := `#table-configured tr[data-vm="vm-nic-nsg"]`
+	if got := b.text(nicRow + ` td[data-label="Lockdown"] .badge`); got != "Lockdown pending…" && got != "Locked" {
+		t.Errorf("right after enabling the Lockdown column says %q; want Lockdown pending… or Locked", got)
+	}
+	b.waitJS("the Lockdown column to say Locked", 10*time.Second,
+		`(() => { const b = document.querySelector('`+nicRow+` td[data-label="Lockdown"] .badge'); return b && b.textContent === 'Locked'; })()`)
+	for _, port := range []int{22, 3389, 5985, 2222} {
+		if !locked(p.nsgRules("nsg-vm-nic"), "10.10.1.4", port) {
+			t.Errorf("the page says Locked but no deny rule in nsg-vm-nic closes port %d to 10.10.1.4", port)
+		}
 	}
 
 	// 2. Request SSH for 8 seconds from My IP.
@@ -236,14 +249,4 @@ func latestRequest(t *testing.T, p *proc, port int) string {
 		t.Fatalf("no request for port %d; requests: %+v", port, list.Value)
 	}
 	return best.ID
-}
-
-// denyRuleName finds the deny rule jitaccess wrote for vm-nic-nsg.
-func denyRuleName(p *proc) string {
-	for name := range p.nsgRules("nsg-vm-nic") {
-		if strings.HasPrefix(name, "jit-deny-vm-nic-nsg-") {
-			return name
-		}
-	}
-	return "jit-deny-vm-nic-nsg-(missing)"
 }

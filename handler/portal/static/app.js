@@ -12,6 +12,8 @@
   const state = {
     me: null,
     vms: [],
+    policies: {}, // name → provisioningState
+    policyPorts: {}, // lower-case VM id → its ports, from the policies
     requests: [],
     pending: [],
     selected: { configured: new Set(), notconfigured: new Set() },
@@ -317,36 +319,89 @@
     return (ports || []).map((p) => p.number + '/' + (p.protocol === '*' ? 'any' : p.protocol)).join(', ');
   }
 
-  function renderVMs(force) {
-    const by = { Configured: [], NotConfigured: [], Unsupported: [] };
-    for (const v of state.vms) (by[v.state] || by.Unsupported).push(v);
-    const ids = new Set(state.vms.map((v) => v.id));
-    for (const k of Object.keys(state.selected)) for (const id of state.selected[k]) if (!ids.has(id)) state.selected[k].delete(id);
-    $('count-configured').textContent = '(' + by.Configured.length + ')';
-    $('count-notconfigured').textContent = '(' + by.NotConfigured.length + ')';
-    $('count-unsupported').textContent = '(' + by.Unsupported.length + ')';
+  // LOCKDOWN says in words where a VM of a policy stands, with the badge
+  // class that colours it (the words carry the meaning; colour repeats it).
+  const LOCKDOWN = {
+    Configured: ['Locked', 'ok'],
+    LockdownPending: ['Lockdown pending…', 'pending'],
+    LockdownFailed: ['Lockdown failed', 'failed'],
+    DenyRuleMissing: ['Deny rule missing', 'failed'],
+    Releasing: ['Being removed', 'closed'],
+  };
 
-    const sig = JSON.stringify([state.vms, [...state.selected.configured], [...state.selected.notconfigured]]);
+  // tabOf is the VM tab a VM belongs to: every VM a policy names is on
+  // "Configured", whatever its lockdown's progress.
+  function tabOf(v) {
+    if (v.policy) return 'configured';
+    return v.state === 'NotConfigured' ? 'notconfigured' : 'unsupported';
+  }
+
+  // settling says whether a VM's lockdown is on its way somewhere, so the
+  // page polls fast until it arrives.
+  function settling(v) {
+    return Boolean(v.policy) && v.state !== 'Configured' && v.state !== 'LockdownFailed';
+  }
+
+  function lockdownCell(v) {
+    const [label, cls] = LOCKDOWN[v.state] || [v.state, ''];
+    // The reason of a locked VM repeats its first warning, listed below.
+    const reason = v.state !== 'Configured' && v.reason ? v.reason : '';
+    return [
+      el('span', { class: 'badge lockdown ' + cls, 'data-lockdown': v.state, text: label }),
+      reason ? el('div', { class: 'small', text: reason }) : null,
+      (v.warnings || []).length ? el('ul', { class: 'plain warnings' }, v.warnings.map((w) => el('li', { class: 'small' },
+        el('strong', { text: 'Warning: ' }), w))) : null,
+    ];
+  }
+
+  // portsOf is a policy VM's ports: the VM list gives them for a locked VM
+  // only, its policy for any.
+  function portsOf(v) {
+    return v.ports || state.policyPorts[v.id.toLowerCase()] || [];
+  }
+
+  function policyCell(v) {
+    const ps = state.policies[v.policy];
+    return [
+      el('span', { class: 'nowrap', text: v.policy || '' }),
+      ps && ps !== 'Succeeded' ? el('div', { class: 'muted small', 'data-provisioning': ps, text: 'provisioning: ' + ps }) : null,
+    ];
+  }
+
+  function renderVMs(force) {
+    const by = { configured: [], notconfigured: [], unsupported: [] };
+    for (const v of state.vms) by[tabOf(v)].push(v);
+    // A selection holds only VMs still on its tab.
+    for (const k of Object.keys(state.selected)) {
+      const here = new Set(by[k].map((v) => v.id));
+      for (const id of state.selected[k]) if (!here.has(id)) state.selected[k].delete(id);
+    }
+    $('count-configured').textContent = '(' + by.configured.length + ')';
+    $('count-notconfigured').textContent = '(' + by.notconfigured.length + ')';
+    $('count-unsupported').textContent = '(' + by.unsupported.length + ')';
+
+    const sig = JSON.stringify([state.vms, state.policies, state.policyPorts, [...state.selected.configured], [...state.selected.notconfigured]]);
     if (!force && sig === state.signatures.vms) return;
     state.signatures.vms = sig;
 
     renderInto($('table-configured'), table('Configured VMs',
-      [{ label: '', node: selectAll('configured', by.Configured), cls: 'sel' }, 'VM', 'Approved requests (7 days)', 'Last access', 'Last user', 'Connection details', 'JIT ports', 'Policy', ''],
-      by.Configured.map((v) => el('tr', { 'data-vm': v.name },
+      [{ label: '', node: selectAll('configured', by.configured), cls: 'sel' }, 'VM', 'Lockdown', 'Approved requests (7 days)', 'Last access', 'Last user', 'Connection details', 'JIT ports', 'Policy', ''],
+      by.configured.map((v) => el('tr', { 'data-vm': v.name, 'data-state': v.state },
         td('Select', selectBox('configured', v)),
         td('VM', el('strong', { class: 'nowrap', text: v.name }), el('div', { class: 'muted small', text: v.location })),
+        td('Lockdown', lockdownCell(v)),
         td('Approved requests (7 days)', String(v.approvedRequestsLast7Days)),
         td('Last access', fmtTime(v.lastAccessTimeUtc)),
         td('Last user', v.lastUser || '—'),
         td('Connection details', el('div', {}, 'Private IP ', el('code', { text: (v.privateIpAddresses || []).join(', ') || '—' })), openPortsCell(v)),
-        td('JIT ports', portsSummary(v.ports)),
-        td('Policy', el('span', { class: 'nowrap', text: v.policy || '' })),
+        td('JIT ports', portsSummary(portsOf(v))),
+        td('Policy', policyCell(v)),
         td('', activityButton(v)))),
       'No VM has JIT yet. Enable it on the "Not configured" tab.'));
 
     renderInto($('table-notconfigured'), table('VMs without JIT',
-      [{ label: '', node: selectAll('notconfigured', by.NotConfigured), cls: 'sel' }, 'VM', 'Private IP', 'Network security groups', 'Reason', ''],
-      by.NotConfigured.map((v) => el('tr', { 'data-vm': v.name },
+      [{ label: '', node: selectAll('notconfigured', by.notconfigured), cls: 'sel' }, 'VM', 'Private IP', 'Network security groups', 'Reason', ''],
+      by.notconfigured.map((v) => el('tr', { 'data-vm': v.name },
         td('Select', selectBox('notconfigured', v)),
         td('VM', el('strong', { class: 'nowrap', text: v.name }), el('div', { class: 'muted small', text: v.location })),
         td('Private IP', el('code', { text: (v.privateIpAddresses || []).join(', ') || '—' })),
@@ -356,7 +411,7 @@
       'Every supported VM has JIT.'));
 
     renderInto($('table-unsupported'), table('Unsupported VMs', ['VM', 'Private IP', 'Reason'],
-      by.Unsupported.map((v) => el('tr', { 'data-vm': v.name },
+      by.unsupported.map((v) => el('tr', { 'data-vm': v.name },
         td('VM', el('strong', { class: 'nowrap', text: v.name }), el('div', { class: 'muted small', text: v.location })),
         td('Private IP', el('code', { text: (v.privateIpAddresses || []).join(', ') || '—' })),
         td('Reason', v.reason || ''))),
@@ -481,7 +536,7 @@
 
   function openRequestForm() {
     const slot = $('slot-configured');
-    const vms = state.vms.filter((v) => v.state === 'Configured' && state.selected.configured.has(v.id));
+    const vms = state.vms.filter((v) => v.policy && state.selected.configured.has(v.id));
     if (!vms.length) return;
     const myIP = (state.me && state.me.address) || '';
     const rows = []; // {vm, port, check, source, range, dur}
@@ -489,7 +544,7 @@
       el('legend', {}, vm.name, el('span', { class: 'muted', text: ' · ' + (vm.privateIpAddresses || []).join(', ') })),
       el('table', { class: 'ports' },
         el('thead', {}, el('tr', {}, ['Open', 'Port', 'Allowed source', 'Time range'].map((h) => el('th', { scope: 'col', text: h })))),
-        el('tbody', {}, (vm.ports || []).map((p) => {
+        el('tbody', {}, portsOf(vm).map((p) => {
           const key = 'req:' + vm.id + ':' + p.number + ':' + p.protocol;
           const max = parseISODuration(p.maxRequestAccessDuration);
           const allowed = p.allowedSourceAddressPrefixes || [p.allowedSourceAddressPrefix || '*'];
@@ -685,7 +740,9 @@
   }
 
   // putVMPorts writes ports for one VM: into its current policy, or into a
-  // policy named after it (added to that policy if it exists already).
+  // policy named after it (added to that policy if it exists already). It
+  // returns the policy's name and provisioningState: the API answers before
+  // the deny rules are written.
   async function putVMPorts(vm, ports) {
     const name = vm.policy || policyNameFor(vm);
     let body = { kind: 'Basic', properties: { virtualMachines: [] } };
@@ -709,21 +766,25 @@
         return was && was.approval ? Object.assign({}, p, { approval: was.approval }) : p;
       });
     }
+    let put;
     try {
-      await api('PUT', '/api/v1/policies/' + encodeURIComponent(name), body, etag ? { 'If-Match': etag } : undefined);
+      put = await api('PUT', '/api/v1/policies/' + encodeURIComponent(name), body, etag ? { 'If-Match': etag } : undefined);
     } catch (e) {
       throw Object.assign(e, { vmIndex: index });
     }
-    return name;
+    return { name, provisioningState: (put.data && put.data.properties && put.data.properties.provisioningState) || 'Updating' };
   }
 
   async function savePolicy(form, kind, vms, rows) {
     clearErrors(form);
     const ports = readPorts(rows);
     const done = [];
+    const states = new Set();
     for (const vm of vms) {
       try {
-        done.push(vm.name + ' → policy ' + await putVMPorts(vm, ports));
+        const put = await putVMPorts(vm, ports);
+        done.push(vm.name + ' → policy ' + put.name);
+        states.add(put.provisioningState);
       } catch (e) {
         const where = parseFieldPath(e.message);
         const prefix = (vms.length > 1 ? vm.name + ': ' : '') + (done.length ? '(saved ' + done.join('; ') + ') ' : '');
@@ -741,14 +802,17 @@
     }
     $('slot-' + kind).replaceChildren();
     state.selected[kind].clear();
-    say((kind === 'notconfigured' ? 'JIT enabled: ' : 'Ports saved: ') + done.join('; ') + '.');
+    let progress = ' Lockdown in progress: the deny rules are being written; the Lockdown column shows "Locked" once they are in place.';
+    if (states.has('Failed')) progress = ' The lockdown failed: the Lockdown column says why.';
+    else if (states.size === 1 && states.has('Succeeded')) progress = ' The deny rules are in place.';
+    say((kind === 'notconfigured' ? 'Enabling JIT: ' : 'Ports saved: ') + done.join('; ') + '.' + progress);
     await refresh();
     if (kind === 'notconfigured') showTab('configured', true);
   }
 
   function openDisableConfirm() {
     const slot = $('slot-configured');
-    const vms = state.vms.filter((v) => v.state === 'Configured' && state.selected.configured.has(v.id));
+    const vms = state.vms.filter((v) => v.policy && state.selected.configured.has(v.id));
     if (!vms.length) return;
     const yes = el('button', { type: 'button', class: 'danger', text: 'Disable JIT' });
     const box = el('div', { class: 'card warn', role: 'group', 'aria-labelledby': 'disable-title' },
@@ -778,7 +842,7 @@
         }
       }
       slot.replaceChildren();
-      say('JIT disabled on ' + vms.map((v) => v.name).join(', ') + '.');
+      say('Disabling JIT on ' + vms.map((v) => v.name).join(', ') + ': removal in progress. Their deny rules are being removed; each VM moves to "Not configured" once its rules are gone.');
       refresh();
     });
     slot.replaceChildren(box);
@@ -885,16 +949,26 @@
   }
 
   async function doRefresh() {
+    const asked = Date.now();
     try {
-      const [vms, reqs, pending] = await Promise.all([
+      const [vms, pols, reqs, pending] = await Promise.all([
         api('GET', '/api/v1/vms'),
+        api('GET', '/api/v1/policies').catch(() => ({ data: { value: [] } })),
         api('GET', '/api/v1/requests?' + requestsQuery().toString()),
         has('JIT.Approver') ? api('GET', '/api/v1/requests?status=Pending').catch(() => ({ data: { value: [] } })) : Promise.resolve({ data: { value: [] } }),
       ]);
       state.vms = (vms.data.value || []).slice().sort((a, b) => a.name.localeCompare(b.name));
+      state.policies = {};
+      state.policyPorts = {};
+      for (const p of pols.data.value || []) {
+        state.policies[p.name] = p.properties.provisioningState;
+        for (const v of p.properties.virtualMachines || []) state.policyPorts[v.id.toLowerCase()] = v.ports;
+      }
       state.requests = (reqs.data.value || []).slice().sort((a, b) => String(b.startTimeUtc).localeCompare(String(a.startTimeUtc)));
       state.pending = pending.data.value || [];
       renderVMs(false);
+      // What the VM tabs show is as of this moment (the API's "as last seen").
+      document.body.setAttribute('data-vms-asked', String(asked));
       renderRequests(false);
       renderApprovals();
       showPageError('');
@@ -904,12 +978,12 @@
     schedule();
   }
 
-  // Poll fast while access is changing, slowly otherwise, not at all in a
-  // hidden tab.
+  // Poll fast while access or a lockdown is changing, slowly otherwise, not
+  // at all in a hidden tab.
   function schedule() {
     clearTimeout(state.pollTimer);
     if (document.hidden) return;
-    const busy = state.requests.some(isLive) || state.vms.some((v) => v.openPorts && v.openPorts.length);
+    const busy = state.requests.some(isLive) || state.vms.some((v) => (v.openPorts && v.openPorts.length) || settling(v));
     state.pollTimer = setTimeout(refresh, busy ? 1000 : 5000);
   }
 
@@ -934,12 +1008,12 @@
     setupTabs();
     $('btn-request').addEventListener('click', openRequestForm);
     $('btn-edit').addEventListener('click', () => {
-      const vm = state.vms.find((v) => v.state === 'Configured' && state.selected.configured.has(v.id));
-      if (vm) openPolicyEditor('configured', [vm], vm.ports || []);
+      const vm = state.vms.find((v) => v.policy && state.selected.configured.has(v.id));
+      if (vm) openPolicyEditor('configured', [vm], portsOf(vm));
     });
     $('btn-disable').addEventListener('click', openDisableConfirm);
     $('btn-enable').addEventListener('click', () => {
-      const vms = state.vms.filter((v) => v.state === 'NotConfigured' && state.selected.notconfigured.has(v.id));
+      const vms = state.vms.filter((v) => tabOf(v) === 'notconfigured' && state.selected.notconfigured.has(v.id));
       if (vms.length) openPolicyEditor('notconfigured', vms, DEFAULT_PORTS.map((n) => ({ number: n, protocol: 'TCP', allowedSourceAddressPrefix: '*', maxRequestAccessDuration: 'PT3H' })));
     });
     $('requests-filter').addEventListener('change', () => refresh());
