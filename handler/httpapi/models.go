@@ -384,7 +384,7 @@ func vmToOut(v jit.VMStatus) vmOut {
 	for _, n := range v.NSGs {
 		out.NetworkSecurityGroups = append(out.NetworkSecurityGroups, nsgOut(n))
 	}
-	if v.State == jit.VMConfigured {
+	if v.Policy != "" {
 		out.Ports = portRulesOut(v.Ports)
 	}
 	for _, p := range v.OpenPorts {

@@ -300,3 +300,131 @@ func deref(p *string) string {
 	}
 	return *p
 }
+
+// TestDualStackAndIPv6Sources: a dual-stack VM gets deny rules per address
+// family and protocol, an IPv6 "My IP" opens an IPv6-only allow rule, and
+// an IPv6 source for an IPv4-only VM is refused before anything is stored.
+func TestDualStackAndIPv6Sources(t *testing.T) {
+	s := newStack(t, stackOptions{local: true, batch: true})
+	estate := `{"subscriptions":[{"id":"` + sub + `","resourceGroups":[{"name":"demo","location":"westeurope",
+	  "networkSecurityGroups":[{"name":"nsg-dual"}],
+	  "virtualNetworks":[{"name":"vnet","addressPrefixes":["10.40.0.0/16","fd00:40::/48"],"subnets":[{"name":"s","addressPrefix":"10.40.0.0/24"}]}],
+	  "virtualMachines":[
+	    {"name":"vm-dual","nics":[{"subnet":"vnet/s","privateIPAddress":"10.40.0.4","networkSecurityGroup":"nsg-dual"},{"subnet":"vnet/s","privateIPAddress":"fd00:40::4","networkSecurityGroup":"nsg-dual"}]},
+	    {"name":"vm-v4","nics":[{"subnet":"vnet/s","privateIPAddress":"10.40.0.5","networkSecurityGroup":"nsg-dual"}]}]}]}]}`
+	if err := s.sim.Load(strings.NewReader(estate)); err != nil {
+		t.Fatal(err)
+	}
+	body := map[string]any{"properties": map[string]any{"virtualMachines": []any{
+		map[string]any{"id": vmID("vm-dual"), "ports": []any{
+			map[string]any{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"},
+			map[string]any{"number": 53, "protocol": "UDP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}}},
+		map[string]any{"id": vmID("vm-v4"), "ports": []any{
+			map[string]any{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT3H"}}},
+	}}}
+	s.must(200, nil, "PUT", "/api/v1/policies/dual", body, nil)
+	waitFor(t, "the lockdown", func() bool { return s.vm("vm-dual").State == jit.VMConfigured })
+	family := func(p string) string {
+		if strings.Contains(p, ":") {
+			return "v6"
+		}
+		return "v4"
+	}
+	rulesOf := func() map[string]armnetwork.SecurityRule {
+		out := map[string]armnetwork.SecurityRule{}
+		for _, name := range s.sim.RuleNames(nsgID("nsg-dual")) {
+			r, _ := s.rule("nsg-dual", name)
+			out[name] = r
+			var fams []string
+			for _, p := range append(append([]*string{r.Properties.SourceAddressPrefix}, r.Properties.SourceAddressPrefixes...),
+				append([]*string{r.Properties.DestinationAddressPrefix}, r.Properties.DestinationAddressPrefixes...)...) {
+				if p != nil && *p != "" && *p != "*" {
+					fams = append(fams, family(*p))
+				}
+			}
+			if slices.Sort(fams); len(slices.Compact(fams)) > 1 {
+				t.Errorf("rule %s mixes IPv4 and IPv6: %+v", name, r.Properties)
+			}
+		}
+		return out
+	}
+	if d := s.denyRules("nsg-dual"); len(d) != 4 {
+		t.Errorf("TCP 22 and UDP 53 on a dual-stack VM: deny rules %v, want 4 (two protocols × two families)", d)
+	}
+	for name, r := range rulesOf() {
+		if strings.HasPrefix(name, "jit-deny-") && *r.Properties.Protocol == armnetwork.SecurityRuleProtocolAsterisk {
+			t.Errorf("deny rule %s merges protocols (it would close TCP 53 too)", name)
+		}
+	}
+
+	var req request
+	ask := func(vm, src string) (int, string) {
+		return s.do(nil, "POST", "/api/v1/policies/dual/initiate", map[string]any{"virtualMachines": []any{map[string]any{"id": vmID(vm), "ports": []any{
+			map[string]any{"number": 22, "duration": "PT1H", "allowedSourceAddressPrefix": src}}}}, "justification": "ipv6"}, &req)
+	}
+	// An IPv6 "My IP": one IPv6 rule, to the VM's IPv6 address only.
+	if code, raw := ask("vm-dual", "2001:db8::7"); code != 202 {
+		t.Fatalf("IPv6 source: %d %s", code, raw)
+	}
+	v6 := req.Grants[0].RuleName + "-v6"
+	waitFor(t, "the IPv6 allow rule", func() bool { _, ok := s.rule("nsg-dual", v6); return ok })
+	r, _ := s.rule("nsg-dual", v6)
+	if deref(r.Properties.DestinationAddressPrefix) != "fd00:40::4" && !slices.ContainsFunc(r.Properties.DestinationAddressPrefixes, func(p *string) bool { return *p == "fd00:40::4" }) {
+		t.Errorf("IPv6 allow rule: %+v", r.Properties)
+	}
+	if _, ok := s.rule("nsg-dual", req.Grants[0].RuleName); ok {
+		t.Errorf("an IPv4 rule was written for an IPv6 source")
+	}
+	rulesOf()
+	// An IPv6 source for an IPv4-only VM: 400, nothing stored.
+	var before struct{ Value []any }
+	s.must(200, nil, "GET", "/api/v1/requests", nil, &before)
+	code, raw := ask("vm-v4", "2001:db8::7")
+	if code != 400 || !strings.Contains(raw, "other IP version") {
+		t.Errorf("IPv6 source for an IPv4-only VM: %d %s", code, raw)
+	}
+	var after struct{ Value []any }
+	s.must(200, nil, "GET", "/api/v1/requests", nil, &after)
+	if len(after.Value) != len(before.Value) {
+		t.Errorf("a refused request was stored")
+	}
+}
+
+// TestSweepDuringLockdown: sweeps running while a lockdown is queued never
+// remove its deny rules: the policy is stored before any rule is written,
+// and every write brings the NSG to what the stored policies want.
+func TestSweepDuringLockdown(t *testing.T) {
+	s := newStack(t, stackOptions{local: true, batch: true})
+	ctx := t.Context()
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _ = s.svc.Reconcile(ctx)
+		}
+	})
+	body := map[string]any{"properties": map[string]any{"virtualMachines": []any{
+		map[string]any{"id": vmID("vm-nic-nsg")}, map[string]any{"id": vmID("vm-both-nsg")}, map[string]any{"id": vmID("vm-subnet-nsg")}}}}
+	s.must(200, nil, "PUT", "/api/v1/policies/p", body, nil)
+	for _, vm := range []string{"vm-nic-nsg", "vm-both-nsg", "vm-subnet-nsg"} {
+		waitFor(t, "the lockdown of "+vm, func() bool { return s.vm(vm).State == jit.VMConfigured })
+	}
+	close(stop)
+	wg.Wait()
+	if _, err := s.svc.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ nsg, ip string }{{"nsg-vm-nic", "10.10.1.4"}, {"nsg-vm-both", "10.10.2.5"}, {"nsg-subnet-protected", "10.10.2.4"}, {"nsg-subnet-protected", "10.10.2.5"}} {
+		if !s.lockedInARM(c.nsg, 3389, c.ip) {
+			t.Errorf("%s is not locked in %s after sweeps ran beside its lockdown", c.ip, c.nsg)
+		}
+	}
+	if u := s.auditDetails("unlock"); len(u) > 0 {
+		t.Errorf("a sweep removed a lockdown in progress: %v", u)
+	}
+}
