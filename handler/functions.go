@@ -110,7 +110,13 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 		return err
 	}
 	defer closeNotifier()
-	svc := jit.NewService(store, queue, network, cfg.serviceConfig(notifier, log))
+	svcCfg := cfg.serviceConfig(notifier, log)
+	if cfg.ClientID != "" {
+		// Resource events about NSG writes made as our own identity are
+		// our writes echoed back.
+		svcCfg.Self = []string{cfg.ClientID}
+	}
+	svc := jit.NewService(store, queue, network, svcCfg)
 	// The Functions host is the direct peer of every forwarded request.
 	proxies := append([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}, cfg.TrustedProxies...)
 	api := httpapi.New(svc, httpapi.Config{TrustedProxies: proxies, Log: log})

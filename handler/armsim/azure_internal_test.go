@@ -1,6 +1,8 @@
 package armsim
 
 import (
+	"encoding/base64"
+	"net/http"
 	"testing"
 	"time"
 )
@@ -68,6 +70,23 @@ func TestParseBucket(t *testing.T) {
 	for _, bad := range []string{"200", "0/10", "200/0", "a/b", "200/-1", "-5/1"} {
 		if _, err := ParseBucket(bad, DefaultWriteBucket); err == nil {
 			t.Errorf("ParseBucket(%q) accepted", bad)
+		}
+	}
+}
+
+func TestCallerOfToken(t *testing.T) {
+	enc := base64.RawURLEncoding.EncodeToString
+	tok := func(claims string) string { return enc([]byte(`{"alg":"none"}`)) + "." + enc([]byte(claims)) + ".x" }
+	for _, c := range []struct{ auth, want string }{
+		{"Bearer " + tok(`{"appid":"c1","oid":"o1"}`), "c1"},
+		{"Bearer " + tok(`{"oid":"o1"}`), "o1"},
+		{"Bearer not-a-jwt", ""},
+		{"", ""},
+	} {
+		r, _ := http.NewRequest("PUT", "/", nil)
+		r.Header.Set("Authorization", c.auth)
+		if got := callerOf(r); got != c.want {
+			t.Errorf("callerOf(%q) = %q, want %q", c.auth, got, c.want)
 		}
 	}
 }

@@ -2,6 +2,8 @@ package armsim
 
 import (
 	"bytes"
+	"cmp"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -73,6 +75,9 @@ type Change struct {
 	Type      string // ARM type, e.g. Microsoft.Network/networkSecurityGroups/securityRules
 	Operation string // "write" or "delete"
 	Etag      string // new etag of the NSG
+	// Caller is the client (appid, else oid) of the bearer token that made
+	// the change, as Event Grid's claims name it; empty when none.
+	Caller string
 }
 
 // Server is the simulator; it is safe for concurrent use.
@@ -633,7 +638,7 @@ func (s *Server) putRule(w http.ResponseWriter, r *http.Request, rt route, lro *
 	w.Header().Set("Azure-AsyncOperation", asyncURL)
 	writeJSON(w, status, b)
 	if lro == nil {
-		s.changed(Change{ID: deref(stored.ID), Type: typeRule, Operation: "write", Etag: tag})
+		s.changed(Change{ID: deref(stored.ID), Type: typeRule, Operation: "write", Etag: tag, Caller: callerOf(r)})
 	}
 }
 
@@ -689,7 +694,7 @@ func (s *Server) deleteRule(w http.ResponseWriter, r *http.Request, rt route, lr
 	w.Header().Set("Location", locURL)
 	w.WriteHeader(http.StatusAccepted)
 	if lro == nil {
-		s.changed(Change{ID: ruleID, Type: typeRule, Operation: "delete", Etag: tag})
+		s.changed(Change{ID: ruleID, Type: typeRule, Operation: "delete", Etag: tag, Caller: callerOf(r)})
 	}
 }
 
@@ -813,7 +818,7 @@ func (s *Server) putNSG(w http.ResponseWriter, r *http.Request, rt route, lro *F
 	w.Header().Set("Azure-AsyncOperation", asyncURL)
 	writeJSON(w, status, b)
 	if lro == nil {
-		s.changed(Change{ID: id, Type: typeNSG, Operation: "write", Etag: tag})
+		s.changed(Change{ID: id, Type: typeNSG, Operation: "write", Etag: tag, Caller: callerOf(r)})
 	}
 }
 
@@ -854,8 +859,34 @@ func (s *Server) deleteNSG(w http.ResponseWriter, r *http.Request, rt route, lro
 	w.Header().Set("Location", locURL)
 	w.WriteHeader(http.StatusAccepted)
 	if lro == nil {
-		s.changed(Change{ID: id, Type: typeNSG, Operation: "delete"})
+		s.changed(Change{ID: id, Type: typeNSG, Operation: "delete", Caller: callerOf(r)})
 	}
+}
+
+// callerOf reads the client of a request's bearer token (appid, else oid),
+// as Event Grid reports it in an event's claims. The simulator checks no
+// signature: it only tells callers apart.
+func callerOf(r *http.Request) string {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return ""
+	}
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return ""
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return ""
+	}
+	var claims struct {
+		AppID string `json:"appid"`
+		OID   string `json:"oid"`
+	}
+	if json.Unmarshal(payload, &claims) != nil {
+		return ""
+	}
+	return cmp.Or(claims.AppID, claims.OID)
 }
 
 func (s *Server) changed(c Change) {

@@ -313,7 +313,8 @@ func (d *functionsDeployment) changed(c armsim.Change) {
 	ev, _ := json.Marshal(map[string]any{
 		"id": fmt.Sprintf("bench-%d", time.Now().UnixNano()), "topic": "/subscriptions/" + benchSub, "subject": c.ID,
 		"eventType": typ, "eventTime": time.Now().UTC().Format(time.RFC3339Nano), "dataVersion": "", "metadataVersion": "1",
-		"data": map[string]any{"resourceUri": c.ID, "operationName": c.Type + "/" + c.Operation, "status": "Succeeded", "subscriptionId": benchSub},
+		"data": map[string]any{"resourceUri": c.ID, "operationName": c.Type + "/" + c.Operation, "status": "Succeeded", "subscriptionId": benchSub,
+			"claims": map[string]any{"appid": c.Caller}},
 	})
 	select {
 	case d.events <- ev:

@@ -360,6 +360,19 @@ type gridEvent struct {
 	Data      json.RawMessage `json:"data"`
 }
 
+// caller is the client id that made the change: the appid claim of the
+// event's data (Event Grid's resource events carry the caller's claims).
+func (e gridEvent) caller() string {
+	var data struct {
+		Claims map[string]any `json:"claims"`
+	}
+	if json.Unmarshal(e.Data, &data) != nil {
+		return ""
+	}
+	appid, _ := data.Claims["appid"].(string)
+	return appid
+}
+
 // events reacts to a resource event: drift is repaired or reported at once.
 func (h *Handler) events(ctx context.Context, inv invocation) (string, error) {
 	raw, ok := inv.Data[eventsBinding]
@@ -374,7 +387,7 @@ func (h *Handler) events(ctx context.Context, inv invocation) (string, error) {
 		return "", fmt.Errorf("the event has no id or eventType")
 	}
 	h.cfg.Log.Info().Str("event", ev.ID).Str("type", ev.EventType).Str("subject", ev.Subject).Msg("resource event")
-	if err := h.cfg.Service.HandleResourceEvent(ctx, jit.ResourceEvent{ID: ev.ID, Type: ev.EventType, Subject: ev.Subject}); err != nil {
+	if err := h.cfg.Service.HandleResourceEvent(ctx, jit.ResourceEvent{ID: ev.ID, Type: ev.EventType, Subject: ev.Subject, Caller: ev.caller()}); err != nil {
 		return "", fmt.Errorf("handling event %s: %w", ev.ID, err)
 	}
 	return "event " + ev.ID + " handled", nil

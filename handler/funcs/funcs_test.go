@@ -153,8 +153,13 @@ func TestSweeperAndEvents(t *testing.T) {
 	if rec, _ := post(t, h, "/events", ev); rec.Code != 200 {
 		t.Fatalf("events status %d", rec.Code)
 	}
-	if svc.sweeps != 1 || len(svc.events) != 1 || svc.events[0].Type != "Microsoft.Resources.ResourceWriteSuccess" || !strings.HasSuffix(svc.events[0].Subject, "/n") {
+	if svc.sweeps != 1 || len(svc.events) != 1 || svc.events[0].Type != "Microsoft.Resources.ResourceWriteSuccess" || !strings.HasSuffix(svc.events[0].Subject, "/n") || svc.events[0].Caller != "" {
 		t.Errorf("sweeps = %d, events = %+v", svc.sweeps, svc.events)
+	}
+	// Event Grid's resource events name the caller in data.claims.appid.
+	withClaims := strings.Replace(ev, `"data":{}`, `"data":{"claims":{"appid":"c1","oid":"o1"},"operationName":"Microsoft.Network/networkSecurityGroups/write"}`, 1)
+	if rec, _ := post(t, h, "/events", withClaims); rec.Code != 200 || len(svc.events) != 2 || svc.events[1].Caller != "c1" {
+		t.Errorf("an event with claims: status %d, events %+v", rec.Code, svc.events)
 	}
 	if rec, _ := post(t, h, "/events", `{"Data":{"event":{"subject":"x"}},"Metadata":{}}`); rec.Code != 500 {
 		t.Errorf("an event without id: status %d", rec.Code)

@@ -3,6 +3,7 @@ package jit
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -20,6 +21,10 @@ type ResourceEvent struct {
 	ID      string // event id, for the log
 	Type    string // EventWriteSuccess or EventDeleteSuccess
 	Subject string // ARM id of the resource
+	// Caller is the client id (appid claim) that made the change, when the
+	// event says; a change to an NSG made by this service itself
+	// (Config.Self) was recorded as it was written and needs no reconcile.
+	Caller string
 }
 
 // HandleResourceEvent reacts at once to a change in Azure: a change to an
@@ -35,6 +40,13 @@ func (s *Service) HandleResourceEvent(ctx context.Context, ev ResourceEvent) err
 	switch {
 	case strings.Contains(lower, "/providers/microsoft.network/networksecuritygroups/"):
 		nsg := id[:nsgEnd(lower)]
+		if ev.Caller != "" && slices.ContainsFunc(s.cfg.Self, func(c string) bool { return strings.EqualFold(c, ev.Caller) }) {
+			// Our own write, echoed: what it wrote was recorded as it was
+			// written (a read and a reconcile per echo would double the
+			// ARM reads of every change).
+			s.cfg.Log.Debug().Str("event", ev.ID).Str("nsg", nsg).Msg("our own write echoed; nothing to reconcile")
+			return nil
+		}
 		_, err := s.ReconcileNSG(ctx, nsg)
 		return err
 	case strings.Contains(lower, "/providers/microsoft.compute/virtualmachines/"):

@@ -261,3 +261,21 @@ func TestNSGStateMerge(t *testing.T) {
 		t.Errorf("a later success leaves the failure current: %+v", got)
 	}
 }
+
+// TestOwnWritesEchoedAreSkipped: Event Grid echoes every write, ours too;
+// an NSG event made as our own identity costs no read and no reconcile
+// (the service here has no store or network: touching either panics).
+func TestOwnWritesEchoedAreSkipped(t *testing.T) {
+	s := NewService(nil, nil, nil, Config{Self: []string{"00000000-0000-0000-0000-0000000000C1"}})
+	ev := ResourceEvent{ID: "e", Type: EventWriteSuccess, Subject: testNSG + "/securityRules/jit-deny-tcp-v4-0123456789", Caller: "00000000-0000-0000-0000-0000000000c1"}
+	if err := s.HandleResourceEvent(t.Context(), ev); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Errorf("an event by someone else was not reconciled")
+		}
+	}()
+	ev.Caller = "someone-else"
+	_ = s.HandleResourceEvent(t.Context(), ev)
+}

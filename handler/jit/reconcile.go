@@ -428,7 +428,7 @@ func (s *Service) sameRule(have, want SecurityRule) bool {
 // when it differs from its stored state.
 func (s *Service) noteNSG(ctx context.Context, v *view, st NSGState) {
 	n := st
-	if old, ok := v.states[strings.ToLower(n.ID)]; ok && !old.Failing() && sameState(old, st) {
+	if old, ok := v.states[strings.ToLower(n.ID)]; ok && !old.Failing() && sameState(old, st) && !v.changedSince(n.ID, old.SeenAt) {
 		return
 	}
 	if len(st.Deny) == 0 && len(st.Ahead) == 0 && !v.guarded[strings.ToLower(n.ID)] {
@@ -439,6 +439,23 @@ func (s *Service) noteNSG(ctx context.Context, v *view, st NSGState) {
 	if err := s.store.PutNSGState(ctx, st); err != nil {
 		s.cfg.Log.Warn().Err(err).Str("nsg", n.ID).Msg("recording the NSG's state failed")
 	}
+}
+
+// changedSince reports whether a policy with a VM behind the NSG changed
+// after t: a state seen before it says the lockdown is pending, so it must
+// be seen again even when its rules are the same.
+func (v *view) changedSince(nsgID string, t time.Time) bool {
+	for _, p := range v.policies {
+		if !p.UpdatedAt.After(t) {
+			continue
+		}
+		for _, vm := range p.VMs {
+			if vm.guardedBy(nsgID) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // sameState reports whether two states saw the same rules.

@@ -48,7 +48,11 @@ type Config struct {
 	// AllowBand and DenyBand are the priority bands of allow and deny
 	// rules, as the Network is configured; the defaults when zero.
 	AllowBand, DenyBand Band
-	Log                 zerolog.Logger
+	// Self are the client ids this service writes to ARM as (its managed
+	// identity): resource events about NSG changes they made are its own
+	// writes echoed back.
+	Self []string
+	Log  zerolog.Logger
 }
 
 // DefaultDeployment is the deployment name when none is configured.

@@ -100,6 +100,10 @@ func (te *TokenEndpoint) Issued(resource string) []string {
 	return slices.Clone(te.issued[resource])
 }
 
+// MIClientID is the client id of the managed identity MIToken stands for
+// (its appid claim; set AZURE_CLIENT_ID to it).
+const MIClientID = "00000000-0000-0000-0000-0000000000c1"
+
 // MIToken is the access token the local endpoint hands out for resource:
 // JWT-shaped with the claims a service checks (audience, Entra ID issuer,
 // lifetime), signed by nobody. Azurite's "--oauth basic" takes it as it
@@ -109,7 +113,7 @@ func MIToken(resource string) string {
 	claims, _ := json.Marshal(map[string]any{
 		"aud": resource, "iss": "https://sts.windows.net/00000000-0000-0000-0000-0000000000aa/",
 		"iat": time.Now().Add(-time.Minute).Unix(), "nbf": time.Now().Add(-time.Minute).Unix(), "exp": time.Now().Add(time.Hour).Unix(),
-		"oid": "00000000-0000-0000-0000-0000000000c1",
+		"oid": "00000000-0000-0000-0000-0000000000c1", "appid": MIClientID,
 	})
 	return enc([]byte(`{"alg":"none","typ":"JWT"}`)) + "." + enc(claims) + "." + enc([]byte("unsigned"))
 }
