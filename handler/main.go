@@ -92,7 +92,10 @@ func workerConcurrency(armLatency time.Duration) int {
 	if armLatency <= 0 {
 		return max(runtime.GOMAXPROCS(0), 2)
 	}
-	return 8
+	// At Azure's speed an NSG write takes seconds, most of them waiting:
+	// 32 NSGs at once is what two Functions instances work on (16 each),
+	// and the ARM driver paces them within the subscription's budget.
+	return 32
 }
 
 // runLocal runs the API, the worker, the sweeper and the ARM simulator in

@@ -167,6 +167,7 @@ type Driver struct {
 
 	mu      sync.Mutex
 	clients map[string]*clients // by lower-case subscription id
+	opTime  opTimer             // how long NSG writes take, for the first poll
 	raw     *arm.Client         // for the lean NSG list, reads and writes (list.go, nsgdoc.go)
 }
 

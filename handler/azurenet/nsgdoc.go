@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/streaming"
@@ -272,8 +274,17 @@ func (d *Driver) awaitOperation(ctx context.Context, pl runtime.Pipeline, resp *
 	if u, err := url.Parse(asyncURL); err != nil || !u.IsAbs() {
 		return lroError{fmt.Errorf("ARM answered with an invalid operation URL %q", asyncURL)}
 	}
+	// The first poll waits what the PUT's answer asks (Retry-After) or, if
+	// longer, how long this driver's recent writes took: a poll while the
+	// operation surely still runs only spends the subscription's read
+	// budget (every poll is a read), which bounds a burst of writes as
+	// much as the write budget does.
+	started := time.Now()
+	first := max(retryAfter(resp), d.opTime.typical())
+	if err := jit.Sleep(ctx, min(first, maxFirstPoll)); err != nil {
+		return err
+	}
 	for {
-		// The first poll goes at once, as the SDK's poller does.
 		status, resp, err := pollOperation(ctx, pl, asyncURL)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -283,6 +294,7 @@ func (d *Driver) awaitOperation(ctx context.Context, pl runtime.Pipeline, resp *
 		}
 		switch {
 		case strings.EqualFold(status, "Succeeded"):
+			d.opTime.observe(time.Since(started))
 			return nil
 		case strings.EqualFold(status, "Failed"), strings.EqualFold(status, "Canceled"):
 			return lroError{runtime.NewResponseError(resp)}
@@ -295,6 +307,36 @@ func (d *Driver) awaitOperation(ctx context.Context, pl runtime.Pipeline, resp *
 			return err
 		}
 	}
+}
+
+// maxFirstPoll bounds the wait before an operation's first poll.
+const maxFirstPoll = 30 * time.Second
+
+// opTimer keeps a moving average of how long this driver's NSG writes took
+// from their PUT to their operation's end.
+type opTimer struct {
+	mu  sync.Mutex
+	avg time.Duration
+	n   int
+}
+
+// observe adds one operation's duration.
+func (t *opTimer) observe(d time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n < 8 {
+		t.n++
+	}
+	t.avg += (d - t.avg) / time.Duration(t.n)
+}
+
+// typical is the moving average, a little under it so that an operation
+// of the usual length is found done by the first poll more often than
+// not without waiting long past its end.
+func (t *opTimer) typical() time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.avg * 9 / 10
 }
 
 // pollOperation reads an Azure-AsyncOperation URL once: the operation's
