@@ -543,8 +543,8 @@ func TestWorkerConcurrency(t *testing.T) {
 		{1, 0, 2},
 		{2, 0, 2},
 		{6, 0, 6},
-		{2, 2 * time.Second, 8},
-		{16, time.Millisecond, 8},
+		{2, 2 * time.Second, 32},
+		{16, time.Millisecond, 32},
 	} {
 		runtime.GOMAXPROCS(tc.procs)
 		if got := workerConcurrency(tc.latency); got != tc.want {
