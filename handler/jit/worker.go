@@ -16,6 +16,12 @@ type WorkerFunc func(ctx context.Context, op Operation) error
 // ApplyOperation calls f.
 func (f WorkerFunc) ApplyOperation(ctx context.Context, op Operation) error { return f(ctx, op) }
 
+// openMargin is how long before its end a grant is no longer opened (a
+// quarter of its length for grants shorter than 8 s): an NSG write takes
+// seconds in Azure, so a later open would land after the end (and be
+// removed again by its close).
+const openMargin = 2 * time.Second
+
 // closeEarly lets a scheduled close that arrives a moment before the end
 // time (clock skew between queue and worker) still close.
 const closeEarly = time.Second
@@ -72,7 +78,9 @@ func (s *Service) planOperation(ctx context.Context, op Operation) (req Request,
 			s.cfg.Log.Warn().Str("request", req.ID).Str("status", req.Status).Msg("open of a request that is not approved dropped")
 			return req, ruleNothing, n.ID, nil
 		}
-		if g.Ended(now) {
+		if g.Ended(now.Add(min(openMargin, g.End.Sub(req.StartTime)/4))) {
+			// Ended, or ending before an NSG write would be in force: an
+			// open now would land after the end.
 			return req, closeUnlessClosed, n.ID, nil
 		}
 		if n.State == RuleOpen {
