@@ -21,14 +21,22 @@ import (
 // the change anew. Nothing to change writes nothing; a missing NSG is
 // success (Missing) when there is nothing to put.
 func (d *Driver) ApplyRules(ctx context.Context, nsgID string, c jit.RuleChange) (jit.Applied, error) {
-	bands := make([]Band, len(c.Put))
-	for i, rule := range c.Put {
-		b, err := d.checkRule(rule)
-		if err != nil {
-			return jit.Applied{}, err
+	bandsOf := func(c jit.RuleChange) ([]Band, error) {
+		bands := make([]Band, len(c.Put))
+		for i, rule := range c.Put {
+			b, err := d.checkRule(rule)
+			if err != nil {
+				return nil, err
+			}
+			bands[i] = b
 		}
-		bands[i] = b
+		return bands, nil
 	}
+	bands, err := bandsOf(c)
+	if err != nil {
+		return jit.Applied{}, err
+	}
+	refresh := c.Refresh
 	r, err := nsgRef(nsgID)
 	if err != nil {
 		return jit.Applied{}, err
@@ -51,6 +59,16 @@ func (d *Driver) ApplyRules(ctx context.Context, nsgID string, c jit.RuleChange)
 				continue
 			}
 			return jit.Applied{}, classify(err, "read network security group "+nsgID)
+		}
+		if refresh != nil {
+			// What to change is decided after each read of the NSG, so
+			// that it is never older than what it is applied to.
+			if c, err = refresh(); err != nil {
+				return jit.Applied{}, err
+			}
+			if bands, err = bandsOf(c); err != nil {
+				return jit.Applied{}, err
+			}
 		}
 		rules, applied, err := planRules(doc, nsgID, c, bands, d.cfg.Owner)
 		if err != nil {

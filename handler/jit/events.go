@@ -223,8 +223,8 @@ func (s *Service) refreshTopology(ctx context.Context) error {
 		return false
 	}
 	for _, p := range pols {
-		if !moved(p) {
-			continue
+		if p.State == PolicyDeleting || !moved(p) {
+			continue // a policy being deleted is not followed: its rules go
 		}
 		for _, vm := range p.VMs {
 			if err := s.refreshVM(ctx, p, vm.ID); err != nil {

@@ -56,8 +56,6 @@ type lockdownKey struct {
 // lockdown is what the policies want of one NSG.
 type lockdown struct {
 	rules []SecurityRule
-	// covers names, per deny rule, the VMs whose IPs it holds.
-	covers map[string][]string
 	// legacy are the lower-case names of per-VM deny rules written by
 	// versions before aggregated deny rules, of VMs the policies name here
 	// (being deleted or not): they go in the same write that puts the new
@@ -69,9 +67,8 @@ type lockdown struct {
 // per address family, protocol and port set, covering the IPs of every VM
 // behind the NSG whose policy is not being deleted.
 func (s *Service) lockdownOf(pols []Policy, nsgID string) lockdown {
-	ld := lockdown{covers: map[string][]string{}, legacy: map[string]bool{}}
+	ld := lockdown{legacy: map[string]bool{}}
 	dests := map[lockdownKey][]string{}
-	vms := map[lockdownKey][]string{}
 	var keys []lockdownKey
 	for _, p := range pols {
 		for _, vm := range p.VMs {
@@ -92,9 +89,6 @@ func (s *Service) lockdownOf(pols []Policy, nsgID string) lockdown {
 						keys = append(keys, k)
 					}
 					dests[k] = append(dests[k], ip)
-					if l := vms[k]; len(l) == 0 || l[len(l)-1] != vm.ID {
-						vms[k] = append(vms[k], vm.ID)
-					}
 				}
 			}
 		}
@@ -117,7 +111,6 @@ func (s *Service) lockdownOf(pols []Policy, nsgID string) lockdown {
 			Destinations: ips,
 		}
 		ld.rules = append(ld.rules, r)
-		ld.covers[strings.ToLower(r.Name)] = vms[k]
 	}
 	return ld
 }
@@ -211,50 +204,69 @@ func (s *Service) checkLimits(pols []Policy, nsgs []string) error {
 	return nil
 }
 
-// nsgWrite is what one write to an NSG does besides its lockdown.
+// nsgWrite is what one write to an NSG does besides its lockdown: the
+// rules of grants to put and to remove.
 type nsgWrite struct {
 	put []SecurityRule
 	del []string
-	// prune, when set, also removes owned allow rules it answers true for.
-	prune func(SecurityRule) bool
 }
 
 // applyNSG makes one write to the NSG nsgID: w, and the deny rules the
 // policies want there (the lockdown is level-triggered: every write to an
-// NSG brings its deny rules in line). What it saw or why it failed is kept
-// as the NSG's state; lockdown changes are audited per VM; deletions of
-// policies waiting for this NSG are finished. When the change fails for a
-// reason other than ARM being unavailable and it carried lockdown changes,
-// w alone is tried once more, so that a lockdown that cannot be written
-// (a limit hit) never blocks grants from closing.
-func (s *Service) applyNSG(ctx context.Context, nsgID string, w nsgWrite) (Applied, error) {
-	pols, err := s.store.ListPolicies(ctx)
-	if err != nil {
-		return Applied{}, fmt.Errorf("listing policies: %w", err)
-	}
-	ld := s.lockdownOf(pols, nsgID)
-	denyPrune := ld.prune(s.owner())
-	change := RuleChange{Put: append(slices.Clone(ld.rules), w.put...), Delete: w.del,
-		Prune: func(r SecurityRule) bool { return denyPrune(r) || w.prune != nil && w.prune(r) }}
-	change.Ours = namesOf(change)
-	ap, err := s.net.ApplyRules(ctx, nsgID, change)
-	if err != nil {
-		s.recordNSGFailure(ctx, nsgID, err)
-		if ErrorCode(err) == EUNAVAILABLE || len(w.put)+len(w.del) == 0 {
-			return ap, err
+// NSG brings its deny rules in line). The policies are read after each
+// read of the NSG (RuleChange.Refresh), so the lockdown is never planned
+// from policies older than the NSG it is written to. What was seen, or why
+// the write failed, is kept as the NSG's state; lockdown changes are
+// audited per VM; deletions of policies waiting for this NSG are finished.
+//
+// When the change fails for a reason other than ARM being unavailable and
+// it carried grants, the grants alone are tried once more, so that a
+// lockdown that cannot be written (a limit hit) never blocks grants from
+// closing; the lockdown's failure then stays recorded and is returned as
+// lockErr while err is nil. A missing NSG is recorded as such.
+func (s *Service) applyNSG(ctx context.Context, nsgID string, w nsgWrite) (ap Applied, lockErr, err error) {
+	var pols []Policy
+	var ld lockdown
+	plan := func() (RuleChange, error) {
+		var err error
+		if pols, err = s.store.ListPolicies(ctx); err != nil {
+			return RuleChange{}, fmt.Errorf("listing policies: %w", err)
 		}
-		s.cfg.Log.Warn().Err(err).Str("nsg", nsgID).Msg("NSG change with its lockdown failed; trying the grants alone")
-		grants := RuleChange{Put: w.put, Delete: w.del, Prune: w.prune}
-		grants.Ours = namesOf(grants)
-		ap, err = s.net.ApplyRules(ctx, nsgID, grants)
-		if err != nil {
-			return ap, err
-		}
-		s.recordNSG(ctx, nsgID, ap, nil, pols)
-		return ap, nil
+		ld = s.lockdownOf(pols, nsgID)
+		c := RuleChange{Put: append(slices.Clone(ld.rules), w.put...), Delete: w.del, Prune: ld.prune(s.owner())}
+		c.Ours = namesOf(c)
+		return c, nil
 	}
-	s.recordNSG(ctx, nsgID, ap, &ld, pols)
-	return ap, nil
+	first, err := plan()
+	if err != nil {
+		return Applied{}, nil, err
+	}
+	first.Refresh = plan
+	ap, err = s.net.ApplyRules(ctx, nsgID, first)
+	switch {
+	case err == nil:
+		s.recordNSG(ctx, nsgID, ap, &ld, pols)
+		return ap, nil, nil
+	case ErrorCode(err) == ENOTFOUND:
+		// The NSG is gone: nothing is open there, and no lockdown is due.
+		s.recordNSG(ctx, nsgID, Applied{Missing: true}, &ld, pols)
+		return Applied{Missing: true}, nil, nil
+	}
+	s.recordNSGFailure(ctx, nsgID, err)
+	if ErrorCode(err) == EUNAVAILABLE || len(w.put)+len(w.del) == 0 {
+		return ap, err, err
+	}
+	s.cfg.Log.Warn().Err(err).Str("nsg", nsgID).Msg("NSG change with its lockdown failed; trying the grants alone")
+	grants := RuleChange{Put: w.put, Delete: w.del}
+	grants.Ours = namesOf(grants)
+	ap, gerr := s.net.ApplyRules(ctx, nsgID, grants)
+	if gerr != nil {
+		return ap, err, gerr
+	}
+	s.recordNSG(ctx, nsgID, ap, nil, pols)
+	// The lockdown's failure is still the latest word on the NSG.
+	s.recordNSGFailure(ctx, nsgID, err)
+	return ap, err, nil
 }
 
 // namesOf vouches for the names c puts and deletes: the service only ever

@@ -12,7 +12,8 @@ import (
 // Every change to an NSG goes through ApplyRules: one read and one write of
 // the whole NSG, so that everything due for an NSG at one moment (grant
 // opens and closes, deny rules, repairs) costs one ARM write. Implementations
-// never change or delete a rule this deployment does not own (see Owner).
+// never change or delete a rule this deployment does not own (see Owner),
+// except one with a name RuleChange.Ours vouches for.
 type Network interface {
 	// ListVMs returns every VM in scope with its topology. A VM that has no
 	// NSG on its NICs or subnets is returned with Unsupported set.
@@ -50,15 +51,18 @@ type Network interface {
 // deployment's even without the marker (the service's exact generated
 // names: a rule of its own edited by hand, its marker gone, is still put
 // back or removed rather than left as a foreign rule under its name).
+//
+// Refresh, when set, is called after every read of the NSG and its answer
+// replaces the change (its own Refresh ignored): the service decides its
+// deny rules from the policies read after the NSG, so a change is never
+// planned from policies older than the NSG it is applied to.
 type RuleChange struct {
-	Put    []SecurityRule
-	Delete []string
-	Prune  func(SecurityRule) bool
-	Ours   func(name string) bool
+	Put     []SecurityRule
+	Delete  []string
+	Prune   func(SecurityRule) bool
+	Ours    func(name string) bool
+	Refresh func() (RuleChange, error)
 }
-
-// Empty reports whether c asks for nothing.
-func (c RuleChange) Empty() bool { return len(c.Put) == 0 && len(c.Delete) == 0 && c.Prune == nil }
 
 // Applied says what ApplyRules did.
 type Applied struct {

@@ -38,7 +38,7 @@ type Policy struct {
 	Requesters []string
 	// State is PolicyDeleting once a DELETE was accepted and until the
 	// deny rules are gone; empty otherwise. Its lockdown progress is not
-	// stored: it is judged from the NSGs' states (see Service.PolicyStatus).
+	// stored: it is judged from the NSGs' states (see Service.PolicyStatuses).
 	State     string
 	ETag      string
 	CreatedAt time.Time

@@ -112,6 +112,7 @@ func (s *Service) Reconcile(ctx context.Context) (SweepReport, error) {
 	if err != nil {
 		return rep, errors.Join(append(errs, err)...)
 	}
+	listedAt := s.now() // what the listing shows is as of its start
 	nsgs, err := s.net.ListNSGs(ctx)
 	if err != nil {
 		s.auditFailure(ctx, System, "sweep: listing network security groups", "", "", "", "", err)
@@ -124,7 +125,7 @@ func (s *Service) Reconcile(ctx context.Context) (SweepReport, error) {
 			}
 		}
 		rep.NSGs++
-		if _, err := s.reconcileNSG(ctx, v, n, &rep); err != nil {
+		if _, err := s.reconcileNSG(ctx, v, n, listedAt, &rep); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -153,14 +154,19 @@ func (s *Service) ReconcileNSG(ctx context.Context, nsgID string) (SweepReport, 
 	if err != nil {
 		return rep, err
 	}
+	listedAt := s.now()
 	rules, err := s.net.ListRules(ctx, nsgID)
 	if ErrorCode(err) == ENOTFOUND {
-		return rep, nil // deleted: nothing left to open or close there
+		// Deleted: nothing left to open or close there.
+		if perr := s.store.PutNSGState(ctx, NSGState{ID: nsgID, SeenAt: listedAt, Missing: true}); perr != nil {
+			return rep, perr
+		}
+		return rep, nil
 	} else if err != nil {
 		return rep, err
 	}
 	rep.NSGs = 1
-	_, err = s.reconcileNSG(ctx, v, NSGInfo{ID: nsgID, Rules: rules}, &rep)
+	_, err = s.reconcileNSG(ctx, v, NSGInfo{ID: nsgID, Rules: rules}, listedAt, &rep)
 	return rep, err
 }
 
@@ -188,7 +194,8 @@ func (s *Service) finishAllDeletions(ctx context.Context, listed []NSGInfo) erro
 	var errs []error
 	for _, n := range nsgsOf(deleting...) {
 		if !seen[strings.ToLower(n)] {
-			if _, err := s.applyNSG(ctx, n, nsgWrite{}); err != nil {
+			if _, lockErr, _ := s.applyNSG(ctx, n, nsgWrite{}); lockErr != nil {
+				err := lockErr
 				errs = append(errs, err)
 			}
 		}
@@ -230,7 +237,7 @@ func (s *Service) reportBypasses(ctx context.Context, v *view, prev, next NSGSta
 // rules are what the policies say (applyNSG). When nothing differs it
 // writes nothing and reads nothing more; the NSG's state is recorded
 // either way. It reports whether it wrote.
-func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *SweepReport) (bool, error) {
+func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, listedAt time.Time, rep *SweepReport) (bool, error) {
 	key := strings.ToLower(n.ID)
 	now := s.now()
 	o := s.owner()
@@ -361,13 +368,17 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, rep *Swe
 	prev := v.states[key]
 	// What the listing shows is what was last seen, whether or not the
 	// repair below succeeds.
-	seen := s.stateOf(n.ID, n.Rules, false, now)
+	seen := s.stateOf(n.ID, n.Rules, false, listedAt)
 	s.noteNSG(ctx, v, seen)
 	if lockdownOK && len(w.put) == 0 && len(w.del) == 0 {
 		s.reportBypasses(ctx, v, prev, seen, rep)
 		return false, errors.Join(errs...)
 	}
-	ap, err := s.applyNSG(ctx, n.ID, w)
+	ap, lockErr, err := s.applyNSG(ctx, n.ID, w)
+	if err == nil && lockErr != nil {
+		// The grants went in; the lockdown did not, and stays recorded failed.
+		errs = append(errs, lockErr)
+	}
 	if err != nil {
 		fail(Request{}, "", "bringing NSG "+ResourceName(n.ID)+" in line", err)
 		return false, errors.Join(errs...)

@@ -234,6 +234,9 @@ func (s *Service) PutPolicy(ctx context.Context, p Principal, pol Policy, ifMatc
 		}
 		return Policy{}, fmt.Errorf("storing policy: %w", err)
 	}
+	// Queued before anything else can fail: a stored policy's lockdown must
+	// not wait for the sweeper.
+	s.queueSync(ctx, nsgsOf(old, saved))
 	if err := s.audit(ctx, AuditEvent{Action: AuditPolicyPut, Actor: p.ID, Policy: pol.Name, Result: ResultSuccess,
 		Detail: fmt.Sprintf("%d VMs; lockdown queued", len(pol.VMs))}); err != nil {
 		return saved, err
@@ -247,7 +250,6 @@ func (s *Service) PutPolicy(ctx context.Context, p Principal, pol Policy, ifMatc
 			}
 		}
 	}
-	s.queueSync(ctx, nsgsOf(old, saved))
 	s.cfg.Log.Info().Str("policy", pol.Name).Int("vms", len(pol.VMs)).Str("actor", p.ID).Msg("policy written; lockdown queued")
 	return saved, nil
 }
@@ -291,7 +293,8 @@ func (s *Service) resolveVMs(ctx context.Context, pol *Policy) error {
 }
 
 // queueSync queues the lockdown of the NSGs. When the queue fails, the
-// sweeper brings them in line (every sweep writes each NSG's deny rules).
+// sweeper brings them in line (every sweep compares each NSG's deny rules
+// with the policies and writes what differs).
 func (s *Service) queueSync(ctx context.Context, nsgs []string) {
 	if len(nsgs) == 0 {
 		return
@@ -342,17 +345,19 @@ func (s *Service) DeletePolicy(ctx context.Context, p Principal, name, ifMatch s
 			}
 			return Policy{}, fmt.Errorf("marking policy %s for deletion: %w", name, err)
 		}
+		s.queueSync(ctx, nsgsOf(pol))
 		if err := s.audit(ctx, AuditEvent{Action: AuditPolicyDelete, Actor: p.ID, Policy: pol.Name, Result: ResultSuccess,
 			Detail: "deletion accepted: grants revoked, deny rules being removed"}); err != nil {
 			return pol, err
 		}
+	} else {
+		s.queueSync(ctx, nsgsOf(pol)) // a repeated DELETE queues the removal again
 	}
 	for _, vm := range pol.VMs {
 		if err := s.revokeVM(ctx, p, vm); err != nil {
 			return pol, err
 		}
 	}
-	s.queueSync(ctx, nsgsOf(pol))
 	s.cfg.Log.Info().Str("policy", pol.Name).Str("actor", p.ID).Msg("policy deletion accepted")
 	return pol, nil
 }

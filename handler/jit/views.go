@@ -69,7 +69,7 @@ func lockdownOfVM(pol Policy, vm VMPolicy, states map[string]NSGState) VMLockdow
 		case !ok || st.SeenAt.Before(pol.UpdatedAt):
 			worse(VMLockdownPending, fmt.Sprintf("lockdown pending in NSG %s", name))
 		case st.Missing:
-			worse(VMDenyRuleMissing, fmt.Sprintf("NSG %s no longer exists; the VM's network is being read again", name))
+			worse(VMDenyRuleMissing, fmt.Sprintf("NSG %s, which guarded the VM when the policy was written, no longer exists: the VM's network changed and its policy must follow (resource events and the sweeper re-read it)", name))
 		case st.Failing():
 			worse(VMLockdownFailed, fmt.Sprintf("deny rule missing in NSG %s (%s is open), and repairing it failed: %s", name, gap, st.Error))
 		default:
@@ -228,6 +228,14 @@ func (s *Service) ListVMs(ctx context.Context, p Principal) ([]VMStatus, error) 
 			if vp, ok := pol.VM(vm.ID); ok {
 				ld := lockdownOfVM(pol, *vp, states)
 				st.State, st.Reason, st.Policy, st.Ports, st.Warnings = ld.State, ld.Reason, pol.Name, vp.Ports, ld.Warnings
+				switch {
+				case vm.Unsupported != "":
+					// The inventory, newer than the policy, says no NSG
+					// guards it any more: nothing JIT writes protects it.
+					st.State, st.Reason = VMUnsupported, "in policy "+pol.Name+", but "+vm.Unsupported
+				case st.State == VMConfigured && !sameTopology(*vp, vm):
+					st.State, st.Reason = VMLockdownPending, "its network changed since policy "+pol.Name+" was written (its addresses or NSGs); the lockdown follows"
+				}
 			}
 		}
 		out[i] = st

@@ -45,9 +45,6 @@ const (
 // grant and a close of a closed rule need nothing. nsg is the NSG's id as
 // the grant spells it.
 func (s *Service) planOperation(ctx context.Context, op Operation) (req Request, act ruleAction, nsg string, err error) {
-	if op.Kind == OpSync {
-		return req, ruleNothing, op.NSG, nil // the lockdown rides on every write
-	}
 	req, err = s.store.GetRequest(ctx, op.RequestID)
 	if ErrorCode(err) == ENOTFOUND {
 		s.cfg.Log.Warn().Str("request", op.RequestID).Str("op", op.Kind).Msg("operation for an unknown request dropped")
@@ -120,14 +117,14 @@ func (s *Service) ApplyOperations(ctx context.Context, ops []Operation) []error 
 	}
 	var steps []step
 	nsg := ops[0].NSG
-	syncAt := -1
+	var syncs []int // the sync operations: done when a write carried the lockdown
 	for k, op := range ops {
 		if !SameID(op.NSG, nsg) {
 			errs[k] = Errorf(EINTERNAL, "operation %s is for NSG %s, not %s like the rest of its batch", op.ID, op.NSG, nsg)
 			continue
 		}
 		if op.Kind == OpSync {
-			syncAt = k
+			syncs = append(syncs, k)
 			continue
 		}
 		req, act, n, err := s.planOperation(ctx, op)
@@ -139,14 +136,21 @@ func (s *Service) ApplyOperations(ctx context.Context, ops []Operation) []error 
 			steps = append(steps, step{k, req, act, n})
 		}
 	}
-	if len(steps) == 0 && syncAt >= 0 {
-		if _, err := s.applyNSG(ctx, nsg, nsgWrite{}); err != nil {
-			err = fmt.Errorf("bringing the deny rules of NSG %s in line: %w", nsg, err)
-			for k, op := range ops {
-				if op.Kind == OpSync {
-					errs[k] = err
-				}
-			}
+	// failSyncs fails the sync operations when the lockdown was not
+	// written: they come again.
+	failSyncs := func(lockErr error) {
+		if lockErr == nil {
+			return
+		}
+		err := fmt.Errorf("bringing the deny rules of NSG %s in line: %w", nsg, lockErr)
+		for _, k := range syncs {
+			errs[k] = err
+		}
+	}
+	if len(steps) == 0 {
+		if len(syncs) > 0 {
+			_, lockErr, _ := s.applyNSG(ctx, nsg, nsgWrite{})
+			failSyncs(lockErr)
 		}
 		return errs
 	}
@@ -171,12 +175,11 @@ func (s *Service) ApplyOperations(ctx context.Context, ops []Operation) []error 
 			}
 			w.put = append(w.put, s.allowRules(st.req, ops[st.op].Grant)...)
 		}
-		if _, err := s.applyNSG(ctx, batch[0].nsg, w); err != nil {
+		_, lockErr, err := s.applyNSG(ctx, batch[0].nsg, w)
+		failSyncs(lockErr)
+		if err != nil {
 			for _, st := range batch {
 				errs[st.op] = s.ruleFailed(ctx, st.req, ops[st.op].Grant, st.nsg, st.act, err)
-			}
-			if syncAt >= 0 {
-				errs[syncAt] = err
 			}
 			continue
 		}
@@ -275,7 +278,7 @@ func allOpen(g *Grant) bool {
 // removeRule deletes grant i's rule from nsg and records it; req is the
 // request as its caller just read it.
 func (s *Service) removeRule(ctx context.Context, req Request, i int, nsg string) error {
-	if _, err := s.applyNSG(ctx, nsg, nsgWrite{del: allowRuleNames(req.ID, i)}); err != nil {
+	if _, _, err := s.applyNSG(ctx, nsg, nsgWrite{del: allowRuleNames(req.ID, i)}); err != nil {
 		return s.ruleFailed(ctx, req, i, nsg, ruleClose, err)
 	}
 	return s.recordClose(ctx, req, i, nsg)
