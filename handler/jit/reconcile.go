@@ -394,9 +394,13 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, listedAt
 		rep.Repaired++
 		s.drift(ctx, r.req, "", n.ID, "allow rule "+r.name+" was deleted or changed by hand; put back")
 	}
+	// Deny rules written because a policy changed since the NSG was last
+	// seen are a lockdown catching up (audited per VM as lockdown or
+	// unlock), not drift; so are per-VM rules of earlier versions migrated.
+	catchingUp := !prev.SeenAt.IsZero() && v.changedSince(n.ID, prev.SeenAt) || prev.SeenAt.IsZero()
 	for _, names := range [][]string{ap.Created, ap.Updated, ap.Removed} {
 		for _, name := range names {
-			if strings.HasPrefix(strings.ToLower(name), RulePrefix+"deny-") {
+			if strings.HasPrefix(strings.ToLower(name), RulePrefix+"deny-") && !catchingUp {
 				rep.DenyRestored++
 				s.drift(ctx, Request{}, "", n.ID, "deny rule "+name+" was missing, changed or no longer wanted; brought in line with the policies")
 			}
