@@ -76,7 +76,7 @@ func TestReconcileRepairsDrift(t *testing.T) {
 		s.must(200, nil, "GET", "/api/v1/requests/"+r.ID, nil, &r)
 		return r.Grants[0].Status == "Initiated"
 	})
-	waitFor(t, "the lockdown", func() bool { return s.lockedInARM("nsg-vm-nic", 22, "10.10.1.4") })
+	waitFor(t, "the lockdown", func() bool { return s.vm("vm-nic-nsg").State == jit.VMConfigured })
 	deny := s.denyRules("nsg-vm-nic")[0]
 	ctx := t.Context()
 
@@ -321,7 +321,7 @@ func TestSweepAfterExtendFindsNoDrift(t *testing.T) {
 func TestFailedRepairIsAudited(t *testing.T) {
 	s := newStack(t, stackOptions{local: true})
 	s.must(200, nil, "PUT", "/api/v1/policies/p", policyBody("vm-nic-nsg", nil), nil)
-	waitFor(t, "the lockdown", func() bool { return s.lockedInARM("nsg-vm-nic", 22, "10.10.1.4") })
+	waitFor(t, "the lockdown", func() bool { return s.vm("vm-nic-nsg").State == jit.VMConfigured })
 	deny := s.denyRules("nsg-vm-nic")[0]
 	s.handEdit("DELETE", nsgID("nsg-vm-nic")+"/securityRules/"+deny, nil)
 	s.sim.FailNext(armsim.Writes, 1000, armsim.Fault{Status: http.StatusForbidden, Code: "AuthorizationFailed",
@@ -347,7 +347,9 @@ func TestNICEventFollowsTopology(t *testing.T) {
 	s := newStack(t, stackOptions{local: true})
 	ctx := t.Context()
 	s.must(200, nil, "PUT", "/api/v1/policies/p", policyBody("vm-both-nsg", nil), nil)
-	waitFor(t, "the lockdown", func() bool { return s.lockedInARM("nsg-vm-both", 22, "10.10.2.5") })
+	// Both NSGs in front of the VM locked (their syncs are done), before
+	// counting what the event costs.
+	waitFor(t, "the lockdown", func() bool { return s.vm("vm-both-nsg").State == jit.VMConfigured })
 	deny := s.denyRules("nsg-vm-both")[0]
 	nic := "/subscriptions/" + sub + "/resourceGroups/demo/providers/Microsoft.Network/networkInterfaces/vm-both-nsg-nic"
 	ev := jit.ResourceEvent{ID: "nic-1", Type: jit.EventWriteSuccess, Subject: nic}
