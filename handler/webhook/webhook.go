@@ -38,8 +38,11 @@ type Notifier struct {
 	opts Options
 	ch   chan jit.Notification
 	done chan struct{}
-	once sync.Once
-	stop context.CancelFunc
+	// mu guards ch against a send after Close closed it: Notify holds it
+	// for reading (it never blocks), Close for writing.
+	mu     sync.RWMutex
+	closed bool
+	stop   context.CancelFunc
 	ctx  context.Context
 }
 
@@ -71,8 +74,15 @@ func New(url string, opts Options) (*Notifier, error) {
 	return n, nil
 }
 
-// Notify queues a notification and returns at once.
+// Notify queues a notification and returns at once. After Close it drops
+// the notification and says so in the log.
 func (n *Notifier) Notify(ev jit.Notification) {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	if n.closed {
+		n.opts.Log.Warn().Str("event", ev.Event).Str("request", ev.Request).Msg("webhook notifier closed; notification dropped")
+		return
+	}
 	for {
 		select {
 		case n.ch <- ev:
@@ -90,7 +100,12 @@ func (n *Notifier) Notify(ev jit.Notification) {
 
 // Close stops delivery after trying what is queued until ctx ends.
 func (n *Notifier) Close(ctx context.Context) {
-	n.once.Do(func() { close(n.ch) })
+	n.mu.Lock()
+	if !n.closed {
+		n.closed = true
+		close(n.ch)
+	}
+	n.mu.Unlock()
 	select {
 	case <-n.done:
 	case <-ctx.Done():

@@ -130,3 +130,25 @@ func TestRejectsPlainHTTP(t *testing.T) {
 		t.Error("a plain http webhook URL was accepted")
 	}
 }
+
+// TestNotifyAfterClose: a sweep or event still running while the process
+// shuts down may notify after Close; that drops the notification instead
+// of panicking on a closed channel (it panicked before).
+func TestNotifyAfterClose(t *testing.T) {
+	s := &sink{}
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	n, _ := New(srv.URL, fast())
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 200 {
+				n.Notify(opened())
+			}
+		})
+	}
+	n.Close(context.Background())
+	n.Notify(opened())
+	wg.Wait()
+	n.Close(context.Background()) // twice is harmless
+}
