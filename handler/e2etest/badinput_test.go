@@ -56,6 +56,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"wider CIDR than allowed", "POST", initiate, initiateBody("vm-nic-nsg", 3389, map[string]any{"duration": "PT5M", "allowedSourceAddressPrefix": "192.0.0.0/16"}), 400, "not allowed for port 3389"},
 		{"not an ARM VM id", "POST", initiate, `{"virtualMachines": [{"id": "vm-nic-nsg", "ports": [{"number": 22, "duration": "PT5M"}]}]}`, 400, "is not an ARM VM id"},
 		{"VM not in policy", "POST", initiate, initiateBody("vm-no-nsg", 22, map[string]any{"duration": "PT5M"}), 400, "is not in policy demo"},
+		{"too many VMs in one request", "POST", initiate, manyVMs(49), 400, "at most 48"},
+		{"IPv6 source for an IPv4-only VM", "POST", initiate, ok22(map[string]any{"duration": "PT5M", "allowedSourceAddressPrefix": "2001:db8::7"}), 400, "other IP version"},
 		{"unknown policy", "POST", "/api/v1/policies/nope/initiate", ok22(map[string]any{"duration": "PT5M"}), 404, "policy nope does not exist"},
 		{"bad policy name", "PUT", "/api/v1/policies/bad%20name", demoPolicy(), 400, "policy name"},
 		{"unknown request", "GET", "/api/v1/requests/aaaaaaaaaaaaaaaaaaaaaaaaaa", nil, 404, "does not exist"},
@@ -104,6 +106,15 @@ func TestBadInputChangesNothing(t *testing.T) {
 
 // snapshot is the state bad input must not change: the policy's etag, the
 // requests, and the rules of every NSG.
+// manyVMs is an initiate body naming n VMs.
+func manyVMs(n int) map[string]any {
+	var vms []any
+	for i := range n {
+		vms = append(vms, map[string]any{"id": vmID(fmt.Sprintf("vm-%d", i)), "ports": []any{map[string]any{"number": 22, "duration": "PT5M"}}})
+	}
+	return map[string]any{"virtualMachines": vms, "justification": "bulk"}
+}
+
 func snapshot(p *proc) string {
 	var pol struct {
 		Etag string `json:"etag"`

@@ -33,6 +33,12 @@ type InitiatePort struct {
 	Sources  []string
 }
 
+// MaxRequestVMs bounds the VMs of one request, in both modes: Table
+// Storage changes a request and its index rows in one transaction of at
+// most 100 operations (the record, and the old and new rows of the time
+// index and of each VM).
+const MaxRequestVMs = 48
+
 // endSlack forgives a client's clock being a little behind ours when it
 // computes an end time at the maximum.
 const endSlack = 5 * time.Second
@@ -139,6 +145,9 @@ func (s *Service) requestSubject(p Principal, pol Policy, in InitiateInput) (Pri
 func (s *Service) buildRequest(p Principal, pol Policy, in InitiateInput, now time.Time) (Request, error) {
 	if len(in.VMs) == 0 {
 		return Request{}, Errorf(EINVALID, "virtualMachines must name at least one VM")
+	}
+	if len(in.VMs) > MaxRequestVMs {
+		return Request{}, Errorf(EINVALID, "virtualMachines names %d VMs: one request may name at most %d; split it", len(in.VMs), MaxRequestVMs)
 	}
 	if len(in.Justification) > 1000 {
 		return Request{}, Errorf(EINVALID, "justification is longer than 1000 characters")

@@ -33,9 +33,9 @@ const (
 )
 
 // maxRequestVMs bounds the distinct VMs of one request, so that the index
-// change of any update fits in one transaction (at most 100 operations:
-// the record, and the old and new rows of the time index and of each VM).
-const maxRequestVMs = 48
+// change of any update fits in one transaction; the service refuses longer
+// requests first (jit.MaxRequestVMs).
+const maxRequestVMs = jit.MaxRequestVMs
 
 // fetchParallel bounds the concurrent record reads of ListRequests.
 const fetchParallel = 8
