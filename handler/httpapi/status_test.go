@@ -428,3 +428,39 @@ func TestSweepDuringLockdown(t *testing.T) {
 		t.Errorf("a sweep removed a lockdown in progress: %v", u)
 	}
 }
+
+// TestSweepKeepsThePolicyETag: findings (a bypass) are kept beside the
+// policy, so a sweep never changes its ETag and an admin's If-Match PUT
+// (the portal's "Edit ports") still succeeds after sweeps.
+func TestSweepKeepsThePolicyETag(t *testing.T) {
+	s := newStack(t, stackOptions{local: true, batch: true})
+	s.must(200, nil, "PUT", "/api/v1/policies/p", policyBody("vm-nic-nsg", nil), nil)
+	waitFor(t, "the lockdown", func() bool { return s.vm("vm-nic-nsg").State == jit.VMConfigured })
+	var pol struct {
+		Etag string `json:"etag"`
+	}
+	s.must(200, nil, "GET", "/api/v1/policies/p", nil, &pol)
+	before := pol.Etag
+	if err := s.sim.AddRule(nsgID("nsg-vm-nic"), armnetwork.SecurityRule{Name: to.Ptr("ssh-open"), Properties: &armnetwork.SecurityRulePropertiesFormat{
+		Access: to.Ptr(armnetwork.SecurityRuleAccessAllow), Direction: to.Ptr(armnetwork.SecurityRuleDirectionInbound), Priority: to.Ptr[int32](250),
+		Protocol: to.Ptr(armnetwork.SecurityRuleProtocolTCP), SourceAddressPrefix: to.Ptr("*"), SourcePortRange: to.Ptr("*"),
+		DestinationAddressPrefix: to.Ptr("*"), DestinationPortRange: to.Ptr("22")}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := s.svc.Reconcile(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v := s.vm("vm-nic-nsg"); len(v.Warnings) == 0 {
+		t.Fatalf("the bypass was not found")
+	}
+	s.must(200, nil, "GET", "/api/v1/policies/p", nil, &pol)
+	if pol.Etag != before {
+		t.Errorf("a sweep changed the policy's ETag")
+	}
+	code, raw := s.do(as{"If-Match", `"` + before + `"`}, "PUT", "/api/v1/policies/p", policyBody("vm-nic-nsg", nil), nil)
+	if code != 200 {
+		t.Errorf("If-Match PUT after sweeps: %d %s", code, raw)
+	}
+}
