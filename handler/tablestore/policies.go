@@ -250,15 +250,7 @@ func generationEntity() entity {
 // backoff waits a random time that grows with try, so that writers that
 // keep overtaking each other spread out.
 func backoff(ctx context.Context, try int) error {
-	d := time.Duration(rand.Int64N(int64(min(try, 10)) * int64(5*time.Millisecond)))
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return jit.Sleep(ctx, time.Duration(rand.Int64N(int64(min(try, 10))*int64(5*time.Millisecond))))
 }
 
 func findPolicy(ps []storedPolicy, row string) *storedPolicy {
