@@ -159,6 +159,16 @@ func FuzzCanonicalPrefix(f *testing.F) {
 		if strings.TrimSpace(c) != c || c == "" {
 			t.Fatalf("CanonicalPrefix(%q) = %q", s, c)
 		}
+		// Only the names of any source become *; a /0 keeps its IP version.
+		if c == AnySource && !slices.Contains([]string{"*", "any", "internet"}, strings.ToLower(strings.TrimSpace(s))) {
+			t.Fatalf("CanonicalPrefix(%q) = *: an address family's prefix became any source", s)
+		}
+		if isZeroBits(c) && c != "0.0.0.0/0" && c != "::/0" {
+			t.Fatalf("CanonicalPrefix(%q) = %q, want 0.0.0.0/0 or ::/0", s, c)
+		}
+		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil && c != AnySource && family(c) != family(p.Masked().String()) {
+			t.Fatalf("CanonicalPrefix(%q) = %q changed the IP version", s, c)
+		}
 		if !PrefixAllowed(c, []string{c}) {
 			t.Fatalf("canonical prefix %q (from %q) is not allowed by itself", c, s)
 		}
@@ -187,6 +197,10 @@ func FuzzPrefixAllowed(f *testing.F) {
 		{"10.0.0.1", "2001:db8::/32", "::ffff:10.0.0.0/104"},
 		{"::ffff:10.0.0.1", "10.0.0.0/8", ""},
 		{"not an address", "bogus/8", "1.2.3.4/99"},
+		{"0.0.0.0/0", "::/0", ""},
+		{"::/0", "0.0.0.0/0", "10.0.0.0/8"},
+		{"2001:db8::7", "0.0.0.0/0", ""},
+		{"*", "0.0.0.0/0", "::/0"},
 	} {
 		f.Add(c[0], c[1], c[2])
 	}

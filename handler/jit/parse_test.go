@@ -6,12 +6,46 @@ import (
 	"time"
 )
 
+func TestPrefixAllowedKeepsFamilies(t *testing.T) {
+	cases := []struct {
+		req     string
+		allowed []string
+		want    bool
+	}{
+		{"203.0.113.7", []string{"*"}, true},
+		{"2001:db8::7", []string{"*"}, true},
+		{"0.0.0.0/0", []string{"*"}, true},
+		{"::/0", []string{"*"}, true},
+		{"203.0.113.7", []string{"0.0.0.0/0"}, true},
+		{"10.0.0.0/8", []string{"0.0.0.0/0"}, true},
+		{"0.0.0.0/0", []string{"0.0.0.0/0"}, true},
+		{"2001:db8::7", []string{"0.0.0.0/0"}, false},
+		{"::/0", []string{"0.0.0.0/0"}, false},
+		{"*", []string{"0.0.0.0/0"}, false},
+		{"2001:db8::7", []string{"::/0"}, true},
+		{"::/0", []string{"::/0"}, true},
+		{"203.0.113.7", []string{"::/0"}, false},
+		{"0.0.0.0/0", []string{"::/0"}, false},
+		{"*", []string{"::/0"}, false},
+		{"*", []string{"0.0.0.0/0", "::/0"}, false},
+	}
+	for _, c := range cases {
+		if got := PrefixAllowed(c.req, c.allowed); got != c.want {
+			t.Errorf("PrefixAllowed(%q, %q) = %v, want %v", c.req, c.allowed, got, c.want)
+		}
+	}
+}
+
 func TestCanonicalPrefix(t *testing.T) {
 	cases := []struct{ in, want, err string }{
 		{"*", "*", ""},
+		{"Any", "*", ""},
 		{"Internet", "*", ""},
-		{"0.0.0.0/0", "*", ""},
-		{"::/0", "*", ""},
+		// Any source of one family stays in it: ::/0 is not *.
+		{"0.0.0.0/0", "0.0.0.0/0", ""},
+		{"10.0.0.0/0", "0.0.0.0/0", ""},
+		{"::/0", "::/0", ""},
+		{"2001:db8::1/0", "::/0", ""},
 		{"203.0.113.7", "203.0.113.7", ""},
 		{" 203.0.113.7 ", "203.0.113.7", ""},
 		{"203.0.113.7/32", "203.0.113.7", ""},

@@ -9,13 +9,16 @@ import (
 const AnySource = "*"
 
 // CanonicalPrefix validates a source address prefix and returns its canonical
-// form: "*" for any source (also for "Any", "Internet", 0.0.0.0/0 and ::/0), a
-// bare address for a single host (203.0.113.7, 2001:db8::1), otherwise a CIDR
-// with its host bits cleared (10.1.2.3/8 becomes 10.0.0.0/8).
+// form: "*" for any source of either IP version (also for "Any" and
+// "Internet"), a bare address for a single host (203.0.113.7, 2001:db8::1),
+// otherwise a CIDR with its host bits cleared (10.1.2.3/8 becomes
+// 10.0.0.0/8, 10.0.0.0/0 becomes 0.0.0.0/0). A /0 is any source of its own
+// IP version only: 0.0.0.0/0 allows no IPv6 source and ::/0 no IPv4 one, so
+// neither may become "*".
 func CanonicalPrefix(s string) (string, error) {
 	t := strings.TrimSpace(s)
 	switch strings.ToLower(t) {
-	case "*", "any", "internet", "0.0.0.0/0", "::/0":
+	case "*", "any", "internet":
 		return AnySource, nil
 	case "":
 		return "", Errorf(EINVALID, "a source address prefix is empty")
@@ -26,9 +29,6 @@ func CanonicalPrefix(s string) (string, error) {
 			return "", Errorf(EINVALID, "source %q is not an IP address or CIDR prefix", shorten(s))
 		}
 		p = p.Masked()
-		if p.Bits() == 0 {
-			return AnySource, nil // 10.0.0.0/0 is every address too
-		}
 		if p.Addr().Is4In6() {
 			return "", Errorf(EINVALID, "source %q is an IPv4-mapped IPv6 prefix: give the IPv4 prefix", shorten(s))
 		}
@@ -70,7 +70,8 @@ func CanonicalPrefixes(in []string) ([]string, error) {
 
 // PrefixAllowed reports whether the canonical prefix req lies inside one of
 // the canonical prefixes allowed. A single address or narrower CIDR inside an
-// allowed CIDR is allowed; "*" only where "*" is allowed.
+// allowed CIDR of its IP version is allowed (0.0.0.0/0 holds IPv4 sources
+// only, ::/0 IPv6 ones); "*" only where "*" is allowed.
 func PrefixAllowed(req string, allowed []string) bool {
 	for _, a := range allowed {
 		if a == AnySource {

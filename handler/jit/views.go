@@ -137,9 +137,9 @@ type VMStatus struct {
 	Reason            string
 	Policy            string
 	Ports             []PortRule
-	RequestsLast7Days int
-	LastAccess        time.Time
-	LastUser          string
+	RequestsLast7Days int       // requests of the last 7 days that opened some rule of the VM
+	LastAccess        time.Time // when the newest of those first opened
+	LastUser          string    // whom it opened for
 	OpenPorts         []OpenPort
 	Warnings          []string
 }
@@ -248,11 +248,16 @@ func (s *Service) ListVMs(ctx context.Context, p Principal) ([]VMStatus, error) 
 			if st == nil {
 				continue
 			}
-			if !counted[strings.ToLower(g.VM)] {
-				counted[strings.ToLower(g.VM)] = true
-				st.RequestsLast7Days++
-				if r.StartTime.After(st.LastAccess) {
-					st.LastAccess, st.LastUser = r.StartTime, r.RequestorName
+			// Only a grant that opened reached the VM: a pending, denied,
+			// expired or failed request is no access and its requestor no
+			// user of it.
+			if at, ok := openedAt(g, r); ok {
+				if !counted[strings.ToLower(g.VM)] {
+					counted[strings.ToLower(g.VM)] = true
+					st.RequestsLast7Days++
+				}
+				if at.After(st.LastAccess) {
+					st.LastAccess, st.LastUser = at, r.RequestorName
 					if st.LastUser == "" {
 						st.LastUser = r.Requestor
 					}
@@ -315,6 +320,26 @@ func (s *Service) forgetInventory() {
 	s.invMu.Lock()
 	s.invAt = time.Time{}
 	s.invMu.Unlock()
+}
+
+// openedAt reports whether the grant's rule was ever open in some NSG and
+// when it first was. A rule recorded open without a time (written before
+// OpenedAt was kept) counts from the request's start.
+func openedAt(g Grant, r Request) (time.Time, bool) {
+	var at time.Time
+	opened := false
+	for _, n := range g.NSGs {
+		switch {
+		case !n.OpenedAt.IsZero():
+			if !opened || n.OpenedAt.Before(at) {
+				at = n.OpenedAt
+			}
+			opened = true
+		case n.State == RuleOpen && !opened:
+			at, opened = r.StartTime, true
+		}
+	}
+	return at, opened
 }
 
 func anyOpen(g Grant) bool {

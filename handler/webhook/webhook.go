@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/rs/zerolog"
 
@@ -43,7 +45,7 @@ type Notifier struct {
 	mu     sync.RWMutex
 	closed bool
 	stop   context.CancelFunc
-	ctx  context.Context
+	ctx    context.Context
 }
 
 var _ jit.Notifier = (*Notifier)(nil)
@@ -199,13 +201,13 @@ var verbs = map[string]string{
 func payload(ev jit.Notification) message {
 	var vms []string
 	for _, id := range ev.VMs {
-		vms = append(vms, jit.ResourceName(id))
+		vms = append(vms, escapeMarkup(jit.ResourceName(id)))
 	}
 	ports := make([]string, len(ev.Ports))
 	for i, p := range ev.Ports {
 		ports[i] = fmt.Sprint(p)
 	}
-	text := fmt.Sprintf("jitaccess: request %s by %s %s", ev.Request, ev.Requestor, verbs[ev.Event])
+	text := fmt.Sprintf("jitaccess: request %s by %s %s", ev.Request, userText(ev.Requestor), verbs[ev.Event])
 	if len(vms) > 0 {
 		text += fmt.Sprintf(": %s port %s", strings.Join(vms, ", "), strings.Join(ports, ", "))
 	}
@@ -213,7 +215,7 @@ func payload(ev jit.Notification) message {
 		text += " until " + ev.End.UTC().Format(time.RFC3339)
 	}
 	if ev.Detail != "" {
-		text += " (" + ev.Detail + ")"
+		text += " (" + userText(ev.Detail) + ")"
 	}
 	b := eventBody{Event: ev.Event, TimeUtc: ev.Time, Request: ev.Request, Policy: ev.Policy, Requestor: ev.Requestor,
 		Actor: ev.Actor, VMs: ev.VMs, Ports: ev.Ports, Sources: ev.Sources, Detail: ev.Detail}
@@ -223,3 +225,44 @@ func payload(ev jit.Notification) message {
 	}
 	return message{Text: text, JITAccess: b}
 }
+
+// maxUserText caps, in characters, each piece of user text in a message.
+const maxUserText = 300
+
+// userText makes s, written by a user (a justification, an approver's
+// comment, a name), safe to put in the one text both Slack and Teams render:
+// one line of at most maxUserText characters, with no markup of either.
+// The message's links and mentions, if any, come only from the service's
+// own values; user text never becomes one.
+func userText(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || r == '\u2028' || r == '\u2029' {
+			return ' ' // no new lines to fake a message or start Markdown blocks
+		}
+		return r
+	}, s)
+	if utf8.RuneCountInString(s) > maxUserText {
+		s = string([]rune(s)[:maxUserText-1]) + "…"
+	}
+	return escapeMarkup(s)
+}
+
+// markup escapes the control characters of both renderers:
+//   - Slack treats &, < and > as control characters (<!channel>, <@U123>,
+//     <https://x|text>) and decodes them from &amp;, &lt; and &gt; only
+//     ("Formatting text for app surfaces", section "Escaping text",
+//     https://api.slack.com/reference/surfaces/formatting#escaping).
+//   - Teams renders an incoming webhook's text as Markdown with some HTML
+//     ("Text formatting in cards", connector cards,
+//     https://learn.microsoft.com/microsoftteams/platform/task-modules-and-cards/cards/cards-format):
+//     the entities above keep HTML out, and backslashes before [ and ] keep
+//     [text](url) from becoming a link (a backslash before ASCII punctuation
+//     is a literal in CommonMark). Slack shows those backslashes, a small
+//     price for one text that is safe in both.
+var markup = strings.NewReplacer(
+	`\`, `\\`, "[", `\[`, "]", `\]`,
+	"&", "&amp;", "<", "&lt;", ">", "&gt;",
+)
+
+// escapeMarkup returns s with the markup of Slack and Teams escaped.
+func escapeMarkup(s string) string { return markup.Replace(s) }

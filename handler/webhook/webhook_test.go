@@ -152,3 +152,49 @@ func TestNotifyAfterClose(t *testing.T) {
 	wg.Wait()
 	n.Close(context.Background()) // twice is harmless
 }
+
+// TestUserTextIsEscaped: a justification, comment or name reaches Slack and
+// Teams as text, never as a mention, a link or markup, and is capped.
+// Before the fix the justification below went out verbatim.
+func TestUserTextIsEscaped(t *testing.T) {
+	evil := "<!channel> urgent <https://evil.example/approve|Approve in jitaccess> [Approve](https://evil.example/a) <a href=\"https://evil.example\">x</a> <@U123> <!here> a&b\nfake: request r2 was approved"
+	tests := []struct {
+		name string
+		ev   jit.Notification
+	}{
+		{"justification", func() jit.Notification { e := opened(); e.Event = jit.EventPending; e.Detail = evil; return e }()},
+		{"approver comment", func() jit.Notification { e := opened(); e.Event = jit.EventDenied; e.Detail = evil; return e }()},
+		{"requestor", func() jit.Notification { e := opened(); e.Requestor = evil; return e }()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			text := payload(tt.ev).Text
+			for _, bad := range []string{"<", ">", "\n", "<!channel>", "<!here>", "<@U123>", "a&b"} {
+				if strings.Contains(text, bad) {
+					t.Errorf("text contains %q: %s", bad, text)
+				}
+			}
+			for _, want := range []string{"&lt;!channel&gt;", "&lt;@U123&gt;", "a&amp;b", `\[Approve\]`} {
+				if !strings.Contains(text, want) {
+					t.Errorf("text lacks %q: %s", want, text)
+				}
+			}
+			if !strings.HasPrefix(text, "jitaccess: request r1 by ") {
+				t.Errorf("text does not start with the service's own words: %s", text)
+			}
+		})
+	}
+}
+
+func TestUserTextIsCapped(t *testing.T) {
+	e := opened()
+	e.Event = jit.EventPending
+	e.Detail = strings.Repeat("é", 1000)
+	text := payload(e).Text
+	if n := strings.Count(text, "é"); n != maxUserText-1 || !strings.Contains(text, "é…") {
+		t.Errorf("kept %d of 1000 runes (want %d and an ellipsis): %s", n, maxUserText-1, text)
+	}
+	if got := payload(e).JITAccess.Detail; got != e.Detail {
+		t.Error("the machine-readable detail was changed")
+	}
+}
