@@ -4,13 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
@@ -128,10 +126,8 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 	if err != nil {
 		return fmt.Errorf("listening on FUNCTIONS_CUSTOMHANDLER_PORT %s: %w", cfg.Port, err)
 	}
-	// The host's own timeout is functionTimeout + 1 minute; ours stays inside it.
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, WriteTimeout: 6 * time.Minute}
 	log.Info().Str("listen", ln.Addr().String()).Str("queue", queue.Name()).Msg("jitaccess functions mode is up")
-	return serveUntilDone(ctx, srv, ln, func(shutdown context.Context) {
+	return serveUntilDone(ctx, h, ln, functionsLimits, func(shutdown context.Context) {
 		_ = queue.Close(shutdown)
 		_ = sbClient.Close(shutdown)
 	})
