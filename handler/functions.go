@@ -36,6 +36,18 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 		// and say nothing.
 		return fmt.Errorf("JIT_SUBSCRIPTIONS is not set: name the subscriptions whose VMs jitaccess protects")
 	}
+	if !cfg.AuthEnabled {
+		// Every caller's identity and roles come from X-MS-CLIENT-PRINCIPAL,
+		// which the platform strips from client requests and sets only while
+		// App Service Authentication is on; without it anyone could send one.
+		// App Service tells the app by setting WEBSITE_AUTH_ENABLED=True:
+		// Microsoft.Identity.Web (AppServicesAuthenticationInformation.cs,
+		// APPSERVICESAUTH_ENABLED_ENVIRONMENTVARIABLE) and Azure's
+		// data-api-builder (issue #596, PR #1011) detect it the same way.
+		return fmt.Errorf("App Service Authentication is not enabled (WEBSITE_AUTH_ENABLED is not True): " +
+			"jitaccess takes callers' identities from X-MS-CLIENT-PRINCIPAL, which only the platform's authentication makes trustworthy; " +
+			"turn on Authentication for the Function App with the Microsoft identity provider (infra/main.bicep's authsettingsV2 does) and restart it")
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 

@@ -98,6 +98,9 @@ type settings struct {
 	ServiceBusConnStr string
 	ClientID          string
 	Port              string
+	// AuthEnabled: the platform says App Service Authentication is on
+	// (WEBSITE_AUTH_ENABLED, see runFunctions); set by App Service, not by us.
+	AuthEnabled bool
 
 	PProf          bool
 	ARMFaultRate   float64
@@ -141,6 +144,7 @@ func readSettings(getenv func(string) string) (settings, error) {
 		ServiceBusConnStr: get("ServiceBusConnection"),
 		ClientID:          get("AZURE_CLIENT_ID"),
 		Port:              get("FUNCTIONS_CUSTOMHANDLER_PORT"),
+		AuthEnabled:       strings.EqualFold(getenv("WEBSITE_AUTH_ENABLED"), "true"),
 	}
 	var err error
 	if s.MinDuration, err = durationSetting("JIT_MIN_DURATION", get("JIT_MIN_DURATION")); err != nil {
