@@ -104,6 +104,9 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(localGCPercent)
 	}
+	if err := checkLocalListen(cfg.Listen, cfg.ListenAny); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -220,7 +223,9 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		}
 		sweepEvery(ctx, svc, cfg.SweepInterval, log)
 	}()
-	return serveUntilDone(ctx, api, ln, localLimits, func(shutdown context.Context) {
+	// Every route, /_arm and the portal included, answers only requests
+	// addressed to this server.
+	return serveUntilDone(ctx, addressedToUs(api, ln.Addr()), ln, localLimits, func(shutdown context.Context) {
 		_ = queue.Close(shutdown)
 		if err := sim.Save(filepath.Join(cfg.DataDir, "arm-estate.json")); err != nil {
 			log.Error().Err(err).Msg("saving the simulator's estate")
