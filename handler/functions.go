@@ -4,13 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
@@ -37,6 +35,18 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 		// The default is the demo estate's: in Azure it would protect nothing
 		// and say nothing.
 		return fmt.Errorf("JIT_SUBSCRIPTIONS is not set: name the subscriptions whose VMs jitaccess protects")
+	}
+	if !cfg.AuthEnabled {
+		// Every caller's identity and roles come from X-MS-CLIENT-PRINCIPAL,
+		// which the platform strips from client requests and sets only while
+		// App Service Authentication is on; without it anyone could send one.
+		// App Service tells the app by setting WEBSITE_AUTH_ENABLED=True:
+		// Microsoft.Identity.Web (AppServicesAuthenticationInformation.cs,
+		// APPSERVICESAUTH_ENABLED_ENVIRONMENTVARIABLE) and Azure's
+		// data-api-builder (issue #596, PR #1011) detect it the same way.
+		return fmt.Errorf("App Service Authentication is not enabled (WEBSITE_AUTH_ENABLED is not True): " +
+			"jitaccess takes callers' identities from X-MS-CLIENT-PRINCIPAL, which only the platform's authentication makes trustworthy; " +
+			"turn on Authentication for the Function App with the Microsoft identity provider (infra/main.bicep's authsettingsV2 does) and restart it")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -128,10 +138,8 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 	if err != nil {
 		return fmt.Errorf("listening on FUNCTIONS_CUSTOMHANDLER_PORT %s: %w", cfg.Port, err)
 	}
-	// The host's own timeout is functionTimeout + 1 minute; ours stays inside it.
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, WriteTimeout: 6 * time.Minute}
 	log.Info().Str("listen", ln.Addr().String()).Str("queue", queue.Name()).Msg("jitaccess functions mode is up")
-	return serveUntilDone(ctx, srv, ln, func(shutdown context.Context) {
+	return serveUntilDone(ctx, h, ln, functionsLimits, func(shutdown context.Context) {
 		_ = queue.Close(shutdown)
 		_ = sbClient.Close(shutdown)
 	})

@@ -104,6 +104,9 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(localGCPercent)
 	}
+	if err := checkLocalListen(cfg.Listen, cfg.ListenAny); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -200,7 +203,6 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		}()
 	}))
 	portal.Mount(api)
-	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listening on %s (JIT_LISTEN): %w", cfg.Listen, err)
@@ -221,30 +223,15 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		}
 		sweepEvery(ctx, svc, cfg.SweepInterval, log)
 	}()
-	return serveUntilDone(ctx, srv, ln, func(shutdown context.Context) {
+	// Every route, /_arm and the portal included, answers only requests
+	// addressed to this server.
+	return serveUntilDone(ctx, addressedToUs(api, ln.Addr()), ln, localLimits, func(shutdown context.Context) {
 		_ = queue.Close(shutdown)
 		if err := sim.Save(filepath.Join(cfg.DataDir, "arm-estate.json")); err != nil {
 			log.Error().Err(err).Msg("saving the simulator's estate")
 		}
 		log.Info().Msg("stopped")
 	})
-}
-
-// serveUntilDone serves on ln until ctx ends (SIGINT, SIGTERM) or serving
-// fails, then shuts the server down and calls stop, within 10 s.
-func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, stop func(shutdown context.Context)) error {
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(shutdown)
-	stop(shutdown)
-	return nil
 }
 
 // startSimulator loads the ARM simulator's estate: the saved one from the

@@ -25,7 +25,8 @@ type setting struct {
 }
 
 var allSettings = []setting{
-	{"JIT_LISTEN", "127.0.0.1:7071", "local", "listen address of `handler local`"},
+	{"JIT_LISTEN", "127.0.0.1:7071", "local", "listen address of `handler local`; a loopback address unless JIT_LISTEN_ANY is true"},
+	{"JIT_LISTEN_ANY", "false", "local", "let `handler local` listen beyond the loopback (JIT_LISTEN): every caller of local mode is an administrator, so set it only where nobody else can reach the port"},
 	{"JIT_DATA_DIR", ".jit-local", "local", "state directory of `handler local` (bbolt file, simulator estate)"},
 	{"JIT_ARM_LATENCY", "0", "local", "ARM simulator: how long each ARM write's operation runs (e.g. 2s); when set, the simulator also behaves as ARM does under load: one operation at a time per NSG and the subscription's write, delete and read budgets"},
 	{"JIT_ARM_JITTER", "0", "local", "ARM simulator with JIT_ARM_LATENCY: each write's time varies by up to this much either way (e.g. 500ms)"},
@@ -71,6 +72,7 @@ var allSettings = []setting{
 // settings are read once from the environment at start.
 type settings struct {
 	Listen        string
+	ListenAny     bool // JIT_LISTEN_ANY: JIT_LISTEN may be beyond the loopback
 	DataDir       string
 	MinDuration   time.Duration
 	AllowBand     [2]int
@@ -98,6 +100,9 @@ type settings struct {
 	ServiceBusConnStr string
 	ClientID          string
 	Port              string
+	// AuthEnabled: the platform says App Service Authentication is on
+	// (WEBSITE_AUTH_ENABLED, see runFunctions); set by App Service, not by us.
+	AuthEnabled bool
 
 	PProf          bool
 	ARMFaultRate   float64
@@ -141,6 +146,7 @@ func readSettings(getenv func(string) string) (settings, error) {
 		ServiceBusConnStr: get("ServiceBusConnection"),
 		ClientID:          get("AZURE_CLIENT_ID"),
 		Port:              get("FUNCTIONS_CUSTOMHANDLER_PORT"),
+		AuthEnabled:       strings.EqualFold(getenv("WEBSITE_AUTH_ENABLED"), "true"),
 	}
 	var err error
 	if s.MinDuration, err = durationSetting("JIT_MIN_DURATION", get("JIT_MIN_DURATION")); err != nil {
@@ -187,6 +193,13 @@ func readSettings(getenv func(string) string) (settings, error) {
 	}
 	if s.PendingExpiry < time.Second || s.PendingExpiry > 7*24*time.Hour {
 		return s, fmt.Errorf("JIT_PENDING_EXPIRY must be between 1s and 7 days")
+	}
+	switch get("JIT_LISTEN_ANY") {
+	case "true", "1":
+		s.ListenAny = true
+	case "false", "0":
+	default:
+		return s, fmt.Errorf("JIT_LISTEN_ANY must be true or false")
 	}
 	switch get("JIT_PPROF") {
 	case "true", "1":

@@ -485,6 +485,42 @@ func TestFunctionsModeNeedsSubscriptions(t *testing.T) {
 	}
 }
 
+// Functions mode trusts X-MS-CLIENT-PRINCIPAL, which only App Service
+// Authentication makes trustworthy: without the platform's word that it is
+// on, the handler must not serve. With it, start-up goes on (here to the
+// next missing setting: no Table Storage).
+func TestFunctionsModeNeedsAppServiceAuthentication(t *testing.T) {
+	for _, tc := range []struct {
+		auth    string
+		refused bool
+	}{
+		{"", true},
+		{"False", true},
+		{"yes", true},
+		{"True", false},
+		{"true", false},
+	} {
+		cfg, err := readSettings(func(k string) string {
+			return map[string]string{"FUNCTIONS_CUSTOMHANDLER_PORT": "1", "JIT_SUBSCRIPTIONS": "11111111-1111-1111-1111-111111111111",
+				"WEBSITE_AUTH_ENABLED": tc.auth}[k]
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = runFunctions(zerolog.Nop(), cfg)
+		if err == nil {
+			t.Fatalf("WEBSITE_AUTH_ENABLED=%q: Functions mode started without Table Storage", tc.auth)
+		}
+		refused := strings.Contains(err.Error(), "WEBSITE_AUTH_ENABLED")
+		if refused != tc.refused {
+			t.Errorf("WEBSITE_AUTH_ENABLED=%q: runFunctions said %q; refused = %v, want %v", tc.auth, err, refused, tc.refused)
+		}
+		if refused && !strings.Contains(err.Error(), "Authentication") {
+			t.Errorf("the refusal %q should say to turn on App Service Authentication", err)
+		}
+	}
+}
+
 // infra/app-roles.json, which make app-registration gives the API's app
 // registration, holds exactly the roles the handler checks, each with its
 // own fixed id.

@@ -78,8 +78,12 @@ type Config struct {
 }
 
 // settings are the app settings given to every instance, in order.
+// WEBSITE_AUTH_ENABLED=True comes first, as App Service sets it when
+// Authentication is on (the handler refuses to serve without it): the
+// requests tests send carry X-MS-CLIENT-PRINCIPAL as the platform would
+// have set it. Env can override it.
 func (c Config) settings() []string {
-	var out []string
+	out := []string{"WEBSITE_AUTH_ENABLED=True"}
 	for _, kv := range [][2]string{
 		{"JIT_TABLES_URL", c.TablesURL}, {"JIT_TABLES_CONNECTION", c.TablesConnection}, {"JIT_TABLE_PREFIX", c.TablePrefix},
 		{"ServiceBusConnection", c.ServiceBusConnection}, {"ServiceBusConnection__fullyQualifiedNamespace", c.ServiceBusNamespace},
