@@ -211,6 +211,7 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 			if g.Duration > 0 {
 				g.End = now.Add(g.Duration)
 			}
+			g.ApprovedEnd = g.End
 			if !g.End.After(now) {
 				g.Status, g.StatusReason = GrantClosed, ReasonExpired
 				for k := range g.NSGs {
