@@ -62,10 +62,48 @@ func validPrincipalRef(id string) error {
 
 // RequestApproval is a pending request's approval state.
 type RequestApproval struct {
-	MinApprovals int
-	Approvers    []string
+	MinApprovals int      // the largest of the rules' minimums
+	Approvers    []string // every rule's approvers, for people to read
+	// Rules are what must be satisfied, one per distinct approver list
+	// among the request's ports (see approvalFor). Requests stored before
+	// rules existed have none and are judged by MinApprovals and Approvers.
+	Rules        []ApprovalRule
 	PendingUntil time.Time
 	Decisions    []Decision
+}
+
+// ApprovalRule is one approver list a request must satisfy.
+type ApprovalRule struct {
+	Approvers    []string // principal or group ids; empty: anyone with JIT.Approver
+	MinApprovals int
+	ApprovedBy   []string // ids of those who approved as members of Approvers
+}
+
+// mayApprove reports whether p may approve the request under some rule.
+func (a *RequestApproval) mayApprove(p Principal) bool {
+	if len(a.Rules) == 0 {
+		return mayApprove(p, a.Approvers)
+	}
+	return slices.ContainsFunc(a.Rules, func(r ApprovalRule) bool { return mayApprove(p, r.Approvers) })
+}
+
+// record counts p's approval towards every rule p is an approver of.
+func (a *RequestApproval) record(p Principal) {
+	for i := range a.Rules {
+		if mayApprove(p, a.Rules[i].Approvers) {
+			a.Rules[i].ApprovedBy = append(a.Rules[i].ApprovedBy, p.ID)
+		}
+	}
+}
+
+// satisfied reports whether the request has every approval it needs.
+func (a *RequestApproval) satisfied() bool {
+	for _, r := range a.Rules {
+		if len(r.ApprovedBy) < r.MinApprovals {
+			return false
+		}
+	}
+	return a.Approvals() >= a.MinApprovals
 }
 
 // Decision is one approver's answer.
@@ -102,39 +140,65 @@ func (r Request) AcceptedAt() time.Time {
 	return at
 }
 
-// approvalFor merges the approval rules that apply to a request: the
-// policy's and those of every requested port. The strictest wins: any
-// required makes it required, the largest minimum counts, the approver
-// lists are joined.
+// approvalFor is the approval a request needs. Each requested port is
+// governed by one rule: its own approval when that is required, else the
+// policy's when that is required, else none. A port's own approval replaces
+// the policy's rather than joining it, so a policy-level approver cannot
+// open a port that names stricter approvers; and a port cannot waive the
+// policy's approval by saying it needs none. A request over several ports
+// needs every port's rule satisfied (MinApprovals approvals from each
+// port's approvers; ports with the same approvers share one rule with the
+// larger minimum) and, in all, the largest minimum of distinct approvers.
 func approvalFor(pol Policy, req Request) *RequestApproval {
 	var out *RequestApproval
 	add := func(a *Approval) {
-		if a == nil || !a.Required {
-			return
-		}
 		if out == nil {
 			out = &RequestApproval{}
 		}
-		out.MinApprovals = max(out.MinApprovals, a.MinApprovals, 1)
+		need := max(a.MinApprovals, 1)
+		out.MinApprovals = max(out.MinApprovals, need)
 		for _, id := range a.Approvers {
-			if !slices.Contains(out.Approvers, id) {
+			if !slices.ContainsFunc(out.Approvers, func(o string) bool { return strings.EqualFold(o, id) }) {
 				out.Approvers = append(out.Approvers, id)
 			}
 		}
+		for i := range out.Rules {
+			if sameIDSet(out.Rules[i].Approvers, a.Approvers) {
+				out.Rules[i].MinApprovals = max(out.Rules[i].MinApprovals, need)
+				return
+			}
+		}
+		out.Rules = append(out.Rules, ApprovalRule{Approvers: slices.Clone(a.Approvers), MinApprovals: need})
 	}
-	add(pol.Approval)
 	for _, g := range req.Grants {
 		vm, ok := pol.VM(g.VM)
 		if !ok {
 			continue
 		}
 		for _, n := range g.Ports {
-			if r, ok := vm.Port(n, g.Protocol); ok {
+			r, ok := vm.Port(n, g.Protocol)
+			switch {
+			case ok && r.Approval != nil && r.Approval.Required:
 				add(r.Approval)
+			case pol.Approval != nil && pol.Approval.Required:
+				add(pol.Approval)
 			}
 		}
 	}
 	return out
+}
+
+// sameIDSet reports whether a and b list the same ids, in any order and case.
+func sameIDSet(a, b []string) bool {
+	in := func(xs, ys []string) bool {
+		for _, x := range xs {
+			if !slices.ContainsFunc(ys, func(y string) bool { return strings.EqualFold(x, y) }) {
+				return false
+			}
+		}
+		return true
+	}
+	return in(a, b) && in(b, a)
 }
 
 // mayApprove reports whether p is one of the approvers (or any approver
@@ -185,7 +249,7 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 		if strings.EqualFold(p.ID, r.Requestor) || r.SubmittedBy != "" && strings.EqualFold(p.ID, r.SubmittedBy) {
 			return Errorf(EFORBIDDEN, "you cannot approve or deny your own request")
 		}
-		if !mayApprove(p, r.Approval.Approvers) {
+		if !r.Approval.mayApprove(p) {
 			return Errorf(EFORBIDDEN, "you are not one of the approvers of request %s", r.ID)
 		}
 		for _, d := range r.Approval.Decisions {
@@ -202,7 +266,8 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 			endPending(r, GrantRevoked, ReasonDenied, now)
 			return nil
 		}
-		if r.Approval.Approvals() < r.Approval.MinApprovals {
+		r.Approval.record(p)
+		if !r.Approval.satisfied() {
 			return nil
 		}
 		// The last approval needed: the clock of each grant starts now.
