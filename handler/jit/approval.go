@@ -222,6 +222,12 @@ func matchesAny(p Principal, ids []string) bool {
 
 // Approve records p's approval of a pending request. On the last approval
 // needed, the request opens. Requestors may not approve their own requests.
+//
+// The policy may have changed while the request waited, so an approval
+// first checks the request against the policy as it is now (see
+// unfitReason). A request that no longer fits is not approved: it is
+// closed as denied with reason PolicyChanged, audited as withdrawn, and the
+// approver gets a conflict saying why.
 func (s *Service) Approve(ctx context.Context, p Principal, id, comment string) (Request, error) {
 	return s.decide(ctx, p, id, comment, true)
 }
@@ -240,9 +246,9 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 		return Request{}, Errorf(EINVALID, "comment is longer than 1000 characters")
 	}
 	now := s.now()
-	opened := false
+	opened, withdrawn := false, ""
 	updated, err := s.mutateRequest(ctx, id, func(r *Request) error {
-		opened = false
+		opened, withdrawn = false, ""
 		if r.Status != RequestPending || r.Approval == nil {
 			return Errorf(ECONFLICT, "request %s is not waiting for approval (status %s)", r.ID, r.Status)
 		}
@@ -259,6 +265,17 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 		}
 		if !now.Before(r.Approval.PendingUntil) {
 			return Errorf(ECONFLICT, "request %s waited too long for approval and has expired", r.ID)
+		}
+		if approve {
+			pol, err := s.store.GetPolicy(ctx, r.Policy)
+			if err != nil && ErrorCode(err) != ENOTFOUND {
+				return fmt.Errorf("reading policy %s: %w", r.Policy, err)
+			}
+			if withdrawn = unfitReason(pol, err == nil, r); withdrawn != "" {
+				r.Status = RequestDenied
+				endPending(r, GrantRevoked, ReasonPolicyChanged, now)
+				return nil
+			}
 		}
 		r.Approval.Decisions = append(r.Approval.Decisions, Decision{By: p.ID, ByName: p.Name, At: now, Approve: approve, Comment: comment})
 		if !approve {
@@ -291,6 +308,15 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 	if err != nil {
 		return Request{}, err
 	}
+	if withdrawn != "" {
+		if err := s.audit(ctx, AuditEvent{Action: AuditWithdraw, Actor: p.ID, Policy: updated.Policy, Request: id,
+			Result: ResultSuccess, Detail: clip(withdrawn, 500)}); err != nil {
+			return Request{}, err
+		}
+		s.cfg.Log.Info().Str("request", id).Str("approver", p.ID).Str("reason", withdrawn).Msg("withdrawn at approval")
+		s.notify(EventDenied, updated, p.ID, withdrawn)
+		return Request{}, Errorf(ECONFLICT, "request %s was not approved and is now closed: %s", id, withdrawn)
+	}
 	action := map[bool]string{true: AuditApprove, false: AuditDeny}[approve]
 	for _, g := range updated.Grants {
 		if err := s.audit(ctx, AuditEvent{Action: action, Actor: p.ID, Policy: updated.Policy, Request: id, VM: g.VM,
@@ -308,6 +334,47 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 	}
 	s.notify(EventApproved, updated, p.ID, comment)
 	return s.queueGrants(ctx, updated)
+}
+
+// unfitReason says why a pending request no longer fits its policy as it
+// is now (found false when the policy is gone), or "" when it still does:
+// the policy exists and is not being deleted, and every grant's VM, ports,
+// protocol, sources and time are still allowed.
+func unfitReason(pol Policy, found bool, r *Request) string {
+	if !found {
+		return fmt.Sprintf("policy %s no longer exists", r.Policy)
+	}
+	if pol.State == PolicyDeleting {
+		return fmt.Sprintf("policy %s is being deleted", pol.Name)
+	}
+	for _, g := range r.Grants {
+		vm, ok := pol.VM(g.VM)
+		if !ok {
+			return fmt.Sprintf("VM %s is no longer in policy %s", ResourceName(g.VM), pol.Name)
+		}
+		for _, n := range g.Ports {
+			rule, ok := vm.Port(n, g.Protocol)
+			if !ok {
+				return fmt.Sprintf("port %d (%s) of VM %s is no longer in policy %s", n, g.Protocol, vm.Name, pol.Name)
+			}
+			for _, c := range g.Sources {
+				if !PrefixAllowed(c, rule.AllowedSources) {
+					return fmt.Sprintf("source %s is no longer allowed for port %d of VM %s", c, n, vm.Name)
+				}
+			}
+			// A duration starts at approval; an end time was checked
+			// against the request's start.
+			d, slack := g.Duration, time.Duration(0)
+			if d == 0 {
+				d, slack = g.End.Sub(r.StartTime), endSlack
+			}
+			if d > rule.MaxDuration+slack {
+				return fmt.Sprintf("the requested time %s is longer than the maximum %s now set for port %d of VM %s",
+					FormatDuration(d.Round(time.Second)), FormatDuration(rule.MaxDuration), n, vm.Name)
+			}
+		}
+	}
+	return ""
 }
 
 // endPending ends every grant of a request that never opened.
