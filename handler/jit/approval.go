@@ -252,7 +252,9 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 		if r.Status != RequestPending || r.Approval == nil {
 			return Errorf(ECONFLICT, "request %s is not waiting for approval (status %s)", r.ID, r.Status)
 		}
-		if strings.EqualFold(p.ID, r.Requestor) || r.SubmittedBy != "" && strings.EqualFold(p.ID, r.SubmittedBy) {
+		// Both the person the request is for and a delegate that submitted
+		// it, compared as canonical ids.
+		if samePrincipal(p.ID, r.Requestor) || r.SubmittedBy != "" && samePrincipal(p.ID, r.SubmittedBy) {
 			return Errorf(EFORBIDDEN, "you cannot approve or deny your own request")
 		}
 		if !r.Approval.mayApprove(p) {

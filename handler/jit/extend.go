@@ -33,7 +33,7 @@ func (s *Service) Extend(ctx context.Context, p Principal, id string, in ExtendI
 	if err != nil {
 		return Request{}, err
 	}
-	if r.Requestor != p.ID && !p.Has(RoleAdmin) {
+	if !samePrincipal(r.Requestor, p.ID) && !p.Has(RoleAdmin) {
 		return Request{}, Errorf(EFORBIDDEN, "only the requestor or a JIT.Admin may extend request %s", id)
 	}
 	if r.Status != RequestActive {
