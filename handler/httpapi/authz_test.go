@@ -32,7 +32,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"no role", easyAuth("c-none", nil)},
 		{"reader", easyAuth("c-reader", []string{jit.RoleReader})},
 		{"requester", easyAuth("c-requester", []string{jit.RoleRequester})},
-		{"approver", easyAuth("c-approver", []string{jit.RoleApprover})},
+		{"approver", easyAuth(approverOID, []string{jit.RoleApprover})},
 		{"admin", easyAuth("c-admin", []string{jit.RoleAdmin})},
 		{"no principal", nil},
 		{"forged dev header", as{"X-Dev-Principal", "mallory", "X-Dev-Roles", jit.RoleAdmin}},
@@ -51,7 +51,45 @@ func TestAuthorizationMatrix(t *testing.T) {
 		return r.ID
 	}
 	onBehalf := initiate("vm-nic-nsg", "PT1H")
-	onBehalf["onBehalfOf"] = "alice"
+	onBehalf["onBehalfOf"] = aliceOID
+	byName := initiate("vm-nic-nsg", "PT1H")
+	byName["onBehalfOf"] = "alice@contoso.com" // a name, not the object id sign-in gives
+	bot := easyAuth("c-bot", []string{jit.RoleRequester, jit.RoleDelegate})
+	// forApprover is a pending request a delegate filed for the approver.
+	forApprover := func() string {
+		b := initiate("vm-subnet-nsg", "PT1H")
+		b["onBehalfOf"] = strings.ToUpper(approverOID)
+		var r request
+		s.must(202, bot, "POST", "/api/v1/policies/gated/initiate", b, &r)
+		return r.ID
+	}
+	approvedRequest := func() string {
+		id := pendingRequest()
+		s.must(200, admin, "POST", "/api/v1/requests/"+id+"/approve", nil, nil)
+		return id
+	}
+	// changedUnderRequest is a pending request whose policy then changes
+	// (change: PUT with narrower sources, or DELETE) before anyone decides.
+	changedUnderRequest := func(del bool) func() string {
+		return func() string {
+			waitFor(t, "an earlier deletion to finish", func() bool {
+				code, body := s.do(admin, "GET", "/api/v1/policies/doomed", nil, nil)
+				return code == 404 || !strings.Contains(body, `"provisioningState":"Deleting"`)
+			})
+			gate := map[string]any{"approval": map[string]any{"required": true}}
+			s.must(200, admin, "PUT", "/api/v1/policies/doomed", policyBody("vm-both-nsg", gate), nil)
+			var r request
+			s.must(202, owner, "POST", "/api/v1/policies/doomed/initiate", initiate("vm-both-nsg", "PT1H"), &r)
+			if del {
+				s.must(202, admin, "DELETE", "/api/v1/policies/doomed", nil, nil)
+			} else {
+				narrow := policyBody("vm-both-nsg", gate)
+				narrow["properties"].(map[string]any)["virtualMachines"].([]any)[0].(map[string]any)["ports"].([]any)[0].(map[string]any)["allowedSourceAddressPrefix"] = "10.0.0.0/8"
+				s.must(200, admin, "PUT", "/api/v1/policies/doomed", narrow, nil)
+			}
+			return "/api/v1/requests/" + r.ID + "/approve"
+		}
+	}
 	routes := []struct {
 		method string
 		path   func() string
@@ -74,12 +112,21 @@ func TestAuthorizationMatrix(t *testing.T) {
 		}, nil, [9]int{403, 403, 403, 403, 202, 401, 401, 403, 403}},
 		{"POST", func() string { return "/api/v1/policies/open/initiate" }, initiate("vm-nic-nsg", "PT1H"), [9]int{403, 403, 202, 403, 202, 401, 401, 202, 202}},
 		{"POST", func() string { return "/api/v1/policies/open/initiate" }, onBehalf, [9]int{403, 403, 403, 403, 202, 401, 401, 403, 202}},
+		{"POST", func() string { return "/api/v1/policies/open/initiate" }, byName, [9]int{403, 403, 403, 403, 400, 401, 401, 403, 400}},
 		{"GET", func() string { return "/api/v1/requests" }, nil, [9]int{403, 200, 200, 200, 200, 401, 401, 200, 200}},
 		{"GET", func() string { return "/api/v1/requests/" + ownRequest() }, nil, [9]int{404, 200, 404, 200, 200, 401, 401, 200, 404}},
 		{"POST", func() string { return "/api/v1/requests/" + ownRequest() + "/revoke" }, nil, [9]int{403, 403, 403, 403, 200, 401, 401, 200, 403}},
 		{"POST", func() string { return "/api/v1/requests/" + ownRequest() + "/extend" }, map[string]any{"duration": "PT2H"}, [9]int{403, 403, 403, 403, 200, 401, 401, 200, 403}},
 		{"POST", func() string { return "/api/v1/requests/" + pendingRequest() + "/approve" }, nil, [9]int{403, 403, 403, 200, 200, 401, 401, 403, 403}},
 		{"POST", func() string { return "/api/v1/requests/" + pendingRequest() + "/deny" }, nil, [9]int{403, 403, 403, 200, 200, 401, 401, 403, 403}},
+		// Approved for PT1H: the requestor may move the end within that, not past it.
+		{"POST", func() string { return "/api/v1/requests/" + approvedRequest() + "/extend" }, map[string]any{"duration": "PT30M"}, [9]int{403, 403, 403, 403, 200, 401, 401, 200, 403}},
+		{"POST", func() string { return "/api/v1/requests/" + approvedRequest() + "/extend" }, map[string]any{"duration": "PT2H"}, [9]int{403, 403, 403, 403, 403, 401, 401, 403, 403}},
+		// The person a delegate asked for cannot approve it, whatever case their id came in.
+		{"POST", func() string { return "/api/v1/requests/" + forApprover() + "/approve" }, nil, [9]int{403, 403, 403, 403, 200, 401, 401, 403, 403}},
+		// A request its policy no longer allows is not approved.
+		{"POST", changedUnderRequest(false), nil, [9]int{403, 403, 403, 409, 409, 401, 401, 403, 403}},
+		{"POST", changedUnderRequest(true), nil, [9]int{403, 403, 403, 409, 409, 401, 401, 403, 403}},
 		{"GET", func() string { return "/api/v1/vms" }, nil, [9]int{403, 200, 200, 200, 200, 401, 401, 200, 200}},
 		{"GET", func() string { return "/api/v1/audit" }, nil, [9]int{403, 200, 403, 403, 200, 401, 401, 403, 403}},
 		{"GET", func() string { return "/api/v1/audit?format=csv" }, nil, [9]int{403, 200, 403, 403, 200, 401, 401, 403, 403}},
@@ -108,9 +155,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 			t.Errorf("a requester's list shows %s's request", full.RequestorID)
 		}
 	}
-	// A delegate sees the requests it submitted for others, as it may read
+	// A delegate sees the requests it submitted for others (alice, the
+	// approver), as it may read
 	// them, and no one else's.
-	bot := easyAuth("c-bot", []string{jit.RoleRequester, jit.RoleDelegate})
 	var mine request
 	s.must(202, bot, "POST", "/api/v1/policies/open/initiate", onBehalf, &mine)
 	s.must(200, bot, "GET", "/api/v1/requests/"+mine.ID, nil, nil)
@@ -123,7 +170,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 			RequestorID string `json:"requestorId"`
 		}
 		s.must(200, admin, "GET", "/api/v1/requests/"+r.ID, nil, &full)
-		if full.RequestorID != "c-bot" && full.RequestorID != "alice" {
+		if full.RequestorID != "c-bot" && full.RequestorID != aliceOID && full.RequestorID != approverOID {
 			t.Errorf("the delegate's list shows %s's request", full.RequestorID)
 		}
 	}

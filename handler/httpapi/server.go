@@ -200,6 +200,9 @@ func parseClientPrincipal(h http.Header, addr string) (jit.Principal, error) {
 	if p.ID == "" {
 		return jit.Principal{}, jit.Errorf(jit.EUNAUTHORIZED, "the identity header names no principal id")
 	}
+	if oid, ok := jit.CanonicalObjectID(p.ID); ok {
+		p.ID = oid // one spelling, so ids compare and filter as equal
+	}
 	return p, nil
 }
 

@@ -62,10 +62,48 @@ func validPrincipalRef(id string) error {
 
 // RequestApproval is a pending request's approval state.
 type RequestApproval struct {
-	MinApprovals int
-	Approvers    []string
+	MinApprovals int      // the largest of the rules' minimums
+	Approvers    []string // every rule's approvers, for people to read
+	// Rules are what must be satisfied, one per distinct approver list
+	// among the request's ports (see approvalFor). Requests stored before
+	// rules existed have none and are judged by MinApprovals and Approvers.
+	Rules        []ApprovalRule
 	PendingUntil time.Time
 	Decisions    []Decision
+}
+
+// ApprovalRule is one approver list a request must satisfy.
+type ApprovalRule struct {
+	Approvers    []string // principal or group ids; empty: anyone with JIT.Approver
+	MinApprovals int
+	ApprovedBy   []string // ids of those who approved as members of Approvers
+}
+
+// mayApprove reports whether p may approve the request under some rule.
+func (a *RequestApproval) mayApprove(p Principal) bool {
+	if len(a.Rules) == 0 {
+		return mayApprove(p, a.Approvers)
+	}
+	return slices.ContainsFunc(a.Rules, func(r ApprovalRule) bool { return mayApprove(p, r.Approvers) })
+}
+
+// record counts p's approval towards every rule p is an approver of.
+func (a *RequestApproval) record(p Principal) {
+	for i := range a.Rules {
+		if mayApprove(p, a.Rules[i].Approvers) {
+			a.Rules[i].ApprovedBy = append(a.Rules[i].ApprovedBy, p.ID)
+		}
+	}
+}
+
+// satisfied reports whether the request has every approval it needs.
+func (a *RequestApproval) satisfied() bool {
+	for _, r := range a.Rules {
+		if len(r.ApprovedBy) < r.MinApprovals {
+			return false
+		}
+	}
+	return a.Approvals() >= a.MinApprovals
 }
 
 // Decision is one approver's answer.
@@ -102,39 +140,65 @@ func (r Request) AcceptedAt() time.Time {
 	return at
 }
 
-// approvalFor merges the approval rules that apply to a request: the
-// policy's and those of every requested port. The strictest wins: any
-// required makes it required, the largest minimum counts, the approver
-// lists are joined.
+// approvalFor is the approval a request needs. Each requested port is
+// governed by one rule: its own approval when that is required, else the
+// policy's when that is required, else none. A port's own approval replaces
+// the policy's rather than joining it, so a policy-level approver cannot
+// open a port that names stricter approvers; and a port cannot waive the
+// policy's approval by saying it needs none. A request over several ports
+// needs every port's rule satisfied (MinApprovals approvals from each
+// port's approvers; ports with the same approvers share one rule with the
+// larger minimum) and, in all, the largest minimum of distinct approvers.
 func approvalFor(pol Policy, req Request) *RequestApproval {
 	var out *RequestApproval
 	add := func(a *Approval) {
-		if a == nil || !a.Required {
-			return
-		}
 		if out == nil {
 			out = &RequestApproval{}
 		}
-		out.MinApprovals = max(out.MinApprovals, a.MinApprovals, 1)
+		need := max(a.MinApprovals, 1)
+		out.MinApprovals = max(out.MinApprovals, need)
 		for _, id := range a.Approvers {
-			if !slices.Contains(out.Approvers, id) {
+			if !slices.ContainsFunc(out.Approvers, func(o string) bool { return strings.EqualFold(o, id) }) {
 				out.Approvers = append(out.Approvers, id)
 			}
 		}
+		for i := range out.Rules {
+			if sameIDSet(out.Rules[i].Approvers, a.Approvers) {
+				out.Rules[i].MinApprovals = max(out.Rules[i].MinApprovals, need)
+				return
+			}
+		}
+		out.Rules = append(out.Rules, ApprovalRule{Approvers: slices.Clone(a.Approvers), MinApprovals: need})
 	}
-	add(pol.Approval)
 	for _, g := range req.Grants {
 		vm, ok := pol.VM(g.VM)
 		if !ok {
 			continue
 		}
 		for _, n := range g.Ports {
-			if r, ok := vm.Port(n, g.Protocol); ok {
+			r, ok := vm.Port(n, g.Protocol)
+			switch {
+			case ok && r.Approval != nil && r.Approval.Required:
 				add(r.Approval)
+			case pol.Approval != nil && pol.Approval.Required:
+				add(pol.Approval)
 			}
 		}
 	}
 	return out
+}
+
+// sameIDSet reports whether a and b list the same ids, in any order and case.
+func sameIDSet(a, b []string) bool {
+	in := func(xs, ys []string) bool {
+		for _, x := range xs {
+			if !slices.ContainsFunc(ys, func(y string) bool { return strings.EqualFold(x, y) }) {
+				return false
+			}
+		}
+		return true
+	}
+	return in(a, b) && in(b, a)
 }
 
 // mayApprove reports whether p is one of the approvers (or any approver
@@ -158,6 +222,12 @@ func matchesAny(p Principal, ids []string) bool {
 
 // Approve records p's approval of a pending request. On the last approval
 // needed, the request opens. Requestors may not approve their own requests.
+//
+// The policy may have changed while the request waited, so an approval
+// first checks the request against the policy as it is now (see
+// unfitReason). A request that no longer fits is not approved: it is
+// closed as denied with reason PolicyChanged, audited as withdrawn, and the
+// approver gets a conflict saying why.
 func (s *Service) Approve(ctx context.Context, p Principal, id, comment string) (Request, error) {
 	return s.decide(ctx, p, id, comment, true)
 }
@@ -176,16 +246,18 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 		return Request{}, Errorf(EINVALID, "comment is longer than 1000 characters")
 	}
 	now := s.now()
-	opened := false
+	opened, withdrawn := false, ""
 	updated, err := s.mutateRequest(ctx, id, func(r *Request) error {
-		opened = false
+		opened, withdrawn = false, ""
 		if r.Status != RequestPending || r.Approval == nil {
 			return Errorf(ECONFLICT, "request %s is not waiting for approval (status %s)", r.ID, r.Status)
 		}
-		if strings.EqualFold(p.ID, r.Requestor) || r.SubmittedBy != "" && strings.EqualFold(p.ID, r.SubmittedBy) {
+		// Both the person the request is for and a delegate that submitted
+		// it, compared as canonical ids.
+		if samePrincipal(p.ID, r.Requestor) || r.SubmittedBy != "" && samePrincipal(p.ID, r.SubmittedBy) {
 			return Errorf(EFORBIDDEN, "you cannot approve or deny your own request")
 		}
-		if !mayApprove(p, r.Approval.Approvers) {
+		if !r.Approval.mayApprove(p) {
 			return Errorf(EFORBIDDEN, "you are not one of the approvers of request %s", r.ID)
 		}
 		for _, d := range r.Approval.Decisions {
@@ -196,13 +268,25 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 		if !now.Before(r.Approval.PendingUntil) {
 			return Errorf(ECONFLICT, "request %s waited too long for approval and has expired", r.ID)
 		}
+		if approve {
+			pol, err := s.store.GetPolicy(ctx, r.Policy)
+			if err != nil && ErrorCode(err) != ENOTFOUND {
+				return fmt.Errorf("reading policy %s: %w", r.Policy, err)
+			}
+			if withdrawn = unfitReason(pol, err == nil, r); withdrawn != "" {
+				r.Status = RequestDenied
+				endPending(r, GrantRevoked, ReasonPolicyChanged, now)
+				return nil
+			}
+		}
 		r.Approval.Decisions = append(r.Approval.Decisions, Decision{By: p.ID, ByName: p.Name, At: now, Approve: approve, Comment: comment})
 		if !approve {
 			r.Status = RequestDenied
 			endPending(r, GrantRevoked, ReasonDenied, now)
 			return nil
 		}
-		if r.Approval.Approvals() < r.Approval.MinApprovals {
+		r.Approval.record(p)
+		if !r.Approval.satisfied() {
 			return nil
 		}
 		// The last approval needed: the clock of each grant starts now.
@@ -211,6 +295,7 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 			if g.Duration > 0 {
 				g.End = now.Add(g.Duration)
 			}
+			g.ApprovedEnd = g.End
 			if !g.End.After(now) {
 				g.Status, g.StatusReason = GrantClosed, ReasonExpired
 				for k := range g.NSGs {
@@ -224,6 +309,15 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 	})
 	if err != nil {
 		return Request{}, err
+	}
+	if withdrawn != "" {
+		if err := s.audit(ctx, AuditEvent{Action: AuditWithdraw, Actor: p.ID, Policy: updated.Policy, Request: id,
+			Result: ResultSuccess, Detail: clip(withdrawn, 500)}); err != nil {
+			return Request{}, err
+		}
+		s.cfg.Log.Info().Str("request", id).Str("approver", p.ID).Str("reason", withdrawn).Msg("withdrawn at approval")
+		s.notify(EventDenied, updated, p.ID, withdrawn)
+		return Request{}, Errorf(ECONFLICT, "request %s was not approved and is now closed: %s", id, withdrawn)
 	}
 	action := map[bool]string{true: AuditApprove, false: AuditDeny}[approve]
 	for _, g := range updated.Grants {
@@ -242,6 +336,47 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 	}
 	s.notify(EventApproved, updated, p.ID, comment)
 	return s.queueGrants(ctx, updated)
+}
+
+// unfitReason says why a pending request no longer fits its policy as it
+// is now (found false when the policy is gone), or "" when it still does:
+// the policy exists and is not being deleted, and every grant's VM, ports,
+// protocol, sources and time are still allowed.
+func unfitReason(pol Policy, found bool, r *Request) string {
+	if !found {
+		return fmt.Sprintf("policy %s no longer exists", r.Policy)
+	}
+	if pol.State == PolicyDeleting {
+		return fmt.Sprintf("policy %s is being deleted", pol.Name)
+	}
+	for _, g := range r.Grants {
+		vm, ok := pol.VM(g.VM)
+		if !ok {
+			return fmt.Sprintf("VM %s is no longer in policy %s", ResourceName(g.VM), pol.Name)
+		}
+		for _, n := range g.Ports {
+			rule, ok := vm.Port(n, g.Protocol)
+			if !ok {
+				return fmt.Sprintf("port %d (%s) of VM %s is no longer in policy %s", n, g.Protocol, vm.Name, pol.Name)
+			}
+			for _, c := range g.Sources {
+				if !PrefixAllowed(c, rule.AllowedSources) {
+					return fmt.Sprintf("source %s is no longer allowed for port %d of VM %s", c, n, vm.Name)
+				}
+			}
+			// A duration starts at approval; an end time was checked
+			// against the request's start.
+			d, slack := g.Duration, time.Duration(0)
+			if d == 0 {
+				d, slack = g.End.Sub(r.StartTime), endSlack
+			}
+			if d > rule.MaxDuration+slack {
+				return fmt.Sprintf("the requested time %s is longer than the maximum %s now set for port %d of VM %s",
+					FormatDuration(d.Round(time.Second)), FormatDuration(rule.MaxDuration), n, vm.Name)
+			}
+		}
+	}
+	return ""
 }
 
 // endPending ends every grant of a request that never opened.

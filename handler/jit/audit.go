@@ -19,6 +19,7 @@ const (
 	AuditApprove      = "approve"  // an approver approved
 	AuditDeny         = "deny"     // an approver denied
 	AuditExpire       = "expire"   // a pending request expired
+	AuditWithdraw     = "withdraw" // a pending request no longer fit its policy when approved, and was closed
 	AuditDrift        = "drift"    // the NSGs differed from the store; repaired or reported
 )
 

@@ -19,6 +19,12 @@ type ExtendInput struct {
 // approval). The old scheduled closes are
 // cancelled (and would be no-ops anyway) and new ones scheduled. The
 // requestor or a JIT.Admin may extend.
+//
+// A request that needed approval may not end later than the end its
+// approvers agreed to (Grant.ApprovedEnd): it may be shortened and moved
+// back up to that end, but a longer extension is refused (forbidden) and
+// needs a new request, which is approved again. An extension is not a new
+// approval round, so nobody could otherwise see or refuse it.
 func (s *Service) Extend(ctx context.Context, p Principal, id string, in ExtendInput) (Request, error) {
 	if err := requireRole(p, RoleRequester, "extending access"); err != nil {
 		return Request{}, err
@@ -27,7 +33,7 @@ func (s *Service) Extend(ctx context.Context, p Principal, id string, in ExtendI
 	if err != nil {
 		return Request{}, err
 	}
-	if r.Requestor != p.ID && !p.Has(RoleAdmin) {
+	if !samePrincipal(r.Requestor, p.ID) && !p.Has(RoleAdmin) {
 		return Request{}, Errorf(EFORBIDDEN, "only the requestor or a JIT.Admin may extend request %s", id)
 	}
 	if r.Status != RequestActive {
@@ -58,6 +64,16 @@ func (s *Service) Extend(ctx context.Context, p Principal, id string, in ExtendI
 			g := &r.Grants[i]
 			if g.Ended(now) {
 				continue
+			}
+			if r.Approval != nil {
+				approved := g.ApprovedEnd
+				if approved.IsZero() {
+					approved = g.End // approved before the approved end was recorded
+				}
+				if end.After(approved.Add(endSlack)) {
+					return Errorf(EFORBIDDEN, "request %s was approved until %s: a longer extension needs approval; ask for access again",
+						r.ID, approved.Format(time.RFC3339))
+				}
 			}
 			vm, ok := pol.VM(g.VM)
 			if !ok {

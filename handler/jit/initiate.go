@@ -13,7 +13,8 @@ type InitiateInput struct {
 	VMs           []InitiateVM
 	Justification string
 	// OnBehalfOf names the person a delegate (a bot with JIT.Delegate)
-	// asks for; empty when callers ask for themselves.
+	// asks for, by object id (see CanonicalObjectID); empty when callers
+	// ask for themselves.
 	OnBehalfOf string
 }
 
@@ -68,7 +69,7 @@ func (s *Service) Initiate(ctx context.Context, p Principal, policyName string, 
 		s.auditRefusal(ctx, p, pol.Name, in, err)
 		return Request{}, err
 	}
-	if subject.ID != p.ID {
+	if !samePrincipal(subject.ID, p.ID) {
 		req.SubmittedBy = p.ID
 	}
 	if a := approvalFor(pol, req); a != nil {
@@ -129,10 +130,14 @@ func (s *Service) requestSubject(p Principal, pol Policy, in InitiateInput) (Pri
 		if !p.Has(RoleDelegate) {
 			return Principal{}, Errorf(EFORBIDDEN, "onBehalfOf needs the %s role", RoleDelegate)
 		}
-		if err := validPrincipalRef(in.OnBehalfOf); err != nil {
-			return Principal{}, Errorf(EINVALID, "onBehalfOf: %s", ErrorMessage(err))
+		// The person's object id, as their own sign-in gives it: any other
+		// name (a UPN, a mail address) would not match their id when they
+		// approve, and so would let them approve their own request.
+		oid, ok := CanonicalObjectID(in.OnBehalfOf)
+		if !ok {
+			return Principal{}, Errorf(EINVALID, "onBehalfOf %q must be the person's object id as sign-in gives it (a GUID such as 0f8fad5b-d9cb-469f-a165-70867728950e), not a name or mail address", shorten(in.OnBehalfOf))
 		}
-		subject = Principal{ID: in.OnBehalfOf, Name: in.OnBehalfOf, Address: p.Address}
+		subject = Principal{ID: oid, Name: oid, Address: p.Address}
 	}
 	if len(pol.Requesters) > 0 && !p.Has(RoleAdmin) && !matchesAny(subject, pol.Requesters) {
 		return Principal{}, Errorf(EFORBIDDEN, "policy %s allows requests only from its listed requesters", pol.Name)

@@ -69,6 +69,10 @@ type Grant struct {
 	Destinations []string // the VM's private IPs when the request was made
 	End          time.Time
 	Duration     time.Duration // asked as a duration: a pending grant's clock starts at approval
+	// ApprovedEnd is the end the approvers agreed to, set by the last
+	// approval a request needed; zero for requests that needed none.
+	// Extend may not move End past it.
+	ApprovedEnd  time.Time
 	Status       string
 	StatusReason string
 	ClosedAt     time.Time

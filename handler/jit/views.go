@@ -162,7 +162,7 @@ func (s *Service) GetRequest(ctx context.Context, p Principal, id string) (Reque
 	if err != nil {
 		return Request{}, err
 	}
-	if !p.Has(RoleReader) && !p.Has(RoleApprover) && !(p.Has(RoleRequester) && (r.Requestor == p.ID || r.SubmittedBy == p.ID)) {
+	if !p.Has(RoleReader) && !p.Has(RoleApprover) && !(p.Has(RoleRequester) && (samePrincipal(r.Requestor, p.ID) || samePrincipal(r.SubmittedBy, p.ID))) {
 		return Request{}, Errorf(ENOTFOUND, "request %q does not exist", id)
 	}
 	return r, nil

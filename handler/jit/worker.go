@@ -364,7 +364,7 @@ func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string
 	if err != nil {
 		return Request{}, err
 	}
-	if r.Requestor != p.ID && !p.Has(RoleAdmin) {
+	if !samePrincipal(r.Requestor, p.ID) && !p.Has(RoleAdmin) {
 		return Request{}, Errorf(EFORBIDDEN, "only the requestor or a JIT.Admin may revoke request %s", id)
 	}
 	now := s.now()

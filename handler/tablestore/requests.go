@@ -381,6 +381,7 @@ func utcRequest(r jit.Request) jit.Request {
 	grants := make([]jit.Grant, len(r.Grants))
 	for i, g := range r.Grants {
 		g.End = g.End.UTC()
+		g.ApprovedEnd = g.ApprovedEnd.UTC()
 		g.ClosedAt = g.ClosedAt.UTC()
 		if g.NSGs != nil {
 			nsgs := make([]jit.GrantNSG, len(g.NSGs))
