@@ -237,12 +237,9 @@ func (s *Service) applyNSG(ctx context.Context, nsgID string, w nsgWrite) (ap Ap
 		c.Ours = namesOf(c)
 		return c, nil
 	}
-	first, err := plan()
-	if err != nil {
-		return Applied{}, nil, err
-	}
-	first.Refresh = plan
-	ap, err = s.net.ApplyRules(ctx, nsgID, first)
+	// The change itself is planned after the NSG is read (Refresh): one
+	// listing of the policies per read of the NSG.
+	ap, err = s.net.ApplyRules(ctx, nsgID, RuleChange{Refresh: plan})
 	switch {
 	case err == nil:
 		s.recordNSG(ctx, nsgID, ap, &ld, pols)
