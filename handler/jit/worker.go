@@ -243,7 +243,12 @@ func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string
 		g := &r.Grants[i]
 		n, _ := g.NSG(nsg)
 		if n.State == RuleClosed || g.Ended(now) {
+			// The rule was written (and is audited as opened); it goes again
+			// at once, but it was open, and the record says so.
 			endedMeanwhile = true
+			if n.OpenedAt.IsZero() {
+				n.OpenedAt = now
+			}
 			return nil
 		}
 		n.State, n.OpenedAt, n.Error = RuleOpen, now, ""
