@@ -283,7 +283,7 @@ func (s *Store) checkVMsFree(b *bbolt.Bucket, key []byte, p jit.Policy) error {
 }
 
 func vmTaken(vm, policy string) error {
-	return jit.Errorf(jit.ECONFLICT, "VM %s is already in policy %s; a VM can be in one policy only", vm, policy)
+	return jit.VMTaken(vm, policy)
 }
 
 // PutNSGState merges st into the stored state of its NSG (jit.NSGState.Merge)

@@ -34,6 +34,16 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// ErrVMTaken is what a store's refusal of a VM already in another policy
+// wraps (see VMTaken), so callers tell it from other conflicts.
+var ErrVMTaken = errors.New("the VM is in another policy")
+
+// VMTaken is the conflict of a policy naming a VM that another policy
+// already protects.
+func VMTaken(vm, policy string) *Error {
+	return Wrap(ECONFLICT, ErrVMTaken, fmt.Sprintf("VM %s is already in policy %s; a VM can be in one policy only", vm, policy))
+}
+
 // Errorf returns an Error with the given code and a formatted user message.
 func Errorf(code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}

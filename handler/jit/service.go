@@ -227,7 +227,7 @@ func (s *Service) PutPolicy(ctx context.Context, p Principal, pol Policy, ifMatc
 	}
 	if err != nil {
 		if ErrorCode(err) == ECONFLICT {
-			if msg := ErrorMessage(err); strings.Contains(msg, "one policy only") {
+			if errors.Is(err, ErrVMTaken) {
 				return Policy{}, err
 			}
 			return Policy{}, Errorf(ECONFLICT, "policy %s was changed by someone else at the same time; read it and try again", pol.Name)
@@ -313,7 +313,7 @@ func checkVMsFree(all []Policy, pol Policy) error {
 		}
 		for _, vm := range pol.VMs {
 			if _, ok := other.VM(vm.ID); ok {
-				return Errorf(ECONFLICT, "VM %s is already in policy %s; a VM can be in one policy only", vm.ID, other.Name)
+				return VMTaken(vm.ID, other.Name)
 			}
 		}
 	}

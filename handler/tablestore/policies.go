@@ -51,7 +51,7 @@ func policyChanged(name string) error {
 }
 
 func vmTaken(vm, policy string) error {
-	return jit.Errorf(jit.ECONFLICT, "VM %s is already in policy %s; a VM can be in one policy only", vm, policy)
+	return jit.VMTaken(vm, policy)
 }
 
 // GetPolicy returns the policy with the given name, in any case.
