@@ -63,8 +63,8 @@ func TestHostIsUs(t *testing.T) {
 		{"127.0.0.1:7071", loop, true},
 		{"localhost:7071", loop, true},
 		{"[::1]:7071", loop, true},
-		{"127.0.0.1:7072", loop, false},
-		{"127.0.0.1", loop, false}, // port 80
+		{"127.0.0.1:7072", loop, true}, // a forwarded port
+		{"127.0.0.1", loop, true}, // no port
 		{"rebind.attacker.example:7071", loop, false},
 		{"192.168.1.20:7071", loop, false},
 		{"192.168.1.20:7071", lan, true},

@@ -53,19 +53,19 @@ func addressedToUs(h http.Handler, listen net.Addr) http.Handler {
 		w.WriteHeader(http.StatusMisdirectedRequest)
 		_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{
 			"code": "MisdirectedRequest",
-			"message": fmt.Sprintf("the Host header %q does not name this server: local mode answers only requests to localhost:%s, 127.0.0.1:%s, [::1]:%s or its listen address %s "+
-				"(against DNS rebinding from web pages)", r.Host, port, port, port, listen),
+			"message": fmt.Sprintf("the Host header %q does not name this server: local mode answers only requests to localhost, 127.0.0.1, [::1] or its listen address %s "+
+				"(against DNS rebinding from web pages)", r.Host, listen),
 		}})
 	})
 }
 
 func hostIsUs(hostHeader string, own netip.Addr, port string) bool {
-	host, p, err := net.SplitHostPort(hostHeader)
+	// Any port: a forwarded port (ssh -L, a container's) reaches this
+	// server too, and DNS rebinding needs a name of the attacker's, which
+	// is what is refused.
+	host, _, err := net.SplitHostPort(hostHeader)
 	if err != nil {
-		host, p = strings.TrimSuffix(strings.TrimPrefix(hostHeader, "["), "]"), "80"
-	}
-	if p != port {
-		return false
+		host = strings.TrimSuffix(strings.TrimPrefix(hostHeader, "["), "]")
 	}
 	if strings.EqualFold(host, "localhost") {
 		return true

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -15,10 +16,14 @@ import (
 // and /healthz went unanswered.
 type serverLimits struct {
 	ReadHeader time.Duration // request line and headers
-	Read       time.Duration // the whole request, body included
-	Write      time.Duration // from the end of the headers to the end of the answer
-	Idle       time.Duration // a keep-alive connection between requests
-	MaxConns   int           // connections served at once; more wait in the kernel's backlog
+	// Read bounds reading a request's body. It is not http.Server's
+	// ReadTimeout: that deadline stays on the connection while the handler
+	// runs, and when it passes the server cancels the request's context,
+	// which would cut a worker invocation or a sweep of minutes short.
+	Read     time.Duration
+	Write    time.Duration // from the end of the headers to the end of the answer
+	Idle     time.Duration // a keep-alive connection between requests
+	MaxConns int           // connections served at once; more wait in the kernel's backlog
 }
 
 // localLimits suit `handler local`: request bodies are at most 1 MiB, which
@@ -29,7 +34,7 @@ var localLimits = serverLimits{
 	Read:       30 * time.Second,
 	Write:      2 * time.Minute,
 	Idle:       2 * time.Minute,
-	MaxConns:   256,
+	MaxConns:   768,
 }
 
 // functionsLimits suit Functions mode, whose only peer is the Functions
@@ -42,18 +47,58 @@ var functionsLimits = serverLimits{
 	Read:       time.Minute,
 	Write:      6 * time.Minute,
 	Idle:       2 * time.Minute,
-	MaxConns:   512,
+	MaxConns:   768,
 }
 
 // newServer is the http.Server both modes serve with.
 func newServer(h http.Handler, l serverLimits) *http.Server {
 	return &http.Server{
-		Handler:           h,
+		Handler:           bodyDeadline(h, l.Read),
 		ReadHeaderTimeout: l.ReadHeader,
-		ReadTimeout:       l.Read,
 		WriteTimeout:      l.Write,
 		IdleTimeout:       l.Idle,
 	}
+}
+
+// bodyDeadline gives a request with a body d to send it: the connection's
+// read deadline is set when the handler starts and cleared once the body
+// has been read to its end (or closed), so a slow body is cut while a long
+// handler, its body read, is not.
+func bodyDeadline(h http.Handler, d time.Duration) http.Handler {
+	if d <= 0 {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+			h.ServeHTTP(w, r)
+			return
+		}
+		rc := http.NewResponseController(w)
+		if err := rc.SetReadDeadline(time.Now().Add(d)); err == nil {
+			r.Body = &deadlineBody{ReadCloser: r.Body, clear: func() { _ = rc.SetReadDeadline(time.Time{}) }}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// deadlineBody clears the read deadline once the body is done.
+type deadlineBody struct {
+	io.ReadCloser
+	once  sync.Once
+	clear func()
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.once.Do(b.clear)
+	}
+	return n, err
+}
+
+func (b *deadlineBody) Close() error {
+	b.once.Do(b.clear)
+	return b.ReadCloser.Close()
 }
 
 // serveUntilDone serves h on ln within the limits until ctx ends (SIGINT,

@@ -140,3 +140,41 @@ func TestSlowClientsAreCut(t *testing.T) {
 		t.Errorf("%d of %d slow clients were never cut", open, slow)
 	}
 }
+
+// TestLongHandlersAreNotCut: a request whose body came in time may take
+// longer than the body's deadline (a worker invocation writing NSGs for
+// minutes, a sweep): its context is not cancelled. With http.Server's
+// ReadTimeout it was, once the deadline passed.
+func TestLongHandlersAreNotCut(t *testing.T) {
+	limits := serverLimits{ReadHeader: 200 * time.Millisecond, Read: 200 * time.Millisecond, Write: 5 * time.Second, Idle: time.Second, MaxConns: 8}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /worker", func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.ReadAll(r.Body); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		select {
+		case <-time.After(700 * time.Millisecond):
+			fmt.Fprint(w, "done")
+		case <-r.Context().Done():
+			http.Error(w, "cancelled", http.StatusServiceUnavailable)
+		}
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- serveUntilDone(ctx, mux, ln, limits, func(context.Context) {}) }()
+	t.Cleanup(func() { cancel(); <-served })
+	resp, err := http.Post("http://"+ln.Addr().String()+"/worker", "application/json", strings.NewReader(`{"Data":{}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "done" {
+		t.Errorf("a handler running past the body deadline: %d %s", resp.StatusCode, body)
+	}
+}
