@@ -17,9 +17,9 @@ import (
 type serverLimits struct {
 	ReadHeader time.Duration // request line and headers
 	// Read bounds reading a request's body. It is not http.Server's
-	// ReadTimeout: that deadline stays on the connection while the handler
-	// runs, and when it passes the server cancels the request's context,
-	// which would cut a worker invocation or a sweep of minutes short.
+	// ReadTimeout, whose deadline stays on the connection while the
+	// handler runs: this one is cleared once the body has been read, so a
+	// worker invocation or a sweep of minutes never runs against it.
 	Read     time.Duration
 	Write    time.Duration // from the end of the headers to the end of the answer
 	Idle     time.Duration // a keep-alive connection between requests

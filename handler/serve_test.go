@@ -143,8 +143,7 @@ func TestSlowClientsAreCut(t *testing.T) {
 
 // TestLongHandlersAreNotCut: a request whose body came in time may take
 // longer than the body's deadline (a worker invocation writing NSGs for
-// minutes, a sweep): its context is not cancelled. With http.Server's
-// ReadTimeout it was, once the deadline passed.
+// minutes, a sweep): its context is not cancelled and its answer arrives.
 func TestLongHandlersAreNotCut(t *testing.T) {
 	limits := serverLimits{ReadHeader: 200 * time.Millisecond, Read: 200 * time.Millisecond, Write: 5 * time.Second, Idle: time.Second, MaxConns: 8}
 	mux := http.NewServeMux()
