@@ -64,7 +64,7 @@ func TestHostIsUs(t *testing.T) {
 		{"localhost:7071", loop, true},
 		{"[::1]:7071", loop, true},
 		{"127.0.0.1:7072", loop, true}, // a forwarded port
-		{"127.0.0.1", loop, true}, // no port
+		{"127.0.0.1", loop, true},      // no port
 		{"rebind.attacker.example:7071", loop, false},
 		{"192.168.1.20:7071", loop, false},
 		{"192.168.1.20:7071", lan, true},
