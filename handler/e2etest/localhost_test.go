@@ -29,8 +29,8 @@ func TestLocalAnswersOnlyRequestsAddressedToIt(t *testing.T) {
 		{"attacker.example:" + port, true},
 		{"localhost.attacker.example:" + port, true},
 		{"127.0.0.1.nip.io:" + port, true},
-		{"127.0.0.1:1" + port, true},
-		{"127.0.0.1", true},
+		{"127.0.0.1:1" + port, false}, // a forwarded port reaches us too
+		{"127.0.0.1", false},
 		{"attacker.example", true},
 	} {
 		for _, path := range paths {
