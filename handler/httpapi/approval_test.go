@@ -301,6 +301,30 @@ func TestExtendStaysWithinApproval(t *testing.T) {
 // A port's own approvers replace the policy's for that port: a policy-level
 // approver cannot open a port that names its own, and a request over ports
 // with different approvers needs each port's approvers.
+// TestApproversFollowThePolicy: a port that gains stricter approvers
+// while a request waits is approved by the new ones, not the old.
+func TestApproversFollowThePolicy(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	admin := easyAuth("admin-0", []string{jit.RoleAdmin})
+	alice := easyAuth("alice", []string{jit.RoleRequester})
+	lead := easyAuth("lena", []string{jit.RoleApprover}, "team-leads")
+	sec := easyAuth("sam", []string{jit.RoleApprover}, "secops")
+	s.must(200, admin, "PUT", "/api/v1/policies/p", policyWithPorts("vm-nic-nsg",
+		map[string]any{"required": true, "approvers": []string{"team-leads"}}, portBody(22, "*", nil)), nil)
+	var r request
+	s.must(202, alice, "POST", "/api/v1/policies/p/initiate", initiatePorts("vm-nic-nsg", "PT1H", 22), &r)
+	// Security makes port 22 theirs while the request waits.
+	s.must(200, admin, "PUT", "/api/v1/policies/p", policyWithPorts("vm-nic-nsg",
+		map[string]any{"required": true, "approvers": []string{"team-leads"}}, portBody(22, "*", []string{"secops"})), nil)
+	if code, body := s.do(lead, "POST", "/api/v1/requests/"+r.ID+"/approve", nil, nil); code != 403 || !strings.Contains(body, "changed with its policy") {
+		t.Fatalf("a team-leads approval after port 22 became secops': %d %s, want 403", code, body)
+	}
+	s.must(200, sec, "POST", "/api/v1/requests/"+r.ID+"/approve", nil, &r)
+	if r.Status != "Active" {
+		t.Fatalf("after the secops approval: %s", r.Status)
+	}
+}
+
 func TestPortApproversAreNotLoosened(t *testing.T) {
 	s := newStack(t, stackOptions{})
 	admin := easyAuth("admin-0", []string{jit.RoleAdmin})

@@ -225,6 +225,37 @@ func matchesAny(p Principal, ids []string) bool {
 //
 // The policy may have changed while the request waited, so an approval
 // first checks the request against the policy as it is now (see
+// followApprovers makes the policy's current approvers decide a pending
+// request whose policy changed its approvers since it was asked for (and
+// gives requests stored before per-rule approvals their rules): the rules
+// are worked out again from the policy, earlier approvals count towards a
+// new rule only where the approver is named in it (a group membership at
+// the time cannot be checked again); it reports whether they changed. A
+// policy that no longer asks for approval keeps the request's own rules.
+func followApprovers(pol Policy, r *Request) bool {
+	cur := approvalFor(pol, *r)
+	if cur == nil || sameRules(cur.Rules, r.Approval.Rules) {
+		return false
+	}
+	for i := range cur.Rules {
+		for _, d := range r.Approval.Decisions {
+			if d.Approve && slices.ContainsFunc(cur.Rules[i].Approvers, func(a string) bool { return samePrincipal(a, d.By) }) {
+				cur.Rules[i].ApprovedBy = append(cur.Rules[i].ApprovedBy, d.By)
+			}
+		}
+	}
+	r.Approval.Rules, r.Approval.MinApprovals, r.Approval.Approvers = cur.Rules, cur.MinApprovals, cur.Approvers
+	return true
+}
+
+// sameRules reports whether two rule sets name the same approvers and
+// minimums (what was approved aside).
+func sameRules(a, b []ApprovalRule) bool {
+	return slices.EqualFunc(a, b, func(x, y ApprovalRule) bool {
+		return x.MinApprovals == y.MinApprovals && slices.Equal(x.Approvers, y.Approvers)
+	})
+}
+
 // unfitReason). A request that no longer fits is not approved: it is
 // closed as denied with reason PolicyChanged, audited as withdrawn, and the
 // approver gets a conflict saying why.
@@ -257,6 +288,30 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 		if samePrincipal(p.ID, r.Requestor) || r.SubmittedBy != "" && samePrincipal(p.ID, r.SubmittedBy) {
 			return Errorf(EFORBIDDEN, "you cannot approve or deny your own request")
 		}
+		changed := false
+		if approve {
+			// Against the policy as it is now: what it still allows, and
+			// who may approve now.
+			pol, err := s.store.GetPolicy(ctx, r.Policy)
+			if err != nil && ErrorCode(err) != ENOTFOUND {
+				return fmt.Errorf("reading policy %s: %w", r.Policy, err)
+			}
+			found := err == nil
+			if found {
+				changed = followApprovers(pol, r)
+			}
+			if !r.Approval.mayApprove(p) {
+				if changed {
+					return Errorf(EFORBIDDEN, "the approvers of request %s changed with its policy, and you are not one of them now", r.ID)
+				}
+				return Errorf(EFORBIDDEN, "you are not one of the approvers of request %s", r.ID)
+			}
+			if withdrawn = unfitReason(pol, found, r); withdrawn != "" {
+				r.Status = RequestDenied
+				endPending(r, GrantRevoked, ReasonPolicyChanged, now)
+				return nil
+			}
+		}
 		if !r.Approval.mayApprove(p) {
 			return Errorf(EFORBIDDEN, "you are not one of the approvers of request %s", r.ID)
 		}
@@ -267,17 +322,6 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 		}
 		if !now.Before(r.Approval.PendingUntil) {
 			return Errorf(ECONFLICT, "request %s waited too long for approval and has expired", r.ID)
-		}
-		if approve {
-			pol, err := s.store.GetPolicy(ctx, r.Policy)
-			if err != nil && ErrorCode(err) != ENOTFOUND {
-				return fmt.Errorf("reading policy %s: %w", r.Policy, err)
-			}
-			if withdrawn = unfitReason(pol, err == nil, r); withdrawn != "" {
-				r.Status = RequestDenied
-				endPending(r, GrantRevoked, ReasonPolicyChanged, now)
-				return nil
-			}
 		}
 		r.Approval.Decisions = append(r.Approval.Decisions, Decision{By: p.ID, ByName: p.Name, At: now, Approve: approve, Comment: comment})
 		if !approve {
