@@ -75,7 +75,7 @@ func TestHostIsUs(t *testing.T) {
 		{"myhost:7071", all, false},
 		{"", loop, false},
 	} {
-		if got := hostIsUs(tc.host, tc.own, "7071"); got != tc.want {
+		if got := hostIsUs(tc.host, tc.own); got != tc.want {
 			t.Errorf("Host %q, listening on %s:7071: %v, want %v", tc.host, tc.own, got, tc.want)
 		}
 	}

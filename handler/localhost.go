@@ -31,8 +31,8 @@ func checkLocalListen(listen string, allowAny bool) error {
 }
 
 // addressedToUs answers 421 to a request whose Host header names anything
-// but this server: its listen address, localhost or the loopback, on its
-// own port. A web page can make a browser send requests to 127.0.0.1
+// but this server: its listen address, localhost or the loopback, on any
+// port (a forwarded port reaches it too). A web page can make a browser send requests to 127.0.0.1
 // under a name of its own (DNS rebinding) and read the answers; such
 // requests carry that name in Host. A name other than localhost is refused
 // even when listening on every address, where only IP literals are
@@ -43,9 +43,8 @@ func addressedToUs(h http.Handler, listen net.Addr) http.Handler {
 		panic(fmt.Sprintf("listen address %s: %v", listen, err)) // a TCP listener's address always parses
 	}
 	own := ap.Addr().Unmap()
-	port := fmt.Sprint(ap.Port())
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if hostIsUs(r.Host, own, port) {
+		if hostIsUs(r.Host, own) {
 			h.ServeHTTP(w, r)
 			return
 		}
@@ -59,7 +58,7 @@ func addressedToUs(h http.Handler, listen net.Addr) http.Handler {
 	})
 }
 
-func hostIsUs(hostHeader string, own netip.Addr, port string) bool {
+func hostIsUs(hostHeader string, own netip.Addr) bool {
 	// Any port: a forwarded port (ssh -L, a container's) reaches this
 	// server too, and DNS rebinding needs a name of the attacker's, which
 	// is what is refused.

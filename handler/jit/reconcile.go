@@ -125,7 +125,7 @@ func (s *Service) Reconcile(ctx context.Context) (SweepReport, error) {
 			}
 		}
 		rep.NSGs++
-		if _, err := s.reconcileNSG(ctx, v, n, listedAt, &rep); err != nil {
+		if err := s.reconcileNSG(ctx, v, n, listedAt, &rep); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -166,7 +166,7 @@ func (s *Service) ReconcileNSG(ctx context.Context, nsgID string) (SweepReport, 
 		return rep, err
 	}
 	rep.NSGs = 1
-	_, err = s.reconcileNSG(ctx, v, NSGInfo{ID: nsgID, Rules: rules}, listedAt, &rep)
+	err = s.reconcileNSG(ctx, v, NSGInfo{ID: nsgID, Rules: rules}, listedAt, &rep)
 	return rep, err
 }
 
@@ -236,8 +236,8 @@ func (s *Service) reportBypasses(ctx context.Context, v *view, prev, next NSGSta
 // grants come back, opens that never happened are given up, and the deny
 // rules are what the policies say (applyNSG). When nothing differs it
 // writes nothing and reads nothing more; the NSG's state is recorded
-// either way. It reports whether it wrote.
-func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, listedAt time.Time, rep *SweepReport) (bool, error) {
+// either way.
+func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, listedAt time.Time, rep *SweepReport) error {
 	key := strings.ToLower(n.ID)
 	now := s.now()
 	o := s.owner()
@@ -372,7 +372,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, listedAt
 	s.noteNSG(ctx, v, seen)
 	if lockdownOK && len(w.put) == 0 && len(w.del) == 0 {
 		s.reportBypasses(ctx, v, prev, seen, rep)
-		return false, errors.Join(errs...)
+		return errors.Join(errs...)
 	}
 	ap, lockErr, err := s.applyNSG(ctx, n.ID, w)
 	if err == nil && lockErr != nil {
@@ -381,7 +381,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, listedAt
 	}
 	if err != nil {
 		fail(Request{}, "", "bringing NSG "+ResourceName(n.ID)+" in line", err)
-		return false, errors.Join(errs...)
+		return errors.Join(errs...)
 	}
 	for _, c := range closes {
 		_ = s.recordClose(ctx, c.req, c.i, n.ID)
@@ -407,7 +407,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, listedAt
 		}
 	}
 	s.reportBypasses(ctx, v, prev, s.stateOf(n.ID, ap.Rules, ap.Missing, now), rep)
-	return ap.Wrote(), errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // sameRule compares two rules on everything ARM stores of them but the
