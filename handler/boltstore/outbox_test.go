@@ -12,12 +12,9 @@ import (
 	"jitaccess/handler/localqueue"
 )
 
-// The bbolt store offers the one-transaction writes the suite checks.
-var (
-	_ jit.RequestRecorder = (*boltstore.Store)(nil)
-	_ jit.AuditedUpdater  = (*boltstore.Store)(nil)
-	_ jit.RequestQueuer   = (*boltstore.QueuingStore)(nil)
-)
+// The bbolt store with the local queue as outbox stores a new request's
+// operations in the request's transaction.
+var _ jit.RequestQueuer = (*boltstore.QueuingStore)(nil)
 
 // worker records what the local queue delivers.
 type worker struct {

@@ -160,12 +160,9 @@ func (s *Store) ListPolicies(ctx context.Context) ([]jit.Policy, error) {
 
 // CreatePolicy stores a new policy; ECONFLICT when one with the same name
 // (in any case) exists.
-func (s *Store) CreatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, error) {
-	if err := ctx.Err(); err != nil {
+func (s *Store) CreatePolicy(ctx context.Context, p jit.Policy, events ...jit.AuditEvent) (jit.Policy, error) {
+	if err := checkPolicyWrite(ctx, p.Name, events); err != nil {
 		return jit.Policy{}, err
-	}
-	if p.Name == "" {
-		return jit.Policy{}, jit.Errorf(jit.EINVALID, "policy name is required")
 	}
 	p = utcPolicy(p)
 	p.ETag = newETag()
@@ -182,6 +179,9 @@ func (s *Store) CreatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, err
 		if err := s.checkVMsFree(b, key, p); err != nil {
 			return err
 		}
+		if err := appendAudits(tx, events); err != nil {
+			return err
+		}
 		return put(b, key, p)
 	})
 	if err != nil {
@@ -191,12 +191,9 @@ func (s *Store) CreatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, err
 }
 
 // UpdatePolicy replaces a policy. A non-empty p.ETag must match the stored one.
-func (s *Store) UpdatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, error) {
-	if err := ctx.Err(); err != nil {
+func (s *Store) UpdatePolicy(ctx context.Context, p jit.Policy, events ...jit.AuditEvent) (jit.Policy, error) {
+	if err := checkPolicyWrite(ctx, p.Name, events); err != nil {
 		return jit.Policy{}, err
-	}
-	if p.Name == "" {
-		return jit.Policy{}, jit.Errorf(jit.EINVALID, "policy name is required")
 	}
 	p = utcPolicy(p)
 	want := p.ETag
@@ -218,6 +215,9 @@ func (s *Store) UpdatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, err
 		if err := s.checkVMsFree(b, key, p); err != nil {
 			return err
 		}
+		if err := appendAudits(tx, events); err != nil {
+			return err
+		}
 		return put(b, key, p)
 	})
 	if err != nil {
@@ -227,12 +227,9 @@ func (s *Store) UpdatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, err
 }
 
 // DeletePolicy removes a policy. A non-empty etag must match the stored one.
-func (s *Store) DeletePolicy(ctx context.Context, name, etag string) error {
-	if err := ctx.Err(); err != nil {
+func (s *Store) DeletePolicy(ctx context.Context, name, etag string, events ...jit.AuditEvent) error {
+	if err := checkPolicyWrite(ctx, name, events); err != nil {
 		return err
-	}
-	if name == "" {
-		return jit.Errorf(jit.EINVALID, "policy name is required")
 	}
 	return s.db.Batch(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketPolicies)
@@ -250,8 +247,24 @@ func (s *Store) DeletePolicy(ctx context.Context, name, etag string) error {
 				return jit.Errorf(jit.ECONFLICT, "policy %q was changed by someone else: read it again and retry", existing.Name)
 			}
 		}
+		if err := appendAudits(tx, events); err != nil {
+			return err
+		}
 		return b.Delete(key)
 	})
+}
+
+// checkPolicyWrite refuses a policy write before anything is stored: a
+// done context, a policy without name, an event without id or time
+// (events' times are put in UTC).
+func checkPolicyWrite(ctx context.Context, name string, events []jit.AuditEvent) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if name == "" {
+		return jit.Errorf(jit.EINVALID, "policy name is required")
+	}
+	return checkAudits(events)
 }
 
 // checkVMsFree refuses p, to be stored under key, when another policy in b
@@ -348,25 +361,9 @@ func (s *Store) GetRequest(ctx context.Context, id string) (jit.Request, error) 
 	return r, err
 }
 
-// CreateRequest stores a new request; ECONFLICT when its id exists.
-func (s *Store) CreateRequest(ctx context.Context, r jit.Request) (jit.Request, error) {
-	if err := ctx.Err(); err != nil {
-		return jit.Request{}, err
-	}
-	if r.ID == "" {
-		return jit.Request{}, jit.Errorf(jit.EINVALID, "request id is required")
-	}
-	r = utcRequest(r)
-	r.ETag = newETag()
-	if err := s.db.Batch(func(tx *bbolt.Tx) error { return createRequest(tx, r) }); err != nil {
-		return jit.Request{}, err
-	}
-	return r, nil
-}
-
-// CreateRequestAudited stores a new request and its audit events in one
-// transaction (jit.RequestRecorder): all of them, or none.
-func (s *Store) CreateRequestAudited(ctx context.Context, r jit.Request, events []jit.AuditEvent) (jit.Request, error) {
+// CreateRequest stores a new request and its audit events in one
+// transaction: all of them, or none. ECONFLICT when its id exists.
+func (s *Store) CreateRequest(ctx context.Context, r jit.Request, events ...jit.AuditEvent) (jit.Request, error) {
 	return s.createRequestWith(ctx, r, events, nil)
 }
 
@@ -380,12 +377,7 @@ func checkRequestWrite(ctx context.Context, r jit.Request, events []jit.AuditEve
 	if r.ID == "" {
 		return jit.Errorf(jit.EINVALID, "request id is required")
 	}
-	for i := range events {
-		if err := checkAudit(&events[i]); err != nil {
-			return err
-		}
-	}
-	return nil
+	return checkAudits(events)
 }
 
 // createRequestWith stores a new request and its audit events, and runs
@@ -400,10 +392,8 @@ func (s *Store) createRequestWith(ctx context.Context, r jit.Request, events []j
 		if err := createRequest(tx, r); err != nil {
 			return err
 		}
-		for _, ev := range events {
-			if err := appendAudit(tx, ev); err != nil {
-				return err
-			}
+		if err := appendAudits(tx, events); err != nil {
+			return err
 		}
 		if also != nil {
 			return also(tx)
@@ -464,15 +454,10 @@ func createRequest(tx *bbolt.Tx, r jit.Request) error {
 	return tx.Bucket(bucketRequestsByStart).Put(indexKey(r.StartTime, r.ID), []byte(r.Status))
 }
 
-// UpdateRequest replaces a request. A non-empty r.ETag must match the stored one.
-func (s *Store) UpdateRequest(ctx context.Context, r jit.Request) (jit.Request, error) {
-	return s.UpdateRequestAudited(ctx, r, nil)
-}
-
-// UpdateRequestAudited replaces a stored request as UpdateRequest does and
-// stores audit events in the same transaction (jit.AuditedUpdater): all of
-// it, or, on a conflict or any other error, none.
-func (s *Store) UpdateRequestAudited(ctx context.Context, r jit.Request, events []jit.AuditEvent) (jit.Request, error) {
+// UpdateRequest replaces a request and stores its audit events in the same
+// transaction: all of it, or, on a conflict or any other error, none. A
+// non-empty r.ETag must match the stored one.
+func (s *Store) UpdateRequest(ctx context.Context, r jit.Request, events ...jit.AuditEvent) (jit.Request, error) {
 	if err := checkRequestWrite(ctx, r, events); err != nil {
 		return jit.Request{}, err
 	}
@@ -495,10 +480,8 @@ func (s *Store) UpdateRequestAudited(ctx context.Context, r jit.Request, events 
 		if err := put(b, []byte(r.ID), r); err != nil {
 			return err
 		}
-		for _, ev := range events {
-			if err := appendAudit(tx, ev); err != nil {
-				return err
-			}
+		if err := appendAudits(tx, events); err != nil {
+			return err
 		}
 		idx := tx.Bucket(bucketRequestsByStart)
 		if !existing.StartTime.Equal(r.StartTime) {
@@ -616,6 +599,30 @@ func checkAudit(ev *jit.AuditEvent) error {
 	ev.Time = ev.Time.UTC()
 	return nil
 }
+
+// checkAudits checks each of events as checkAudit does.
+func checkAudits(events []jit.AuditEvent) error {
+	for i := range events {
+		if err := checkAudit(&events[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// appendAudits appends events in tx, each once.
+func appendAudits(tx *bbolt.Tx, events []jit.AuditEvent) error {
+	for _, ev := range events {
+		if err := appendAudit(tx, ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RecoverAudit finds nothing to complete: a change and its events are
+// stored in one transaction.
+func (s *Store) RecoverAudit(ctx context.Context) (int, error) { return 0, ctx.Err() }
 
 func appendAudit(tx *bbolt.Tx, ev jit.AuditEvent) error {
 	ids := tx.Bucket(bucketAuditIDs)

@@ -45,6 +45,7 @@ type stack struct {
 	armURL string
 	sim    *armsim.Server
 	svc    *jit.Service
+	store  jit.Store
 }
 
 type stackOptions struct {
@@ -55,6 +56,9 @@ type stackOptions struct {
 	stuckAfter     time.Duration
 	dropOpens      bool // the queue loses every open operation
 	batch          bool // the queue delivers an NSG's due operations together
+	// store, when set, is the service's store instead of the bbolt one
+	// (which then holds only the queue); it gets the bbolt store to wrap.
+	store func(jit.Store) jit.Store
 }
 
 // droppingQueue loses open operations, as a broken broker might.
@@ -100,6 +104,10 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var svcStore jit.Store = store
+	if o.store != nil {
+		svcStore = o.store(store)
+	}
 	var svc *jit.Service
 	var worker jit.Worker = jit.WorkerFunc(func(ctx context.Context, op jit.Operation) error {
 		return svc.ApplyOperation(ctx, op)
@@ -118,7 +126,7 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	if o.dropOpens {
 		queue = droppingQueue{q}
 	}
-	svc = jit.NewService(store, queue, net, jit.Config{MinDuration: time.Second, Subscriptions: []string{sub},
+	svc = jit.NewService(svcStore, queue, net, jit.Config{MinDuration: time.Second, Subscriptions: []string{sub},
 		PendingExpiry: o.pendingExpiry, Notifier: o.notifier, StuckAfter: o.stuckAfter, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := q.Start(ctx); err != nil {
@@ -133,7 +141,7 @@ func newStack(t *testing.T, o stackOptions) *stack {
 		_ = q.Close(closeCtx)
 		_ = db.Close()
 	})
-	return &stack{t: t, url: api.URL, armURL: armSrv.URL, sim: sim, svc: svc}
+	return &stack{t: t, url: api.URL, armURL: armSrv.URL, sim: sim, svc: svc, store: svcStore}
 }
 
 // as is a caller: headers that identify them.

@@ -278,7 +278,7 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 	}
 	now := s.now()
 	opened, withdrawn := false, ""
-	updated, err := s.mutateRequest(ctx, id, func(r *Request) error {
+	updated, err := s.mutateAudited(ctx, id, auditedBy(func(r *Request) error {
 		opened, withdrawn = false, ""
 		if r.Status != RequestPending || r.Approval == nil {
 			return Errorf(ECONFLICT, "request %s is not waiting for approval (status %s)", r.ID, r.Status)
@@ -350,25 +350,26 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 		r.Status = RequestActive
 		opened = true
 		return nil
-	})
+	}, func(r *Request) []AuditEvent {
+		if withdrawn != "" {
+			return []AuditEvent{{Action: AuditWithdraw, Actor: p.ID, Policy: r.Policy, Request: id,
+				Result: ResultSuccess, Detail: clip(withdrawn, 500)}}
+		}
+		action := map[bool]string{true: AuditApprove, false: AuditDeny}[approve]
+		events := make([]AuditEvent, len(r.Grants))
+		for k, g := range r.Grants {
+			events[k] = AuditEvent{Action: action, Actor: p.ID, Policy: r.Policy, Request: id, VM: g.VM,
+				Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources, Result: ResultSuccess, Detail: clip(comment, 500)}
+		}
+		return events
+	}))
 	if err != nil {
 		return Request{}, err
 	}
 	if withdrawn != "" {
-		if err := s.audit(ctx, AuditEvent{Action: AuditWithdraw, Actor: p.ID, Policy: updated.Policy, Request: id,
-			Result: ResultSuccess, Detail: clip(withdrawn, 500)}); err != nil {
-			return Request{}, err
-		}
 		s.cfg.Log.Info().Str("request", id).Str("approver", p.ID).Str("reason", withdrawn).Msg("withdrawn at approval")
 		s.notify(EventDenied, updated, p.ID, withdrawn)
 		return Request{}, Errorf(ECONFLICT, "request %s was not approved and is now closed: %s", id, withdrawn)
-	}
-	action := map[bool]string{true: AuditApprove, false: AuditDeny}[approve]
-	for _, g := range updated.Grants {
-		if err := s.audit(ctx, AuditEvent{Action: action, Actor: p.ID, Policy: updated.Policy, Request: id, VM: g.VM,
-			Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources, Result: ResultSuccess, Detail: clip(comment, 500)}); err != nil {
-			return Request{}, err
-		}
 	}
 	s.cfg.Log.Info().Str("request", id).Str("approver", p.ID).Bool("approve", approve).Bool("opening", opened).Msg("decision")
 	if !approve {
@@ -446,24 +447,23 @@ func (s *Service) expirePending(ctx context.Context) (int, error) {
 		if r.Approval == nil || now.Before(r.Approval.PendingUntil) {
 			continue
 		}
-		updated, err := s.mutateRequest(ctx, r.ID, func(r *Request) error {
+		updated, err := s.mutateAudited(ctx, r.ID, auditedBy(func(r *Request) error {
 			if r.Status != RequestPending {
 				return Errorf(ECONFLICT, "no longer pending")
 			}
 			r.Status = RequestExpired
 			endPending(r, GrantClosed, ReasonApprovalExpired, now)
 			return nil
-		})
+		}, func(r *Request) []AuditEvent {
+			return []AuditEvent{{ID: "expire-" + r.ID, Action: AuditExpire, Actor: System.ID, Policy: r.Policy,
+				Request: r.ID, Result: ResultSuccess, Detail: "no decision in time"}}
+		}))
 		if ErrorCode(err) == ECONFLICT {
 			continue
 		} else if err != nil {
 			return n, err
 		}
 		n++
-		if err := s.audit(ctx, AuditEvent{ID: "expire-" + r.ID, Action: AuditExpire, Actor: System.ID, Policy: r.Policy,
-			Request: r.ID, Result: ResultSuccess, Detail: "no decision in time"}); err != nil {
-			return n, err
-		}
 		s.notify(EventDenied, updated, System.ID, "expired without enough approvals")
 	}
 	return n, nil

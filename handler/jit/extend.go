@@ -58,7 +58,7 @@ func (s *Service) Extend(ctx context.Context, p Principal, id string, in ExtendI
 	}
 	var ops []Operation
 	var old []string
-	updated, err := s.mutateRequest(ctx, id, func(r *Request) error {
+	updated, err := s.mutateAudited(ctx, id, auditedBy(func(r *Request) error {
 		ops, old = nil, nil
 		for i := range r.Grants {
 			g := &r.Grants[i]
@@ -102,7 +102,10 @@ func (s *Service) Extend(ctx context.Context, p Principal, id string, in ExtendI
 			return Errorf(ECONFLICT, "request %s has no open access left to extend", id)
 		}
 		return nil
-	})
+	}, func(r *Request) []AuditEvent {
+		return []AuditEvent{{Action: AuditExtend, Actor: p.ID, Policy: r.Policy, Request: id, Result: ResultSuccess,
+			Detail: "until " + end.Format(time.RFC3339)}}
+	}))
 	if err != nil {
 		return Request{}, err
 	}
@@ -128,10 +131,6 @@ func (s *Service) Extend(ctx context.Context, p Principal, id string, in ExtendI
 	})
 	if err != nil {
 		return Request{}, fmt.Errorf("recording close tickets: %w", err)
-	}
-	if err := s.audit(ctx, AuditEvent{Action: AuditExtend, Actor: p.ID, Policy: r.Policy, Request: id, Result: ResultSuccess,
-		Detail: "until " + end.Format(time.RFC3339)}); err != nil {
-		return Request{}, err
 	}
 	s.cfg.Log.Info().Str("request", id).Str("actor", p.ID).Time("end", end).Msg("extended")
 	return updated, nil

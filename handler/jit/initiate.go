@@ -299,24 +299,11 @@ func mergeGrant(gs []Grant, g Grant) []Grant {
 // queueGrants puts each grant's open (now) and close (at its end) on the
 // queue for every NSG and records the close tickets. If the queue fails, the
 // grants are marked failed; the sweeper still removes anything that opened.
-// recordRequest stores a new request and its audit events: in one
-// transaction where the store can, else the request first.
+// recordRequest stores a new request and its audit events, together.
 func (s *Service) recordRequest(ctx context.Context, req Request, events []AuditEvent) (Request, error) {
-	if rr, ok := s.store.(RequestRecorder); ok {
-		saved, err := rr.CreateRequestAudited(ctx, req, events)
-		if err != nil {
-			return Request{}, fmt.Errorf("storing request: %w", err)
-		}
-		return saved, nil
-	}
-	saved, err := s.store.CreateRequest(ctx, req)
+	saved, err := s.store.CreateRequest(ctx, req, events...)
 	if err != nil {
 		return Request{}, fmt.Errorf("storing request: %w", err)
-	}
-	for _, ev := range events {
-		if err := s.audit(ctx, ev); err != nil {
-			return Request{}, err
-		}
 	}
 	return saved, nil
 }
@@ -399,48 +386,37 @@ func (s *Service) auditRefusal(ctx context.Context, p Principal, policy string, 
 // mutateRequest applies fn to the stored request and writes it back,
 // retrying when someone else wrote it in between.
 func (s *Service) mutateRequest(ctx context.Context, id string, fn func(*Request) error) (Request, error) {
-	return s.mutateRequestAudited(ctx, id, nil, fn)
+	return s.mutateAudited(ctx, id, func(r *Request) ([]AuditEvent, error) { return nil, fn(r) })
 }
 
-// mutateRequestAudited is mutateRequest that also stores events: with the
-// request in one transaction where the store can, else before it, so that
-// a crash in between leaves the event (redelivered work appends it again
-// under the same id, which keeps one) rather than an unaudited change.
-func (s *Service) mutateRequestAudited(ctx context.Context, id string, events []AuditEvent, fn func(*Request) error) (_ Request, err error) {
-	au, together := s.store.(AuditedUpdater)
-	together = together && len(events) > 0
-	if !together {
-		for _, ev := range events {
-			if err := s.audit(ctx, ev); err != nil {
-				return Request{}, err
-			}
+// auditedBy makes a mutateAudited function of fn, which changes the
+// request, and events, which return the events that record the change
+// once fn has made it.
+func auditedBy(fn func(*Request) error, events func(*Request) []AuditEvent) func(*Request) ([]AuditEvent, error) {
+	return func(r *Request) ([]AuditEvent, error) {
+		if err := fn(r); err != nil {
+			return nil, err
 		}
-	} else {
-		defer func() {
-			if err != nil {
-				// What happened is audited even when the request cannot
-				// record it.
-				for _, ev := range events {
-					_ = s.audit(ctx, ev)
-				}
-			}
-		}()
+		return events(r), nil
 	}
+}
+
+// mutateAudited is mutateRequest for a change that is audited: fn also
+// returns the events that record it, and the store keeps them with the
+// change or not at all. fn may run more than once: only the events of the
+// run whose change is stored are kept.
+func (s *Service) mutateAudited(ctx context.Context, id string, fn func(*Request) ([]AuditEvent, error)) (Request, error) {
 	for attempt := 0; ; attempt++ {
 		r, err := s.store.GetRequest(ctx, id)
 		if err != nil {
 			return Request{}, err
 		}
-		if err := fn(&r); err != nil {
+		events, err := fn(&r)
+		if err != nil {
 			return Request{}, err
 		}
 		r.updateStatus()
-		var saved Request
-		if together {
-			saved, err = au.UpdateRequestAudited(ctx, r, events)
-		} else {
-			saved, err = s.store.UpdateRequest(ctx, r)
-		}
+		saved, err := s.store.UpdateRequest(ctx, r, s.stamp(events)...)
 		if err == nil {
 			return saved, nil
 		}

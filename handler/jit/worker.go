@@ -238,7 +238,7 @@ func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string
 		Actor: System.ID, Policy: req.Policy, Request: req.ID, VM: g.VM, NSG: nsg, Protocol: g.Protocol, Ports: g.Ports,
 		Sources: g.Sources, Result: ResultSuccess, Detail: "until " + g.End.Format(time.RFC3339)}
 	endedMeanwhile, nowOpen := false, false
-	updated, err := s.mutateRequestAudited(ctx, req.ID, []AuditEvent{ev}, func(r *Request) error {
+	updated, err := s.mutateAudited(ctx, req.ID, func(r *Request) ([]AuditEvent, error) {
 		endedMeanwhile, nowOpen = false, false
 		g := &r.Grants[i]
 		n, _ := g.NSG(nsg)
@@ -249,15 +249,18 @@ func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string
 			if n.OpenedAt.IsZero() {
 				n.OpenedAt = now
 			}
-			return nil
+			return []AuditEvent{ev}, nil
 		}
 		n.State, n.OpenedAt, n.Error = RuleOpen, now, ""
 		if g.Status == GrantInitiating && allOpen(g) {
 			g.Status, nowOpen = GrantInitiated, true
 		}
-		return nil
+		return []AuditEvent{ev}, nil
 	})
 	if err != nil {
+		// The rule is in the NSG whatever the store says: the trail
+		// records it even when the request cannot.
+		_ = s.audit(ctx, ev)
 		return fmt.Errorf("recording open of grant %s-%d: %w", req.ID, i, err)
 	}
 	if endedMeanwhile {
@@ -305,7 +308,7 @@ func (s *Service) recordClose(ctx context.Context, req Request, i int, nsg strin
 		Sources: g.Sources, Result: ResultSuccess, Detail: reason}
 	var ended Grant
 	nowDone := false
-	updated, err := s.mutateRequestAudited(ctx, req.ID, []AuditEvent{ev}, func(r *Request) error {
+	updated, err := s.mutateAudited(ctx, req.ID, func(r *Request) ([]AuditEvent, error) {
 		g := &r.Grants[i]
 		n, _ := g.NSG(nsg)
 		wasDone := g.Done()
@@ -321,9 +324,11 @@ func (s *Service) recordClose(ctx context.Context, req Request, i int, nsg strin
 			}
 		}
 		ended = *g
-		return nil
+		return []AuditEvent{ev}, nil
 	})
 	if err != nil {
+		// The rule is gone from the NSG whatever the store says.
+		_ = s.audit(ctx, ev)
 		return fmt.Errorf("recording close of grant %s-%d: %w", req.ID, i, err)
 	}
 	lag := now.Sub(ended.End)
@@ -376,7 +381,7 @@ func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string
 	var ops []Operation
 	var tickets []string
 	var revoked []Grant
-	updated, err := s.mutateRequest(ctx, id, func(r *Request) error {
+	updated, err := s.mutateAudited(ctx, id, auditedBy(func(r *Request) error {
 		ops, tickets, revoked = nil, nil, nil
 		if r.Status == RequestPending {
 			// Nothing opened yet: withdrawing it needs no ARM call.
@@ -409,15 +414,16 @@ func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string
 			return Errorf(ECONFLICT, "request %s has no open access left to revoke", id)
 		}
 		return nil
-	})
+	}, func(r *Request) []AuditEvent {
+		events := make([]AuditEvent, len(revoked))
+		for k, g := range revoked {
+			events[k] = AuditEvent{Action: AuditRevoke, Actor: p.ID, Policy: r.Policy, Request: id, VM: g.VM,
+				Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources, Result: ResultSuccess, Detail: reason}
+		}
+		return events
+	}))
 	if err != nil {
 		return Request{}, err
-	}
-	for _, g := range revoked {
-		if err := s.audit(ctx, AuditEvent{Action: AuditRevoke, Actor: p.ID, Policy: r.Policy, Request: id, VM: g.VM,
-			Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources, Result: ResultSuccess, Detail: reason}); err != nil {
-			return Request{}, err
-		}
 	}
 	s.notify(EventRevoked, updated, p.ID, reason)
 	if len(ops) == 0 {
@@ -450,9 +456,14 @@ func (s *Service) Sweep(ctx context.Context) (closed int, err error) {
 	return s.sweepRequests(ctx, reqs)
 }
 
-// sweepList expires pending requests that waited too long and lists the
-// active ones.
+// sweepList completes the audit trail, expires pending requests that
+// waited too long and lists the active ones.
 func (s *Service) sweepList(ctx context.Context) ([]Request, error) {
+	if n, err := s.store.RecoverAudit(ctx); err != nil {
+		s.cfg.Log.Warn().Err(err).Int("completed", n).Msg("completing the audit trail failed; the next sweep retries")
+	} else if n > 0 {
+		s.cfg.Log.Warn().Int("changes", n).Msg("audit events of interrupted writes appended to the trail")
+	}
 	if _, err := s.expirePending(ctx); err != nil {
 		s.cfg.Log.Warn().Err(err).Msg("expiring pending requests failed; the next sweep retries")
 	}

@@ -31,22 +31,15 @@ const (
 // AppendAudit stores ev once: an event whose ID is stored already is left as
 // it is, even if ev differs.
 func (s *Store) AppendAudit(ctx context.Context, ev jit.AuditEvent) error {
-	if ev.ID == "" {
-		return jit.Errorf(jit.EINVALID, "audit event id is required")
+	id, err := checkEvent(&ev)
+	if err != nil {
+		return err
 	}
-	if ev.Time.IsZero() {
-		return jit.Errorf(jit.EINVALID, "audit event %q has no time", ev.ID)
-	}
-	id := escapeKey(ev.ID)
-	if timeKeyLen+len(id) > maxKeyLen {
-		return jit.Errorf(jit.EINVALID, "audit event id is too long to store")
-	}
-	ev.Time = ev.Time.UTC()
 	idRow := newEntity(auditIDPrefix+id, auditIDRow)
 	if err := idRow.setPayload(ev, fmt.Sprintf("audit event %q", ev.ID)); err != nil {
 		return err
 	}
-	_, err := s.audit.AddEntity(ctx, idRow.marshal(), nil)
+	_, err = s.audit.AddEntity(ctx, idRow.marshal(), nil)
 	if isConflict(err) {
 		stored, _, ok, gerr := get(ctx, s.audit, auditIDPrefix+id, auditIDRow)
 		if gerr != nil {
