@@ -151,10 +151,9 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	var svc *jit.Service
 	// The queue hands the worker every due operation of an NSG at once,
 	// which it applies in one NSG write.
-	queue, err := localqueue.New(db.Bolt(), jit.BatchWorkerFuncs{
-		Apply:      func(ctx context.Context, op jit.Operation) error { return svc.ApplyOperation(ctx, op) },
-		ApplyBatch: func(ctx context.Context, ops []jit.Operation) []error { return svc.ApplyOperations(ctx, ops) },
-	}, localqueue.Options{Logger: log, Concurrency: workerConcurrency(cfg.ARMLatency)})
+	queue, err := localqueue.New(db.Bolt(), jit.WorkerFunc(func(ctx context.Context, ops []jit.Operation) []error {
+		return svc.ApplyOperations(ctx, ops)
+	}), localqueue.Options{Logger: log, Concurrency: workerConcurrency(cfg.ARMLatency)})
 	if err != nil {
 		return err
 	}
@@ -163,15 +162,12 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		return err
 	}
 	defer closeNotifier()
-	// A new request and its operations are stored in one transaction.
 	var q jit.Queue = queue
-	var st jit.Store = store.WithOutbox(queue)
 	if cfg.ChaosDrop > 0 || cfg.ChaosDuplicate > 0 {
 		log.Warn().Float64("drop", cfg.ChaosDrop).Float64("duplicate", cfg.ChaosDuplicate).Msg("fault injection: close operations will be lost and repeated")
-		// Every operation goes through the faulty queue instead.
-		q, st = newChaosQueue(queue, cfg.ChaosDrop, cfg.ChaosDuplicate, log), store
+		q = newChaosQueue(queue, cfg.ChaosDrop, cfg.ChaosDuplicate, log)
 	}
-	svc = jit.NewService(st, q, network, cfg.serviceConfig(notifier, log))
+	svc = jit.NewService(store, q, network, cfg.serviceConfig(notifier, log))
 
 	if err := queue.Start(ctx); err != nil {
 		return err

@@ -77,8 +77,8 @@ func (b *bench) newStack(spec estateSpec) (*stack, error) {
 		return nil, err
 	}
 	var svc *jit.Service
-	q, err := localqueue.New(db.Bolt(), jit.WorkerFunc(func(ctx context.Context, op jit.Operation) error {
-		return svc.ApplyOperation(ctx, op)
+	q, err := localqueue.New(db.Bolt(), jit.WorkerFunc(func(ctx context.Context, ops []jit.Operation) []error {
+		return svc.ApplyOperations(ctx, ops)
 	}), localqueue.Options{})
 	if err != nil {
 		srv.Close()

@@ -364,7 +364,21 @@ func (s *Store) GetRequest(ctx context.Context, id string) (jit.Request, error) 
 // CreateRequest stores a new request and its audit events in one
 // transaction: all of them, or none. ECONFLICT when its id exists.
 func (s *Store) CreateRequest(ctx context.Context, r jit.Request, events ...jit.AuditEvent) (jit.Request, error) {
-	return s.createRequestWith(ctx, r, events, nil)
+	if err := checkRequestWrite(ctx, r, events); err != nil {
+		return jit.Request{}, err
+	}
+	r = utcRequest(r)
+	r.ETag = newETag()
+	err := s.db.Batch(func(tx *bbolt.Tx) error {
+		if err := createRequest(tx, r); err != nil {
+			return err
+		}
+		return appendAudits(tx, events)
+	})
+	if err != nil {
+		return jit.Request{}, err
+	}
+	return r, nil
 }
 
 // checkRequestWrite refuses a write of r with events before anything is
@@ -378,69 +392,6 @@ func checkRequestWrite(ctx context.Context, r jit.Request, events []jit.AuditEve
 		return jit.Errorf(jit.EINVALID, "request id is required")
 	}
 	return checkAudits(events)
-}
-
-// createRequestWith stores a new request and its audit events, and runs
-// also (when not nil) in the same transaction.
-func (s *Store) createRequestWith(ctx context.Context, r jit.Request, events []jit.AuditEvent, also func(*bbolt.Tx) error) (jit.Request, error) {
-	if err := checkRequestWrite(ctx, r, events); err != nil {
-		return jit.Request{}, err
-	}
-	r = utcRequest(r)
-	r.ETag = newETag()
-	err := s.db.Batch(func(tx *bbolt.Tx) error {
-		if err := createRequest(tx, r); err != nil {
-			return err
-		}
-		if err := appendAudits(tx, events); err != nil {
-			return err
-		}
-		if also != nil {
-			return also(tx)
-		}
-		return nil
-	})
-	if err != nil {
-		return jit.Request{}, err
-	}
-	return r, nil
-}
-
-// Outbox takes operations into the transaction that stores their request:
-// the local queue, whose buckets are in the same file.
-type Outbox interface {
-	// Stage stores ops in tx and returns what to call once tx has
-	// committed (the queue then schedules them).
-	Stage(tx *bbolt.Tx, ops []jit.Operation) (committed func(), err error)
-}
-
-// QueuingStore is a Store that stores a new request's operations in the
-// request's own transaction (jit.RequestQueuer).
-type QueuingStore struct {
-	*Store
-	outbox Outbox
-}
-
-// WithOutbox returns s storing new requests' operations through o, which
-// must keep them in s's file.
-func (s *Store) WithOutbox(o Outbox) *QueuingStore { return &QueuingStore{Store: s, outbox: o} }
-
-var _ jit.RequestQueuer = (*QueuingStore)(nil)
-
-// CreateRequestQueued stores r, its audit events and ops in one transaction,
-// then lets the outbox schedule ops. When it fails, none of them is kept.
-func (s *QueuingStore) CreateRequestQueued(ctx context.Context, r jit.Request, events []jit.AuditEvent, ops []jit.Operation) (jit.Request, error) {
-	var committed func()
-	saved, err := s.createRequestWith(ctx, r, events, func(tx *bbolt.Tx) error {
-		var err error
-		committed, err = s.outbox.Stage(tx, ops) // Batch may run this more than once
-		return err
-	})
-	if err != nil {
-		return jit.Request{}, err
-	}
-	committed()
-	return saved, nil
 }
 
 func createRequest(tx *bbolt.Tx, r jit.Request) error {

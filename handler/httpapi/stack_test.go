@@ -55,7 +55,6 @@ type stackOptions struct {
 	trustedProxies []netip.Prefix
 	stuckAfter     time.Duration
 	dropOpens      bool // the queue loses every open operation
-	batch          bool // the queue delivers an NSG's due operations together
 	// store, when set, is the service's store instead of the bbolt one
 	// (which then holds only the queue); it gets the bbolt store to wrap.
 	store func(jit.Store) jit.Store
@@ -64,23 +63,14 @@ type stackOptions struct {
 // droppingQueue loses open operations, as a broken broker might.
 type droppingQueue struct{ jit.Queue }
 
-func (q droppingQueue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, error) {
+func (q droppingQueue) Enqueue(ctx context.Context, ops []jit.Operation) error {
 	var keep []jit.Operation
-	var idx []int
-	for i, op := range ops {
+	for _, op := range ops {
 		if op.Kind != jit.OpOpen {
 			keep = append(keep, op)
-			idx = append(idx, i)
 		}
 	}
-	got, err := q.Queue.Enqueue(ctx, keep)
-	tickets := make([]string, len(ops))
-	for k, i := range idx {
-		if k < len(got) {
-			tickets[i] = got[k]
-		}
-	}
-	return tickets, err
+	return q.Queue.Enqueue(ctx, keep)
 }
 
 func newStack(t *testing.T, o stackOptions) *stack {
@@ -109,15 +99,9 @@ func newStack(t *testing.T, o stackOptions) *stack {
 		svcStore = o.store(store)
 	}
 	var svc *jit.Service
-	var worker jit.Worker = jit.WorkerFunc(func(ctx context.Context, op jit.Operation) error {
-		return svc.ApplyOperation(ctx, op)
+	worker := jit.WorkerFunc(func(ctx context.Context, ops []jit.Operation) []error {
+		return svc.ApplyOperations(ctx, ops)
 	})
-	if o.batch {
-		worker = jit.BatchWorkerFuncs{
-			Apply:      func(ctx context.Context, op jit.Operation) error { return svc.ApplyOperation(ctx, op) },
-			ApplyBatch: func(ctx context.Context, ops []jit.Operation) []error { return svc.ApplyOperations(ctx, ops) },
-		}
-	}
 	q, err := localqueue.New(db.Bolt(), worker, localqueue.Options{InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -76,13 +76,6 @@ func (s *Service) Initiate(ctx context.Context, p Principal, policyName string, 
 		a.PendingUntil = now.Add(s.cfg.PendingExpiry)
 		req.Approval, req.Status = a, RequestPending
 	}
-	if tn, ok := s.queue.(TicketNamer); ok && req.Status == RequestActive {
-		for _, op := range grantOps(req) {
-			if n, ok := req.Grants[op.Grant].NSG(op.NSG); ok && op.Kind == OpClose {
-				n.CloseTicket = tn.TicketFor(op)
-			}
-		}
-	}
 	events := make([]AuditEvent, len(req.Grants))
 	for i, g := range req.Grants {
 		detail := "until " + g.End.Format(time.RFC3339)
@@ -95,16 +88,6 @@ func (s *Service) Initiate(ctx context.Context, p Principal, policyName string, 
 		events[i] = AuditEvent{ID: "request-" + req.ID + "-" + itoa(i), Time: now, Action: AuditRequest, Actor: p.ID,
 			Policy: pol.Name, Request: req.ID, VM: g.VM, Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources,
 			Result: ResultSuccess, Detail: clip(detail+"; "+req.Justification, 500)}
-	}
-	_, namer := s.queue.(TicketNamer)
-	if rq, ok := s.store.(RequestQueuer); ok && namer && req.Status == RequestActive {
-		// One transaction: the request, its audit and its operations.
-		saved, err := rq.CreateRequestQueued(ctx, req, events, grantOps(req))
-		if err != nil {
-			return Request{}, fmt.Errorf("storing request: %w", err)
-		}
-		s.cfg.Log.Info().Str("request", saved.ID).Str("policy", pol.Name).Str("requestor", p.ID).Int("grants", len(saved.Grants)).Msg("access requested")
-		return saved, nil
 	}
 	if req, err = s.recordRequest(ctx, req, events); err != nil {
 		return Request{}, err
@@ -296,9 +279,6 @@ func mergeGrant(gs []Grant, g Grant) []Grant {
 	return append(gs, g)
 }
 
-// queueGrants puts each grant's open (now) and close (at its end) on the
-// queue for every NSG and records the close tickets. If the queue fails, the
-// grants are marked failed; the sweeper still removes anything that opened.
 // recordRequest stores a new request and its audit events, together.
 func (s *Service) recordRequest(ctx context.Context, req Request, events []AuditEvent) (Request, error) {
 	saved, err := s.store.CreateRequest(ctx, req, events...)
@@ -322,52 +302,28 @@ func grantOps(req Request) []Operation {
 	return ops
 }
 
-// ticketsRecorded reports whether req already holds the tickets the queue
-// gave its close operations.
-func ticketsRecorded(req Request, ops []Operation, tickets []string) bool {
-	if len(tickets) != len(ops) {
-		return false
-	}
-	for k, op := range ops {
-		if op.Kind != OpClose {
-			continue
-		}
-		if n, ok := req.Grants[op.Grant].NSG(op.NSG); !ok || n.CloseTicket != tickets[k] {
-			return false
-		}
-	}
-	return true
-}
-
+// queueGrants puts each grant's open (now) and close (at its end) on the
+// queue for every NSG. If the queue fails, the grants are marked failed;
+// the sweeper still removes anything that opened.
 func (s *Service) queueGrants(ctx context.Context, req Request) (Request, error) {
 	ops := grantOps(req)
-	tickets, qerr := s.queue.Enqueue(ctx, ops)
-	if qerr == nil && ticketsRecorded(req, ops, tickets) {
-		return req, nil // nothing new to record
+	qerr := s.queue.Enqueue(ctx, ops)
+	if qerr == nil {
+		return req, nil
 	}
-	updated, err := s.mutateRequest(ctx, req.ID, func(r *Request) error {
-		for k, op := range ops {
-			n, ok := r.Grants[op.Grant].NSG(op.NSG)
-			if !ok {
-				continue
-			}
-			if qerr != nil {
+	if _, err := s.mutateRequest(ctx, req.ID, func(r *Request) error {
+		for _, op := range ops {
+			if n, ok := r.Grants[op.Grant].NSG(op.NSG); ok {
 				r.Grants[op.Grant].Status = GrantFailed
 				n.Error = "could not be queued"
-			} else if op.Kind == OpClose && k < len(tickets) {
-				n.CloseTicket = tickets[k]
 			}
 		}
 		return nil
-	})
-	if qerr != nil {
-		s.auditFailure(ctx, System, AuditRequest, req.Policy, req.ID, "", "", qerr)
-		return Request{}, Wrap(EUNAVAILABLE, qerr, "the request was recorded but its operations could not be queued; nothing was opened, try again")
+	}); err != nil {
+		s.cfg.Log.Warn().Err(err).Str("request", req.ID).Msg("marking grants whose operations could not be queued failed; the sweeper gives them up")
 	}
-	if err != nil {
-		return Request{}, fmt.Errorf("recording close tickets: %w", err)
-	}
-	return updated, nil
+	s.auditFailure(ctx, System, AuditRequest, req.Policy, req.ID, "", "", qerr)
+	return Request{}, Wrap(EUNAVAILABLE, qerr, "the request was recorded but its operations could not be queued; nothing was opened, try again")
 }
 
 // auditRefusal records a refused request for the auditor, without the

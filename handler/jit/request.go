@@ -81,12 +81,11 @@ type Grant struct {
 
 // GrantNSG is the state of a grant's allow rule in one NSG.
 type GrantNSG struct {
-	ID          string // ARM id of the NSG
-	State       string // RulePending, RuleOpen or RuleClosed
-	OpenedAt    time.Time
-	ClosedAt    time.Time
-	CloseTicket string // the queue's ticket of the scheduled close
-	Error       string // last failure, for people
+	ID       string // ARM id of the NSG
+	State    string // RulePending, RuleOpen or RuleClosed
+	OpenedAt time.Time
+	ClosedAt time.Time
+	Error    string // last failure, for people
 }
 
 // Ended reports whether the grant should no longer be open at now: revoked,

@@ -297,7 +297,7 @@ func (s *Service) queueSync(ctx context.Context, nsgs []string) {
 	if len(nsgs) == 0 {
 		return
 	}
-	if _, err := s.queue.Enqueue(ctx, syncOps(nsgs, s.now())); err != nil {
+	if err := s.queue.Enqueue(ctx, syncOps(nsgs, s.now())); err != nil {
 		s.cfg.Log.Warn().Err(err).Int("nsgs", len(nsgs)).Msg("queueing the lockdown failed; the next sweep does it")
 	}
 }

@@ -114,15 +114,6 @@ func (st NSGState) Merge(newer NSGState) NSGState {
 	return out
 }
 
-// RequestQueuer is implemented by stores that keep the queue in the same
-// file (local mode): a new request, its audit events and its operations are
-// stored in one transaction, so the request is never kept without the
-// operations that open and close its access, nor the other way round. The
-// queue's tickets must be known beforehand (TicketNamer).
-type RequestQueuer interface {
-	CreateRequestQueued(ctx context.Context, r Request, events []AuditEvent, ops []Operation) (Request, error)
-}
-
 // RequestFilter selects requests. Zero fields match everything.
 type RequestFilter struct {
 	VM        string    // VM id, compared case-insensitively

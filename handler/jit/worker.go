@@ -10,12 +10,6 @@ import (
 	"time"
 )
 
-// WorkerFunc adapts a function to the Worker interface.
-type WorkerFunc func(ctx context.Context, op Operation) error
-
-// ApplyOperation calls f.
-func (f WorkerFunc) ApplyOperation(ctx context.Context, op Operation) error { return f(ctx, op) }
-
 // openMargin is how long before its end a grant is no longer opened (a
 // quarter of its length for grants shorter than 8 s): an NSG write takes
 // seconds in Azure, so a later open would land after the end (and be
@@ -379,10 +373,9 @@ func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string
 	}
 	now := s.now()
 	var ops []Operation
-	var tickets []string
 	var revoked []Grant
 	updated, err := s.mutateAudited(ctx, id, auditedBy(func(r *Request) error {
-		ops, tickets, revoked = nil, nil, nil
+		ops, revoked = nil, nil
 		if r.Status == RequestPending {
 			// Nothing opened yet: withdrawing it needs no ARM call.
 			endPending(r, GrantRevoked, reason, now)
@@ -405,9 +398,6 @@ func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string
 					continue
 				}
 				ops = append(ops, Operation{ID: OperationID(OpClose, r.ID, i, n.ID, now), Kind: OpClose, RequestID: r.ID, Grant: i, NSG: n.ID})
-				if n.CloseTicket != "" {
-					tickets = append(tickets, n.CloseTicket)
-				}
 			}
 		}
 		if len(ops) == 0 {
@@ -429,13 +419,12 @@ func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string
 	if len(ops) == 0 {
 		return updated, nil
 	}
-	if _, err := s.queue.Enqueue(ctx, ops); err != nil {
+	// The closes scheduled at the grants' ends stay: they find the rules
+	// closed and do nothing.
+	if err := s.queue.Enqueue(ctx, ops); err != nil {
 		// The grants are marked revoked: the sweeper removes the rules.
 		s.auditFailure(ctx, p, AuditRevoke, r.Policy, id, vm, "", err)
 		return updated, nil
-	}
-	if err := s.queue.Cancel(ctx, tickets); err != nil {
-		s.cfg.Log.Warn().Err(err).Str("request", id).Msg("cancelling scheduled closes failed; they will be no-ops")
 	}
 	s.cfg.Log.Info().Str("request", id).Str("actor", p.ID).Str("reason", reason).Msg("revoked")
 	return updated, nil

@@ -157,7 +157,7 @@ func fullRequest(id string) jit.Request {
 				End:          base.Add(3 * time.Hour),
 				Status:       jit.GrantInitiated,
 				NSGs: []jit.GrantNSG{
-					{ID: nsgNIC, State: jit.RuleOpen, OpenedAt: base.Add(time.Second), CloseTicket: "ticket/1#x"},
+					{ID: nsgNIC, State: jit.RuleOpen, OpenedAt: base.Add(time.Second)},
 					{ID: nsgSubnet, State: jit.RulePending, Error: "throttled: 429"},
 				},
 			},
