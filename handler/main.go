@@ -167,7 +167,7 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		log.Warn().Float64("drop", cfg.ChaosDrop).Float64("duplicate", cfg.ChaosDuplicate).Msg("fault injection: close operations will be lost and repeated")
 		q = newChaosQueue(queue, cfg.ChaosDrop, cfg.ChaosDuplicate, log)
 	}
-	svc = jit.NewService(store, q, network, cfg.serviceConfig(notifier, log))
+	svc = jit.NewService(store, q, network, cfg.serviceConfig(false, notifier, log))
 
 	if err := queue.Start(ctx); err != nil {
 		return err

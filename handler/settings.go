@@ -49,7 +49,7 @@ var allSettings = []setting{
 	{"JIT_LOG_LEVEL", "info", "both", "debug, info, warn or error"},
 	{"JIT_PENDING_EXPIRY", "1h", "both", "how long a request waits for approval before it expires"},
 	{"JIT_INVENTORY_TTL", "1m", "both", "how long the VM list read from Azure serves GET /api/v1/vms; resource events refresh it at once"},
-	{"JIT_RECONCILE_SHARE", "0.25", "both", "share of the time the sweep may be busy, 0.05 to 1: it pauses (at most 1 s at a time) so that a large estate does not slow requests; the closes of ended grants are not paced"},
+	{"JIT_RECONCILE_SHARE", "0.25", "both", "share of the time the sweep may be busy, 0.05 to 1: it pauses (at most 1 s at a time) so that a large estate does not slow requests in the same process; the closes of ended grants are not paced. Functions mode does not pace unless it is set: the sweeper runs in its own invocation, within functionTimeout"},
 	{"JIT_STUCK_AFTER", "5m", "both", "how long an open may stay undone before the sweeper marks the grant failed (and makes sure nothing is open)"},
 	{"JIT_WEBHOOK_URL", "", "both", "incoming webhook (Teams, Slack) that hears about pending, approved, denied, opened, closed, revoked, failed and drift"},
 	{"JIT_TRUSTED_PROXIES", "", "both", "CIDRs of proxies whose X-Forwarded-For gives the caller's address (Functions mode always trusts the local host)"},
@@ -112,6 +112,8 @@ type settings struct {
 	StuckAfter     time.Duration
 	InventoryTTL   time.Duration
 	ReconcileShare float64
+	// ReconcileShareSet: JIT_RECONCILE_SHARE was set, not defaulted.
+	ReconcileShareSet bool
 	WebhookURL     string
 	TrustedProxies []netip.Prefix
 }
@@ -218,6 +220,7 @@ func readSettings(getenv func(string) string) (settings, error) {
 		}
 		*f.dst = v
 	}
+	s.ReconcileShareSet = getenv("JIT_RECONCILE_SHARE") != ""
 	if s.ReconcileShare, err = strconv.ParseFloat(get("JIT_RECONCILE_SHARE"), 64); err != nil || s.ReconcileShare < 0.05 || s.ReconcileShare > 1 {
 		return s, fmt.Errorf("JIT_RECONCILE_SHARE must be a fraction between 0.05 and 1")
 	}
@@ -298,10 +301,17 @@ func (s settings) networkConfig(log zerolog.Logger) azurenet.Config {
 	}
 }
 
-// serviceConfig is the service's configuration from the settings.
-func (s settings) serviceConfig(n jit.Notifier, log zerolog.Logger) jit.Config {
+// serviceConfig is the service's configuration from the settings. In
+// Functions mode the sweep is not paced unless JIT_RECONCILE_SHARE is set:
+// it runs in its own invocation, which pauses would only stretch towards
+// functionTimeout.
+func (s settings) serviceConfig(functions bool, n jit.Notifier, log zerolog.Logger) jit.Config {
+	share := s.ReconcileShare
+	if functions && !s.ReconcileShareSet {
+		share = 0
+	}
 	return jit.Config{MinDuration: s.MinDuration, Subscriptions: s.Subscriptions, PendingExpiry: s.PendingExpiry,
-		StuckAfter: s.StuckAfter, InventoryTTL: s.InventoryTTL, ReconcileShare: s.ReconcileShare, Notifier: n, Log: log,
+		StuckAfter: s.StuckAfter, InventoryTTL: s.InventoryTTL, ReconcileShare: share, Notifier: n, Log: log,
 		Deployment: s.Deployment,
 		AllowBand:  jit.Band{Min: s.AllowBand[0], Max: s.AllowBand[1]},
 		DenyBand:   jit.Band{Min: s.DenyBand[0], Max: s.DenyBand[1]}}
