@@ -114,8 +114,8 @@ type settings struct {
 	ReconcileShare float64
 	// ReconcileShareSet: JIT_RECONCILE_SHARE was set, not defaulted.
 	ReconcileShareSet bool
-	WebhookURL     string
-	TrustedProxies []netip.Prefix
+	WebhookURL        string
+	TrustedProxies    []netip.Prefix
 }
 
 func readSettings(getenv func(string) string) (settings, error) {

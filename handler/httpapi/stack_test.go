@@ -13,17 +13,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
-	azfake "github.com/Azure/azure-sdk-for-go/sdk/azcore/fake"
 	"github.com/rs/zerolog"
 
 	"jitaccess/handler/armsim"
 	"jitaccess/handler/azurenet"
-	"jitaccess/handler/boltstore"
 	"jitaccess/handler/httpapi"
 	"jitaccess/handler/jit"
+	"jitaccess/handler/localmode"
 	"jitaccess/handler/localqueue"
 )
 
@@ -78,54 +74,36 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	sim := armsim.New(armsim.Options{})
 	armSrv := httptest.NewServer(sim)
 	t.Cleanup(armSrv.Close)
-	net, err := azurenet.New(azurenet.Config{Owner: jit.Owner{Deployment: jit.DefaultDeployment}, Subscriptions: []string{sub}, PollFrequency: 5 * time.Millisecond}, &azfake.TokenCredential{},
-		&arm.ClientOptions{ClientOptions: azcore.ClientOptions{
-			Cloud: cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
-				cloud.ResourceManager: {Endpoint: armSrv.URL, Audience: "https://management.azure.com"}}},
-			InsecureAllowCredentialWithHTTP: true}})
+	net, err := localmode.SimulatorNetwork(azurenet.Config{Owner: jit.Owner{Deployment: jit.DefaultDeployment}, Subscriptions: []string{sub}, PollFrequency: 5 * time.Millisecond}, armSrv.URL, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := boltstore.Open(filepath.Join(t.TempDir(), "jit.db"))
-	if err != nil {
-		t.Fatal(err)
+	cfg := localmode.Config{
+		Path:    filepath.Join(t.TempDir(), "jit.db"),
+		Network: net,
+		Service: jit.Config{MinDuration: time.Second, Subscriptions: []string{sub}, PendingExpiry: o.pendingExpiry,
+			Notifier: o.notifier, StuckAfter: o.stuckAfter, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)},
+		Queue:     localqueue.Options{InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond},
+		WrapStore: o.store,
 	}
-	store, err := boltstore.New(db.Bolt())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var svcStore jit.Store = store
-	if o.store != nil {
-		svcStore = o.store(store)
-	}
-	var svc *jit.Service
-	worker := jit.WorkerFunc(func(ctx context.Context, ops []jit.Operation) []error {
-		return svc.ApplyOperations(ctx, ops)
-	})
-	q, err := localqueue.New(db.Bolt(), worker, localqueue.Options{InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var queue jit.Queue = q
 	if o.dropOpens {
-		queue = droppingQueue{q}
+		cfg.WrapQueue = func(q jit.Queue) jit.Queue { return droppingQueue{q} }
 	}
-	svc = jit.NewService(svcStore, queue, net, jit.Config{MinDuration: time.Second, Subscriptions: []string{sub},
-		PendingExpiry: o.pendingExpiry, Notifier: o.notifier, StuckAfter: o.stuckAfter, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := q.Start(ctx); err != nil {
+	app, err := localmode.Open(cfg)
+	if err != nil {
 		t.Fatal(err)
 	}
-	api := httptest.NewServer(httpapi.New(svc, httpapi.Config{Local: o.local, TrustedProxies: o.trustedProxies}))
+	if err := app.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	api := httptest.NewServer(httpapi.New(app.Service, httpapi.Config{Local: o.local, TrustedProxies: o.trustedProxies}))
 	t.Cleanup(func() {
 		api.Close()
-		cancel()
 		closeCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
 		defer done()
-		_ = q.Close(closeCtx)
-		_ = db.Close()
+		_ = app.Close(closeCtx)
 	})
-	return &stack{t: t, url: api.URL, armURL: armSrv.URL, sim: sim, svc: svc, store: svcStore}
+	return &stack{t: t, url: api.URL, armURL: armSrv.URL, sim: sim, svc: app.Service, store: app.Store}
 }
 
 // as is a caller: headers that identify them.

@@ -69,7 +69,7 @@ func enqueueThenStart(t *testing.T, w jit.Worker, ops []jit.Operation) *localque
 	t.Helper()
 	db := openDB(t, filepath.Join(t.TempDir(), "state.db"))
 	t.Cleanup(func() { db.Close() })
-	q, err := localqueue.New(db.Bolt(), w, fast)
+	q, err := localqueue.New(db.Bolt(), fast)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -77,7 +77,7 @@ func enqueueThenStart(t *testing.T, w jit.Worker, ops []jit.Operation) *localque
 	if err := q.Enqueue(context.Background(), ops); err != nil {
 		t.Fatalf("Enqueue: %v", err)
 	}
-	if err := q.Start(context.Background()); err != nil {
+	if err := q.Start(context.Background(), w); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
 	return q

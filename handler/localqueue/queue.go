@@ -155,14 +155,13 @@ type Queue struct {
 
 var _ jit.Queue = (*Queue)(nil)
 
-// New returns a Queue on db that delivers to w, with every operation that
-// was queued in db before (after a restart, say) scheduled again. Nothing
-// runs until Start.
-func New(db *bbolt.DB, w jit.Worker, opt Options) (*Queue, error) {
+// New returns a Queue on db, with every operation that was queued in db
+// before (after a restart, say) scheduled again. Operations can be queued
+// at once; nothing runs until Start gives the worker.
+func New(db *bbolt.DB, opt Options) (*Queue, error) {
 	opt.setDefaults()
 	q := &Queue{
 		db:      db,
-		w:       w,
 		opt:     opt,
 		log:     opt.Logger,
 		wake:    make(chan struct{}, 1),
@@ -200,10 +199,11 @@ func New(db *bbolt.DB, w jit.Worker, opt Options) (*Queue, error) {
 	return q, nil
 }
 
-// Start runs the dispatcher in the background until ctx is done or Close is
-// called. Operations already due run at once. Running operations do not see
-// ctx's cancellation, so a shutdown lets them finish; Close bounds the wait.
-func (q *Queue) Start(ctx context.Context) error {
+// Start runs the dispatcher in the background, delivering to w, until ctx
+// is done or Close is called. Operations already due run at once. Running
+// operations do not see ctx's cancellation, so a shutdown lets them
+// finish; Close bounds the wait.
+func (q *Queue) Start(ctx context.Context, w jit.Worker) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.started {
@@ -212,7 +212,10 @@ func (q *Queue) Start(ctx context.Context) error {
 	if q.closed {
 		return errors.New("local queue is closed")
 	}
-	q.started = true
+	if w == nil {
+		return errors.New("local queue started without a worker")
+	}
+	q.started, q.w = true, w
 	go q.dispatch(ctx)
 	return nil
 }

@@ -33,11 +33,11 @@ func openDB(t *testing.T, path string) *boltstore.DB {
 // test (before db, which the caller closes).
 func start(t *testing.T, db *boltstore.DB, w jit.Worker, opt localqueue.Options) *localqueue.Queue {
 	t.Helper()
-	q, err := localqueue.New(db.Bolt(), w, opt)
+	q, err := localqueue.New(db.Bolt(), opt)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	if err := q.Start(context.Background()); err != nil {
+	if err := q.Start(context.Background(), w); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
 	t.Cleanup(func() { closeQueue(t, q) })
@@ -75,11 +75,11 @@ func TestDurableAcrossRestart(t *testing.T) {
 
 	db := openDB(t, path)
 	r := queuetest.NewRecorder()
-	q, err := localqueue.New(db.Bolt(), r, fast)
+	q, err := localqueue.New(db.Bolt(), fast)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	if err := q.Start(ctx); err != nil {
+	if err := q.Start(ctx, r); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
 	if err := q.Enqueue(ctx, []jit.Operation{op("later", nsgA, later)}); err != nil {
@@ -87,7 +87,7 @@ func TestDurableAcrossRestart(t *testing.T) {
 	}
 	closeQueue(t, q)
 	// A queue that never started still persists what it is given.
-	q, err = localqueue.New(db.Bolt(), r, fast)
+	q, err = localqueue.New(db.Bolt(), fast)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -200,11 +200,11 @@ func TestCloseWaitsForRunningOperation(t *testing.T) {
 		mu.Unlock()
 		return nil
 	})
-	q, err := localqueue.New(db.Bolt(), w, fast)
+	q, err := localqueue.New(db.Bolt(), fast)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	if err := q.Start(ctx); err != nil {
+	if err := q.Start(ctx, w); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
 	if err := q.Enqueue(ctx, []jit.Operation{op("slow", nsgA, time.Time{})}); err != nil {
@@ -232,11 +232,11 @@ func TestCloseGivesUpAtDeadline(t *testing.T) {
 		<-ctx.Done() // only Close's deadline ends it
 		return ctx.Err()
 	})
-	q, err := localqueue.New(db.Bolt(), w, fast)
+	q, err := localqueue.New(db.Bolt(), fast)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	if err := q.Start(ctx); err != nil {
+	if err := q.Start(ctx, w); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
 	if err := q.Enqueue(ctx, []jit.Operation{op("stuck", nsgA, time.Time{})}); err != nil {
