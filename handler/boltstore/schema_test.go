@@ -61,6 +61,7 @@ func TestGoldenRecordsWritten(t *testing.T) {
 	for _, rec := range goldenRecords() {
 		t.Run(filepath.Base(rec.file), func(t *testing.T) {
 			storetest.CheckPopulated(t, reflect.TypeOf(rec.value).String(), rec.value)
+			storetest.CheckTagged(t, rec.value)
 			var stored []byte
 			err := db.Update(func(tx *bbolt.Tx) error {
 				b, err := tx.CreateBucketIfNotExists(rec.bucket)

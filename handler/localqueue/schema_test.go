@@ -51,6 +51,8 @@ func TestGoldenRecordsWritten(t *testing.T) {
 	rec, dl := goldenRecord(), goldenDeadLetter()
 	storetest.CheckPopulated(t, "record", rec)
 	storetest.CheckPopulated(t, "DeadLetter", dl)
+	storetest.CheckTagged(t, rec)
+	storetest.CheckTagged(t, dl)
 
 	db, err := bbolt.Open(filepath.Join(t.TempDir(), "queue.db"), 0o600, nil)
 	if err != nil {

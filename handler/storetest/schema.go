@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -224,6 +225,35 @@ func zeroFields(path string, v reflect.Value) []string {
 		return []string{path}
 	}
 	return nil
+}
+
+// CheckTagged fails t for each field of v's type, and of every struct type
+// reachable from it (but time.Time), that has no json tag naming it: the
+// stored names are then written down beside the fields, and renaming a Go
+// field leaves the stored name alone.
+func CheckTagged(t testing.TB, v any) {
+	t.Helper()
+	seen := map[reflect.Type]bool{}
+	var walk func(typ reflect.Type)
+	walk = func(typ reflect.Type) {
+		for typ.Kind() == reflect.Pointer || typ.Kind() == reflect.Slice || typ.Kind() == reflect.Array || typ.Kind() == reflect.Map {
+			typ = typ.Elem()
+		}
+		if typ.Kind() != reflect.Struct || typ == timeType || seen[typ] {
+			return
+		}
+		seen[typ] = true
+		for f := range typ.Fields() {
+			if !f.IsExported() {
+				continue
+			}
+			if name, _, _ := strings.Cut(f.Tag.Get("json"), ","); name == "" {
+				t.Errorf("%s.%s has no json tag naming it: stored fields carry their stored name (the Go name for fields stored before tags)", typ, f.Name)
+			}
+			walk(f.Type)
+		}
+	}
+	walk(reflect.TypeOf(v))
 }
 
 // Golden compares got with the golden file at path (relative to the test's
