@@ -77,12 +77,7 @@ func TestGoldenRecordsWritten(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var out bytes.Buffer
-			if err := json.Indent(&out, stored, "", "  "); err != nil {
-				t.Fatalf("stored record is not JSON: %v", err)
-			}
-			out.WriteByte('\n')
-			storetest.Golden(t, rec.file, out.Bytes(), *update)
+			storetest.GoldenJSON(t, rec.file, stored, *update)
 		})
 	}
 }
@@ -118,31 +113,20 @@ func TestGoldenRecordsRead(t *testing.T) {
 	ctx := context.Background()
 
 	p, err := s.GetPolicy(ctx, storetest.SchemaPolicy().Name)
-	check(t, "GetPolicy", p, err, storetest.SchemaPolicy())
+	storetest.CheckRead(t, "GetPolicy", p, err, storetest.SchemaPolicy())
 
 	got, err := s.GetRequest(ctx, r.ID)
-	check(t, "GetRequest", got, err, r)
+	storetest.CheckRead(t, "GetRequest", got, err, r)
 	rs, err := s.ListRequests(ctx, jit.RequestFilter{Statuses: []string{r.Status}})
-	check(t, "ListRequests", rs, err, []jit.Request{r})
+	storetest.CheckRead(t, "ListRequests", rs, err, []jit.Request{r})
 
 	var evs []jit.AuditEvent
 	err = s.ScanAudit(ctx, jit.AuditFilter{VM: ev.VM}, func(e jit.AuditEvent) error {
 		evs = append(evs, e)
 		return nil
 	})
-	check(t, "ScanAudit", evs, err, []jit.AuditEvent{ev})
+	storetest.CheckRead(t, "ScanAudit", evs, err, []jit.AuditEvent{ev})
 
 	sts, err := s.ListNSGStates(ctx)
-	check(t, "ListNSGStates", sts, err, []jit.NSGState{storetest.SchemaNSGState()})
-}
-
-func check[T any](t *testing.T, what string, got T, err error, want T) {
-	t.Helper()
-	if err != nil {
-		t.Errorf("%s of a golden record: %v", what, err)
-		return
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("%s of a golden record:\n got  %+v\n want %+v", what, got, want)
-	}
+	storetest.CheckRead(t, "ListNSGStates", sts, err, []jit.NSGState{storetest.SchemaNSGState()})
 }

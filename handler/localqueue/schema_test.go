@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"flag"
 	"path/filepath"
-	"reflect"
 	"testing"
 	"time"
 
@@ -33,16 +32,6 @@ func goldenRecord() record {
 func goldenDeadLetter() DeadLetter {
 	op := storetest.SchemaOperation()
 	return DeadLetter{Ticket: "7", Op: op, Attempts: 10, LastError: "ARM answered 429", DeadAt: op.Due.Add(time.Hour)}
-}
-
-func indented(t *testing.T, data []byte) []byte {
-	t.Helper()
-	var out bytes.Buffer
-	if err := json.Indent(&out, data, "", "  "); err != nil {
-		t.Fatalf("stored record is not JSON: %v", err)
-	}
-	out.WriteByte('\n')
-	return out.Bytes()
 }
 
 // TestGoldenRecordsWritten compares the queue's records as this version
@@ -74,31 +63,23 @@ func TestGoldenRecordsWritten(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	storetest.Golden(t, "testdata/record.golden", indented(t, stored), *update)
+	storetest.GoldenJSON(t, "testdata/record.golden", stored, *update)
 
 	// As settle writes a dead letter.
 	data, err := json.Marshal(dl)
 	if err != nil {
 		t.Fatal(err)
 	}
-	storetest.Golden(t, "testdata/dead-letter.golden", indented(t, data), *update)
+	storetest.GoldenJSON(t, "testdata/dead-letter.golden", data, *update)
 }
 
 // TestGoldenRecordsRead decodes the golden records as New and DeadLetters
 // do.
 func TestGoldenRecordsRead(t *testing.T) {
 	var rec record
-	if err := json.Unmarshal(storetest.ReadGolden(t, "testdata/record.golden"), &rec); err != nil {
-		t.Fatal(err)
-	}
-	if want := goldenRecord(); !reflect.DeepEqual(rec, want) {
-		t.Errorf("golden queue record reads as\n %+v\nwant\n %+v", rec, want)
-	}
+	err := json.Unmarshal(storetest.ReadGolden(t, "testdata/record.golden"), &rec)
+	storetest.CheckRead(t, "queue record", rec, err, goldenRecord())
 	var dl DeadLetter
-	if err := json.Unmarshal(storetest.ReadGolden(t, "testdata/dead-letter.golden"), &dl); err != nil {
-		t.Fatal(err)
-	}
-	if want := goldenDeadLetter(); !reflect.DeepEqual(dl, want) {
-		t.Errorf("golden dead letter reads as\n %+v\nwant\n %+v", dl, want)
-	}
+	err = json.Unmarshal(storetest.ReadGolden(t, "testdata/dead-letter.golden"), &dl)
+	storetest.CheckRead(t, "dead letter", dl, err, goldenDeadLetter())
 }

@@ -1,8 +1,6 @@
 package servicebus_test
 
 import (
-	"bytes"
-	"encoding/json"
 	"flag"
 	"testing"
 	"time"
@@ -41,12 +39,7 @@ func TestGoldenBodiesWritten(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var out bytes.Buffer
-		if err := json.Indent(&out, body, "", "  "); err != nil {
-			t.Fatal(err)
-		}
-		out.WriteByte('\n')
-		storetest.Golden(t, file, out.Bytes(), *update)
+		storetest.GoldenJSON(t, file, body, *update)
 	}
 }
 

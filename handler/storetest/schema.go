@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"jitaccess/handler/jit"
 )
@@ -274,10 +276,104 @@ func Golden(t testing.TB, path string, got []byte, update bool) {
 	if err != nil {
 		t.Fatalf("read golden file (make it with -update): %v", err)
 	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("what this version writes differs from %s: a stored field was renamed, retagged, dropped or added.\n"+
-			"A stored field is never renamed: add a new one and read both. If the change is meant, rewrite the file with -update and review its diff.\n"+
-			"got:\n%s\nwant:\n%s", path, got, want)
+	if bytes.Equal(got, want) {
+		return
+	}
+	g, w := strings.Split(string(got), "\n"), strings.Split(string(want), "\n")
+	i := 0
+	for i < len(g) && i < len(w) && g[i] == w[i] {
+		i++
+	}
+	// From the first byte that differs, with some context: a payload is
+	// one long line.
+	j := 0
+	if i < len(g) && i < len(w) {
+		for j < len(g[i]) && j < len(w[i]) && g[i][j] == w[i][j] {
+			j++
+		}
+	}
+	line := func(lines []string) string {
+		if i >= len(lines) {
+			return "(end of file)"
+		}
+		l := lines[i]
+		if from := max(0, j-60); from > 0 {
+			for from < len(l) && !utf8.RuneStart(l[from]) {
+				from++
+			}
+			l = "…" + l[from:]
+		}
+		if n := 160; len(l) > n {
+			for n > 0 && !utf8.RuneStart(l[n]) {
+				n--
+			}
+			l = l[:n] + "…"
+		}
+		return strings.TrimSpace(l)
+	}
+	t.Errorf("what this version writes differs from %s from line %d on:\n got  %s\n want %s\n"+
+		"A stored field was renamed, retagged, dropped or added. A stored field is never renamed: add a new one and read both. "+
+		"If the change is meant, rewrite the file with -update and review its diff.", path, i+1, line(g), line(w))
+}
+
+// Differences returns, one per line, the fields in which got and want
+// differ, with both values: a golden record read back wrong says which
+// stored field it lost.
+func Differences(got, want any) []string {
+	var out []string
+	var walk func(path string, g, w reflect.Value)
+	walk = func(path string, g, w reflect.Value) {
+		switch {
+		case g.Type() == timeType || g.Kind() != reflect.Struct && g.Kind() != reflect.Slice && g.Kind() != reflect.Pointer:
+			if !reflect.DeepEqual(g.Interface(), w.Interface()) {
+				out = append(out, fmt.Sprintf("%s: got %#v, want %#v", path, g.Interface(), w.Interface()))
+			}
+		case g.Kind() == reflect.Struct:
+			for i := range g.NumField() {
+				if g.Type().Field(i).IsExported() {
+					walk(path+"."+g.Type().Field(i).Name, g.Field(i), w.Field(i))
+				}
+			}
+		case g.Kind() == reflect.Pointer && (g.IsNil() || w.IsNil()):
+			if g.IsNil() != w.IsNil() {
+				out = append(out, fmt.Sprintf("%s: got nil %v, want nil %v", path, g.IsNil(), w.IsNil()))
+			}
+		case g.Kind() == reflect.Pointer:
+			walk(path, g.Elem(), w.Elem())
+		case g.Len() != w.Len():
+			out = append(out, fmt.Sprintf("%s: got %d elements, want %d", path, g.Len(), w.Len()))
+		default:
+			for i := range g.Len() {
+				walk(fmt.Sprintf("%s[%d]", path, i), g.Index(i), w.Index(i))
+			}
+		}
+	}
+	walk(reflect.TypeOf(want).String(), reflect.ValueOf(got), reflect.ValueOf(want))
+	return out
+}
+
+// GoldenJSON is Golden for a JSON record: the file holds it indented, so
+// that a change shows as a readable diff.
+func GoldenJSON(t testing.TB, path string, record []byte, update bool) {
+	t.Helper()
+	var out bytes.Buffer
+	if err := json.Indent(&out, record, "", "  "); err != nil {
+		t.Fatalf("record for %s is not JSON: %v", path, err)
+	}
+	out.WriteByte('\n')
+	Golden(t, path, out.Bytes(), update)
+}
+
+// CheckRead fails t when a golden record did not read back as want: err
+// is the read's error, and each field that differs is reported.
+func CheckRead[T any](t testing.TB, what string, got T, err error, want T) {
+	t.Helper()
+	if err != nil {
+		t.Errorf("%s of a golden record: %v", what, err)
+		return
+	}
+	for _, d := range Differences(got, want) {
+		t.Errorf("%s of a golden record: %s", what, d)
 	}
 }
 

@@ -1,12 +1,10 @@
 package tablestore
 
 import (
-	"bytes"
 	"encoding/json"
 	"flag"
 	"maps"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"testing"
 
@@ -100,12 +98,7 @@ func TestGoldenEntitiesWritten(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var out bytes.Buffer
-			if err := json.Indent(&out, data, "", "  "); err != nil {
-				t.Fatal(err)
-			}
-			out.WriteByte('\n')
-			storetest.Golden(t, file, out.Bytes(), *update)
+			storetest.GoldenJSON(t, file, data, *update)
 		})
 	}
 }
@@ -137,18 +130,18 @@ func TestGoldenEntitiesRead(t *testing.T) {
 		got, err := decodePolicy(rows[0])
 		want := storetest.SchemaPolicy()
 		want.ETag = goldenVersion
-		check(t, "policy", got, err, want)
+		storetest.CheckRead(t, "policy", got, err, want)
 	})
 	t.Run("request", func(t *testing.T) {
 		rows := readGolden(t, "testdata/request.golden")
 		got, err := decodeRequest(rows[0])
 		want := storetest.SchemaRequest()
 		want.ETag = goldenVersion
-		check(t, "request", got, err, want)
+		storetest.CheckRead(t, "request", got, err, want)
 		// UpdateRequest finds the index rows to replace from the decoded
 		// record: they must be the rows it was written with.
 		idx, err := indexEntities(got)
-		check(t, "index rows of the decoded request", sortedRows(idx), err, rows[1:])
+		storetest.CheckRead(t, "index rows of the decoded request", sortedRows(idx), err, rows[1:])
 		for _, e := range rows[1:] {
 			if e.str("Id") != want.ID {
 				t.Errorf("index row %s names request %q, want %q", e.str("RowKey"), e.str("Id"), want.ID)
@@ -163,28 +156,17 @@ func TestGoldenEntitiesRead(t *testing.T) {
 		for _, e := range rows {
 			var got jit.AuditEvent
 			err := e.payload(&got)
-			check(t, "audit row "+e.str("PartitionKey"), got, err, storetest.SchemaEvent())
+			storetest.CheckRead(t, "audit row "+e.str("PartitionKey"), got, err, storetest.SchemaEvent())
 		}
 	})
 	t.Run("outbox", func(t *testing.T) {
 		var got []jit.AuditEvent
 		err := readGolden(t, "testdata/outbox.golden")[0].payload(&got)
-		check(t, "outbox row", got, err, []jit.AuditEvent{storetest.SchemaEvent()})
+		storetest.CheckRead(t, "outbox row", got, err, []jit.AuditEvent{storetest.SchemaEvent()})
 	})
 	t.Run("nsg-state", func(t *testing.T) {
 		var got jit.NSGState
 		err := readGolden(t, "testdata/nsg-state.golden")[0].payload(&got)
-		check(t, "NSG state", got, err, storetest.SchemaNSGState())
+		storetest.CheckRead(t, "NSG state", got, err, storetest.SchemaNSGState())
 	})
-}
-
-func check[T any](t *testing.T, what string, got T, err error, want T) {
-	t.Helper()
-	if err != nil {
-		t.Errorf("%s of a golden entity: %v", what, err)
-		return
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("%s of a golden entity:\n got  %+v\n want %+v", what, got, want)
-	}
 }
