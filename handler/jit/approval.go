@@ -17,9 +17,9 @@ const DefaultPendingExpiry = time.Hour
 
 // Approval says who must approve requests before anything opens.
 type Approval struct {
-	Required     bool
-	Approvers    []string // principal or group ids; empty: anyone with JIT.Approver
-	MinApprovals int      // distinct approvers needed; 1 when zero
+	Required     bool     `json:"Required"`
+	Approvers    []string `json:"Approvers"`    // principal or group ids; empty: anyone with JIT.Approver
+	MinApprovals int      `json:"MinApprovals"` // distinct approvers needed; 1 when zero
 }
 
 // normalise validates an approval rule in place.
@@ -62,21 +62,21 @@ func validPrincipalRef(id string) error {
 
 // RequestApproval is a pending request's approval state.
 type RequestApproval struct {
-	MinApprovals int      // the largest of the rules' minimums
-	Approvers    []string // every rule's approvers, for people to read
+	MinApprovals int      `json:"MinApprovals"` // the largest of the rules' minimums
+	Approvers    []string `json:"Approvers"`    // every rule's approvers, for people to read
 	// Rules are what must be satisfied, one per distinct approver list
 	// among the request's ports (see approvalFor). Requests stored before
 	// rules existed have none and are judged by MinApprovals and Approvers.
-	Rules        []ApprovalRule
-	PendingUntil time.Time
-	Decisions    []Decision
+	Rules        []ApprovalRule `json:"Rules"`
+	PendingUntil time.Time      `json:"PendingUntil"`
+	Decisions    []Decision     `json:"Decisions"`
 }
 
 // ApprovalRule is one approver list a request must satisfy.
 type ApprovalRule struct {
-	Approvers    []string // principal or group ids; empty: anyone with JIT.Approver
-	MinApprovals int
-	ApprovedBy   []string // ids of those who approved as members of Approvers
+	Approvers    []string `json:"Approvers"` // principal or group ids; empty: anyone with JIT.Approver
+	MinApprovals int      `json:"MinApprovals"`
+	ApprovedBy   []string `json:"ApprovedBy"` // ids of those who approved as members of Approvers
 }
 
 // mayApprove reports whether p may approve the request under some rule.
@@ -108,11 +108,11 @@ func (a *RequestApproval) satisfied() bool {
 
 // Decision is one approver's answer.
 type Decision struct {
-	By      string
-	ByName  string
-	At      time.Time
-	Approve bool
-	Comment string
+	By      string    `json:"By"`
+	ByName  string    `json:"ByName"`
+	At      time.Time `json:"At"`
+	Approve bool      `json:"Approve"`
+	Comment string    `json:"Comment"`
 }
 
 // Approvals counts the approving decisions.

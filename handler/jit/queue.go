@@ -14,12 +14,12 @@ const (
 // Operation asks the worker to open or close one grant's allow rule in one
 // NSG. Operations are idempotent: each may run twice, late, or out of order.
 type Operation struct {
-	ID        string    // deterministic: the same work always has the same ID
-	Kind      string    // OpOpen or OpClose
-	RequestID string    // the request the grant belongs to
-	Grant     int       // index of the grant in the request
-	NSG       string    // ARM id of the NSG
-	Due       time.Time // when to run it; zero means now
+	ID        string    `json:"ID"`        // deterministic: the same work always has the same ID
+	Kind      string    `json:"Kind"`      // OpOpen or OpClose
+	RequestID string    `json:"RequestID"` // the request the grant belongs to
+	Grant     int       `json:"Grant"`     // index of the grant in the request
+	NSG       string    `json:"NSG"`       // ARM id of the NSG
+	Due       time.Time `json:"Due"`       // when to run it; zero means now
 }
 
 // Queue carries operations to the worker. A failed operation is delivered

@@ -76,20 +76,20 @@ type Store interface {
 // to change the NSG. VM states ("Configured" or what is true instead) are
 // judged from it and never from what the service meant to write.
 type NSGState struct {
-	ID string // ARM id of the NSG
+	ID string `json:"ID"` // ARM id of the NSG
 	// SeenAt is when Deny and Ahead were read or written; zero if never.
-	SeenAt time.Time
+	SeenAt time.Time `json:"SeenAt"`
 	// Missing: the NSG did not exist at SeenAt.
-	Missing bool
+	Missing bool `json:"Missing"`
 	// Deny are the deployment's deny rules in the NSG.
-	Deny []SecurityRule
+	Deny []SecurityRule `json:"Deny"`
 	// Ahead are the foreign inbound Allow rules whose priority comes before
 	// the last of Deny (at most MaxAhead of them), which may bypass them.
-	Ahead []SecurityRule
+	Ahead []SecurityRule `json:"Ahead"`
 	// Error is the last failure to change the NSG, at ErrorAt. It is
 	// current only when ErrorAt is after SeenAt.
-	Error   string
-	ErrorAt time.Time
+	Error   string    `json:"Error"`
+	ErrorAt time.Time `json:"ErrorAt"`
 }
 
 // MaxAhead bounds NSGState.Ahead.

@@ -84,19 +84,19 @@ func (o *Options) setDefaults() {
 
 // DeadLetter is an operation that failed MaxAttempts times.
 type DeadLetter struct {
-	Ticket    string // the operation's id
-	Op        jit.Operation
-	Attempts  int
-	LastError string
-	DeadAt    time.Time
+	Ticket    string        `json:"Ticket"` // the operation's id
+	Op        jit.Operation `json:"Op"`
+	Attempts  int           `json:"Attempts"`
+	LastError string        `json:"LastError"`
+	DeadAt    time.Time     `json:"DeadAt"`
 }
 
 // record is what queue_ops keeps per operation.
 type record struct {
-	Op        jit.Operation
-	Due       time.Time // next delivery; Op.Due, or now when that was zero, then backoff
-	Attempts  int       // failed deliveries so far
-	LastError string    `json:",omitempty"`
+	Op        jit.Operation `json:"Op"`
+	Due       time.Time     `json:"Due"`      // next delivery; Op.Due, or now when that was zero, then backoff
+	Attempts  int           `json:"Attempts"` // failed deliveries so far
+	LastError string        `json:"LastError,omitempty"`
 }
 
 type item struct {

@@ -35,8 +35,8 @@ func (s *Store) AppendAudit(ctx context.Context, ev jit.AuditEvent) error {
 	if err != nil {
 		return err
 	}
-	idRow := newEntity(auditIDPrefix+id, auditIDRow)
-	if err := idRow.setPayload(ev, fmt.Sprintf("audit event %q", ev.ID)); err != nil {
+	idRow, err := auditIDEntity(ev, id)
+	if err != nil {
 		return err
 	}
 	_, err = s.audit.AddEntity(ctx, idRow.marshal(), nil)
@@ -55,20 +55,38 @@ func (s *Store) AppendAudit(ctx context.Context, ev jit.AuditEvent) error {
 	} else if err != nil {
 		return storeError(err, "append audit event")
 	}
-	partitions := []string{auditAll}
-	if ev.VM != "" {
-		partitions = append(partitions, auditVMPrefix+vmKey(ev.VM))
-	}
-	for _, pk := range partitions {
-		row := newEntity(pk, timeKey(ev.Time)+id)
-		for _, name := range idRow.payloadProps() {
-			row[name] = idRow[name]
-		}
+	for _, row := range auditTrailEntities(ev, id, idRow) {
 		if _, err := s.audit.AddEntity(ctx, row.marshal(), nil); err != nil && !isConflict(err) {
 			return storeError(err, "append audit event")
 		}
 	}
 	return nil
+}
+
+// auditIDEntity returns the id row of ev, whose key is id (checkEvent's).
+func auditIDEntity(ev jit.AuditEvent, id string) (entity, error) {
+	row := newEntity(auditIDPrefix+id, auditIDRow)
+	if err := row.setPayload(ev, fmt.Sprintf("audit event %q", ev.ID)); err != nil {
+		return nil, err
+	}
+	return row, nil
+}
+
+// auditTrailEntities returns the trail rows of ev (all, then its VM's),
+// each holding the record of idRow.
+func auditTrailEntities(ev jit.AuditEvent, id string, idRow entity) []entity {
+	partitions := []string{auditAll}
+	if ev.VM != "" {
+		partitions = append(partitions, auditVMPrefix+vmKey(ev.VM))
+	}
+	rows := make([]entity, len(partitions))
+	for i, pk := range partitions {
+		rows[i] = newEntity(pk, timeKey(ev.Time)+id)
+		for _, name := range idRow.payloadProps() {
+			rows[i][name] = idRow[name]
+		}
+	}
+	return rows
 }
 
 // ScanAudit calls fn for each event that matches f, newest first, ties in

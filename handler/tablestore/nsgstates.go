@@ -58,9 +58,8 @@ func (s *Store) PutNSGState(ctx context.Context, st jit.NSGState) error {
 		if exists && sameJSON(stored, merged) {
 			return nil
 		}
-		e := newEntity(nsgPartition, row)
-		e["Id"] = merged.ID // for people browsing the table
-		if err := e.setPayload(merged, fmt.Sprintf("state of NSG %s", merged.ID)); err != nil {
+		e, err := nsgStateEntity(merged)
+		if err != nil {
 			return err
 		}
 		if exists {
@@ -78,6 +77,16 @@ func (s *Store) PutNSGState(ctx context.Context, st jit.NSGState) error {
 		return storeError(err, "write NSG state")
 	}
 	return jit.Errorf(jit.EUNAVAILABLE, "the state of NSG %s is being changed by many writers at once: try again", st.ID)
+}
+
+// nsgStateEntity returns the entity of st.
+func nsgStateEntity(st jit.NSGState) (entity, error) {
+	e := newEntity(nsgPartition, nsgRow(st.ID))
+	e["Id"] = st.ID // for people browsing the table
+	if err := e.setPayload(st, fmt.Sprintf("state of NSG %s", st.ID)); err != nil {
+		return nil, err
+	}
+	return e, nil
 }
 
 func sameJSON(a, b jit.NSGState) bool {
