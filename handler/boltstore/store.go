@@ -734,25 +734,4 @@ func utcNSGState(st jit.NSGState) jit.NSGState {
 	return st
 }
 
-func utcRequest(r jit.Request) jit.Request {
-	r.StartTime = r.StartTime.UTC()
-	grants := make([]jit.Grant, len(r.Grants))
-	for i, g := range r.Grants {
-		g.End = g.End.UTC()
-		g.ClosedAt = g.ClosedAt.UTC()
-		nsgs := make([]jit.GrantNSG, len(g.NSGs))
-		for j, n := range g.NSGs {
-			n.OpenedAt = n.OpenedAt.UTC()
-			n.ClosedAt = n.ClosedAt.UTC()
-			nsgs[j] = n
-		}
-		if g.NSGs != nil {
-			g.NSGs = nsgs
-		}
-		grants[i] = g
-	}
-	if r.Grants != nil {
-		r.Grants = grants
-	}
-	return r
-}
+func utcRequest(r jit.Request) jit.Request { return r.InUTC() }

@@ -148,3 +148,43 @@ func (r *Request) HasVM(vmID string) bool {
 	}
 	return false
 }
+
+// InUTC returns r with every time in UTC, sharing nothing with r that the
+// conversion changes: the stores keep times in UTC.
+func (r Request) InUTC() Request {
+	r.StartTime = r.StartTime.UTC()
+	if r.Approval != nil {
+		a := *r.Approval
+		a.PendingUntil = a.PendingUntil.UTC()
+		if a.Decisions != nil {
+			ds := make([]Decision, len(a.Decisions))
+			for i, d := range a.Decisions {
+				d.At = d.At.UTC()
+				ds[i] = d
+			}
+			a.Decisions = ds
+		}
+		r.Approval = &a
+	}
+	if r.Grants == nil {
+		return r
+	}
+	grants := make([]Grant, len(r.Grants))
+	for i, g := range r.Grants {
+		g.End = g.End.UTC()
+		g.ApprovedEnd = g.ApprovedEnd.UTC()
+		g.ClosedAt = g.ClosedAt.UTC()
+		if g.NSGs != nil {
+			nsgs := make([]GrantNSG, len(g.NSGs))
+			for j, n := range g.NSGs {
+				n.OpenedAt = n.OpenedAt.UTC()
+				n.ClosedAt = n.ClosedAt.UTC()
+				nsgs[j] = n
+			}
+			g.NSGs = nsgs
+		}
+		grants[i] = g
+	}
+	r.Grants = grants
+	return r
+}

@@ -147,6 +147,8 @@ func fullRequest(id string) jit.Request {
 		Justification: "incident #42: \"disk full\"\n<script>",
 		StartTime:     base,
 		Status:        jit.RequestActive,
+		Approval: &jit.RequestApproval{MinApprovals: 1, Approvers: []string{"approver-1"}, PendingUntil: base.Add(time.Hour),
+			Decisions: []jit.Decision{{By: "approver-1", ByName: "Bob", At: base.Add(time.Minute), Approve: true, Comment: "ok"}}},
 		Grants: []jit.Grant{
 			{
 				VM:           vmA,
@@ -155,6 +157,7 @@ func fullRequest(id string) jit.Request {
 				Sources:      []string{"203.0.113.7"},
 				Destinations: []string{"10.0.0.4"},
 				End:          base.Add(3 * time.Hour),
+				ApprovedEnd:  base.Add(3 * time.Hour),
 				Status:       jit.GrantInitiated,
 				NSGs: []jit.GrantNSG{
 					{ID: nsgNIC, State: jit.RuleOpen, OpenedAt: base.Add(time.Second)},
@@ -1046,6 +1049,8 @@ func assertUTC(t *testing.T, what string, v any) {
 			for i := range v.Len() {
 				walk(fmt.Sprintf("%s[%d]", path, i), v.Index(i))
 			}
+		case v.Kind() == reflect.Pointer && !v.IsNil():
+			walk(path, v.Elem())
 		}
 	}
 	walk("", reflect.ValueOf(v))

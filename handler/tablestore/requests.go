@@ -392,27 +392,4 @@ func (s *Store) fetchRequests(ctx context.Context, hits []indexHit) ([]*jit.Requ
 
 // utcRequest returns r with every time in UTC, so that records read back
 // compare equal whatever zone the caller used.
-func utcRequest(r jit.Request) jit.Request {
-	r.StartTime = r.StartTime.UTC()
-	if r.Grants == nil {
-		return r
-	}
-	grants := make([]jit.Grant, len(r.Grants))
-	for i, g := range r.Grants {
-		g.End = g.End.UTC()
-		g.ApprovedEnd = g.ApprovedEnd.UTC()
-		g.ClosedAt = g.ClosedAt.UTC()
-		if g.NSGs != nil {
-			nsgs := make([]jit.GrantNSG, len(g.NSGs))
-			for j, n := range g.NSGs {
-				n.OpenedAt = n.OpenedAt.UTC()
-				n.ClosedAt = n.ClosedAt.UTC()
-				nsgs[j] = n
-			}
-			g.NSGs = nsgs
-		}
-		grants[i] = g
-	}
-	r.Grants = grants
-	return r
-}
+func utcRequest(r jit.Request) jit.Request { return r.InUTC() }
