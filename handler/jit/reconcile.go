@@ -384,7 +384,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, listedAt
 		return errors.Join(errs...)
 	}
 	for _, c := range closes {
-		_ = s.recordClose(ctx, c.req, c.i, n.ID)
+		_ = s.recordClose(ctx, c.req, c.i, n.ID, removedAny(ap, c.req.ID, c.i))
 	}
 	for _, name := range orphans {
 		rep.Orphans++
