@@ -157,6 +157,13 @@ func (c *chaosHandler) try(method, path string, body any, out any, want int) boo
 }
 
 func (c *chaosHandler) callQuiet(p *proc, method, path string, body any) (int, []byte) {
+	return callQuiet(p.base, method, path, body)
+}
+
+// callQuiet sends a request to base+path, with headers given as name,
+// value pairs; it returns status 0 when the request could not be sent
+// (the process is down), and never fails the test.
+func callQuiet(base, method, path string, body any, headers ...string) (int, []byte) {
 	var rd *strings.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -164,8 +171,11 @@ func (c *chaosHandler) callQuiet(p *proc, method, path string, body any) (int, [
 	} else {
 		rd = strings.NewReader("")
 	}
-	req, _ := http.NewRequest(method, p.base+path, rd)
+	req, _ := http.NewRequest(method, base+path, rd)
 	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0, nil
@@ -545,9 +555,7 @@ func TestChaos(t *testing.T) {
 `, len(recs), len(vms), len(nsgNames), faults, dropRate*100, dupRate*100, c.restarts, handEdits.Load(), observed,
 		maxLag.Round(10*time.Millisecond), sweep, len(open), lost, missingDeny)
 	t.Log("\n" + report)
-	if path := os.Getenv("JIT_CHAOS_REPORT"); path != "" {
-		_ = os.WriteFile(path, []byte(report), 0o644)
-	}
+	writeChaosReport(t, "local", report)
 	if len(recs) < grants {
 		t.Errorf("only %d of %d grants were accepted", len(recs), grants)
 	}
@@ -569,5 +577,28 @@ func TestChaos(t *testing.T) {
 	c.calls.checkRoleCovers(t)
 	if c.restarts < 2 || faults < 50 {
 		t.Errorf("too little chaos: %d restarts, %d faults", c.restarts, faults)
+	}
+}
+
+// chaosReports are the fault tests' figures of this run, by mode.
+var chaosReports sync.Map
+
+// writeChaosReport writes the figures of every fault test run so far in
+// this process, local mode's first, to the file JIT_CHAOS_REPORT names
+// (make test prints it at the end).
+func writeChaosReport(t *testing.T, mode, report string) {
+	chaosReports.Store(mode, report)
+	path := os.Getenv("JIT_CHAOS_REPORT")
+	if path == "" {
+		return
+	}
+	var all strings.Builder
+	for _, m := range []string{"local", "functions"} {
+		if r, ok := chaosReports.Load(m); ok {
+			all.WriteString(r.(string))
+		}
+	}
+	if err := os.WriteFile(path, []byte(all.String()), 0o644); err != nil {
+		t.Errorf("writing the fault test's figures: %v", err)
 	}
 }
