@@ -178,13 +178,7 @@ func TestChaosFunctions(t *testing.T) {
 
 	// One policy over all 20 VMs, SSH and RDP, locked down before the
 	// chaos starts.
-	var pvms []any
-	for _, vm := range vms {
-		pvms = append(pvms, map[string]any{"id": vmID(vm), "ports": []any{
-			map[string]any{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT1H"},
-			map[string]any{"number": 3389, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT1H"}}})
-	}
-	if !try("PUT", "/api/v1/policies/chaos", map[string]any{"properties": map[string]any{"virtualMachines": pvms}}, nil, 200) {
+	if !try("PUT", "/api/v1/policies/chaos", chaosPolicy(vms), nil, 200) {
 		t.Fatal("could not write the policy")
 	}
 	nsgID := func(name string) string { return rgURL + "/providers/Microsoft.Network/networkSecurityGroups/" + name }
@@ -211,17 +205,7 @@ func TestChaosFunctions(t *testing.T) {
 		return missing
 	}
 	waitFor(t, 60*time.Second, "the policy applied", func() bool {
-		var pol struct {
-			Properties struct {
-				ProvisioningState string `json:"provisioningState"`
-				VirtualMachines   []struct {
-					ID   string `json:"id"`
-					NSGs []struct {
-						ID string `json:"id"`
-					} `json:"networkSecurityGroups"`
-				} `json:"virtualMachines"`
-			} `json:"properties"`
-		}
+		var pol policyOut
 		if status, raw := api("GET", "/api/v1/policies/chaos", nil); status != 200 || json.Unmarshal(raw, &pol) != nil || pol.Properties.ProvisioningState != "Succeeded" {
 			return false
 		}
@@ -302,58 +286,13 @@ func TestChaosFunctions(t *testing.T) {
 		}
 		azuriteRestarted.Store(true)
 	})
-	var handEdits atomic.Int32
-	chaosWG.Go(func() {
-		for i := 0; ; i++ {
-			select {
-			case <-stopChaos:
-				return
-			case <-time.After(4 * time.Second):
-			}
-			if name, ok := handEdit(armSrv.URL+"/_arm"+nsgID(nsgNames[rand.IntN(len(nsgNames))]), i); ok {
-				handEdits.Add(1)
-				if name != "" {
-					obs.add(name)
-				}
-			}
-		}
-	})
+	handEdits := editByHand(stopChaos, &chaosWG, nsgNames, func(nsg string) (string, bool) { return armSrv.URL + "/_arm" + nsgID(nsg), true }, obs)
 
 	// Requests: 200 grants over about 25 s, each for 4 to 20 s.
-	var recMu sync.Mutex
-	var recs []grantRec
-	var wg sync.WaitGroup
-	work := make(chan int)
-	for range 8 {
-		wg.Go(func() {
-			for i := range work {
-				vm := vms[i%len(vms)]
-				port := []int{22, 3389}[i%2]
-				d := 4 + rand.IntN(17)
-				var r requestRec
-				body := initiateBody(vm, port, map[string]any{"duration": fmt.Sprintf("PT%dS", d), "allowedSourceAddressPrefix": fmt.Sprintf("198.51.100.%d", i%250+1)})
-				if !try("POST", "/api/v1/policies/chaos/initiate", body, &r, 202) || len(r.Grants) != 1 {
-					t.Errorf("request %d was not accepted", i)
-					continue
-				}
-				recMu.Lock()
-				recs = append(recs, grantRec{id: r.ID, vm: vm, rule: r.Grants[0].RuleName, end: r.VirtualMachines[0].Ports[0].EndTimeUtc, nsgs: nsgsOf[vm]})
-				recMu.Unlock()
-			}
+	recs, lastEnd := requestGrants(t, fnChaosGrants, 25*time.Second, vms, func(vm string) []string { return nsgsOf[vm] },
+		func(body any, r *requestRec) bool {
+			return try("POST", "/api/v1/policies/chaos/initiate", body, r, 202)
 		})
-	}
-	for i := range fnChaosGrants {
-		work <- i
-		time.Sleep(25 * time.Second / fnChaosGrants)
-	}
-	close(work)
-	wg.Wait()
-	var lastEnd time.Time
-	for _, r := range recs {
-		if r.end.After(lastEnd) {
-			lastEnd = r.end
-		}
-	}
 	// The kills, restarts and hand edits go on until every grant has
 	// ended; ARM's and Service Bus's faults go on to the end.
 	time.Sleep(time.Until(lastEnd))
@@ -412,7 +351,8 @@ func TestChaosFunctions(t *testing.T) {
 			}
 		}
 	}
-	maxLag, observed := obs.largestLag(recs)
+	lags := obs.lags(recs)
+	maxLag, observed := largestLag(lags)
 	if lost == nil {
 		lost = auditLost()
 	}
@@ -527,6 +467,76 @@ func deliverResourceEvent(ctx context.Context, host *hostsim.Host, c armsim.Chan
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// editByHand makes a hand edit (handEdit) of a random NSG every 4 s until
+// stop is closed; nsgURL gives the NSG's ARM URL, or false while ARM
+// cannot be reached. Forged rules are added to obs. It returns the count
+// of edits ARM took.
+func editByHand(stop <-chan struct{}, wg *sync.WaitGroup, nsgNames []string, nsgURL func(nsg string) (string, bool), obs *ruleObserver) *atomic.Int32 {
+	var edits atomic.Int32
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(4 * time.Second):
+			}
+			u, up := nsgURL(nsgNames[rand.IntN(len(nsgNames))])
+			if !up {
+				continue
+			}
+			if name, ok := handEdit(u, i); ok {
+				edits.Add(1)
+				if name != "" {
+					obs.add(name)
+				}
+			}
+		}
+	})
+	return &edits
+}
+
+// requestGrants asks for n grants spread over the period given, 8 at a
+// time: grant i on VM i (in turn), SSH and RDP alternately, for 4 to 20 s,
+// from a source of its own. initiate sends the request, retrying what the
+// chaos refuses. It returns the grants accepted and the last end time.
+func requestGrants(t *testing.T, n int, over time.Duration, vms []string, nsgsOf func(vm string) []string, initiate func(body any, r *requestRec) bool) ([]grantRec, time.Time) {
+	var mu sync.Mutex
+	var recs []grantRec
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 8 {
+		wg.Go(func() {
+			for i := range work {
+				vm := vms[i%len(vms)]
+				port := []int{22, 3389}[i%2]
+				d := 4 + rand.IntN(17)
+				var r requestRec
+				body := initiateBody(vm, port, map[string]any{"duration": fmt.Sprintf("PT%dS", d), "allowedSourceAddressPrefix": fmt.Sprintf("198.51.100.%d", i%250+1)})
+				if !initiate(body, &r) || len(r.Grants) != 1 {
+					t.Errorf("request %d was not accepted", i)
+					continue
+				}
+				mu.Lock()
+				recs = append(recs, grantRec{id: r.ID, vm: vm, rule: r.Grants[0].RuleName, end: r.VirtualMachines[0].Ports[0].EndTimeUtc, nsgs: nsgsOf(vm)})
+				mu.Unlock()
+			}
+		})
+	}
+	for i := range n {
+		work <- i
+		time.Sleep(over / time.Duration(n))
+	}
+	close(work)
+	wg.Wait()
+	var lastEnd time.Time
+	for _, r := range recs {
+		if r.end.After(lastEnd) {
+			lastEnd = r.end
+		}
+	}
+	return recs, lastEnd
 }
 
 // handEdit changes the NSG at nsgURL by hand through ARM, as TestChaos's
@@ -645,21 +655,33 @@ func (o *ruleObserver) stillOpen() []string {
 	return open
 }
 
-// largestLag is the largest time between a grant's end and its rule's
-// disappearance, over the grants whose rule was seen, and how many those
-// are.
-func (o *ruleObserver) largestLag(recs []grantRec) (time.Duration, int) {
+// grantLag is how long after its end a grant's rule was seen gone.
+type grantLag struct {
+	rec grantRec
+	lag time.Duration
+}
+
+// lags are the lags of the grants whose rule was seen, largest first.
+func (o *ruleObserver) lags(recs []grantRec) []grantLag {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	var lag time.Duration
-	n := 0
+	var lags []grantLag
 	for _, r := range recs {
 		if gone, ok := o.firstAbsent[r.rule]; ok && o.present[r.rule] {
-			n++
-			lag = max(lag, gone.Sub(r.end))
+			lags = append(lags, grantLag{r, gone.Sub(r.end)})
 		}
 	}
-	return lag, n
+	slices.SortFunc(lags, func(a, b grantLag) int { return cmp.Compare(b.lag, a.lag) })
+	return lags
+}
+
+// largestLag is the largest of lags (sorted largest first) and how many
+// grants were seen closing.
+func largestLag(lags []grantLag) (time.Duration, int) {
+	if len(lags) == 0 {
+		return 0, 0
+	}
+	return lags[0].lag, len(lags)
 }
 
 // auditLost lists the audit events missing for recs: a request event per
