@@ -760,3 +760,96 @@ func waitUntilQuiet(w *webhookCounter, quiet time.Duration) {
 		}
 	}
 }
+
+// TestFunctionsOpenAuditedWhenInstanceDies is the Functions-mode fault
+// test's finding made deterministic: the instance writing a grant's allow
+// rule dies while ARM runs the write, the grant ends before the open is
+// delivered again, and the rule, which was in the NSG, must still have
+// its open in the audit trail ("every step is audited": TestChaos checks
+// an open event for every rule seen).
+func TestFunctionsOpenAuditedWhenInstanceDies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts Azurite, the Service Bus double and a handler instance; not with -short")
+	}
+	azurite := testenv.StartAzurite(t)
+	sb := testenv.StartServiceBus(t)
+	tokens := testenv.StartTokenEndpoint(t)
+	nicNSG := rgURL + "/providers/Microsoft.Network/networkSecurityGroups/nsg-vm-nic"
+	var (
+		host     *hostsim.Host
+		armed    atomic.Bool
+		killedAt atomic.Pointer[time.Time]
+		ruleSeen atomic.Pointer[string]
+	)
+	var sim *armsim.Server
+	sim = armsim.New(armsim.Options{
+		// ARM takes 2 s to run a write: the instance dies meanwhile.
+		Azure: &armsim.Azure{WriteTime: 2 * time.Second},
+		OnChange: func(c armsim.Change) {
+			if !armed.Load() || !strings.EqualFold(c.ID, nicNSG) {
+				return
+			}
+			for _, name := range sim.RuleNames(nicNSG) {
+				if strings.HasPrefix(name, "jit-allow-") && ruleSeen.CompareAndSwap(nil, &name) {
+					host.Instances()[0].Kill()
+					now := time.Now()
+					killedAt.Store(&now)
+				}
+			}
+		},
+	})
+	armSrv := httptest.NewServer(sim)
+	t.Cleanup(armSrv.Close)
+	host = startHost(t, hostsim.Config{
+		TablesConnection:     azurite.ConnectionString(),
+		TablePrefix:          fmt.Sprintf("dies%d", time.Now().UnixNano()%1e9),
+		ServiceBusConnection: sb.ConnectionString(),
+		Queue:                "jit-dies",
+		ARMEndpoint:          armSrv.URL,
+		Subscriptions:        sub,
+		Env:                  append(tokens.Env(), "AZURE_CLIENT_ID="+testenv.MIClientID, "JIT_MIN_DURATION=1s", "JIT_LOG_LEVEL=info"),
+	})
+	p := &proc{t: t, base: host.URL()}
+	admin := easyAuth("admin-1", "JIT.Admin")
+	p.must(200, "PUT", "/api/v1/policies/dies", map[string]any{"properties": map[string]any{"virtualMachines": []any{
+		map[string]any{"id": vmID("vm-nic-nsg"), "ports": []any{map[string]any{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT1H"}}},
+	}}}, nil, admin...)
+	waitFor(t, 30*time.Second, "the lockdown", func() bool {
+		return slices.ContainsFunc(sim.RuleNames(nicNSG), func(n string) bool { return strings.HasPrefix(n, "jit-deny-") })
+	})
+
+	armed.Store(true)
+	var r requestRec
+	p.must(202, "POST", "/api/v1/policies/dies/initiate", initiateBody("vm-nic-nsg", 22, map[string]any{"duration": "PT4S", "allowedSourceAddressPrefix": "203.0.113.7"}), &r, admin...)
+	waitFor(t, 20*time.Second, "the allow rule written and the instance killed", func() bool { return killedAt.Load() != nil })
+	if *ruleSeen.Load() != r.Grants[0].RuleName {
+		t.Fatalf("the rule written was %s, want the grant's %s", *ruleSeen.Load(), r.Grants[0].RuleName)
+	}
+	end := r.VirtualMachines[0].Ports[0].EndTimeUtc
+	time.Sleep(time.Until(end) + time.Second)
+	if err := host.Restart(0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "the request closed", func() bool {
+		var got requestRec
+		p.must(200, "GET", "/api/v1/requests/"+r.ID, nil, &got, admin...)
+		return got.Status == "Closed" && !slices.Contains(sim.RuleNames(nicNSG), r.Grants[0].RuleName)
+	})
+	var audit struct {
+		Value []struct {
+			ID     string `json:"id"`
+			Action string `json:"action"`
+		} `json:"value"`
+	}
+	p.must(200, "GET", "/api/v1/audit", nil, &audit, admin...)
+	var trail []string
+	for _, ev := range audit.Value {
+		if strings.Contains(ev.ID, r.ID) {
+			trail = append(trail, ev.ID)
+		}
+	}
+	if !slices.ContainsFunc(trail, func(id string) bool { return strings.HasPrefix(id, "open-"+r.ID) }) {
+		t.Errorf("rule %s was in nsg-vm-nic from %s until after the grant's end, but the audit trail of request %s has no open: %v",
+			r.Grants[0].RuleName, killedAt.Load().Format("15:04:05.000"), r.ID, trail)
+	}
+}
