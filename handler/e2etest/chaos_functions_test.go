@@ -232,6 +232,8 @@ func TestChaosFunctions(t *testing.T) {
 	obs := newRuleObserver()
 	stopObs := make(chan struct{})
 	var obsWG sync.WaitGroup
+	endObs := sync.OnceFunc(func() { close(stopObs); obsWG.Wait() })
+	t.Cleanup(endObs)
 	obsWG.Go(func() {
 		for {
 			select {
@@ -252,6 +254,8 @@ func TestChaosFunctions(t *testing.T) {
 	// Instances killed and restarted, Azurite restarted once, hand edits.
 	stopChaos := make(chan struct{})
 	var chaosWG sync.WaitGroup
+	endChaos := sync.OnceFunc(func() { close(stopChaos); chaosWG.Wait() })
+	t.Cleanup(endChaos) // before the host closes, should the test stop early
 	var restarts atomic.Int32
 	var kills []string
 	chaosWG.Go(func() {
@@ -296,8 +300,7 @@ func TestChaosFunctions(t *testing.T) {
 	// The kills, restarts and hand edits go on until every grant has
 	// ended; ARM's and Service Bus's faults go on to the end.
 	time.Sleep(time.Until(lastEnd))
-	close(stopChaos)
-	chaosWG.Wait()
+	endChaos()
 
 	// The bound on the close lag. A close the queue delivers is written
 	// within seconds; one it lost or dead-lettered is the sweeper's: it
@@ -341,8 +344,7 @@ func TestChaosFunctions(t *testing.T) {
 		time.Sleep(time.Second)
 	}
 	time.Sleep(500 * time.Millisecond) // one more observation
-	close(stopObs)
-	obsWG.Wait()
+	endObs()
 	open := obs.stillOpen()
 	for _, n := range nsgNames {
 		for _, name := range sim.RuleNames(nsgID(n)) {
