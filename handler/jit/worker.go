@@ -224,6 +224,9 @@ func (s *Service) ruleFailed(ctx context.Context, req Request, i int, nsg string
 	return fmt.Errorf("closing grant %s-%d in %s: %w", req.ID, i, nsg, cause)
 }
 
+// errRecorded: the outcome to record is recorded already.
+var errRecorded = errors.New("recorded already")
+
 // recordOpen audits and records that grant i's rule is in nsg.
 func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string) error {
 	g := req.Grants[i]
@@ -245,6 +248,9 @@ func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string
 			}
 			return []AuditEvent{ev}, nil
 		}
+		if n.State == RuleOpen && !n.OpenedAt.IsZero() {
+			return nil, errRecorded // a sweep found it in the NSG first
+		}
 		n.State, n.OpenedAt, n.Error = RuleOpen, now, ""
 		e := ev
 		if g.Status == GrantInitiating && allOpen(g) {
@@ -253,6 +259,9 @@ func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string
 		}
 		return []AuditEvent{e}, nil
 	})
+	if errors.Is(err, errRecorded) {
+		return nil
+	}
 	if err != nil {
 		// The rule is in the NSG whatever the store says: the trail
 		// records it even when the request cannot.
