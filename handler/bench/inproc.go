@@ -85,7 +85,8 @@ func (b *bench) newStack(spec estateSpec) (*stack, error) {
 		db.Close()
 		return nil, err
 	}
-	svc = jit.NewService(store, q, net, jit.Config{MinDuration: time.Second, Subscriptions: []string{benchSub}, Log: zerolog.Nop()})
+	svc = jit.NewService(store, q, net, jit.Config{MinDuration: time.Second, Subscriptions: []string{benchSub},
+		Limits: jit.Limits{MaxOpenRequests: 10000, WritesPerMinute: -1}, Log: zerolog.Nop()})
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := q.Start(ctx); err != nil {
 		cancel()

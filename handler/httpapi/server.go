@@ -259,6 +259,10 @@ func (s *Server) call(w http.ResponseWriter, r *http.Request) (jit.Principal, bo
 		writeError(w, err)
 		return p, false
 	}
+	if err := s.allowWrite(r, p); err != nil {
+		s.fail(w, r, err)
+		return p, false
+	}
 	return p, true
 }
 

@@ -53,8 +53,9 @@ type stackOptions struct {
 	notifier       jit.Notifier
 	trustedProxies []netip.Prefix
 	stuckAfter     time.Duration
-	dropOpens      bool // the queue loses every open operation
-	batch          bool // the queue delivers an NSG's due operations together
+	dropOpens      bool       // the queue loses every open operation
+	batch          bool       // the queue delivers an NSG's due operations together
+	limits         jit.Limits // none to speak of when zero
 }
 
 // droppingQueue loses open operations, as a broken broker might.
@@ -118,8 +119,12 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	if o.dropOpens {
 		queue = droppingQueue{q}
 	}
+	if o.limits == (jit.Limits{}) {
+		// Tests of other things make many changes as one caller.
+		o.limits = jit.Limits{MaxOpenRequests: 10000, WritesPerMinute: -1}
+	}
 	svc = jit.NewService(store, queue, net, jit.Config{MinDuration: time.Second, Subscriptions: []string{sub},
-		PendingExpiry: o.pendingExpiry, Notifier: o.notifier, StuckAfter: o.stuckAfter, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
+		PendingExpiry: o.pendingExpiry, Notifier: o.notifier, StuckAfter: o.stuckAfter, Limits: o.limits, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := q.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -154,6 +159,18 @@ func easyAuth(id string, roles []string, groups ...string) as {
 
 func (s *stack) do(who as, method, path string, body any, out any) (int, string) {
 	s.t.Helper()
+	status, raw := s.doWith(who, method, path, body, nil)
+	if out != nil && status < 300 {
+		if err := json.Unmarshal([]byte(raw), out); err != nil {
+			s.t.Fatalf("%s %s: %v in %s", method, path, err, raw)
+		}
+	}
+	return status, raw
+}
+
+// doWith calls the API and lets seen look at the response.
+func (s *stack) doWith(who as, method, path string, body any, seen func(*http.Response)) (int, string) {
+	s.t.Helper()
 	var rd io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -172,10 +189,8 @@ func (s *stack) do(who as, method, path string, body any, out any) (int, string)
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode < 300 {
-		if err := json.Unmarshal(raw, out); err != nil {
-			s.t.Fatalf("%s %s: %v in %s", method, path, err, raw)
-		}
+	if seen != nil {
+		seen(resp)
 	}
 	return resp.StatusCode, string(raw)
 }

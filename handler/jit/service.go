@@ -52,7 +52,9 @@ type Config struct {
 	// identity): resource events about NSG changes they made are its own
 	// writes echoed back.
 	Self []string
-	Log  zerolog.Logger
+	// Limits bound what one principal may ask (see Limits).
+	Limits Limits
+	Log    zerolog.Logger
 }
 
 // DefaultDeployment is the deployment name when none is configured.
@@ -68,6 +70,8 @@ type Service struct {
 	invMu sync.Mutex
 	inv   []VMInfo
 	invAt time.Time
+
+	writes writeLimiter // per-principal change budgets of this instance
 }
 
 // DefaultInventoryTTL is how long a VM inventory is reused.
