@@ -197,13 +197,53 @@ func (s *Service) ScanAudit(ctx context.Context, p Principal, f AuditFilter, fn 
 
 // ListVMs returns every VM in scope with its JIT state and recent use.
 func (s *Service) ListVMs(ctx context.Context, p Principal) ([]VMStatus, error) {
+	vms, _, err := s.ListVMsPage(ctx, p, VMPage{})
+	return vms, err
+}
+
+// VMPage selects a page of the VMs in scope, in the order of their
+// lower-case ids.
+type VMPage struct {
+	After string // the lower-case id of the last VM of the page before; "" for the first page
+	Limit int    // at most this many; 0 = all
+}
+
+// ListVMsPage returns a page of the VMs in scope with their JIT state and
+// recent use, and whether more follow. Only the page's VMs are judged.
+func (s *Service) ListVMsPage(ctx context.Context, p Principal, pg VMPage) ([]VMStatus, bool, error) {
 	if err := requireAnyRole(p, "listing VMs", anyRole...); err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	vms, err := s.inventory(ctx)
+	all, err := s.inventory(ctx)
 	if err != nil {
-		return nil, Wrap(EUNAVAILABLE, err, "listing VMs from Azure failed; try again")
+		return nil, false, Wrap(EUNAVAILABLE, err, "listing VMs from Azure failed; try again")
 	}
+	vms, more := vmPage(all, pg)
+	out, err := s.vmStatuses(ctx, vms)
+	return out, more, err
+}
+
+// vmPage picks pg's VMs out of the inventory, which is sorted by
+// lower-case id.
+func vmPage(inv []VMInfo, pg VMPage) ([]VMInfo, bool) {
+	start := 0
+	if pg.After != "" {
+		start, _ = slices.BinarySearchFunc(inv, pg.After, func(v VMInfo, after string) int {
+			if strings.ToLower(v.ID) <= after {
+				return -1
+			}
+			return 1
+		})
+	}
+	inv = inv[start:]
+	if pg.Limit > 0 && len(inv) > pg.Limit {
+		return inv[:pg.Limit], true
+	}
+	return inv, false
+}
+
+// vmStatuses judges the VMs and tells their recent use.
+func (s *Service) vmStatuses(ctx context.Context, vms []VMInfo) ([]VMStatus, error) {
 	pols, err := s.store.ListPolicies(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("listing policies: %w", err)
@@ -290,6 +330,7 @@ func (s *Service) inventory(ctx context.Context) ([]VMInfo, error) {
 	if err != nil {
 		return nil, err
 	}
+	vms = sortedByID(vms)
 	s.invMu.Lock()
 	s.inv, s.invAt = vms, s.now()
 	s.invMu.Unlock()
@@ -309,10 +350,19 @@ func (s *Service) readInventory(ctx context.Context) ([]VMInfo, error) {
 	if err != nil {
 		return nil, err
 	}
+	vms = sortedByID(vms)
 	s.invMu.Lock()
 	s.inv, s.invAt = vms, s.now()
 	s.invMu.Unlock()
 	return vms, nil
+}
+
+// sortedByID sorts the inventory by lower-case id, the order GET /vms
+// pages in.
+func sortedByID(vms []VMInfo) []VMInfo {
+	vms = slices.Clone(vms)
+	slices.SortStableFunc(vms, func(a, b VMInfo) int { return strings.Compare(strings.ToLower(a.ID), strings.ToLower(b.ID)) })
+	return vms
 }
 
 // forgetInventory makes the next GET /vms read Azure again.
