@@ -29,6 +29,7 @@ import (
 //	audit              timeKey(Time) + event id → AuditEvent
 //	audit_ids          event id → its key in audit
 //	nsg_states         lower-case NSG id → NSGState
+//	vm_use             lower-case VM id → VMUse (created by the first write)
 //
 // timeKey sorts newest first, so a forward cursor walks from the newest
 // record and ties come in ascending byte order of the id.

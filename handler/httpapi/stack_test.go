@@ -56,6 +56,7 @@ type stackOptions struct {
 	dropOpens      bool       // the queue loses every open operation
 	batch          bool       // the queue delivers an NSG's due operations together
 	limits         jit.Limits // none to speak of when zero
+	wrapStore      func(jit.Store) jit.Store
 }
 
 // droppingQueue loses open operations, as a broken broker might.
@@ -123,7 +124,11 @@ func newStack(t *testing.T, o stackOptions) *stack {
 		// Tests of other things make many changes as one caller.
 		o.limits = jit.Limits{MaxOpenRequests: 10000, WritesPerMinute: -1}
 	}
-	svc = jit.NewService(store, queue, net, jit.Config{MinDuration: time.Second, Subscriptions: []string{sub},
+	var st jit.Store = store
+	if o.wrapStore != nil {
+		st = o.wrapStore(st)
+	}
+	svc = jit.NewService(st, queue, net, jit.Config{MinDuration: time.Second, Subscriptions: []string{sub},
 		PendingExpiry: o.pendingExpiry, Notifier: o.notifier, StuckAfter: o.stuckAfter, Limits: o.limits, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := q.Start(ctx); err != nil {

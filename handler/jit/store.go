@@ -49,6 +49,8 @@ type Store interface {
 	// ScanAudit calls fn for each event that matches f, newest first, until
 	// fn returns an error (which ScanAudit returns) or the events run out.
 	ScanAudit(ctx context.Context, f AuditFilter, fn func(AuditEvent) error) error
+
+	VMUseStore
 }
 
 // NSGState is what the service last saw in ARM of one NSG: its own deny

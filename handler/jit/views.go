@@ -137,8 +137,8 @@ type VMStatus struct {
 	Reason            string
 	Policy            string
 	Ports             []PortRule
-	RequestsLast7Days int       // requests of the last 7 days that opened some rule of the VM
-	LastAccess        time.Time // when the newest of those first opened
+	RequestsLast7Days int       // requests that first opened some rule of the VM in the last 7 days (to the hour)
+	LastAccess        time.Time // when the newest request to open one first did
 	LastUser          string    // whom it opened for
 	OpenPorts         []OpenPort
 	Warnings          []string
@@ -253,9 +253,20 @@ func (s *Service) vmStatuses(ctx context.Context, vms []VMInfo) ([]VMStatus, err
 		return nil, err
 	}
 	now := s.now()
-	reqs, err := s.store.ListRequests(ctx, RequestFilter{Since: now.Add(-7 * 24 * time.Hour)})
+	// Recent use is read by key, one small record per VM; open ports come
+	// from the live requests only, which the limits keep few (a person has
+	// at most Limits.MaxOpenRequests). Nothing here reads past requests.
+	ids := make([]string, len(vms))
+	for i, vm := range vms {
+		ids[i] = vm.ID
+	}
+	uses, err := s.store.VMUses(ctx, ids)
 	if err != nil {
-		return nil, fmt.Errorf("listing requests: %w", err)
+		return nil, fmt.Errorf("reading the VMs' recent use: %w", err)
+	}
+	live, err := s.store.ListRequests(ctx, RequestFilter{Statuses: []string{RequestActive}})
+	if err != nil {
+		return nil, fmt.Errorf("listing live requests: %w", err)
 	}
 	byVM := map[string]*VMStatus{}
 	out := make([]VMStatus, len(vms))
@@ -278,30 +289,21 @@ func (s *Service) vmStatuses(ctx context.Context, vms []VMInfo) ([]VMStatus, err
 				}
 			}
 		}
+		// Only a grant that opened reached the VM (recordUse): a pending,
+		// denied, expired or failed request is no access and its requestor
+		// no user of it.
+		if u, ok := uses[strings.ToLower(vm.ID)]; ok {
+			st.RequestsLast7Days = u.OpenedSince(now.Add(-UseWindow))
+			st.LastAccess, st.LastUser = u.LastAccess, u.LastUser
+		}
 		out[i] = st
 		byVM[strings.ToLower(vm.ID)] = &out[i]
 	}
-	for _, r := range reqs { // newest first
-		counted := map[string]bool{}
+	for _, r := range live {
 		for _, g := range r.Grants {
 			st := byVM[strings.ToLower(g.VM)]
 			if st == nil {
 				continue
-			}
-			// Only a grant that opened reached the VM: a pending, denied,
-			// expired or failed request is no access and its requestor no
-			// user of it.
-			if at, ok := openedAt(g, r); ok {
-				if !counted[strings.ToLower(g.VM)] {
-					counted[strings.ToLower(g.VM)] = true
-					st.RequestsLast7Days++
-				}
-				if at.After(st.LastAccess) {
-					st.LastAccess, st.LastUser = at, r.RequestorName
-					if st.LastUser == "" {
-						st.LastUser = r.Requestor
-					}
-				}
 			}
 			if !g.Ended(now) && anyOpen(g) {
 				for _, n := range g.Ports {

@@ -70,6 +70,8 @@ func Run(t *testing.T, newStore func(t *testing.T) jit.Store) {
 		{"NSGStateMerge", testNSGStateMerge},
 		{"NSGStateIDCase", testNSGStateIDCase},
 		{"NSGStateConcurrent", testNSGStateConcurrent},
+		{"VMUse", testVMUse},
+		{"VMUseConcurrent", testVMUseConcurrent},
 		{"PolicyOneVM", testPolicyOneVM},
 		{"PolicyDeletingHoldsVMs", testPolicyDeletingHoldsVMs},
 		{"PolicyRaceOneVM", testPolicyRaceOneVM},
