@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"sync"
 	"testing"
 
 	"jitaccess/handler/jit"
@@ -88,4 +89,29 @@ func TestWriteRateLimit(t *testing.T) {
 	s.tooMany(mallory, "POST", "/api/v1/requests/"+r.ID+"/extend", map[string]any{"duration": "PT2H"})
 	s.must(200, mallory, "GET", "/api/v1/requests/"+r.ID, nil, nil)
 	s.must(202, alice, "POST", "/api/v1/policies/open/initiate", initiate("vm-nic-nsg", "PT1H"), nil)
+}
+
+// TestOpenRequestLimitUnderConcurrency: asks made at once on one instance
+// are counted one after the other, so none slips past the limit.
+func TestOpenRequestLimitUnderConcurrency(t *testing.T) {
+	s := newStack(t, stackOptions{limits: jit.Limits{MaxOpenRequests: 5, WritesPerMinute: -1}})
+	admin := easyAuth("admin-0", []string{jit.RoleAdmin})
+	mallory := easyAuth("mallory", []string{jit.RoleRequester})
+	s.must(200, admin, "PUT", "/api/v1/policies/gated", policyBody("vm-nic-nsg", map[string]any{
+		"approval": map[string]any{"required": true, "approvers": []string{"bob"}}}), nil)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	got := map[int]int{}
+	for range 30 {
+		wg.Go(func() {
+			status, _ := s.do(mallory, "POST", "/api/v1/policies/gated/initiate", initiate("vm-nic-nsg", "PT1H"), nil)
+			mu.Lock()
+			got[status]++
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if got[202] != 5 || got[429] != 25 {
+		t.Errorf("30 asks at once: %v; want 5 accepted (202), 25 refused (429)", got)
+	}
 }

@@ -90,9 +90,24 @@ func (s *Service) AllowWrite(p Principal) error {
 // checkOpenRequests refuses a new request for subject when they already
 // have the most open and pending requests one principal may have. It reads
 // at most MaxOpenRequests+1 of their requests from the store, by their
-// status, so it holds across instances; requests created at the same
-// moment on several instances may pass it together.
-func (s *Service) checkOpenRequests(ctx context.Context, subject Principal) error {
+// status, so it holds across instances. On this instance it holds under
+// concurrency too: it returns holding subject's turn, which the caller
+// gives back (release) once the new request is stored, so their asks are
+// counted one after the other. Asks made at the same moment on several
+// instances may pass it together, one per instance at most.
+func (s *Service) checkOpenRequests(ctx context.Context, subject Principal) (release func(), err error) {
+	release, err = s.turns.take(ctx, subject.ID)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.countOpenRequests(ctx, subject); err != nil {
+		release()
+		return nil, err
+	}
+	return release, nil
+}
+
+func (s *Service) countOpenRequests(ctx context.Context, subject Principal) error {
 	limit := s.cfg.Limits.maxOpen()
 	live, err := s.store.ListRequests(ctx, RequestFilter{Requestor: subject.ID,
 		Statuses: []string{RequestActive, RequestPending}, Limit: limit + 1})
@@ -196,4 +211,51 @@ func (l *writeLimiter) evict(now time.Time, perSecond float64, burst int) {
 		}
 		delete(l.buckets, k)
 	}
+}
+
+// turns lets one ask at a time per principal through; it keeps an entry
+// only while someone holds or waits for a principal's turn.
+type turns struct {
+	mu sync.Mutex
+	m  map[string]*turn
+}
+
+type turn struct {
+	ch   chan struct{} // holds a token while the turn is taken
+	refs int
+}
+
+// take waits for key's turn, or for ctx to end.
+func (t *turns) take(ctx context.Context, key string) (func(), error) {
+	t.mu.Lock()
+	if t.m == nil {
+		t.m = map[string]*turn{}
+	}
+	e := t.m[key]
+	if e == nil {
+		e = &turn{ch: make(chan struct{}, 1)}
+		t.m[key] = e
+	}
+	e.refs++
+	t.mu.Unlock()
+	leave := func() {
+		t.mu.Lock()
+		if e.refs--; e.refs == 0 {
+			delete(t.m, key)
+		}
+		t.mu.Unlock()
+	}
+	select {
+	case e.ch <- struct{}{}:
+	case <-ctx.Done():
+		leave()
+		return nil, ctx.Err()
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			<-e.ch
+			leave()
+		})
+	}, nil
 }

@@ -72,6 +72,7 @@ type Service struct {
 	invAt time.Time
 
 	writes writeLimiter // per-principal change budgets of this instance
+	turns  turns        // one new request at a time per requestor, to count them
 }
 
 // DefaultInventoryTTL is how long a VM inventory is reused.
