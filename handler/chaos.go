@@ -57,11 +57,10 @@ func newChaosQueue(q jit.Queue, drop, dup float64, log zerolog.Logger) *chaosQue
 	return &chaosQueue{Queue: q, drop: drop, dup: dup, log: log, rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))}
 }
 
-func (c *chaosQueue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, error) {
+func (c *chaosQueue) Enqueue(ctx context.Context, ops []jit.Operation) error {
 	var keep []jit.Operation
-	var idx []int
 	c.mu.Lock()
-	for i, op := range ops {
+	for _, op := range ops {
 		if op.Kind == jit.OpClose {
 			r := c.rng.Float64()
 			if r < c.drop {
@@ -72,20 +71,11 @@ func (c *chaosQueue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string
 				twin := op
 				twin.ID += "-dup"
 				keep = append(keep, twin)
-				idx = append(idx, -1)
 				c.log.Warn().Str("op", op.ID).Msg("chaos: close operation duplicated")
 			}
 		}
 		keep = append(keep, op)
-		idx = append(idx, i)
 	}
 	c.mu.Unlock()
-	got, err := c.Queue.Enqueue(ctx, keep)
-	tickets := make([]string, len(ops))
-	for k, i := range idx {
-		if i >= 0 && k < len(got) {
-			tickets[i] = got[k]
-		}
-	}
-	return tickets, err
+	return c.Queue.Enqueue(ctx, keep)
 }

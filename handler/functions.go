@@ -120,7 +120,7 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 		return err
 	}
 	defer closeNotifier()
-	svcCfg := cfg.serviceConfig(notifier, log)
+	svcCfg := cfg.serviceConfig(true, notifier, log)
 	if cfg.ClientID != "" {
 		// Resource events about NSG writes made as our own identity are
 		// our writes echoed back.

@@ -14,7 +14,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -28,17 +27,13 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/rs/zerolog"
 
 	"jitaccess/handler/armsim"
-	"jitaccess/handler/azurenet"
-	"jitaccess/handler/boltstore"
 	"jitaccess/handler/httpapi"
 	"jitaccess/handler/jit"
+	"jitaccess/handler/localmode"
 	"jitaccess/handler/localqueue"
 	"jitaccess/handler/portal"
 	"jitaccess/handler/webhook"
@@ -113,16 +108,6 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("creating data directory: %w", err)
 	}
-	db, err := boltstore.Open(filepath.Join(cfg.DataDir, "jitaccess.db"))
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	store, err := boltstore.New(db.Bolt())
-	if err != nil {
-		return err
-	}
-
 	sim, err := startSimulator(cfg, log)
 	if err != nil {
 		return err
@@ -137,24 +122,7 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		netCfg.RetryDelay, netCfg.MaxRetryDelay = 100*time.Millisecond, 2*time.Second
 		netCfg.PollFrequency = time.Second // azcore's minimum; the first poll is immediate
 	}
-	network, err := azurenet.New(netCfg, localCredential{}, &arm.ClientOptions{ClientOptions: azcore.ClientOptions{
-		Cloud: cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
-			cloud.ResourceManager: {Endpoint: "http://arm.local/_arm", Audience: "https://management.azure.com"},
-		}},
-		Transport:                       inProcess{armHandler},
-		InsecureAllowCredentialWithHTTP: true,
-	}})
-	if err != nil {
-		return err
-	}
-
-	var svc *jit.Service
-	// The queue hands the worker every due operation of an NSG at once,
-	// which it applies in one NSG write.
-	queue, err := localqueue.New(db.Bolt(), jit.BatchWorkerFuncs{
-		Apply:      func(ctx context.Context, op jit.Operation) error { return svc.ApplyOperation(ctx, op) },
-		ApplyBatch: func(ctx context.Context, ops []jit.Operation) []error { return svc.ApplyOperations(ctx, ops) },
-	}, localqueue.Options{Logger: log, Concurrency: workerConcurrency(cfg.ARMLatency)})
+	network, err := localmode.SimulatorNetwork(netCfg, "http://arm.local/_arm", inProcess{armHandler})
 	if err != nil {
 		return err
 	}
@@ -163,19 +131,25 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		return err
 	}
 	defer closeNotifier()
-	// A new request and its operations are stored in one transaction.
-	var q jit.Queue = queue
-	var st jit.Store = store.WithOutbox(queue)
+	lcfg := localmode.Config{
+		Path:    filepath.Join(cfg.DataDir, "jitaccess.db"),
+		Network: network,
+		Service: cfg.serviceConfig(false, notifier, log),
+		// The queue hands the worker every due operation of an NSG at
+		// once, which it applies in one NSG write.
+		Queue:         localqueue.Options{Concurrency: workerConcurrency(cfg.ARMLatency)},
+		SweepInterval: cfg.SweepInterval,
+	}
 	if cfg.ChaosDrop > 0 || cfg.ChaosDuplicate > 0 {
 		log.Warn().Float64("drop", cfg.ChaosDrop).Float64("duplicate", cfg.ChaosDuplicate).Msg("fault injection: close operations will be lost and repeated")
-		// Every operation goes through the faulty queue instead.
-		q, st = newChaosQueue(queue, cfg.ChaosDrop, cfg.ChaosDuplicate, log), store
+		lcfg.WrapQueue = func(q jit.Queue) jit.Queue { return newChaosQueue(q, cfg.ChaosDrop, cfg.ChaosDuplicate, log) }
 	}
-	svc = jit.NewService(st, q, network, cfg.serviceConfig(notifier, log))
-
-	if err := queue.Start(ctx); err != nil {
+	app, err := localmode.Open(lcfg)
+	if err != nil {
 		return err
 	}
+	defer app.Close(context.Background()) // after the shutdown's Close, a no-op
+	svc := app.Service
 
 	api := httpapi.New(svc, httpapi.Config{Local: true, TrustedProxies: cfg.TrustedProxies, Log: log})
 	if cfg.PProf {
@@ -196,11 +170,11 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	api.Handle("PUT /_arm/_azure", sim.AzureSwitch(az))
 	api.Handle("/_arm/", emitEvents(armHandler, func(ev jit.ResourceEvent) {
 		// As Event Grid would: at once, outside the request.
-		go func() {
+		app.Go(func(ctx context.Context) {
 			if err := svc.HandleResourceEvent(ctx, ev); err != nil {
 				log.Warn().Err(err).Str("subject", ev.Subject).Msg("handling a simulated resource event failed; the next sweep retries")
 			}
-		}()
+		})
 	}))
 	portal.Mount(api)
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -211,22 +185,16 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	fmt.Fprintf(os.Stderr, "\njitaccess is running on http://%s (local mode, state in %s)\n"+
 		"Try:\n  curl -s http://%s/api/v1/vms\n  see README.md for the walk-through\n\n", ln.Addr(), cfg.DataDir, ln.Addr())
 
-	// Overdue closes run at once, beside the API (which must answer while
-	// a long backlog is worked off): access ends even when the process was
-	// down at the end time.
-	go func() {
-		if n, err := svc.Sweep(ctx); err != nil {
-			log.Warn().Err(err).Int("closed", n).Msg("start-up sweep incomplete; the next sweep retries")
-		}
-		if err := svc.RefreshInventory(ctx); err != nil {
-			log.Warn().Err(err).Msg("reading the VM inventory failed; GET /api/v1/vms will read it")
-		}
-		sweepEvery(ctx, svc, cfg.SweepInterval, log)
-	}()
+	if err := app.Start(ctx); err != nil {
+		return err
+	}
 	// Every route, /_arm and the portal included, answers only requests
 	// addressed to this server.
 	return serveUntilDone(ctx, addressedToUs(api, ln.Addr()), ln, localLimits, func(shutdown context.Context) {
-		_ = queue.Close(shutdown)
+		// The sweeps and event tasks end before the notifier closes.
+		if err := app.Close(shutdown); err != nil {
+			log.Error().Err(err).Msg("closing the store and queue")
+		}
 		if err := sim.Save(filepath.Join(cfg.DataDir, "arm-estate.json")); err != nil {
 			log.Error().Err(err).Msg("saving the simulator's estate")
 		}
@@ -276,21 +244,6 @@ func startSimulator(cfg settings, log zerolog.Logger) (*armsim.Server, error) {
 	return sim, nil
 }
 
-func sweepEvery(ctx context.Context, svc *jit.Service, every time.Duration, log zerolog.Logger) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if _, err := svc.Reconcile(ctx); err != nil && !errors.Is(err, context.Canceled) {
-				log.Warn().Err(err).Msg("sweep incomplete; the next sweep retries")
-			}
-		}
-	}
-}
-
 // newNotifier returns the webhook notifier when JIT_WEBHOOK_URL is set, and
 // a function that drains it at shutdown.
 func newNotifier(cfg settings, log zerolog.Logger) (jit.Notifier, func(), error) {
@@ -338,14 +291,6 @@ func (s *statusWriter) WriteHeader(code int) {
 		s.status, s.wrote = code, true
 	}
 	s.ResponseWriter.WriteHeader(code)
-}
-
-// localCredential hands the SDK a placeholder token: the simulator checks
-// no tokens.
-type localCredential struct{}
-
-func (localCredential) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
-	return azcore.AccessToken{Token: "local-simulator", ExpiresOn: time.Now().Add(time.Hour)}, nil
 }
 
 // inProcess serves the SDK's requests with an http.Handler in this process,

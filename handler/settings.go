@@ -49,7 +49,7 @@ var allSettings = []setting{
 	{"JIT_LOG_LEVEL", "info", "both", "debug, info, warn or error"},
 	{"JIT_PENDING_EXPIRY", "1h", "both", "how long a request waits for approval before it expires"},
 	{"JIT_INVENTORY_TTL", "1m", "both", "how long the VM list read from Azure serves GET /api/v1/vms; resource events refresh it at once"},
-	{"JIT_RECONCILE_SHARE", "0.25", "both", "share of the time the sweep may be busy, 0.05 to 1: it pauses (at most 1 s at a time) so that a large estate does not slow requests; the closes of ended grants are not paced"},
+	{"JIT_RECONCILE_SHARE", "0.25", "both", "share of the time the sweep may be busy, 0.05 to 1: it pauses (at most 1 s at a time) so that a large estate does not slow requests in the same process; the closes of ended grants are not paced. Functions mode does not pace unless it is set: the sweeper runs in its own invocation, within functionTimeout"},
 	{"JIT_MAX_OPEN_REQUESTS", "20", "both", "most open (Active) plus pending requests one person may have, 1 to 10000; counted in the store, so it holds across instances; more is answered 429 with Retry-After"},
 	{"JIT_WRITES_PER_MINUTE", "60", "both", "changes (initiate, extend, revoke, approve, deny, policy writes) one principal may make a minute on one instance, or off; kept in each instance's memory, so N instances allow N times as many; more is answered 429 with Retry-After"},
 	{"JIT_WRITE_BURST", "20", "both", "changes one principal may make at once before JIT_WRITES_PER_MINUTE paces them, 1 to 10000"},
@@ -116,8 +116,10 @@ type settings struct {
 	Limits         jit.Limits // JIT_MAX_OPEN_REQUESTS, JIT_WRITES_PER_MINUTE, JIT_WRITE_BURST
 	InventoryTTL   time.Duration
 	ReconcileShare float64
-	WebhookURL     string
-	TrustedProxies []netip.Prefix
+	// ReconcileShareSet: JIT_RECONCILE_SHARE was set, not defaulted.
+	ReconcileShareSet bool
+	WebhookURL        string
+	TrustedProxies    []netip.Prefix
 }
 
 func readSettings(getenv func(string) string) (settings, error) {
@@ -222,6 +224,7 @@ func readSettings(getenv func(string) string) (settings, error) {
 		}
 		*f.dst = v
 	}
+	s.ReconcileShareSet = getenv("JIT_RECONCILE_SHARE") != ""
 	if s.ReconcileShare, err = strconv.ParseFloat(get("JIT_RECONCILE_SHARE"), 64); err != nil || s.ReconcileShare < 0.05 || s.ReconcileShare > 1 {
 		return s, fmt.Errorf("JIT_RECONCILE_SHARE must be a fraction between 0.05 and 1")
 	}
@@ -305,10 +308,17 @@ func (s settings) networkConfig(log zerolog.Logger) azurenet.Config {
 	}
 }
 
-// serviceConfig is the service's configuration from the settings.
-func (s settings) serviceConfig(n jit.Notifier, log zerolog.Logger) jit.Config {
+// serviceConfig is the service's configuration from the settings. In
+// Functions mode the sweep is not paced unless JIT_RECONCILE_SHARE is set:
+// it runs in its own invocation, which pauses would only stretch towards
+// functionTimeout.
+func (s settings) serviceConfig(functions bool, n jit.Notifier, log zerolog.Logger) jit.Config {
+	share := s.ReconcileShare
+	if functions && !s.ReconcileShareSet {
+		share = 0
+	}
 	return jit.Config{MinDuration: s.MinDuration, Subscriptions: s.Subscriptions, PendingExpiry: s.PendingExpiry,
-		StuckAfter: s.StuckAfter, InventoryTTL: s.InventoryTTL, ReconcileShare: s.ReconcileShare, Notifier: n, Log: log,
+		StuckAfter: s.StuckAfter, InventoryTTL: s.InventoryTTL, ReconcileShare: share, Notifier: n, Log: log,
 		Deployment: s.Deployment, Limits: s.Limits,
 		AllowBand: jit.Band{Min: s.AllowBand[0], Max: s.AllowBand[1]},
 		DenyBand:  jit.Band{Min: s.DenyBand[0], Max: s.DenyBand[1]}}

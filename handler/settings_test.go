@@ -593,3 +593,26 @@ func TestWorkerConcurrency(t *testing.T) {
 		}
 	}
 }
+
+// The sweep paces itself in local mode by default, where it shares the
+// process with the API; in Functions mode only when the setting is given.
+func TestReconcileShareByMode(t *testing.T) {
+	for _, tc := range []struct {
+		env       map[string]string
+		functions bool
+		want      float64
+	}{
+		{nil, false, 0.25},
+		{nil, true, 0},
+		{map[string]string{"JIT_RECONCILE_SHARE": "0.5"}, true, 0.5},
+		{map[string]string{"JIT_RECONCILE_SHARE": "0.5"}, false, 0.5},
+	} {
+		s, err := readSettings(func(k string) string { return tc.env[k] })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.serviceConfig(tc.functions, nil, zerolog.Nop()).ReconcileShare; got != tc.want {
+			t.Errorf("%v, functions %v: ReconcileShare %v, want %v", tc.env, tc.functions, got, tc.want)
+		}
+	}
+}

@@ -9,32 +9,21 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/rs/zerolog"
 
 	"jitaccess/handler/armsim"
 	"jitaccess/handler/azurenet"
-	"jitaccess/handler/boltstore"
 	"jitaccess/handler/jit"
-	"jitaccess/handler/localqueue"
+	"jitaccess/handler/localmode"
 )
 
-// stack is the service wired in this process as `handler local` wires it
-// (bbolt store, local queue, azurenet on the ARM simulator), so that the
-// simulator's call counters can be read.
+// stack is local mode as `handler local` builds it (localmode: bbolt store,
+// local queue, azurenet on the ARM simulator), with the simulator on a
+// listener of its own, so that its call counters can be read.
 type stack struct {
 	sim   *armsim.Server
 	svc   *jit.Service
 	close func()
-}
-
-type benchCredential struct{}
-
-func (benchCredential) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
-	return azcore.AccessToken{Token: "bench", ExpiresOn: time.Now().Add(time.Hour)}, nil
 }
 
 func (b *bench) newStack(spec estateSpec) (*stack, error) {
@@ -51,11 +40,7 @@ func (b *bench) newStack(spec estateSpec) (*stack, error) {
 		return nil, err
 	}
 	srv := httptest.NewServer(sim)
-	net, err := azurenet.New(azurenet.Config{Owner: jit.Owner{Deployment: jit.DefaultDeployment}, Subscriptions: []string{benchSub}}, benchCredential{},
-		&arm.ClientOptions{ClientOptions: azcore.ClientOptions{
-			Cloud: cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
-				cloud.ResourceManager: {Endpoint: srv.URL, Audience: "https://management.azure.com"}}},
-			InsecureAllowCredentialWithHTTP: true}})
+	net, err := localmode.SimulatorNetwork(azurenet.Config{Owner: jit.Owner{Deployment: jit.DefaultDeployment}, Subscriptions: []string{benchSub}}, srv.URL, nil)
 	if err != nil {
 		srv.Close()
 		return nil, err
@@ -65,42 +50,23 @@ func (b *bench) newStack(spec estateSpec) (*stack, error) {
 		srv.Close()
 		return nil, err
 	}
-	db, err := boltstore.Open(filepath.Join(dir, "jitaccess.db"))
+	app, err := localmode.Open(localmode.Config{Path: filepath.Join(dir, "jitaccess.db"), Network: net,
+		Service: jit.Config{MinDuration: time.Second, Subscriptions: []string{benchSub},
+			Limits: jit.Limits{MaxOpenRequests: 10000, WritesPerMinute: -1}, Log: zerolog.Nop()}})
 	if err != nil {
 		srv.Close()
 		return nil, err
 	}
-	store, err := boltstore.New(db.Bolt())
-	if err != nil {
+	if err := app.Start(context.Background()); err != nil {
 		srv.Close()
-		db.Close()
+		_ = app.Close(context.Background())
 		return nil, err
 	}
-	var svc *jit.Service
-	q, err := localqueue.New(db.Bolt(), jit.WorkerFunc(func(ctx context.Context, op jit.Operation) error {
-		return svc.ApplyOperation(ctx, op)
-	}), localqueue.Options{})
-	if err != nil {
-		srv.Close()
-		db.Close()
-		return nil, err
-	}
-	svc = jit.NewService(store, q, net, jit.Config{MinDuration: time.Second, Subscriptions: []string{benchSub},
-		Limits: jit.Limits{MaxOpenRequests: 10000, WritesPerMinute: -1}, Log: zerolog.Nop()})
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := q.Start(ctx); err != nil {
-		cancel()
-		srv.Close()
-		db.Close()
-		return nil, err
-	}
-	return &stack{sim: sim, svc: svc, close: func() {
-		cancel()
+	return &stack{sim: sim, svc: app.Service, close: func() {
 		shutdown, done := context.WithTimeout(context.Background(), 10*time.Second)
 		defer done()
-		_ = q.Close(shutdown)
+		_ = app.Close(shutdown)
 		srv.Close()
-		db.Close()
 	}}, nil
 }
 

@@ -29,7 +29,7 @@ import (
 //	audit              timeKey(Time) + event id → AuditEvent
 //	audit_ids          event id → its key in audit
 //	nsg_states         lower-case NSG id → NSGState
-//	vm_use             lower-case VM id → VMUse (created by the first write)
+//	vm_use             lower-case VM id → VMUse
 //
 // timeKey sorts newest first, so a forward cursor walks from the newest
 // record and ties come in ascending byte order of the id.
@@ -97,7 +97,7 @@ var _ jit.Store = (*Store)(nil)
 // New returns a Store on db, creating its buckets when missing.
 func New(db *bbolt.DB) (*Store, error) {
 	err := db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{bucketPolicies, bucketRequests, bucketRequestsByStart, bucketAudit, bucketAuditIDs, bucketNSGStates} {
+		for _, name := range [][]byte{bucketPolicies, bucketRequests, bucketRequestsByStart, bucketAudit, bucketAuditIDs, bucketNSGStates, bucketVMUse} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
@@ -162,12 +162,9 @@ func (s *Store) ListPolicies(ctx context.Context) ([]jit.Policy, error) {
 
 // CreatePolicy stores a new policy; ECONFLICT when one with the same name
 // (in any case) exists.
-func (s *Store) CreatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, error) {
-	if err := ctx.Err(); err != nil {
+func (s *Store) CreatePolicy(ctx context.Context, p jit.Policy, events ...jit.AuditEvent) (jit.Policy, error) {
+	if err := checkPolicyWrite(ctx, p.Name, events); err != nil {
 		return jit.Policy{}, err
-	}
-	if p.Name == "" {
-		return jit.Policy{}, jit.Errorf(jit.EINVALID, "policy name is required")
 	}
 	p = utcPolicy(p)
 	p.ETag = newETag()
@@ -184,6 +181,9 @@ func (s *Store) CreatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, err
 		if err := s.checkVMsFree(b, key, p); err != nil {
 			return err
 		}
+		if err := appendAudits(tx, events); err != nil {
+			return err
+		}
 		return put(b, key, p)
 	})
 	if err != nil {
@@ -193,12 +193,9 @@ func (s *Store) CreatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, err
 }
 
 // UpdatePolicy replaces a policy. A non-empty p.ETag must match the stored one.
-func (s *Store) UpdatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, error) {
-	if err := ctx.Err(); err != nil {
+func (s *Store) UpdatePolicy(ctx context.Context, p jit.Policy, events ...jit.AuditEvent) (jit.Policy, error) {
+	if err := checkPolicyWrite(ctx, p.Name, events); err != nil {
 		return jit.Policy{}, err
-	}
-	if p.Name == "" {
-		return jit.Policy{}, jit.Errorf(jit.EINVALID, "policy name is required")
 	}
 	p = utcPolicy(p)
 	want := p.ETag
@@ -220,6 +217,9 @@ func (s *Store) UpdatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, err
 		if err := s.checkVMsFree(b, key, p); err != nil {
 			return err
 		}
+		if err := appendAudits(tx, events); err != nil {
+			return err
+		}
 		return put(b, key, p)
 	})
 	if err != nil {
@@ -229,12 +229,9 @@ func (s *Store) UpdatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, err
 }
 
 // DeletePolicy removes a policy. A non-empty etag must match the stored one.
-func (s *Store) DeletePolicy(ctx context.Context, name, etag string) error {
-	if err := ctx.Err(); err != nil {
+func (s *Store) DeletePolicy(ctx context.Context, name, etag string, events ...jit.AuditEvent) error {
+	if err := checkPolicyWrite(ctx, name, events); err != nil {
 		return err
-	}
-	if name == "" {
-		return jit.Errorf(jit.EINVALID, "policy name is required")
 	}
 	return s.db.Batch(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketPolicies)
@@ -252,8 +249,24 @@ func (s *Store) DeletePolicy(ctx context.Context, name, etag string) error {
 				return jit.Errorf(jit.ECONFLICT, "policy %q was changed by someone else: read it again and retry", existing.Name)
 			}
 		}
+		if err := appendAudits(tx, events); err != nil {
+			return err
+		}
 		return b.Delete(key)
 	})
+}
+
+// checkPolicyWrite refuses a policy write before anything is stored: a
+// done context, a policy without name, an event without id or time
+// (events' times are put in UTC).
+func checkPolicyWrite(ctx context.Context, name string, events []jit.AuditEvent) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if name == "" {
+		return jit.Errorf(jit.EINVALID, "policy name is required")
+	}
+	return checkAudits(events)
 }
 
 // checkVMsFree refuses p, to be stored under key, when another policy in b
@@ -350,26 +363,24 @@ func (s *Store) GetRequest(ctx context.Context, id string) (jit.Request, error) 
 	return r, err
 }
 
-// CreateRequest stores a new request; ECONFLICT when its id exists.
-func (s *Store) CreateRequest(ctx context.Context, r jit.Request) (jit.Request, error) {
-	if err := ctx.Err(); err != nil {
+// CreateRequest stores a new request and its audit events in one
+// transaction: all of them, or none. ECONFLICT when its id exists.
+func (s *Store) CreateRequest(ctx context.Context, r jit.Request, events ...jit.AuditEvent) (jit.Request, error) {
+	if err := checkRequestWrite(ctx, r, events); err != nil {
 		return jit.Request{}, err
-	}
-	if r.ID == "" {
-		return jit.Request{}, jit.Errorf(jit.EINVALID, "request id is required")
 	}
 	r = utcRequest(r)
 	r.ETag = newETag()
-	if err := s.db.Batch(func(tx *bbolt.Tx) error { return createRequest(tx, r) }); err != nil {
+	err := s.db.Batch(func(tx *bbolt.Tx) error {
+		if err := createRequest(tx, r); err != nil {
+			return err
+		}
+		return appendAudits(tx, events)
+	})
+	if err != nil {
 		return jit.Request{}, err
 	}
 	return r, nil
-}
-
-// CreateRequestAudited stores a new request and its audit events in one
-// transaction (jit.RequestRecorder): all of them, or none.
-func (s *Store) CreateRequestAudited(ctx context.Context, r jit.Request, events []jit.AuditEvent) (jit.Request, error) {
-	return s.createRequestWith(ctx, r, events, nil)
 }
 
 // checkRequestWrite refuses a write of r with events before anything is
@@ -382,77 +393,7 @@ func checkRequestWrite(ctx context.Context, r jit.Request, events []jit.AuditEve
 	if r.ID == "" {
 		return jit.Errorf(jit.EINVALID, "request id is required")
 	}
-	for i := range events {
-		if err := checkAudit(&events[i]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// createRequestWith stores a new request and its audit events, and runs
-// also (when not nil) in the same transaction.
-func (s *Store) createRequestWith(ctx context.Context, r jit.Request, events []jit.AuditEvent, also func(*bbolt.Tx) error) (jit.Request, error) {
-	if err := checkRequestWrite(ctx, r, events); err != nil {
-		return jit.Request{}, err
-	}
-	r = utcRequest(r)
-	r.ETag = newETag()
-	err := s.db.Batch(func(tx *bbolt.Tx) error {
-		if err := createRequest(tx, r); err != nil {
-			return err
-		}
-		for _, ev := range events {
-			if err := appendAudit(tx, ev); err != nil {
-				return err
-			}
-		}
-		if also != nil {
-			return also(tx)
-		}
-		return nil
-	})
-	if err != nil {
-		return jit.Request{}, err
-	}
-	return r, nil
-}
-
-// Outbox takes operations into the transaction that stores their request:
-// the local queue, whose buckets are in the same file.
-type Outbox interface {
-	// Stage stores ops in tx and returns what to call once tx has
-	// committed (the queue then schedules them).
-	Stage(tx *bbolt.Tx, ops []jit.Operation) (committed func(), err error)
-}
-
-// QueuingStore is a Store that stores a new request's operations in the
-// request's own transaction (jit.RequestQueuer).
-type QueuingStore struct {
-	*Store
-	outbox Outbox
-}
-
-// WithOutbox returns s storing new requests' operations through o, which
-// must keep them in s's file.
-func (s *Store) WithOutbox(o Outbox) *QueuingStore { return &QueuingStore{Store: s, outbox: o} }
-
-var _ jit.RequestQueuer = (*QueuingStore)(nil)
-
-// CreateRequestQueued stores r, its audit events and ops in one transaction,
-// then lets the outbox schedule ops. When it fails, none of them is kept.
-func (s *QueuingStore) CreateRequestQueued(ctx context.Context, r jit.Request, events []jit.AuditEvent, ops []jit.Operation) (jit.Request, error) {
-	var committed func()
-	saved, err := s.createRequestWith(ctx, r, events, func(tx *bbolt.Tx) error {
-		var err error
-		committed, err = s.outbox.Stage(tx, ops) // Batch may run this more than once
-		return err
-	})
-	if err != nil {
-		return jit.Request{}, err
-	}
-	committed()
-	return saved, nil
+	return checkAudits(events)
 }
 
 func createRequest(tx *bbolt.Tx, r jit.Request) error {
@@ -466,15 +407,10 @@ func createRequest(tx *bbolt.Tx, r jit.Request) error {
 	return tx.Bucket(bucketRequestsByStart).Put(indexKey(r.StartTime, r.ID), indexValue(r))
 }
 
-// UpdateRequest replaces a request. A non-empty r.ETag must match the stored one.
-func (s *Store) UpdateRequest(ctx context.Context, r jit.Request) (jit.Request, error) {
-	return s.UpdateRequestAudited(ctx, r, nil)
-}
-
-// UpdateRequestAudited replaces a stored request as UpdateRequest does and
-// stores audit events in the same transaction (jit.AuditedUpdater): all of
-// it, or, on a conflict or any other error, none.
-func (s *Store) UpdateRequestAudited(ctx context.Context, r jit.Request, events []jit.AuditEvent) (jit.Request, error) {
+// UpdateRequest replaces a request and stores its audit events in the same
+// transaction: all of it, or, on a conflict or any other error, none. A
+// non-empty r.ETag must match the stored one.
+func (s *Store) UpdateRequest(ctx context.Context, r jit.Request, events ...jit.AuditEvent) (jit.Request, error) {
 	if err := checkRequestWrite(ctx, r, events); err != nil {
 		return jit.Request{}, err
 	}
@@ -497,10 +433,8 @@ func (s *Store) UpdateRequestAudited(ctx context.Context, r jit.Request, events 
 		if err := put(b, []byte(r.ID), r); err != nil {
 			return err
 		}
-		for _, ev := range events {
-			if err := appendAudit(tx, ev); err != nil {
-				return err
-			}
+		if err := appendAudits(tx, events); err != nil {
+			return err
 		}
 		idx := tx.Bucket(bucketRequestsByStart)
 		if !existing.StartTime.Equal(r.StartTime) {
@@ -621,6 +555,30 @@ func checkAudit(ev *jit.AuditEvent) error {
 	ev.Time = ev.Time.UTC()
 	return nil
 }
+
+// checkAudits checks each of events as checkAudit does.
+func checkAudits(events []jit.AuditEvent) error {
+	for i := range events {
+		if err := checkAudit(&events[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// appendAudits appends events in tx, each once.
+func appendAudits(tx *bbolt.Tx, events []jit.AuditEvent) error {
+	for _, ev := range events {
+		if err := appendAudit(tx, ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RecoverAudit finds nothing to complete: a change and its events are
+// stored in one transaction.
+func (s *Store) RecoverAudit(ctx context.Context) (int, error) { return 0, ctx.Err() }
 
 func appendAudit(tx *bbolt.Tx, ev jit.AuditEvent) error {
 	ids := tx.Bucket(bucketAuditIDs)
@@ -786,25 +744,4 @@ func utcNSGState(st jit.NSGState) jit.NSGState {
 	return st
 }
 
-func utcRequest(r jit.Request) jit.Request {
-	r.StartTime = r.StartTime.UTC()
-	grants := make([]jit.Grant, len(r.Grants))
-	for i, g := range r.Grants {
-		g.End = g.End.UTC()
-		g.ClosedAt = g.ClosedAt.UTC()
-		nsgs := make([]jit.GrantNSG, len(g.NSGs))
-		for j, n := range g.NSGs {
-			n.OpenedAt = n.OpenedAt.UTC()
-			n.ClosedAt = n.ClosedAt.UTC()
-			nsgs[j] = n
-		}
-		if g.NSGs != nil {
-			g.NSGs = nsgs
-		}
-		grants[i] = g
-	}
-	if r.Grants != nil {
-		r.Grants = grants
-	}
-	return r
-}
+func utcRequest(r jit.Request) jit.Request { return r.InUTC() }

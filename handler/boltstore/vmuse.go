@@ -10,7 +10,6 @@ import (
 )
 
 // bucketVMUse holds each VM's recent use (jit.VMUse) by lower-case VM id.
-// It is created by the first write, so files written before have none.
 var bucketVMUse = []byte("vm_use")
 
 // RecordVMUse adds a to the VM's stored use (jit.VMUse.With) in one write
@@ -24,10 +23,7 @@ func (s *Store) RecordVMUse(ctx context.Context, a jit.VMAccess) error {
 	}
 	key := []byte(strings.ToLower(a.VM))
 	return s.db.Batch(func(tx *bbolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketVMUse)
-		if err != nil {
-			return err
-		}
+		b := tx.Bucket(bucketVMUse)
 		var u jit.VMUse
 		if v := b.Get(key); v != nil {
 			if err := decode(v, &u); err != nil {
@@ -46,9 +42,6 @@ func (s *Store) VMUses(ctx context.Context, vms []string) (map[string]jit.VMUse,
 	out := map[string]jit.VMUse{}
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketVMUse)
-		if b == nil {
-			return nil
-		}
 		for _, vm := range vms {
 			key := strings.ToLower(vm)
 			if v := b.Get([]byte(key)); v != nil {

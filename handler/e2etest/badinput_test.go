@@ -15,9 +15,17 @@ import (
 func TestBadInputChangesNothing(t *testing.T) {
 	p := startLocal(t, t.TempDir(), freeAddr(t))
 	var pol struct {
-		Etag string `json:"etag"`
+		Etag       string `json:"etag"`
+		Properties struct {
+			ProvisioningState string `json:"provisioningState"`
+		} `json:"properties"`
 	}
 	p.must(200, "PUT", "/api/v1/policies/demo", demoPolicy(), &pol)
+	// The lockdown is asynchronous: the state to keep is the one after it.
+	waitFor(t, 10*time.Second, "the lockdown", func() bool {
+		p.must(200, "GET", "/api/v1/policies/demo", nil, &pol)
+		return pol.Properties.ProvisioningState == "Succeeded"
+	})
 
 	future := time.Now().Add(30 * time.Minute).UTC().Format(time.RFC3339)
 	past := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)

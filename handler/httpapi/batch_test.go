@@ -11,7 +11,7 @@ import (
 // the NSG's other operations queue up and go in the next write together.
 func TestBatchedOpensAndClosesOnASharedNSG(t *testing.T) {
 	const grants = 12
-	s := newStack(t, stackOptions{local: true, batch: true})
+	s := newStack(t, stackOptions{local: true})
 	for _, vm := range []string{"vm-subnet-nsg", "vm-both-nsg"} {
 		s.must(200, nil, "PUT", "/api/v1/policies/"+vm, policyBody(vm, nil), nil)
 	}

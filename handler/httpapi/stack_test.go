@@ -13,17 +13,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
-	azfake "github.com/Azure/azure-sdk-for-go/sdk/azcore/fake"
 	"github.com/rs/zerolog"
 
 	"jitaccess/handler/armsim"
 	"jitaccess/handler/azurenet"
-	"jitaccess/handler/boltstore"
 	"jitaccess/handler/httpapi"
 	"jitaccess/handler/jit"
+	"jitaccess/handler/localmode"
 	"jitaccess/handler/localqueue"
 )
 
@@ -45,6 +41,7 @@ type stack struct {
 	armURL string
 	sim    *armsim.Server
 	svc    *jit.Service
+	store  jit.Store
 }
 
 type stackOptions struct {
@@ -53,32 +50,24 @@ type stackOptions struct {
 	notifier       jit.Notifier
 	trustedProxies []netip.Prefix
 	stuckAfter     time.Duration
-	dropOpens      bool       // the queue loses every open operation
-	batch          bool       // the queue delivers an NSG's due operations together
-	limits         jit.Limits // none to speak of when zero
-	wrapStore      func(jit.Store) jit.Store
+	dropOpens      bool // the queue loses every open operation
+	// store, when set, is the service's store instead of the bbolt one
+	// (which then holds only the queue); it gets the bbolt store to wrap.
+	store  func(jit.Store) jit.Store
+	limits jit.Limits // none to speak of when zero
 }
 
 // droppingQueue loses open operations, as a broken broker might.
 type droppingQueue struct{ jit.Queue }
 
-func (q droppingQueue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, error) {
+func (q droppingQueue) Enqueue(ctx context.Context, ops []jit.Operation) error {
 	var keep []jit.Operation
-	var idx []int
-	for i, op := range ops {
+	for _, op := range ops {
 		if op.Kind != jit.OpOpen {
 			keep = append(keep, op)
-			idx = append(idx, i)
 		}
 	}
-	got, err := q.Queue.Enqueue(ctx, keep)
-	tickets := make([]string, len(ops))
-	for k, i := range idx {
-		if k < len(got) {
-			tickets[i] = got[k]
-		}
-	}
-	return tickets, err
+	return q.Queue.Enqueue(ctx, keep)
 }
 
 func newStack(t *testing.T, o stackOptions) *stack {
@@ -86,64 +75,41 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	sim := armsim.New(armsim.Options{})
 	armSrv := httptest.NewServer(sim)
 	t.Cleanup(armSrv.Close)
-	net, err := azurenet.New(azurenet.Config{Owner: jit.Owner{Deployment: jit.DefaultDeployment}, Subscriptions: []string{sub}, PollFrequency: 5 * time.Millisecond}, &azfake.TokenCredential{},
-		&arm.ClientOptions{ClientOptions: azcore.ClientOptions{
-			Cloud: cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
-				cloud.ResourceManager: {Endpoint: armSrv.URL, Audience: "https://management.azure.com"}}},
-			InsecureAllowCredentialWithHTTP: true}})
+	net, err := localmode.SimulatorNetwork(azurenet.Config{Owner: jit.Owner{Deployment: jit.DefaultDeployment}, Subscriptions: []string{sub}, PollFrequency: 5 * time.Millisecond}, armSrv.URL, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := boltstore.Open(filepath.Join(t.TempDir(), "jit.db"))
-	if err != nil {
-		t.Fatal(err)
+	cfg := localmode.Config{
+		Path:    filepath.Join(t.TempDir(), "jit.db"),
+		Network: net,
+		Service: jit.Config{MinDuration: time.Second, Subscriptions: []string{sub}, PendingExpiry: o.pendingExpiry,
+			Notifier: o.notifier, StuckAfter: o.stuckAfter, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)},
+		Queue:     localqueue.Options{InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond},
+		WrapStore: o.store,
 	}
-	store, err := boltstore.New(db.Bolt())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var svc *jit.Service
-	var worker jit.Worker = jit.WorkerFunc(func(ctx context.Context, op jit.Operation) error {
-		return svc.ApplyOperation(ctx, op)
-	})
-	if o.batch {
-		worker = jit.BatchWorkerFuncs{
-			Apply:      func(ctx context.Context, op jit.Operation) error { return svc.ApplyOperation(ctx, op) },
-			ApplyBatch: func(ctx context.Context, ops []jit.Operation) []error { return svc.ApplyOperations(ctx, ops) },
-		}
-	}
-	q, err := localqueue.New(db.Bolt(), worker, localqueue.Options{InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var queue jit.Queue = q
 	if o.dropOpens {
-		queue = droppingQueue{q}
+		cfg.WrapQueue = func(q jit.Queue) jit.Queue { return droppingQueue{q} }
 	}
 	if o.limits == (jit.Limits{}) {
 		// Tests of other things make many changes as one caller.
 		o.limits = jit.Limits{MaxOpenRequests: 10000, WritesPerMinute: -1}
 	}
-	var st jit.Store = store
-	if o.wrapStore != nil {
-		st = o.wrapStore(st)
-	}
-	svc = jit.NewService(st, queue, net, jit.Config{MinDuration: time.Second, Subscriptions: []string{sub},
-		PendingExpiry: o.pendingExpiry, Notifier: o.notifier, StuckAfter: o.stuckAfter, Limits: o.limits, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
-	ctx, cancel := context.WithCancel(context.Background())
-	if err := q.Start(ctx); err != nil {
+	cfg.Service.Limits = o.limits
+	app, err := localmode.Open(cfg)
+	if err != nil {
 		t.Fatal(err)
 	}
-	api := httptest.NewServer(httpapi.New(svc, httpapi.Config{Local: o.local, TrustedProxies: o.trustedProxies}))
+	if err := app.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	api := httptest.NewServer(httpapi.New(app.Service, httpapi.Config{Local: o.local, TrustedProxies: o.trustedProxies}))
 	t.Cleanup(func() {
 		api.Close()
-		cancel()
 		closeCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
 		defer done()
-		_ = q.Close(closeCtx)
-		_ = db.Close()
+		_ = app.Close(closeCtx)
 	})
-	return &stack{t: t, url: api.URL, armURL: armSrv.URL, sim: sim, svc: svc}
+	return &stack{t: t, url: api.URL, armURL: armSrv.URL, sim: sim, svc: app.Service, store: app.Store}
 }
 
 // as is a caller: headers that identify them.

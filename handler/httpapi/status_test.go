@@ -104,7 +104,7 @@ func (s *stack) vm(name string) vmView {
 // TestVMStatusNeverLies deletes and disables the deny rule by hand, with
 // the repair blocked, and checks every state the VM page shows against ARM.
 func TestVMStatusNeverLies(t *testing.T) {
-	s := newStack(t, stackOptions{local: true, batch: true})
+	s := newStack(t, stackOptions{local: true})
 	ctx := t.Context()
 	var pol struct {
 		Properties struct {
@@ -224,7 +224,7 @@ func TestVMStatusNeverLies(t *testing.T) {
 // TestLegacyDenyRulesMigrateInOneWrite: a per-VM deny rule of an earlier
 // version is replaced by the aggregated one in the same NSG write.
 func TestLegacyDenyRulesMigrateInOneWrite(t *testing.T) {
-	s := newStack(t, stackOptions{local: true, batch: true})
+	s := newStack(t, stackOptions{local: true})
 	legacy := jit.LegacyDenyRuleName(vmID("vm-nic-nsg"))
 	if err := s.sim.AddRule(nsgID("nsg-vm-nic"), armnetwork.SecurityRule{Name: to.Ptr(legacy), Properties: &armnetwork.SecurityRulePropertiesFormat{
 		Access: to.Ptr(armnetwork.SecurityRuleAccessDeny), Direction: to.Ptr(armnetwork.SecurityRuleDirectionInbound), Priority: to.Ptr[int32](4000),
@@ -251,7 +251,7 @@ func TestLegacyDenyRulesMigrateInOneWrite(t *testing.T) {
 // TestConcurrentPolicyPuts: two policies naming one VM at once, one wins;
 // the same PUT twice at once leaves one lockdown matching it.
 func TestConcurrentPolicyPuts(t *testing.T) {
-	s := newStack(t, stackOptions{local: true, batch: true})
+	s := newStack(t, stackOptions{local: true})
 	for round := range 5 {
 		a, b := "a"+itoa(round), "b"+itoa(round)
 		var wg sync.WaitGroup
@@ -305,7 +305,7 @@ func deref(p *string) string {
 // family and protocol, an IPv6 "My IP" opens an IPv6-only allow rule, and
 // an IPv6 source for an IPv4-only VM is refused before anything is stored.
 func TestDualStackAndIPv6Sources(t *testing.T) {
-	s := newStack(t, stackOptions{local: true, batch: true})
+	s := newStack(t, stackOptions{local: true})
 	estate := `{"subscriptions":[{"id":"` + sub + `","resourceGroups":[{"name":"demo","location":"westeurope",
 	  "networkSecurityGroups":[{"name":"nsg-dual"}],
 	  "virtualNetworks":[{"name":"vnet","addressPrefixes":["10.40.0.0/16","fd00:40::/48"],"subnets":[{"name":"s","addressPrefix":"10.40.0.0/24"}]}],
@@ -394,7 +394,7 @@ func TestDualStackAndIPv6Sources(t *testing.T) {
 // remove its deny rules: the policy is stored before any rule is written,
 // and every write brings the NSG to what the stored policies want.
 func TestSweepDuringLockdown(t *testing.T) {
-	s := newStack(t, stackOptions{local: true, batch: true})
+	s := newStack(t, stackOptions{local: true})
 	ctx := t.Context()
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
@@ -433,7 +433,7 @@ func TestSweepDuringLockdown(t *testing.T) {
 // policy, so a sweep never changes its ETag and an admin's If-Match PUT
 // (the portal's "Edit ports") still succeeds after sweeps.
 func TestSweepKeepsThePolicyETag(t *testing.T) {
-	s := newStack(t, stackOptions{local: true, batch: true})
+	s := newStack(t, stackOptions{local: true})
 	s.must(200, nil, "PUT", "/api/v1/policies/p", policyBody("vm-nic-nsg", nil), nil)
 	waitFor(t, "the lockdown", func() bool { return s.vm("vm-nic-nsg").State == jit.VMConfigured })
 	var pol struct {

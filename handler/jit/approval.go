@@ -17,9 +17,9 @@ const DefaultPendingExpiry = time.Hour
 
 // Approval says who must approve requests before anything opens.
 type Approval struct {
-	Required     bool
-	Approvers    []string // principal or group ids; empty: anyone with JIT.Approver
-	MinApprovals int      // distinct approvers needed; 1 when zero
+	Required     bool     `json:"Required"`
+	Approvers    []string `json:"Approvers"`    // principal or group ids; empty: anyone with JIT.Approver
+	MinApprovals int      `json:"MinApprovals"` // distinct approvers needed; 1 when zero
 }
 
 // normalise validates an approval rule in place.
@@ -62,21 +62,21 @@ func validPrincipalRef(id string) error {
 
 // RequestApproval is a pending request's approval state.
 type RequestApproval struct {
-	MinApprovals int      // the largest of the rules' minimums
-	Approvers    []string // every rule's approvers, for people to read
+	MinApprovals int      `json:"MinApprovals"` // the largest of the rules' minimums
+	Approvers    []string `json:"Approvers"`    // every rule's approvers, for people to read
 	// Rules are what must be satisfied, one per distinct approver list
 	// among the request's ports (see approvalFor). Requests stored before
 	// rules existed have none and are judged by MinApprovals and Approvers.
-	Rules        []ApprovalRule
-	PendingUntil time.Time
-	Decisions    []Decision
+	Rules        []ApprovalRule `json:"Rules"`
+	PendingUntil time.Time      `json:"PendingUntil"`
+	Decisions    []Decision     `json:"Decisions"`
 }
 
 // ApprovalRule is one approver list a request must satisfy.
 type ApprovalRule struct {
-	Approvers    []string // principal or group ids; empty: anyone with JIT.Approver
-	MinApprovals int
-	ApprovedBy   []string // ids of those who approved as members of Approvers
+	Approvers    []string `json:"Approvers"` // principal or group ids; empty: anyone with JIT.Approver
+	MinApprovals int      `json:"MinApprovals"`
+	ApprovedBy   []string `json:"ApprovedBy"` // ids of those who approved as members of Approvers
 }
 
 // mayApprove reports whether p may approve the request under some rule.
@@ -108,11 +108,11 @@ func (a *RequestApproval) satisfied() bool {
 
 // Decision is one approver's answer.
 type Decision struct {
-	By      string
-	ByName  string
-	At      time.Time
-	Approve bool
-	Comment string
+	By      string    `json:"By"`
+	ByName  string    `json:"ByName"`
+	At      time.Time `json:"At"`
+	Approve bool      `json:"Approve"`
+	Comment string    `json:"Comment"`
 }
 
 // Approvals counts the approving decisions.
@@ -278,7 +278,7 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 	}
 	now := s.now()
 	opened, withdrawn := false, ""
-	updated, err := s.mutateRequest(ctx, id, func(r *Request) error {
+	updated, err := s.mutateAudited(ctx, id, auditedBy(func(r *Request) error {
 		opened, withdrawn = false, ""
 		if r.Status != RequestPending || r.Approval == nil {
 			return Errorf(ECONFLICT, "request %s is not waiting for approval (status %s)", r.ID, r.Status)
@@ -350,25 +350,26 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 		r.Status = RequestActive
 		opened = true
 		return nil
-	})
+	}, func(r *Request) []AuditEvent {
+		if withdrawn != "" {
+			return []AuditEvent{{Action: AuditWithdraw, Actor: p.ID, Policy: r.Policy, Request: id,
+				Result: ResultSuccess, Detail: clip(withdrawn, 500)}}
+		}
+		action := map[bool]string{true: AuditApprove, false: AuditDeny}[approve]
+		events := make([]AuditEvent, len(r.Grants))
+		for k, g := range r.Grants {
+			events[k] = AuditEvent{Action: action, Actor: p.ID, Policy: r.Policy, Request: id, VM: g.VM,
+				Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources, Result: ResultSuccess, Detail: clip(comment, 500)}
+		}
+		return events
+	}))
 	if err != nil {
 		return Request{}, err
 	}
 	if withdrawn != "" {
-		if err := s.audit(ctx, AuditEvent{Action: AuditWithdraw, Actor: p.ID, Policy: updated.Policy, Request: id,
-			Result: ResultSuccess, Detail: clip(withdrawn, 500)}); err != nil {
-			return Request{}, err
-		}
 		s.cfg.Log.Info().Str("request", id).Str("approver", p.ID).Str("reason", withdrawn).Msg("withdrawn at approval")
 		s.notify(EventDenied, updated, p.ID, withdrawn)
 		return Request{}, Errorf(ECONFLICT, "request %s was not approved and is now closed: %s", id, withdrawn)
-	}
-	action := map[bool]string{true: AuditApprove, false: AuditDeny}[approve]
-	for _, g := range updated.Grants {
-		if err := s.audit(ctx, AuditEvent{Action: action, Actor: p.ID, Policy: updated.Policy, Request: id, VM: g.VM,
-			Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources, Result: ResultSuccess, Detail: clip(comment, 500)}); err != nil {
-			return Request{}, err
-		}
 	}
 	s.cfg.Log.Info().Str("request", id).Str("approver", p.ID).Bool("approve", approve).Bool("opening", opened).Msg("decision")
 	if !approve {
@@ -446,24 +447,23 @@ func (s *Service) expirePending(ctx context.Context) (int, error) {
 		if r.Approval == nil || now.Before(r.Approval.PendingUntil) {
 			continue
 		}
-		updated, err := s.mutateRequest(ctx, r.ID, func(r *Request) error {
+		updated, err := s.mutateAudited(ctx, r.ID, auditedBy(func(r *Request) error {
 			if r.Status != RequestPending {
 				return Errorf(ECONFLICT, "no longer pending")
 			}
 			r.Status = RequestExpired
 			endPending(r, GrantClosed, ReasonApprovalExpired, now)
 			return nil
-		})
+		}, func(r *Request) []AuditEvent {
+			return []AuditEvent{{ID: "expire-" + r.ID, Action: AuditExpire, Actor: System.ID, Policy: r.Policy,
+				Request: r.ID, Result: ResultSuccess, Detail: "no decision in time"}}
+		}))
 		if ErrorCode(err) == ECONFLICT {
 			continue
 		} else if err != nil {
 			return n, err
 		}
 		n++
-		if err := s.audit(ctx, AuditEvent{ID: "expire-" + r.ID, Action: AuditExpire, Actor: System.ID, Policy: r.Policy,
-			Request: r.ID, Result: ResultSuccess, Detail: "no decision in time"}); err != nil {
-			return n, err
-		}
 		s.notify(EventDenied, updated, System.ID, "expired without enough approvals")
 	}
 	return n, nil

@@ -31,17 +31,17 @@ const (
 
 // AuditEvent is one line of the audit trail. Events are never changed.
 type AuditEvent struct {
-	ID       string // unique; the same work audited twice has the same ID
-	Time     time.Time
-	Action   string
-	Actor    string // principal id, or "jitaccess" for the service itself
-	Policy   string
-	Request  string
-	VM       string
-	NSG      string
-	Protocol string
-	Ports    []int
-	Sources  []string
-	Result   string
-	Detail   string
+	ID       string    `json:"ID"` // unique; the same work audited twice has the same ID
+	Time     time.Time `json:"Time"`
+	Action   string    `json:"Action"`
+	Actor    string    `json:"Actor"` // principal id, or "jitaccess" for the service itself
+	Policy   string    `json:"Policy"`
+	Request  string    `json:"Request"`
+	VM       string    `json:"VM"`
+	NSG      string    `json:"NSG"`
+	Protocol string    `json:"Protocol"`
+	Ports    []int     `json:"Ports"`
+	Sources  []string  `json:"Sources"`
+	Result   string    `json:"Result"`
+	Detail   string    `json:"Detail"`
 }

@@ -8,4 +8,13 @@
 // (servicebus, localqueue) and Network (azurenet). Use cases take a
 // context and a Principal and return *Error values whose codes the front doors
 // map to status codes.
+//
+// The structs that adapters store or send (Policy, Request, AuditEvent,
+// NSGState, Operation and every struct inside them) carry a json tag on
+// every field: those names are the stored format of both stores and of the
+// local queue, and records written by earlier releases carry them. The
+// golden files in the adapters' testdata hold each record as this version
+// writes it. A stored field is never renamed: add a new one and read both.
+// Readers ignore names they do not know, so a field nothing reads any more
+// can go.
 package jit

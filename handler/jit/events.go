@@ -112,20 +112,21 @@ func (s *Service) vmDeleted(ctx context.Context, vmID string) error {
 			keep = append(keep, v)
 		}
 	}
+	ev := s.stamp([]AuditEvent{{Action: AuditPolicyPut, Actor: System.ID, Policy: pol.Name, VM: vmID, Result: ResultSuccess,
+		Detail: "the VM was deleted: it left the policy and its grants were revoked"}})
 	if len(keep) == 0 {
-		if err := s.store.DeletePolicy(ctx, pol.Name, pol.ETag); err != nil {
+		if err := s.store.DeletePolicy(ctx, pol.Name, pol.ETag, ev...); err != nil {
 			return fmt.Errorf("deleting policy %s of the deleted VM: %w", pol.Name, err)
 		}
 	} else {
 		pol.VMs = keep
-		if _, err := s.store.UpdatePolicy(ctx, pol); err != nil {
+		if _, err := s.store.UpdatePolicy(ctx, pol, ev...); err != nil {
 			return fmt.Errorf("taking the deleted VM out of policy %s: %w", pol.Name, err)
 		}
 	}
 	// Its deny rules go from its NSGs (its addresses may be reused).
 	s.queueSync(ctx, nsgsOf(Policy{VMs: []VMPolicy{*vm}}))
-	return s.audit(ctx, AuditEvent{Action: AuditPolicyPut, Actor: System.ID, Policy: pol.Name, VM: vmID, Result: ResultSuccess,
-		Detail: "the VM was deleted: it left the policy and its grants were revoked"})
+	return nil
 }
 
 // vmWritten enrols a VM tagged jit-policy=<name> with Defender's defaults,

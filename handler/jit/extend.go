@@ -2,8 +2,6 @@ package jit
 
 import (
 	"context"
-	"fmt"
-	"slices"
 	"time"
 )
 
@@ -57,9 +55,8 @@ func (s *Service) Extend(ctx context.Context, p Principal, id string, in ExtendI
 		return Request{}, err
 	}
 	var ops []Operation
-	var old []string
-	updated, err := s.mutateRequest(ctx, id, func(r *Request) error {
-		ops, old = nil, nil
+	updated, err := s.mutateAudited(ctx, id, auditedBy(func(r *Request) error {
+		ops = nil
 		for i := range r.Grants {
 			g := &r.Grants[i]
 			if g.Ended(now) {
@@ -92,9 +89,6 @@ func (s *Service) Extend(ctx context.Context, p Principal, id string, in ExtendI
 			g.End = end
 			for k := range g.NSGs {
 				n := &g.NSGs[k]
-				if n.CloseTicket != "" {
-					old = append(old, n.CloseTicket)
-				}
 				ops = append(ops, Operation{ID: OperationID(OpClose, r.ID, i, n.ID, end), Kind: OpClose, RequestID: r.ID, Grant: i, NSG: n.ID, Due: end})
 			}
 		}
@@ -102,36 +96,19 @@ func (s *Service) Extend(ctx context.Context, p Principal, id string, in ExtendI
 			return Errorf(ECONFLICT, "request %s has no open access left to extend", id)
 		}
 		return nil
-	})
+	}, func(r *Request) []AuditEvent {
+		return []AuditEvent{{Action: AuditExtend, Actor: p.ID, Policy: r.Policy, Request: id, Result: ResultSuccess,
+			Detail: "until " + end.Format(time.RFC3339)}}
+	}))
 	if err != nil {
 		return Request{}, err
 	}
-	tickets, err := s.queue.Enqueue(ctx, ops)
-	if err != nil {
+	// The closes scheduled before stay: they come before the new end and
+	// are no-ops then.
+	if err := s.queue.Enqueue(ctx, ops); err != nil {
 		// The grants carry the new end; the sweeper closes them then.
 		s.auditFailure(ctx, p, "extend", r.Policy, id, "", "", err)
 		return Request{}, Wrap(EUNAVAILABLE, err, "the new end time was recorded but its close could not be scheduled; the sweeper will close it on time")
-	}
-	// A close that is also among the new ones (extended to the same end)
-	// was queued once and must stay.
-	old = slices.DeleteFunc(old, func(t string) bool { return slices.Contains(tickets, t) })
-	if err := s.queue.Cancel(ctx, old); err != nil {
-		s.cfg.Log.Warn().Err(err).Str("request", id).Msg("cancelling old scheduled closes failed; they will be no-ops")
-	}
-	updated, err = s.mutateRequest(ctx, id, func(r *Request) error {
-		for k, op := range ops {
-			if n, ok := r.Grants[op.Grant].NSG(op.NSG); ok && k < len(tickets) {
-				n.CloseTicket = tickets[k]
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return Request{}, fmt.Errorf("recording close tickets: %w", err)
-	}
-	if err := s.audit(ctx, AuditEvent{Action: AuditExtend, Actor: p.ID, Policy: r.Policy, Request: id, Result: ResultSuccess,
-		Detail: "until " + end.Format(time.RFC3339)}); err != nil {
-		return Request{}, err
 	}
 	s.cfg.Log.Info().Str("request", id).Str("actor", p.ID).Time("end", end).Msg("extended")
 	return updated, nil

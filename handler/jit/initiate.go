@@ -81,13 +81,6 @@ func (s *Service) Initiate(ctx context.Context, p Principal, policyName string, 
 		a.PendingUntil = now.Add(s.cfg.PendingExpiry)
 		req.Approval, req.Status = a, RequestPending
 	}
-	if tn, ok := s.queue.(TicketNamer); ok && req.Status == RequestActive {
-		for _, op := range grantOps(req) {
-			if n, ok := req.Grants[op.Grant].NSG(op.NSG); ok && op.Kind == OpClose {
-				n.CloseTicket = tn.TicketFor(op)
-			}
-		}
-	}
 	events := make([]AuditEvent, len(req.Grants))
 	for i, g := range req.Grants {
 		detail := "until " + g.End.Format(time.RFC3339)
@@ -100,16 +93,6 @@ func (s *Service) Initiate(ctx context.Context, p Principal, policyName string, 
 		events[i] = AuditEvent{ID: "request-" + req.ID + "-" + itoa(i), Time: now, Action: AuditRequest, Actor: p.ID,
 			Policy: pol.Name, Request: req.ID, VM: g.VM, Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources,
 			Result: ResultSuccess, Detail: clip(detail+"; "+req.Justification, 500)}
-	}
-	_, namer := s.queue.(TicketNamer)
-	if rq, ok := s.store.(RequestQueuer); ok && namer && req.Status == RequestActive {
-		// One transaction: the request, its audit and its operations.
-		saved, err := rq.CreateRequestQueued(ctx, req, events, grantOps(req))
-		if err != nil {
-			return Request{}, fmt.Errorf("storing request: %w", err)
-		}
-		s.cfg.Log.Info().Str("request", saved.ID).Str("policy", pol.Name).Str("requestor", p.ID).Int("grants", len(saved.Grants)).Msg("access requested")
-		return saved, nil
 	}
 	if req, err = s.recordRequest(ctx, req, events); err != nil {
 		return Request{}, err
@@ -301,27 +284,11 @@ func mergeGrant(gs []Grant, g Grant) []Grant {
 	return append(gs, g)
 }
 
-// queueGrants puts each grant's open (now) and close (at its end) on the
-// queue for every NSG and records the close tickets. If the queue fails, the
-// grants are marked failed; the sweeper still removes anything that opened.
-// recordRequest stores a new request and its audit events: in one
-// transaction where the store can, else the request first.
+// recordRequest stores a new request and its audit events, together.
 func (s *Service) recordRequest(ctx context.Context, req Request, events []AuditEvent) (Request, error) {
-	if rr, ok := s.store.(RequestRecorder); ok {
-		saved, err := rr.CreateRequestAudited(ctx, req, events)
-		if err != nil {
-			return Request{}, fmt.Errorf("storing request: %w", err)
-		}
-		return saved, nil
-	}
-	saved, err := s.store.CreateRequest(ctx, req)
+	saved, err := s.store.CreateRequest(ctx, req, events...)
 	if err != nil {
 		return Request{}, fmt.Errorf("storing request: %w", err)
-	}
-	for _, ev := range events {
-		if err := s.audit(ctx, ev); err != nil {
-			return Request{}, err
-		}
 	}
 	return saved, nil
 }
@@ -340,52 +307,28 @@ func grantOps(req Request) []Operation {
 	return ops
 }
 
-// ticketsRecorded reports whether req already holds the tickets the queue
-// gave its close operations.
-func ticketsRecorded(req Request, ops []Operation, tickets []string) bool {
-	if len(tickets) != len(ops) {
-		return false
-	}
-	for k, op := range ops {
-		if op.Kind != OpClose {
-			continue
-		}
-		if n, ok := req.Grants[op.Grant].NSG(op.NSG); !ok || n.CloseTicket != tickets[k] {
-			return false
-		}
-	}
-	return true
-}
-
+// queueGrants puts each grant's open (now) and close (at its end) on the
+// queue for every NSG. If the queue fails, the grants are marked failed;
+// the sweeper still removes anything that opened.
 func (s *Service) queueGrants(ctx context.Context, req Request) (Request, error) {
 	ops := grantOps(req)
-	tickets, qerr := s.queue.Enqueue(ctx, ops)
-	if qerr == nil && ticketsRecorded(req, ops, tickets) {
-		return req, nil // nothing new to record
+	qerr := s.queue.Enqueue(ctx, ops)
+	if qerr == nil {
+		return req, nil
 	}
-	updated, err := s.mutateRequest(ctx, req.ID, func(r *Request) error {
-		for k, op := range ops {
-			n, ok := r.Grants[op.Grant].NSG(op.NSG)
-			if !ok {
-				continue
-			}
-			if qerr != nil {
+	if _, err := s.mutateRequest(ctx, req.ID, func(r *Request) error {
+		for _, op := range ops {
+			if n, ok := r.Grants[op.Grant].NSG(op.NSG); ok {
 				r.Grants[op.Grant].Status = GrantFailed
 				n.Error = "could not be queued"
-			} else if op.Kind == OpClose && k < len(tickets) {
-				n.CloseTicket = tickets[k]
 			}
 		}
 		return nil
-	})
-	if qerr != nil {
-		s.auditFailure(ctx, System, AuditRequest, req.Policy, req.ID, "", "", qerr)
-		return Request{}, Wrap(EUNAVAILABLE, qerr, "the request was recorded but its operations could not be queued; nothing was opened, try again")
+	}); err != nil {
+		s.cfg.Log.Warn().Err(err).Str("request", req.ID).Msg("marking grants whose operations could not be queued failed; the sweeper gives them up")
 	}
-	if err != nil {
-		return Request{}, fmt.Errorf("recording close tickets: %w", err)
-	}
-	return updated, nil
+	s.auditFailure(ctx, System, AuditRequest, req.Policy, req.ID, "", "", qerr)
+	return Request{}, Wrap(EUNAVAILABLE, qerr, "the request was recorded but its operations could not be queued; nothing was opened, try again")
 }
 
 // auditRefusal records a refused request for the auditor, without the
@@ -404,48 +347,37 @@ func (s *Service) auditRefusal(ctx context.Context, p Principal, policy string, 
 // mutateRequest applies fn to the stored request and writes it back,
 // retrying when someone else wrote it in between.
 func (s *Service) mutateRequest(ctx context.Context, id string, fn func(*Request) error) (Request, error) {
-	return s.mutateRequestAudited(ctx, id, nil, fn)
+	return s.mutateAudited(ctx, id, func(r *Request) ([]AuditEvent, error) { return nil, fn(r) })
 }
 
-// mutateRequestAudited is mutateRequest that also stores events: with the
-// request in one transaction where the store can, else before it, so that
-// a crash in between leaves the event (redelivered work appends it again
-// under the same id, which keeps one) rather than an unaudited change.
-func (s *Service) mutateRequestAudited(ctx context.Context, id string, events []AuditEvent, fn func(*Request) error) (_ Request, err error) {
-	au, together := s.store.(AuditedUpdater)
-	together = together && len(events) > 0
-	if !together {
-		for _, ev := range events {
-			if err := s.audit(ctx, ev); err != nil {
-				return Request{}, err
-			}
+// auditedBy makes a mutateAudited function of fn, which changes the
+// request, and events, which return the events that record the change
+// once fn has made it.
+func auditedBy(fn func(*Request) error, events func(*Request) []AuditEvent) func(*Request) ([]AuditEvent, error) {
+	return func(r *Request) ([]AuditEvent, error) {
+		if err := fn(r); err != nil {
+			return nil, err
 		}
-	} else {
-		defer func() {
-			if err != nil {
-				// What happened is audited even when the request cannot
-				// record it.
-				for _, ev := range events {
-					_ = s.audit(ctx, ev)
-				}
-			}
-		}()
+		return events(r), nil
 	}
+}
+
+// mutateAudited is mutateRequest for a change that is audited: fn also
+// returns the events that record it, and the store keeps them with the
+// change or not at all. fn may run more than once: only the events of the
+// run whose change is stored are kept.
+func (s *Service) mutateAudited(ctx context.Context, id string, fn func(*Request) ([]AuditEvent, error)) (Request, error) {
 	for attempt := 0; ; attempt++ {
 		r, err := s.store.GetRequest(ctx, id)
 		if err != nil {
 			return Request{}, err
 		}
-		if err := fn(&r); err != nil {
+		events, err := fn(&r)
+		if err != nil {
 			return Request{}, err
 		}
 		r.updateStatus()
-		var saved Request
-		if together {
-			saved, err = au.UpdateRequestAudited(ctx, r, events)
-		} else {
-			saved, err = s.store.UpdateRequest(ctx, r)
-		}
+		saved, err := s.store.UpdateRequest(ctx, r, s.stamp(events)...)
 		if err == nil {
 			return saved, nil
 		}

@@ -419,7 +419,8 @@ func (s *Service) finishDeletions(ctx context.Context, waiting []Policy, states 
 		if !released(p, states) {
 			continue
 		}
-		err := s.store.DeletePolicy(ctx, p.Name, p.ETag)
+		err := s.store.DeletePolicy(ctx, p.Name, p.ETag, s.stamp([]AuditEvent{{Action: AuditPolicyDelete, Actor: p.UpdatedBy,
+			Policy: p.Name, Result: ResultSuccess, Detail: "deny rules removed from every NSG; the policy is gone"}})...)
 		if err != nil {
 			if ErrorCode(err) != ENOTFOUND && ErrorCode(err) != ECONFLICT {
 				s.cfg.Log.Warn().Err(err).Str("policy", p.Name).Msg("finishing the policy's deletion failed; the sweeper retries")
@@ -427,8 +428,6 @@ func (s *Service) finishDeletions(ctx context.Context, waiting []Policy, states 
 			continue
 		}
 		s.cfg.Log.Info().Str("policy", p.Name).Msg("policy deleted: its deny rules are gone")
-		_ = s.audit(ctx, AuditEvent{Action: AuditPolicyDelete, Actor: p.UpdatedBy, Policy: p.Name, Result: ResultSuccess,
-			Detail: "deny rules removed from every NSG; the policy is gone"})
 	}
 }
 

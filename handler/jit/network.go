@@ -99,8 +99,8 @@ type VMInfo struct {
 
 // NSGRef is one network security group guarding a VM.
 type NSGRef struct {
-	ID    string // ARM id of the NSG
-	Scope string // "nic" or "subnet"
+	ID    string `json:"ID"`    // ARM id of the NSG
+	Scope string `json:"Scope"` // "nic" or "subnet"
 }
 
 // Rule access values.
@@ -112,21 +112,21 @@ const (
 // SecurityRule is an inbound security rule. Owned rules are built by the
 // service (see the lockdown and grant rules); foreign rules are only read.
 type SecurityRule struct {
-	Name        string
-	Description string
-	Access      string // AccessAllow or AccessDeny
-	Protocol    string // "Tcp", "Udp" or "*" (ARM spelling)
-	Priority    int    // set by the Network on read; chosen by it on write
+	Name        string `json:"Name"`
+	Description string `json:"Description"`
+	Access      string `json:"Access"`   // AccessAllow or AccessDeny
+	Protocol    string `json:"Protocol"` // "Tcp", "Udp" or "*" (ARM spelling)
+	Priority    int    `json:"Priority"` // set by the Network on read; chosen by it on write
 	// SourcePorts are the source port ranges; owned rules use ["*"] (nil
 	// means ["*"] when writing).
-	SourcePorts  []string
-	Ports        []string // destination port numbers or ranges ("22", "1000-2000", "*")
-	Sources      []string // source prefixes ("*", "203.0.113.7", "10.0.0.0/8", service tags)
-	Destinations []string // destination prefixes (the VM's private IPs)
+	SourcePorts  []string `json:"SourcePorts"`
+	Ports        []string `json:"Ports"`        // destination port numbers or ranges ("22", "1000-2000", "*")
+	Sources      []string `json:"Sources"`      // source prefixes ("*", "203.0.113.7", "10.0.0.0/8", service tags)
+	Destinations []string `json:"Destinations"` // destination prefixes (the VM's private IPs)
 	// SourceASGs and DestinationASGs are the ids of application security
 	// groups the rule names instead of prefixes; owned rules name none.
-	SourceASGs      []string
-	DestinationASGs []string
+	SourceASGs      []string `json:"SourceASGs"`
+	DestinationASGs []string `json:"DestinationASGs"`
 }
 
 // RulePrefix starts the name of every security rule the service writes.

@@ -29,31 +29,31 @@ var DefaultPorts = []int{22, 3389, 5985, 5986}
 // Policy says which ports of which VMs may be opened, from where and for how
 // long. Enabling a policy locks the ports down with deny rules.
 type Policy struct {
-	Name string
-	VMs  []VMPolicy
+	Name string     `json:"Name"`
+	VMs  []VMPolicy `json:"VMs"`
 	// Approval, when required, makes every request wait for approvers.
-	Approval *Approval
+	Approval *Approval `json:"Approval"`
 	// Requesters, when not empty, are the principal or group ids that may
 	// request access under this policy (JIT.Admin always may).
-	Requesters []string
+	Requesters []string `json:"Requesters"`
 	// State is PolicyDeleting once a DELETE was accepted and until the
 	// deny rules are gone; empty otherwise. Its lockdown progress is not
 	// stored: it is judged from the NSGs' states (see Service.PolicyStatuses).
-	State     string
-	ETag      string
-	CreatedAt time.Time
-	UpdatedAt time.Time
-	UpdatedBy string
+	State     string    `json:"State"`
+	ETag      string    `json:"ETag"`
+	CreatedAt time.Time `json:"CreatedAt"`
+	UpdatedAt time.Time `json:"UpdatedAt"`
+	UpdatedBy string    `json:"UpdatedBy"`
 }
 
 // VMPolicy is one VM of a policy: its ports, and the network path to it as
 // resolved when the policy was last written (so that requests need no ARM read).
 type VMPolicy struct {
-	ID         string // canonical ARM id (see ParseVMID)
-	Ports      []PortRule
-	Name       string
-	PrivateIPs []string
-	NSGs       []NSGRef
+	ID         string     `json:"ID"` // canonical ARM id (see ParseVMID)
+	Ports      []PortRule `json:"Ports"`
+	Name       string     `json:"Name"`
+	PrivateIPs []string   `json:"PrivateIPs"`
+	NSGs       []NSGRef   `json:"NSGs"`
 }
 
 // PolicyDeleting is Policy.State while a deletion removes the deny rules.
@@ -61,11 +61,11 @@ const PolicyDeleting = "Deleting"
 
 // PortRule is one port of a VM that may be requested.
 type PortRule struct {
-	Number         int
-	Protocol       string        // ProtocolTCP, ProtocolUDP or ProtocolAny
-	AllowedSources []string      // canonical prefixes; ["*"] allows any
-	MaxDuration    time.Duration // longest request, between the minimum and MaxDuration
-	Approval       *Approval     // requests for this port need approval
+	Number         int           `json:"Number"`
+	Protocol       string        `json:"Protocol"`       // ProtocolTCP, ProtocolUDP or ProtocolAny
+	AllowedSources []string      `json:"AllowedSources"` // canonical prefixes; ["*"] allows any
+	MaxDuration    time.Duration `json:"MaxDuration"`    // longest request, between the minimum and MaxDuration
+	Approval       *Approval     `json:"Approval"`       // requests for this port need approval
 }
 
 // ValidatePolicyName checks a policy name: letters, digits, '-', '_' and '.',

@@ -46,47 +46,46 @@ const (
 // Request is one ask for access: some ports of some VMs, from some sources,
 // until some time. Its grants are the units that open and close together.
 type Request struct {
-	ID            string
-	Policy        string
-	Requestor     string // principal id of the person access is for
-	RequestorName string // display name, for people
-	SubmittedBy   string // principal id of a delegate (bot) that asked on the requestor's behalf
-	Approval      *RequestApproval
-	Justification string
-	StartTime     time.Time
-	Status        string
-	Grants        []Grant
-	ETag          string
+	ID            string           `json:"ID"`
+	Policy        string           `json:"Policy"`
+	Requestor     string           `json:"Requestor"`     // principal id of the person access is for
+	RequestorName string           `json:"RequestorName"` // display name, for people
+	SubmittedBy   string           `json:"SubmittedBy"`   // principal id of a delegate (bot) that asked on the requestor's behalf
+	Approval      *RequestApproval `json:"Approval"`
+	Justification string           `json:"Justification"`
+	StartTime     time.Time        `json:"StartTime"`
+	Status        string           `json:"Status"`
+	Grants        []Grant          `json:"Grants"`
+	ETag          string           `json:"ETag"`
 }
 
 // Grant is the part of a request that one allow rule per NSG carries: one VM,
 // one protocol, the ports and sources asked for, one end time.
 type Grant struct {
-	VM           string // canonical VM id
-	Protocol     string // ProtocolTCP, ProtocolUDP or ProtocolAny
-	Ports        []int
-	Sources      []string // canonical prefixes
-	Destinations []string // the VM's private IPs when the request was made
-	End          time.Time
-	Duration     time.Duration // asked as a duration: a pending grant's clock starts at approval
+	VM           string        `json:"VM"`       // canonical VM id
+	Protocol     string        `json:"Protocol"` // ProtocolTCP, ProtocolUDP or ProtocolAny
+	Ports        []int         `json:"Ports"`
+	Sources      []string      `json:"Sources"`      // canonical prefixes
+	Destinations []string      `json:"Destinations"` // the VM's private IPs when the request was made
+	End          time.Time     `json:"End"`
+	Duration     time.Duration `json:"Duration"` // asked as a duration: a pending grant's clock starts at approval
 	// ApprovedEnd is the end the approvers agreed to, set by the last
 	// approval a request needed; zero for requests that needed none.
 	// Extend may not move End past it.
-	ApprovedEnd  time.Time
-	Status       string
-	StatusReason string
-	ClosedAt     time.Time
-	NSGs         []GrantNSG
+	ApprovedEnd  time.Time  `json:"ApprovedEnd"`
+	Status       string     `json:"Status"`
+	StatusReason string     `json:"StatusReason"`
+	ClosedAt     time.Time  `json:"ClosedAt"`
+	NSGs         []GrantNSG `json:"NSGs"`
 }
 
 // GrantNSG is the state of a grant's allow rule in one NSG.
 type GrantNSG struct {
-	ID          string // ARM id of the NSG
-	State       string // RulePending, RuleOpen or RuleClosed
-	OpenedAt    time.Time
-	ClosedAt    time.Time
-	CloseTicket string // the queue's ticket of the scheduled close
-	Error       string // last failure, for people
+	ID       string    `json:"ID"`    // ARM id of the NSG
+	State    string    `json:"State"` // RulePending, RuleOpen or RuleClosed
+	OpenedAt time.Time `json:"OpenedAt"`
+	ClosedAt time.Time `json:"ClosedAt"`
+	Error    string    `json:"Error"` // last failure, for people
 }
 
 // Ended reports whether the grant should no longer be open at now: revoked,
@@ -148,4 +147,44 @@ func (r *Request) HasVM(vmID string) bool {
 		}
 	}
 	return false
+}
+
+// InUTC returns r with every time in UTC, sharing nothing with r that the
+// conversion changes: the stores keep times in UTC.
+func (r Request) InUTC() Request {
+	r.StartTime = r.StartTime.UTC()
+	if r.Approval != nil {
+		a := *r.Approval
+		a.PendingUntil = a.PendingUntil.UTC()
+		if a.Decisions != nil {
+			ds := make([]Decision, len(a.Decisions))
+			for i, d := range a.Decisions {
+				d.At = d.At.UTC()
+				ds[i] = d
+			}
+			a.Decisions = ds
+		}
+		r.Approval = &a
+	}
+	if r.Grants == nil {
+		return r
+	}
+	grants := make([]Grant, len(r.Grants))
+	for i, g := range r.Grants {
+		g.End = g.End.UTC()
+		g.ApprovedEnd = g.ApprovedEnd.UTC()
+		g.ClosedAt = g.ClosedAt.UTC()
+		if g.NSGs != nil {
+			nsgs := make([]GrantNSG, len(g.NSGs))
+			for j, n := range g.NSGs {
+				n.OpenedAt = n.OpenedAt.UTC()
+				n.ClosedAt = n.ClosedAt.UTC()
+				nsgs[j] = n
+			}
+			g.NSGs = nsgs
+		}
+		grants[i] = g
+	}
+	r.Grants = grants
+	return r
 }

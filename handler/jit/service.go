@@ -222,13 +222,15 @@ func (s *Service) PutPolicy(ctx context.Context, p Principal, pol Policy, ifMatc
 	now := s.now()
 	pol.UpdatedAt, pol.UpdatedBy, pol.State = now, p.ID, ""
 	var saved Policy
+	ev := s.stamp([]AuditEvent{{Action: AuditPolicyPut, Actor: p.ID, Policy: pol.Name, Result: ResultSuccess,
+		Detail: fmt.Sprintf("%d VMs; lockdown queued", len(pol.VMs))}})
 	if exists {
 		pol.CreatedAt = old.CreatedAt
 		pol.ETag = old.ETag
-		saved, err = s.store.UpdatePolicy(ctx, pol)
+		saved, err = s.store.UpdatePolicy(ctx, pol, ev...)
 	} else {
 		pol.CreatedAt = now
-		saved, err = s.store.CreatePolicy(ctx, pol)
+		saved, err = s.store.CreatePolicy(ctx, pol, ev...)
 	}
 	if err != nil {
 		if ErrorCode(err) == ECONFLICT {
@@ -242,10 +244,6 @@ func (s *Service) PutPolicy(ctx context.Context, p Principal, pol Policy, ifMatc
 	// Queued before anything else can fail: a stored policy's lockdown must
 	// not wait for the sweeper.
 	s.queueSync(ctx, nsgsOf(old, saved))
-	if err := s.audit(ctx, AuditEvent{Action: AuditPolicyPut, Actor: p.ID, Policy: pol.Name, Result: ResultSuccess,
-		Detail: fmt.Sprintf("%d VMs; lockdown queued", len(pol.VMs))}); err != nil {
-		return saved, err
-	}
 	if exists {
 		for _, vm := range old.VMs {
 			if _, still := saved.VM(vm.ID); !still {
@@ -304,7 +302,7 @@ func (s *Service) queueSync(ctx context.Context, nsgs []string) {
 	if len(nsgs) == 0 {
 		return
 	}
-	if _, err := s.queue.Enqueue(ctx, syncOps(nsgs, s.now())); err != nil {
+	if err := s.queue.Enqueue(ctx, syncOps(nsgs, s.now())); err != nil {
 		s.cfg.Log.Warn().Err(err).Int("nsgs", len(nsgs)).Msg("queueing the lockdown failed; the next sweep does it")
 	}
 }
@@ -344,17 +342,15 @@ func (s *Service) DeletePolicy(ctx context.Context, p Principal, name, ifMatch s
 	}
 	if pol.State != PolicyDeleting {
 		pol.State, pol.UpdatedAt, pol.UpdatedBy = PolicyDeleting, s.now(), p.ID
-		if pol, err = s.store.UpdatePolicy(ctx, pol); err != nil {
+		ev := s.stamp([]AuditEvent{{Action: AuditPolicyDelete, Actor: p.ID, Policy: pol.Name, Result: ResultSuccess,
+			Detail: "deletion accepted: grants revoked, deny rules being removed"}})
+		if pol, err = s.store.UpdatePolicy(ctx, pol, ev...); err != nil {
 			if ErrorCode(err) == ECONFLICT {
 				return Policy{}, Errorf(ECONFLICT, "policy %s was changed by someone else at the same time; try again", name)
 			}
 			return Policy{}, fmt.Errorf("marking policy %s for deletion: %w", name, err)
 		}
 		s.queueSync(ctx, nsgsOf(pol))
-		if err := s.audit(ctx, AuditEvent{Action: AuditPolicyDelete, Actor: p.ID, Policy: pol.Name, Result: ResultSuccess,
-			Detail: "deletion accepted: grants revoked, deny rules being removed"}); err != nil {
-			return pol, err
-		}
 	} else {
 		s.queueSync(ctx, nsgsOf(pol)) // a repeated DELETE queues the removal again
 	}
@@ -460,14 +456,26 @@ func clip(s string, n int) string {
 	return s[:n]
 }
 
-// audit appends ev, filling in its ID and time when unset.
+// stamp fills in each event's ID and time where unset, in place, and
+// returns events.
+func (s *Service) stamp(events []AuditEvent) []AuditEvent {
+	for i := range events {
+		ev := &events[i]
+		if ev.Time.IsZero() {
+			ev.Time = s.now()
+		}
+		if ev.ID == "" {
+			ev.ID = ev.Time.Format("20060102T150405.000000000") + "-" + ev.Action + "-" + NewRequestID()[:10]
+		}
+	}
+	return events
+}
+
+// audit appends ev, an event that records no change of the store (a
+// change's events go with it: mutateAudited), filling in its ID and time
+// when unset.
 func (s *Service) audit(ctx context.Context, ev AuditEvent) error {
-	if ev.Time.IsZero() {
-		ev.Time = s.now()
-	}
-	if ev.ID == "" {
-		ev.ID = ev.Time.Format("20060102T150405.000000000") + "-" + ev.Action + "-" + NewRequestID()[:10]
-	}
+	ev = s.stamp([]AuditEvent{ev})[0]
 	if err := s.store.AppendAudit(ctx, ev); err != nil {
 		s.cfg.Log.Error().Err(err).Str("action", ev.Action).Str("request", ev.Request).Msg("audit write failed")
 		return fmt.Errorf("writing audit event: %w", err)

@@ -14,6 +14,19 @@ import (
 // the stored ETag differs, so a lost update is impossible. Every successful
 // write sets a new ETag on the returned value. Missing keys are ENOTFOUND.
 //
+// Audit: the events given to a write (CreatePolicy, UpdatePolicy,
+// DeletePolicy, CreateRequest, UpdateRequest) are kept with the change or
+// not at all: every event must have an ID and a time, or the write fails
+// with EINVALID and stores nothing; a write that fails (ECONFLICT,
+// ENOTFOUND, any error) stores none of them. A store that keeps the trail
+// in the same transaction as the change (bbolt) shows the events in
+// ScanAudit when the write returns. One that cannot (Table Storage: the
+// trail is another table) stores them in an outbox row in the change's own
+// transaction and appends them to the trail before the write returns; when
+// that append is interrupted, the change still stands and RecoverAudit
+// appends them later, so the trail may lag a change but never miss it.
+// Events keep their IDs: appending one twice keeps one.
+//
 // A VM is in one policy at most, under concurrency too: CreatePolicy and
 // UpdatePolicy fail with ECONFLICT, naming the VM and the other policy,
 // when another stored policy names one of p's VMs (ids compared
@@ -21,9 +34,9 @@ import (
 type Store interface {
 	GetPolicy(ctx context.Context, name string) (Policy, error)
 	ListPolicies(ctx context.Context) ([]Policy, error)
-	CreatePolicy(ctx context.Context, p Policy) (Policy, error)
-	UpdatePolicy(ctx context.Context, p Policy) (Policy, error)
-	DeletePolicy(ctx context.Context, name, etag string) error
+	CreatePolicy(ctx context.Context, p Policy, events ...AuditEvent) (Policy, error)
+	UpdatePolicy(ctx context.Context, p Policy, events ...AuditEvent) (Policy, error)
+	DeletePolicy(ctx context.Context, name, etag string, events ...AuditEvent) error
 
 	// PutNSGState merges st into the stored state of NSG st.ID (compared
 	// case-insensitively): the seen part (SeenAt, Missing, Deny, Ahead)
@@ -35,8 +48,8 @@ type Store interface {
 	ListNSGStates(ctx context.Context) ([]NSGState, error)
 
 	GetRequest(ctx context.Context, id string) (Request, error)
-	CreateRequest(ctx context.Context, r Request) (Request, error)
-	UpdateRequest(ctx context.Context, r Request) (Request, error)
+	CreateRequest(ctx context.Context, r Request, events ...AuditEvent) (Request, error)
+	UpdateRequest(ctx context.Context, r Request, events ...AuditEvent) (Request, error)
 	// ListRequests returns the requests that match f, newest first. Under
 	// a paced context (WithPauses) it may read in chunks with Pause in
 	// between: the answer is then not one snapshot, and a request created
@@ -45,7 +58,14 @@ type Store interface {
 
 	// AppendAudit stores ev. Appending an event whose ID is already stored
 	// changes nothing and succeeds, so redelivered work can audit again.
+	// It is for events that record no change of the store (refusals,
+	// failures, drift seen in ARM); a change's events go with the change.
 	AppendAudit(ctx context.Context, ev AuditEvent) error
+	// RecoverAudit completes the trail: it appends the events of changes
+	// that were stored with them but whose append to the trail a crash or
+	// an outage interrupted (see "Audit" above), and returns how many
+	// changes it completed. The sweep calls it in both modes.
+	RecoverAudit(ctx context.Context) (int, error)
 	// ScanAudit calls fn for each event that matches f, newest first, until
 	// fn returns an error (which ScanAudit returns) or the events run out.
 	ScanAudit(ctx context.Context, f AuditFilter, fn func(AuditEvent) error) error
@@ -58,20 +78,20 @@ type Store interface {
 // to change the NSG. VM states ("Configured" or what is true instead) are
 // judged from it and never from what the service meant to write.
 type NSGState struct {
-	ID string // ARM id of the NSG
+	ID string `json:"ID"` // ARM id of the NSG
 	// SeenAt is when Deny and Ahead were read or written; zero if never.
-	SeenAt time.Time
+	SeenAt time.Time `json:"SeenAt"`
 	// Missing: the NSG did not exist at SeenAt.
-	Missing bool
+	Missing bool `json:"Missing"`
 	// Deny are the deployment's deny rules in the NSG.
-	Deny []SecurityRule
+	Deny []SecurityRule `json:"Deny"`
 	// Ahead are the foreign inbound Allow rules whose priority comes before
 	// the last of Deny (at most MaxAhead of them), which may bypass them.
-	Ahead []SecurityRule
+	Ahead []SecurityRule `json:"Ahead"`
 	// Error is the last failure to change the NSG, at ErrorAt. It is
 	// current only when ErrorAt is after SeenAt.
-	Error   string
-	ErrorAt time.Time
+	Error   string    `json:"Error"`
+	ErrorAt time.Time `json:"ErrorAt"`
 }
 
 // MaxAhead bounds NSGState.Ahead.
@@ -94,29 +114,6 @@ func (st NSGState) Merge(newer NSGState) NSGState {
 		out.Error, out.ErrorAt = newer.Error, newer.ErrorAt
 	}
 	return out
-}
-
-// RequestRecorder is implemented by stores that can store a new request and
-// its audit events in one transaction: both are kept or neither, in one
-// write instead of one each.
-type RequestRecorder interface {
-	CreateRequestAudited(ctx context.Context, r Request, events []AuditEvent) (Request, error)
-}
-
-// AuditedUpdater is implemented by stores that can update a request and
-// store audit events in one transaction: both are kept or neither, in one
-// write instead of two. A conflict (ECONFLICT) keeps neither.
-type AuditedUpdater interface {
-	UpdateRequestAudited(ctx context.Context, r Request, events []AuditEvent) (Request, error)
-}
-
-// RequestQueuer is implemented by stores that keep the queue in the same
-// file (local mode): a new request, its audit events and its operations are
-// stored in one transaction, so the request is never kept without the
-// operations that open and close its access, nor the other way round. The
-// queue's tickets must be known beforehand (TicketNamer).
-type RequestQueuer interface {
-	CreateRequestQueued(ctx context.Context, r Request, events []AuditEvent, ops []Operation) (Request, error)
 }
 
 // RequestFilter selects requests. Zero fields match everything.

@@ -20,16 +20,16 @@ type VMAccess struct {
 // whom. It is kept up to date as grants open (Store.RecordVMUse), so that
 // showing it costs one small read per VM, and no listing of requests.
 type VMUse struct {
-	VM         string
-	LastAccess time.Time
-	LastUser   string
+	VM         string    `json:"VM"`
+	LastAccess time.Time `json:"LastAccess"`
+	LastUser   string    `json:"LastUser"`
 	// Opens counts requests by the Unix hour they first opened a rule of
 	// the VM, for the hours of the last UseWindow (older ones are dropped
 	// whenever the record is written).
-	Opens map[int64]int `json:",omitempty"`
+	Opens map[int64]int `json:"Opens,omitempty"`
 	// Recent are the last requests counted, so that an open delivered or
 	// recorded again is not counted twice.
-	Recent []string `json:",omitempty"`
+	Recent []string `json:"Recent,omitempty"`
 }
 
 // UseWindow is how far back VMUse counts: "approved requests in the last
@@ -93,13 +93,15 @@ type VMUseStore interface {
 	VMUses(ctx context.Context, vms []string) (map[string]VMUse, error)
 }
 
-// recordUse counts grant i's opening in its VM's recent use. A failure is
-// logged only: the grant is open, and the numbers are statistics.
-func (s *Service) recordUse(ctx context.Context, r Request, i int) {
+// recordUse counts grant i's opening at now (or earlier, when another NSG
+// opened it first) in its VM's recent use, once the grant records it. A
+// failure is logged only: the grant is open, and the numbers are
+// statistics.
+func (s *Service) recordUse(ctx context.Context, r Request, i int, now time.Time) {
 	g := r.Grants[i]
 	at, ok := openedAt(g, r)
-	if !ok {
-		return
+	if !ok || now.Before(at) {
+		at = now
 	}
 	user := r.RequestorName
 	if user == "" {

@@ -10,12 +10,6 @@ import (
 	"time"
 )
 
-// WorkerFunc adapts a function to the Worker interface.
-type WorkerFunc func(ctx context.Context, op Operation) error
-
-// ApplyOperation calls f.
-func (f WorkerFunc) ApplyOperation(ctx context.Context, op Operation) error { return f(ctx, op) }
-
 // openMargin is how long before its end a grant is no longer opened (a
 // quarter of its length for grants shorter than 8 s): an NSG write takes
 // seconds in Azure, so a later open would land after the end (and be
@@ -238,7 +232,7 @@ func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string
 		Actor: System.ID, Policy: req.Policy, Request: req.ID, VM: g.VM, NSG: nsg, Protocol: g.Protocol, Ports: g.Ports,
 		Sources: g.Sources, Result: ResultSuccess, Detail: "until " + g.End.Format(time.RFC3339)}
 	endedMeanwhile, nowOpen := false, false
-	updated, err := s.mutateRequestAudited(ctx, req.ID, []AuditEvent{ev}, func(r *Request) error {
+	updated, err := s.mutateAudited(ctx, req.ID, func(r *Request) ([]AuditEvent, error) {
 		endedMeanwhile, nowOpen = false, false
 		g := &r.Grants[i]
 		n, _ := g.NSG(nsg)
@@ -249,18 +243,21 @@ func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string
 			if n.OpenedAt.IsZero() {
 				n.OpenedAt = now
 			}
-			return nil
+			return []AuditEvent{ev}, nil
 		}
 		n.State, n.OpenedAt, n.Error = RuleOpen, now, ""
 		if g.Status == GrantInitiating && allOpen(g) {
 			g.Status, nowOpen = GrantInitiated, true
 		}
-		return nil
+		return []AuditEvent{ev}, nil
 	})
 	if err != nil {
+		// The rule is in the NSG whatever the store says: the trail
+		// records it even when the request cannot.
+		_ = s.audit(ctx, ev)
 		return fmt.Errorf("recording open of grant %s-%d: %w", req.ID, i, err)
 	}
-	s.recordUse(ctx, updated, i)
+	s.recordUse(ctx, updated, i, now)
 	if endedMeanwhile {
 		// Revoked or expired while the rule was being written: take it away again.
 		return s.removeRule(ctx, updated, i, nsg)
@@ -306,7 +303,7 @@ func (s *Service) recordClose(ctx context.Context, req Request, i int, nsg strin
 		Sources: g.Sources, Result: ResultSuccess, Detail: reason}
 	var ended Grant
 	nowDone := false
-	updated, err := s.mutateRequestAudited(ctx, req.ID, []AuditEvent{ev}, func(r *Request) error {
+	updated, err := s.mutateAudited(ctx, req.ID, func(r *Request) ([]AuditEvent, error) {
 		g := &r.Grants[i]
 		n, _ := g.NSG(nsg)
 		wasDone := g.Done()
@@ -322,9 +319,11 @@ func (s *Service) recordClose(ctx context.Context, req Request, i int, nsg strin
 			}
 		}
 		ended = *g
-		return nil
+		return []AuditEvent{ev}, nil
 	})
 	if err != nil {
+		// The rule is gone from the NSG whatever the store says.
+		_ = s.audit(ctx, ev)
 		return fmt.Errorf("recording close of grant %s-%d: %w", req.ID, i, err)
 	}
 	lag := now.Sub(ended.End)
@@ -375,10 +374,9 @@ func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string
 	}
 	now := s.now()
 	var ops []Operation
-	var tickets []string
 	var revoked []Grant
-	updated, err := s.mutateRequest(ctx, id, func(r *Request) error {
-		ops, tickets, revoked = nil, nil, nil
+	updated, err := s.mutateAudited(ctx, id, auditedBy(func(r *Request) error {
+		ops, revoked = nil, nil
 		if r.Status == RequestPending {
 			// Nothing opened yet: withdrawing it needs no ARM call.
 			endPending(r, GrantRevoked, reason, now)
@@ -401,36 +399,33 @@ func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string
 					continue
 				}
 				ops = append(ops, Operation{ID: OperationID(OpClose, r.ID, i, n.ID, now), Kind: OpClose, RequestID: r.ID, Grant: i, NSG: n.ID})
-				if n.CloseTicket != "" {
-					tickets = append(tickets, n.CloseTicket)
-				}
 			}
 		}
 		if len(ops) == 0 {
 			return Errorf(ECONFLICT, "request %s has no open access left to revoke", id)
 		}
 		return nil
-	})
+	}, func(r *Request) []AuditEvent {
+		events := make([]AuditEvent, len(revoked))
+		for k, g := range revoked {
+			events[k] = AuditEvent{Action: AuditRevoke, Actor: p.ID, Policy: r.Policy, Request: id, VM: g.VM,
+				Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources, Result: ResultSuccess, Detail: reason}
+		}
+		return events
+	}))
 	if err != nil {
 		return Request{}, err
-	}
-	for _, g := range revoked {
-		if err := s.audit(ctx, AuditEvent{Action: AuditRevoke, Actor: p.ID, Policy: r.Policy, Request: id, VM: g.VM,
-			Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources, Result: ResultSuccess, Detail: reason}); err != nil {
-			return Request{}, err
-		}
 	}
 	s.notify(EventRevoked, updated, p.ID, reason)
 	if len(ops) == 0 {
 		return updated, nil
 	}
-	if _, err := s.queue.Enqueue(ctx, ops); err != nil {
+	// The closes scheduled at the grants' ends stay: they find the rules
+	// closed and do nothing.
+	if err := s.queue.Enqueue(ctx, ops); err != nil {
 		// The grants are marked revoked: the sweeper removes the rules.
 		s.auditFailure(ctx, p, AuditRevoke, r.Policy, id, vm, "", err)
 		return updated, nil
-	}
-	if err := s.queue.Cancel(ctx, tickets); err != nil {
-		s.cfg.Log.Warn().Err(err).Str("request", id).Msg("cancelling scheduled closes failed; they will be no-ops")
 	}
 	s.cfg.Log.Info().Str("request", id).Str("actor", p.ID).Str("reason", reason).Msg("revoked")
 	return updated, nil
@@ -451,9 +446,14 @@ func (s *Service) Sweep(ctx context.Context) (closed int, err error) {
 	return s.sweepRequests(ctx, reqs)
 }
 
-// sweepList expires pending requests that waited too long and lists the
-// active ones.
+// sweepList completes the audit trail, expires pending requests that
+// waited too long and lists the active ones.
 func (s *Service) sweepList(ctx context.Context) ([]Request, error) {
+	if n, err := s.store.RecoverAudit(ctx); err != nil {
+		s.cfg.Log.Warn().Err(err).Int("completed", n).Msg("completing the audit trail failed; the next sweep retries")
+	} else if n > 0 {
+		s.cfg.Log.Warn().Int("changes", n).Msg("audit events of interrupted writes appended to the trail")
+	}
 	if _, err := s.expirePending(ctx); err != nil {
 		s.cfg.Log.Warn().Err(err).Msg("expiring pending requests failed; the next sweep retries")
 	}

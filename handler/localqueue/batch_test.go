@@ -16,7 +16,7 @@ import (
 
 const nsgB = "/subscriptions/00000000-0000-0000-0000-00000000000a/resourceGroups/rg/providers/Microsoft.Network/networkSecurityGroups/nsg-b"
 
-// batchWorker is a jit.BatchWorker that records each delivery's op IDs.
+// batchWorker is a jit.Worker that records each delivery's op IDs.
 type batchWorker struct {
 	mu          sync.Mutex
 	deliveries  [][]string
@@ -28,10 +28,6 @@ type batchWorker struct {
 }
 
 func newBatchWorker() *batchWorker { return &batchWorker{failures: map[string]int{}} }
-
-func (b *batchWorker) ApplyOperation(ctx context.Context, op jit.Operation) error {
-	return b.ApplyOperations(ctx, []jit.Operation{op})[0]
-}
 
 func (b *batchWorker) ApplyOperations(ctx context.Context, ops []jit.Operation) []error {
 	b.mu.Lock()
@@ -73,15 +69,15 @@ func enqueueThenStart(t *testing.T, w jit.Worker, ops []jit.Operation) *localque
 	t.Helper()
 	db := openDB(t, filepath.Join(t.TempDir(), "state.db"))
 	t.Cleanup(func() { db.Close() })
-	q, err := localqueue.New(db.Bolt(), w, fast)
+	q, err := localqueue.New(db.Bolt(), fast)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	t.Cleanup(func() { closeQueue(t, q) })
-	if _, err := q.Enqueue(context.Background(), ops); err != nil {
+	if err := q.Enqueue(context.Background(), ops); err != nil {
 		t.Fatalf("Enqueue: %v", err)
 	}
-	if err := q.Start(context.Background()); err != nil {
+	if err := q.Start(context.Background(), w); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
 	return q
@@ -100,7 +96,7 @@ func TestBatchDeliversDueOperationsOfAnNSGTogether(t *testing.T) {
 	q := enqueueThenStart(t, w, ops)
 	queuetest.WaitFor(t, "the first delivery", func() bool { d, _, _ := w.snapshot(); return len(d) == 1 })
 	// Queued while the NSG's batch runs: it waits for the batch to finish.
-	if _, err := q.Enqueue(context.Background(), []jit.Operation{op("d", nsgA, time.Time{})}); err != nil {
+	if err := q.Enqueue(context.Background(), []jit.Operation{op("d", nsgA, time.Time{})}); err != nil {
 		t.Fatalf("Enqueue: %v", err)
 	}
 	time.Sleep(100 * time.Millisecond)

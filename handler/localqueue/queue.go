@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -28,7 +27,7 @@ import (
 )
 
 // Bucket layout, all keyed by the operation's sequence number (8 bytes, big
-// endian), which is also its ticket and its enqueue order:
+// endian), which is also its enqueue order:
 //
 //	queue_ops     seq → record (JSON): scheduled and in-flight operations
 //	queue_op_ids  operation ID → seq, so a duplicate Enqueue finds its twin
@@ -43,8 +42,8 @@ var (
 type Options struct {
 	// Concurrency is how many deliveries (and so NSGs) run at once. Default 8.
 	Concurrency int
-	// MaxBatch is how many due operations of one NSG a jit.BatchWorker gets
-	// in one delivery. Default 200.
+	// MaxBatch is how many due operations of one NSG the worker gets in one
+	// delivery. Default 200.
 	MaxBatch int
 	// InitialBackoff is the wait before the first retry of a failed
 	// operation; each further failure doubles it up to MaxBackoff. The actual
@@ -85,27 +84,26 @@ func (o *Options) setDefaults() {
 
 // DeadLetter is an operation that failed MaxAttempts times.
 type DeadLetter struct {
-	Ticket    string
-	Op        jit.Operation
-	Attempts  int
-	LastError string
-	DeadAt    time.Time
+	Ticket    string        `json:"Ticket"` // the operation's id
+	Op        jit.Operation `json:"Op"`
+	Attempts  int           `json:"Attempts"`
+	LastError string        `json:"LastError"`
+	DeadAt    time.Time     `json:"DeadAt"`
 }
 
 // record is what queue_ops keeps per operation.
 type record struct {
-	Op        jit.Operation
-	Due       time.Time // next delivery; Op.Due, or now when that was zero, then backoff
-	Attempts  int       // failed deliveries so far
-	LastError string    `json:",omitempty"`
+	Op        jit.Operation `json:"Op"`
+	Due       time.Time     `json:"Due"`      // next delivery; Op.Due, or now when that was zero, then backoff
+	Attempts  int           `json:"Attempts"` // failed deliveries so far
+	LastError string        `json:"LastError,omitempty"`
 }
 
 type item struct {
-	seq       uint64
-	nsg       string // lower case: ARM ids are case-insensitive
-	rec       record
-	cancelled bool // cancelled while in flight: do not retry
-	index     int  // position in its NSG's heap while waiting
+	seq   uint64
+	nsg   string // lower case: ARM ids are case-insensitive
+	rec   record
+	index int // position in its NSG's heap while waiting
 }
 
 // before orders items by due time, then enqueue order.
@@ -119,9 +117,9 @@ func (a *item) before(b *item) bool {
 // Queue is a durable jit.Queue in a bbolt file.
 //
 // Per NSG, the operation with the earliest due time (then the earliest
-// enqueued) runs next, and nothing else of that NSG runs until it returns.
-// When the worker is a jit.BatchWorker, the NSG's other due operations (up
-// to MaxBatch, in due order) go with it in one delivery. A
+// enqueued) runs next, and nothing else of that NSG runs until it returns;
+// the NSG's other due operations (up to MaxBatch, in due order) go with it
+// in one delivery. A
 // failed operation's due time moves on by its backoff, so later operations
 // of the same NSG may run before its retry: the worker is idempotent and safe
 // out of order, and one failing operation must not block an NSG for minutes.
@@ -157,14 +155,13 @@ type Queue struct {
 
 var _ jit.Queue = (*Queue)(nil)
 
-// New returns a Queue on db that delivers to w, with every operation that
-// was queued in db before (after a restart, say) scheduled again. Nothing
-// runs until Start.
-func New(db *bbolt.DB, w jit.Worker, opt Options) (*Queue, error) {
+// New returns a Queue on db, with every operation that was queued in db
+// before (after a restart, say) scheduled again. Operations can be queued
+// at once; nothing runs until Start gives the worker.
+func New(db *bbolt.DB, opt Options) (*Queue, error) {
 	opt.setDefaults()
 	q := &Queue{
 		db:      db,
-		w:       w,
 		opt:     opt,
 		log:     opt.Logger,
 		wake:    make(chan struct{}, 1),
@@ -202,10 +199,11 @@ func New(db *bbolt.DB, w jit.Worker, opt Options) (*Queue, error) {
 	return q, nil
 }
 
-// Start runs the dispatcher in the background until ctx is done or Close is
-// called. Operations already due run at once. Running operations do not see
-// ctx's cancellation, so a shutdown lets them finish; Close bounds the wait.
-func (q *Queue) Start(ctx context.Context) error {
+// Start runs the dispatcher in the background, delivering to w, until ctx
+// is done or Close is called. Operations already due run at once. Running
+// operations do not see ctx's cancellation, so a shutdown lets them
+// finish; Close bounds the wait.
+func (q *Queue) Start(ctx context.Context, w jit.Worker) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.started {
@@ -214,7 +212,10 @@ func (q *Queue) Start(ctx context.Context) error {
 	if q.closed {
 		return errors.New("local queue is closed")
 	}
-	q.started = true
+	if w == nil {
+		return errors.New("local queue started without a worker")
+	}
+	q.started, q.w = true, w
 	go q.dispatch(ctx)
 	return nil
 }
@@ -255,38 +256,29 @@ func (q *Queue) Close(ctx context.Context) error {
 	}
 }
 
-// TicketFor is the ticket Enqueue gives op (jit.TicketNamer): its id, known
-// before it is queued.
-func (q *Queue) TicketFor(op jit.Operation) string { return op.ID }
-
 // Enqueue stores ops and schedules each at its Due time (now when zero).
-// An op whose ID is queued already is not stored again. Each op's ticket is
-// its id.
-func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, error) {
+// An op whose ID is queued already is not stored again.
+func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) error {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return err
 	}
 	if err := checkOps(ops); err != nil {
-		return nil, err
+		return err
 	}
 	var committed func()
 	// The commit runs without q.mu, so concurrent Enqueues share one
 	// commit and its fsync; the ids bucket, checked inside the
-	// transaction, still gives each op id one ticket.
+	// transaction, still stores each op id once.
 	err := q.db.Batch(func(tx *bbolt.Tx) error {
 		var err error
-		committed, err = q.Stage(tx, ops) // Batch may run this more than once
+		committed, err = q.stage(tx, ops) // Batch may run this more than once
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("enqueue operations: %w", err)
+		return fmt.Errorf("enqueue operations: %w", err)
 	}
 	committed()
-	tickets := make([]string, len(ops))
-	for i, op := range ops {
-		tickets[i] = op.ID
-	}
-	return tickets, nil
+	return nil
 }
 
 func checkOps(ops []jit.Operation) error {
@@ -301,19 +293,11 @@ func checkOps(ops []jit.Operation) error {
 	return nil
 }
 
-// Stage stores ops in tx, a write transaction on the queue's file, so that
-// they are kept exactly when what else tx writes is (a request and its
-// operations, say). Once tx has committed, the caller calls the returned
-// func, which schedules them; if tx rolls back, it must not. An op whose ID
-// is queued already is not stored again; each op's ticket is its id.
-func (q *Queue) Stage(tx *bbolt.Tx, ops []jit.Operation) (committed func(), err error) {
-	if err := checkOps(ops); err != nil {
-		return nil, err
-	}
+// stage stores ops in tx. Once tx has committed, the caller calls the
+// returned func, which schedules them; if tx rolls back, it must not. An
+// op whose ID is queued already is not stored again.
+func (q *Queue) stage(tx *bbolt.Tx, ops []jit.Operation) (committed func(), err error) {
 	b, ids := tx.Bucket(bucketOps), tx.Bucket(bucketOpIDs)
-	if b == nil || ids == nil {
-		return nil, errors.New("the transaction is not on the local queue's file")
-	}
 	now := q.opt.Now()
 	var added []*item
 	for _, op := range ops {
@@ -346,51 +330,6 @@ func (q *Queue) Stage(tx *bbolt.Tx, ops []jit.Operation) (committed func(), err 
 		}
 		q.signal()
 	}, nil
-}
-
-// Cancel removes the operations with the given tickets. Unknown tickets and
-// tickets of operations that already ran are ignored; an operation running
-// now finishes but is not retried.
-func (q *Queue) Cancel(ctx context.Context, tickets []string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if len(tickets) == 0 {
-		return nil
-	}
-	var seqs []uint64
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	err := q.db.Batch(func(tx *bbolt.Tx) error {
-		seqs = seqs[:0] // Batch may run this more than once
-		ids := tx.Bucket(bucketOpIDs)
-		for _, t := range tickets {
-			// A ticket is an op id; sequence numbers were tickets once.
-			seq, ok := parseTicket(t)
-			if k := ids.Get([]byte(t)); k != nil {
-				seq, ok = binary.BigEndian.Uint64(k), true
-			}
-			if !ok {
-				continue
-			}
-			if err := removeRecord(tx, seq); err != nil {
-				return err
-			}
-			seqs = append(seqs, seq)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("cancel operations: %w", err)
-	}
-	for _, seq := range seqs {
-		q.waiting.remove(seq)
-		if it, ok := q.running[seq]; ok {
-			it.cancelled = true
-		}
-	}
-	q.signal()
-	return nil
 }
 
 // Pending returns how many operations are queued, running ones included.
@@ -468,11 +407,6 @@ func (q *Queue) startDue() (wait time.Duration, ok bool) {
 		return 0, false
 	}
 	now := q.opt.Now()
-	bw, batching := q.w.(jit.BatchWorker)
-	limit := 1
-	if batching {
-		limit = q.opt.MaxBatch
-	}
 	for {
 		h := q.waiting.first()
 		if h == nil {
@@ -484,40 +418,27 @@ func (q *Queue) startDue() (wait time.Duration, ok bool) {
 		if q.deliveries >= q.opt.Concurrency {
 			return 0, false // a finishing operation wakes the dispatcher
 		}
-		batch := q.waiting.takeDue(h.nsg, func(it *item) bool { return !it.rec.Due.After(now) }, limit)
+		batch := q.waiting.takeDue(h.nsg, func(it *item) bool { return !it.rec.Due.After(now) }, q.opt.MaxBatch)
 		for _, it := range batch {
 			q.running[it.seq] = it
 		}
 		q.waiting.hold(h.nsg)
 		q.deliveries++
 		q.inflight.Add(1)
-		if batching && len(batch) > 1 {
-			go q.deliverBatch(bw, batch)
-		} else {
-			go q.deliver(h)
-		}
+		go q.deliver(batch)
 	}
 }
 
-// deliver runs one operation and records the outcome.
-func (q *Queue) deliver(it *item) {
-	defer q.inflight.Done()
-	log := q.opLog(it)
-	log.Debug().Msg("operation delivered")
-	err := q.apply(it.rec.Op)
-	q.settle([]*item{it}, []error{err})
-}
-
-// deliverBatch runs several operations of one NSG in one call of the
-// worker and records each outcome as deliver does.
-func (q *Queue) deliverBatch(bw jit.BatchWorker, items []*item) {
+// deliver runs due operations of one NSG in one call of the worker and
+// records each outcome.
+func (q *Queue) deliver(items []*item) {
 	defer q.inflight.Done()
 	ops := make([]jit.Operation, len(items))
 	for i, it := range items {
 		ops[i] = it.rec.Op
 	}
-	q.log.Debug().Str("nsg", ops[0].NSG).Int("operations", len(ops)).Msg("operations delivered together")
-	q.settle(items, q.applyBatch(bw, ops))
+	q.log.Debug().Str("nsg", ops[0].NSG).Int("operations", len(ops)).Msg("operations delivered")
+	q.settle(items, q.apply(ops))
 }
 
 func (q *Queue) opLog(it *item) zerolog.Logger {
@@ -531,15 +452,12 @@ func (q *Queue) opLog(it *item) zerolog.Logger {
 // attempts, move to the dead letters, all in one transaction.
 //
 // The commit runs without q.mu, so that settles of different NSGs share a
-// commit and Enqueue, Cancel and the dispatcher are not held up by it. The
-// items stay in q.running until it is done: a Cancel meanwhile marks them
-// cancelled and removes their records, and the transaction writes a retry or
-// a dead letter only for a record still there.
+// commit and Enqueue and the dispatcher are not held up by it. The items
+// stay in q.running until it is done.
 func (q *Queue) settle(items []*item, errs []error) {
 	type outcome int
 	const (
-		skip outcome = iota
-		done
+		done outcome = iota
 		retry
 		dead
 	)
@@ -552,8 +470,6 @@ func (q *Queue) settle(items []*item, errs []error) {
 		err := errs[i]
 		recs[i] = it.rec
 		switch {
-		case it.cancelled:
-			outcomes[i] = skip
 		case err == nil:
 			outcomes[i] = done
 		case it.rec.Attempts+1 >= q.opt.MaxAttempts:
@@ -577,16 +493,10 @@ func (q *Queue) settle(items []*item, errs []error) {
 					return err
 				}
 			case retry:
-				if b.Get(seqKey(it.seq)) == nil {
-					continue // cancelled meanwhile
-				}
 				if err := putRecord(b, it.seq, recs[i]); err != nil {
 					return err
 				}
 			case dead:
-				if b.Get(seqKey(it.seq)) == nil {
-					continue // cancelled meanwhile
-				}
 				if err := removeRecord(tx, it.seq); err != nil {
 					return err
 				}
@@ -610,20 +520,11 @@ func (q *Queue) settle(items []*item, errs []error) {
 		delete(q.running, it.seq)
 		log := q.opLog(it)
 		switch outcomes[i] {
-		case skip:
-			log.Debug().AnErr("result", errs[i]).Msg("cancelled operation finished")
 		case done:
 			if txErr != nil {
 				// It stays in the file and runs again after a restart: at least once.
 				log.Error().Err(txErr).Msg("could not remove finished operation")
 			}
-		case retry, dead:
-			if it.cancelled {
-				log.Debug().AnErr("result", errs[i]).Msg("cancelled operation finished")
-				continue
-			}
-		}
-		switch outcomes[i] {
 		case retry:
 			if txErr != nil {
 				log.Error().Err(txErr).Msg("could not record failed attempt")
@@ -641,19 +542,9 @@ func (q *Queue) settle(items []*item, errs []error) {
 }
 
 // apply calls the worker, turning a panic into an error so that one bad
-// operation cannot take the process down.
-func (q *Queue) apply(op jit.Operation) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("worker panicked: %v", p)
-		}
-	}()
-	return q.w.ApplyOperation(q.work, op)
-}
-
-// applyBatch calls the batch worker with apply's protection; a panic or an
-// answer of the wrong length fails every operation.
-func (q *Queue) applyBatch(bw jit.BatchWorker, ops []jit.Operation) (errs []error) {
+// operation cannot take the process down; a panic or an answer of the
+// wrong length fails every operation.
+func (q *Queue) apply(ops []jit.Operation) (errs []error) {
 	fail := func(err error) []error {
 		errs := make([]error, len(ops))
 		for i := range errs {
@@ -666,7 +557,7 @@ func (q *Queue) applyBatch(bw jit.BatchWorker, ops []jit.Operation) (errs []erro
 			errs = fail(fmt.Errorf("worker panicked: %v", p))
 		}
 	}()
-	errs = bw.ApplyOperations(q.work, ops)
+	errs = q.w.ApplyOperations(q.work, ops)
 	if len(errs) != len(ops) {
 		return fail(fmt.Errorf("worker answered %d results for %d operations", len(errs), len(ops)))
 	}
@@ -715,10 +606,3 @@ func putRecord(b *bbolt.Bucket, seq uint64, rec record) error {
 }
 
 func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
-
-// Tickets are the sequence number in decimal: stable across restarts, and
-// short enough to keep in a request record.
-func parseTicket(t string) (uint64, bool) {
-	seq, err := strconv.ParseUint(t, 10, 64)
-	return seq, err == nil && seq > 0
-}

@@ -33,11 +33,11 @@ func openDB(t *testing.T, path string) *boltstore.DB {
 // test (before db, which the caller closes).
 func start(t *testing.T, db *boltstore.DB, w jit.Worker, opt localqueue.Options) *localqueue.Queue {
 	t.Helper()
-	q, err := localqueue.New(db.Bolt(), w, opt)
+	q, err := localqueue.New(db.Bolt(), opt)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	if err := q.Start(context.Background()); err != nil {
+	if err := q.Start(context.Background(), w); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
 	t.Cleanup(func() { closeQueue(t, q) })
@@ -75,23 +75,23 @@ func TestDurableAcrossRestart(t *testing.T) {
 
 	db := openDB(t, path)
 	r := queuetest.NewRecorder()
-	q, err := localqueue.New(db.Bolt(), r, fast)
+	q, err := localqueue.New(db.Bolt(), fast)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	if err := q.Start(ctx); err != nil {
+	if err := q.Start(ctx, r); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	if _, err := q.Enqueue(ctx, []jit.Operation{op("later", nsgA, later)}); err != nil {
+	if err := q.Enqueue(ctx, []jit.Operation{op("later", nsgA, later)}); err != nil {
 		t.Fatalf("Enqueue: %v", err)
 	}
 	closeQueue(t, q)
 	// A queue that never started still persists what it is given.
-	q, err = localqueue.New(db.Bolt(), r, fast)
+	q, err = localqueue.New(db.Bolt(), fast)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	if _, err := q.Enqueue(ctx, []jit.Operation{op("overdue", "/other/nsg", now.Add(-time.Minute))}); err != nil {
+	if err := q.Enqueue(ctx, []jit.Operation{op("overdue", "/other/nsg", now.Add(-time.Minute))}); err != nil {
 		t.Fatalf("Enqueue: %v", err)
 	}
 	closeQueue(t, q)
@@ -121,50 +121,31 @@ func TestDurableAcrossRestart(t *testing.T) {
 	queuetest.WaitFor(t, "the queue to empty", func() bool { n, _ := q.Pending(ctx); return n == 0 })
 }
 
-func TestDuplicateEnqueueReturnsSameTicket(t *testing.T) {
+func TestDuplicateEnqueueRunsOnce(t *testing.T) {
 	ctx := context.Background()
 	db := openDB(t, filepath.Join(t.TempDir(), "state.db"))
 	defer db.Close()
 	r := queuetest.NewRecorder()
 	q := start(t, db, r, fast)
 	o := op("dup", nsgA, time.Now().Add(100*time.Millisecond))
-	t1, err := q.Enqueue(ctx, []jit.Operation{o, o})
-	if err != nil {
+	if err := q.Enqueue(ctx, []jit.Operation{o, o}); err != nil {
 		t.Fatalf("Enqueue: %v", err)
 	}
-	t2, err := q.Enqueue(ctx, []jit.Operation{o})
-	if err != nil {
-		t.Fatalf("Enqueue: %v", err)
-	}
-	if t1[0] != t1[1] || t1[0] != t2[0] {
-		t.Errorf("tickets of one operation enqueued thrice: %q and %q, want all equal", t1, t2)
-	}
-	queuetest.WaitFor(t, "the operation to run", func() bool { return r.Calls(o.ID) == 1 })
-	queuetest.WaitFor(t, "the queue to empty", func() bool { n, _ := q.Pending(ctx); return n == 0 })
-	if t1[0] != q.TicketFor(o) {
-		t.Errorf("Enqueue gave ticket %q, TicketFor says %q: the service stores TicketFor's before enqueueing", t1[0], q.TicketFor(o))
-	}
-	// Once it has run, the same ID is new work again, and its ticket
-	// cancels that new work.
-	again := o
-	again.Due = time.Now().Add(time.Second)
-	t3, err := q.Enqueue(ctx, []jit.Operation{again})
-	if err != nil {
+	if err := q.Enqueue(ctx, []jit.Operation{o}); err != nil {
 		t.Fatalf("Enqueue: %v", err)
 	}
 	if n, _ := q.Pending(ctx); n != 1 {
-		t.Fatalf("re-enqueue after delivery: %d pending, want 1", n)
+		t.Errorf("one operation enqueued thrice: %d pending, want 1", n)
 	}
-	if err := q.Cancel(ctx, t3); err != nil {
-		t.Fatal(err)
+	queuetest.WaitFor(t, "the operation to run", func() bool { return r.Calls(o.ID) == 1 })
+	queuetest.WaitFor(t, "the queue to empty", func() bool { n, _ := q.Pending(ctx); return n == 0 })
+	// Once it has run, the same ID is new work again.
+	again := o
+	again.Due = time.Now().Add(100 * time.Millisecond)
+	if err := q.Enqueue(ctx, []jit.Operation{again}); err != nil {
+		t.Fatalf("Enqueue: %v", err)
 	}
-	if n, _ := q.Pending(ctx); n != 0 {
-		t.Errorf("cancel by ticket left %d pending", n)
-	}
-	time.Sleep(1200 * time.Millisecond)
-	if n := r.Calls(o.ID); n != 1 {
-		t.Errorf("a cancelled re-enqueue ran: %d calls, want 1", n)
-	}
+	queuetest.WaitFor(t, "the operation to run again", func() bool { return r.Calls(o.ID) == 2 })
 }
 
 func TestDeadLetter(t *testing.T) {
@@ -179,7 +160,7 @@ func TestDeadLetter(t *testing.T) {
 	o := op("doomed", nsgA, time.Time{})
 	r.FailFirst(o.ID, 1000)
 	q := start(t, db, r, opt)
-	if _, err := q.Enqueue(ctx, []jit.Operation{o, op("fine", nsgA, time.Time{})}); err != nil {
+	if err := q.Enqueue(ctx, []jit.Operation{o, op("fine", nsgA, time.Time{})}); err != nil {
 		t.Fatalf("Enqueue: %v", err)
 	}
 	var dls []localqueue.DeadLetter
@@ -204,43 +185,6 @@ func TestDeadLetter(t *testing.T) {
 	}
 }
 
-func TestCancelRunningOperation(t *testing.T) {
-	ctx := context.Background()
-	db := openDB(t, filepath.Join(t.TempDir(), "state.db"))
-	defer db.Close()
-	release := make(chan struct{})
-	started := make(chan struct{}, 1)
-	var calls int
-	var mu sync.Mutex
-	w := jit.WorkerFunc(func(ctx context.Context, op jit.Operation) error {
-		mu.Lock()
-		calls++
-		mu.Unlock()
-		started <- struct{}{}
-		<-release
-		return errors.New("failed after cancel")
-	})
-	q := start(t, db, w, fast)
-	tickets, err := q.Enqueue(ctx, []jit.Operation{op("running", nsgA, time.Time{})})
-	if err != nil {
-		t.Fatalf("Enqueue: %v", err)
-	}
-	<-started
-	if err := q.Cancel(ctx, tickets); err != nil {
-		t.Fatalf("Cancel: %v", err)
-	}
-	close(release)
-	time.Sleep(200 * time.Millisecond)
-	mu.Lock()
-	defer mu.Unlock()
-	if calls != 1 {
-		t.Errorf("operation cancelled while running was delivered %d times, want 1 (no retry)", calls)
-	}
-	if n, _ := q.Pending(ctx); n != 0 {
-		t.Errorf("Pending = %d after cancel, want 0", n)
-	}
-}
-
 func TestCloseWaitsForRunningOperation(t *testing.T) {
 	ctx := context.Background()
 	db := openDB(t, filepath.Join(t.TempDir(), "state.db"))
@@ -248,7 +192,7 @@ func TestCloseWaitsForRunningOperation(t *testing.T) {
 	started := make(chan struct{})
 	var finished bool
 	var mu sync.Mutex
-	w := jit.WorkerFunc(func(ctx context.Context, op jit.Operation) error {
+	w := jit.OperationFunc(func(ctx context.Context, op jit.Operation) error {
 		close(started)
 		time.Sleep(200 * time.Millisecond)
 		mu.Lock()
@@ -256,14 +200,14 @@ func TestCloseWaitsForRunningOperation(t *testing.T) {
 		mu.Unlock()
 		return nil
 	})
-	q, err := localqueue.New(db.Bolt(), w, fast)
+	q, err := localqueue.New(db.Bolt(), fast)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	if err := q.Start(ctx); err != nil {
+	if err := q.Start(ctx, w); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	if _, err := q.Enqueue(ctx, []jit.Operation{op("slow", nsgA, time.Time{})}); err != nil {
+	if err := q.Enqueue(ctx, []jit.Operation{op("slow", nsgA, time.Time{})}); err != nil {
 		t.Fatalf("Enqueue: %v", err)
 	}
 	<-started
@@ -283,19 +227,19 @@ func TestCloseGivesUpAtDeadline(t *testing.T) {
 	db := openDB(t, filepath.Join(t.TempDir(), "state.db"))
 	defer db.Close()
 	started := make(chan struct{})
-	w := jit.WorkerFunc(func(ctx context.Context, op jit.Operation) error {
+	w := jit.OperationFunc(func(ctx context.Context, op jit.Operation) error {
 		close(started)
 		<-ctx.Done() // only Close's deadline ends it
 		return ctx.Err()
 	})
-	q, err := localqueue.New(db.Bolt(), w, fast)
+	q, err := localqueue.New(db.Bolt(), fast)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	if err := q.Start(ctx); err != nil {
+	if err := q.Start(ctx, w); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	if _, err := q.Enqueue(ctx, []jit.Operation{op("stuck", nsgA, time.Time{})}); err != nil {
+	if err := q.Enqueue(ctx, []jit.Operation{op("stuck", nsgA, time.Time{})}); err != nil {
 		t.Fatalf("Enqueue: %v", err)
 	}
 	<-started
@@ -316,7 +260,7 @@ func TestEnqueueInvalid(t *testing.T) {
 	defer db.Close()
 	q := start(t, db, queuetest.NewRecorder(), fast)
 	for _, o := range []jit.Operation{{NSG: nsgA}, {ID: "no-nsg"}} {
-		_, err := q.Enqueue(context.Background(), []jit.Operation{op("ok", nsgA, time.Time{}), o})
+		err := q.Enqueue(context.Background(), []jit.Operation{op("ok", nsgA, time.Time{}), o})
 		if jit.ErrorCode(err) != jit.EINVALID {
 			t.Errorf("Enqueue(%+v) = %v, want EINVALID", o, err)
 		}

@@ -30,7 +30,6 @@ func Run(t *testing.T, newQueue func(t *testing.T, w jit.Worker) jit.Queue) {
 	}{
 		{"DueNowRunsPromptly", testDueNow},
 		{"NotBeforeDue", testNotBeforeDue},
-		{"Cancel", testCancel},
 		{"RedeliveredUntilSuccess", testRedelivery},
 		{"SameNSGSerialInDueOrder", testSameNSG},
 		{"DifferentNSGsInParallel", testParallel},
@@ -104,8 +103,17 @@ func (r *Recorder) FailFirst(id string, n int) {
 	r.failFirst[id] = n
 }
 
-// ApplyOperation implements jit.Worker.
-func (r *Recorder) ApplyOperation(ctx context.Context, op jit.Operation) error {
+// ApplyOperations implements jit.Worker: the operations of a batch one
+// after the other.
+func (r *Recorder) ApplyOperations(ctx context.Context, ops []jit.Operation) []error {
+	errs := make([]error, len(ops))
+	for i, op := range ops {
+		errs[i] = r.apply(op)
+	}
+	return errs
+}
+
+func (r *Recorder) apply(op jit.Operation) error {
 	start := time.Now()
 	nsg := strings.ToLower(op.NSG)
 	r.mu.Lock()
@@ -192,21 +200,11 @@ func succeeded(r *Recorder, names ...string) func() bool {
 	}
 }
 
-func enqueue(t *testing.T, q jit.Queue, ops ...jit.Operation) []string {
+func enqueue(t *testing.T, q jit.Queue, ops ...jit.Operation) {
 	t.Helper()
-	tickets, err := q.Enqueue(context.Background(), ops)
-	if err != nil {
+	if err := q.Enqueue(context.Background(), ops); err != nil {
 		t.Fatalf("Enqueue: %v", err)
 	}
-	if len(tickets) != len(ops) {
-		t.Fatalf("Enqueue returned %d tickets for %d operations", len(tickets), len(ops))
-	}
-	for i, tk := range tickets {
-		if tk == "" {
-			t.Fatalf("Enqueue returned an empty ticket for operation %d", i)
-		}
-	}
-	return tickets
 }
 
 func testDueNow(t *testing.T, newQueue func(*testing.T, jit.Worker) jit.Queue) {
@@ -231,31 +229,6 @@ func testNotBeforeDue(t *testing.T, newQueue func(*testing.T, jit.Worker) jit.Qu
 	t.Logf("ran %s after its due time", d.Start.Round(0).Sub(due.Round(0)))
 	if !d.Op.Due.Equal(due) {
 		t.Errorf("delivered operation has Due %v, want %v", d.Op.Due, due)
-	}
-}
-
-func testCancel(t *testing.T, newQueue func(*testing.T, jit.Worker) jit.Queue) {
-	r := NewRecorder()
-	q := newQueue(t, r)
-	ctx := context.Background()
-	now := time.Now()
-	tickets := enqueue(t, q,
-		newOp("cancelled", nsg1, now.Add(300*time.Millisecond)),
-		newOp("kept", nsg1, now.Add(400*time.Millisecond)),
-		newOp("marker", nsg2, now.Add(500*time.Millisecond)),
-	)
-	if err := q.Cancel(ctx, tickets[:1]); err != nil {
-		t.Fatalf("Cancel: %v", err)
-	}
-	if err := q.Cancel(ctx, []string{"no-such-ticket", "", "999999999", tickets[0]}); err != nil {
-		t.Errorf("Cancel of unknown or cancelled tickets: %v", err)
-	}
-	WaitFor(t, "the later operations to run", succeeded(r, "kept", "marker"))
-	if n := r.Calls(newOp("cancelled", nsg1, time.Time{}).ID); n != 0 {
-		t.Errorf("cancelled operation was delivered %d times", n)
-	}
-	if err := q.Cancel(ctx, tickets[1:]); err != nil {
-		t.Errorf("Cancel of tickets of operations that ran: %v", err)
 	}
 }
 

@@ -121,8 +121,8 @@ func handleBatch(ctx context.Context, t *testing.T, r *azservicebus.Receiver, w 
 	var wg sync.WaitGroup
 	for _, ops := range groups {
 		wg.Go(func() {
-			for _, op := range ops {
-				if err := w.ApplyOperation(ctx, op); err != nil {
+			for _, err := range w.ApplyOperations(ctx, ops) {
+				if err != nil {
 					failed.Store(true)
 				}
 			}

@@ -13,10 +13,10 @@
 // per NSG) would order them, but the host's batch trigger then works one
 // session at a time per instance, one NSG write after another.
 //
-// Operations due later are scheduled messages, and their sequence numbers
-// are the tickets that Cancel takes. Each message id is the operation's
-// deterministic id, so the queue's duplicate detection drops an operation
-// enqueued twice.
+// Operations due later are scheduled messages; none is ever cancelled (a
+// close that comes before its grant's new end, or after a revoke, is a
+// no-op). Each message id is the operation's deterministic id, so the
+// queue's duplicate detection drops an operation enqueued twice.
 //
 // It depends on jit and the Azure SDK's azservicebus only; it knows nothing
 // of HTTP, the Functions host protocol or the store.
@@ -27,8 +27,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -42,13 +40,6 @@ const DefaultQueueName = "jit-operations"
 
 // ContentType is the content type of every operation message.
 const ContentType = "application/json"
-
-// ticketPrefix marks a ticket as a scheduled message's sequence number.
-const ticketPrefix = "sb:"
-
-// sentTicketPrefix marks the ticket of an operation sent for now: there is
-// nothing left to cancel, but callers get one ticket per operation.
-const sentTicketPrefix = "sb:sent:"
 
 // Queue implements jit.Queue on one Service Bus queue without sessions.
 type Queue struct {
@@ -116,11 +107,8 @@ func (q *Queue) Close(ctx context.Context) error {
 }
 
 // Enqueue sends the operations due now in batches and schedules the others
-// at their due time. Tickets of scheduled operations are "sb:<sequence
-// number>"; those of operations sent for now cannot cancel anything. An
-// operation given twice is sent once and both get the same ticket.
-func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, error) {
-	tickets := make([]string, len(ops))
+// at their due time. An operation given twice is sent once.
+func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) error {
 	first := map[string]int{} // operation ID -> index of its first occurrence
 	var now []int
 	later := map[time.Time][]int{}
@@ -128,7 +116,7 @@ func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, err
 	at := q.now()
 	for i, op := range ops {
 		if err := validate(op); err != nil {
-			return nil, err
+			return err
 		}
 		if _, dup := first[op.ID]; dup {
 			continue
@@ -146,10 +134,7 @@ func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, err
 	}
 
 	if err := q.send(ctx, ops, now); err != nil {
-		return nil, err
-	}
-	for _, i := range now {
-		tickets[i] = sentTicketPrefix + ops[i].ID
+		return err
 	}
 
 	slices.SortFunc(dues, func(a, b time.Time) int { return a.Compare(b) })
@@ -159,26 +144,15 @@ func (q *Queue) Enqueue(ctx context.Context, ops []jit.Operation) ([]string, err
 		for k, i := range idx {
 			m, err := newMessage(ops[i])
 			if err != nil {
-				return nil, err
+				return err
 			}
 			msgs[k] = m
 		}
-		seqs, err := q.sender.ScheduleMessages(ctx, msgs, due, nil)
-		if err != nil {
-			return nil, unavailable(err, "scheduling operations on Service Bus")
-		}
-		if len(seqs) != len(idx) {
-			return nil, jit.Wrap(jit.EUNAVAILABLE, fmt.Errorf("got %d sequence numbers for %d messages", len(seqs), len(idx)), "scheduling operations on Service Bus")
-		}
-		for k, i := range idx {
-			tickets[i] = ticketPrefix + strconv.FormatInt(seqs[k], 10)
+		if _, err := q.sender.ScheduleMessages(ctx, msgs, due, nil); err != nil {
+			return unavailable(err, "scheduling operations on Service Bus")
 		}
 	}
-
-	for i, op := range ops {
-		tickets[i] = tickets[first[op.ID]]
-	}
-	return tickets, nil
+	return nil
 }
 
 // scheduleTime rounds up to the millisecond: AMQP timestamps have
@@ -224,49 +198,6 @@ func (q *Queue) send(ctx context.Context, ops []jit.Operation, idx []int) error 
 		return unavailable(err, "sending operations to Service Bus")
 	}
 	return nil
-}
-
-// Cancel cancels the scheduled messages of the tickets. Tickets that are
-// not sequence numbers are ignored, and so are messages Service Bus no
-// longer has scheduled (delivered or cancelled already).
-func (q *Queue) Cancel(ctx context.Context, tickets []string) error {
-	var seqs []int64
-	for _, t := range tickets {
-		if seq, ok := parseTicket(t); ok && !slices.Contains(seqs, seq) {
-			seqs = append(seqs, seq)
-		}
-	}
-	if len(seqs) == 0 {
-		return nil
-	}
-	err := q.sender.CancelScheduledMessages(ctx, seqs, nil)
-	if err == nil || (isNotFound(err) && len(seqs) == 1) {
-		return nil
-	}
-	if !isNotFound(err) {
-		return unavailable(err, "cancelling scheduled operations on Service Bus")
-	}
-	// One unknown number fails the whole call: cancel one at a time.
-	for _, seq := range seqs {
-		if err := q.sender.CancelScheduledMessages(ctx, []int64{seq}, nil); err != nil && !isNotFound(err) {
-			return unavailable(err, "cancelling scheduled operations on Service Bus")
-		}
-	}
-	return nil
-}
-
-func parseTicket(t string) (int64, bool) {
-	s, ok := strings.CutPrefix(t, ticketPrefix)
-	if !ok {
-		return 0, false
-	}
-	seq, err := strconv.ParseInt(s, 10, 64)
-	return seq, err == nil && seq >= 0
-}
-
-func isNotFound(err error) bool {
-	var sbErr *azservicebus.Error
-	return errors.As(err, &sbErr) && sbErr.Code == azservicebus.CodeNotFound
 }
 
 func unavailable(err error, what string) error {

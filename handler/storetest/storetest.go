@@ -64,8 +64,9 @@ func Run(t *testing.T, newStore func(t *testing.T) jit.Store) {
 		{"AuditScanStopsOnError", testAuditScanStops},
 		{"AuditManyEvents", testAuditMany},
 		{"Empty", testEmpty},
-		{"RequestRecorder", testRequestRecorder},
-		{"AuditedUpdater", testAuditedUpdater},
+		{"RequestCreateAudited", testRequestCreateAudited},
+		{"RequestUpdateAudited", testRequestUpdateAudited},
+		{"PolicyWritesAudited", testPolicyWritesAudited},
 		{"NSGStateRoundTrip", testNSGStateRoundTrip},
 		{"NSGStateMerge", testNSGStateMerge},
 		{"NSGStateIDCase", testNSGStateIDCase},
@@ -148,6 +149,8 @@ func fullRequest(id string) jit.Request {
 		Justification: "incident #42: \"disk full\"\n<script>",
 		StartTime:     base,
 		Status:        jit.RequestActive,
+		Approval: &jit.RequestApproval{MinApprovals: 1, Approvers: []string{"approver-1"}, PendingUntil: base.Add(time.Hour),
+			Decisions: []jit.Decision{{By: "approver-1", ByName: "Bob", At: base.Add(time.Minute), Approve: true, Comment: "ok"}}},
 		Grants: []jit.Grant{
 			{
 				VM:           vmA,
@@ -156,9 +159,10 @@ func fullRequest(id string) jit.Request {
 				Sources:      []string{"203.0.113.7"},
 				Destinations: []string{"10.0.0.4"},
 				End:          base.Add(3 * time.Hour),
+				ApprovedEnd:  base.Add(3 * time.Hour),
 				Status:       jit.GrantInitiated,
 				NSGs: []jit.GrantNSG{
-					{ID: nsgNIC, State: jit.RuleOpen, OpenedAt: base.Add(time.Second), CloseTicket: "ticket/1#x"},
+					{ID: nsgNIC, State: jit.RuleOpen, OpenedAt: base.Add(time.Second)},
 					{ID: nsgSubnet, State: jit.RulePending, Error: "throttled: 429"},
 				},
 			},
@@ -1063,66 +1067,60 @@ func assertUTC(t *testing.T, what string, v any) {
 			for i := range v.Len() {
 				walk(fmt.Sprintf("%s[%d]", path, i), v.Index(i))
 			}
+		case v.Kind() == reflect.Pointer && !v.IsNil():
+			walk(path, v.Elem())
 		}
 	}
 	walk("", reflect.ValueOf(v))
 }
 
-// testRequestRecorder holds a store that offers jit.RequestRecorder to its
-// promise: the request and its audit events are stored together, and a
-// conflict stores none of the events. A store without it skips: the service
-// then writes the request and the events one by one.
-func testRequestRecorder(t *testing.T, s jit.Store) {
-	rr, ok := s.(jit.RequestRecorder)
-	if !ok {
-		t.Skip("the store does not offer jit.RequestRecorder")
-	}
+// testRequestCreateAudited holds CreateRequest to its promise: the request
+// and its audit events are stored together (the events in the trail when
+// it returns, with nothing left to recover), and a refused create stores
+// none of the events.
+func testRequestCreateAudited(t *testing.T, s jit.Store) {
 	ctx := context.Background()
 	r := fullRequest("recorded")
 	events := []jit.AuditEvent{fullEvent("request-recorded-0"), fullEvent("request-recorded-1")}
 	events[1].Time = events[0].Time.Add(time.Second)
-	created, err := rr.CreateRequestAudited(ctx, r, events)
+	created, err := s.CreateRequest(ctx, r, events...)
 	if err != nil {
-		t.Fatalf("CreateRequestAudited: %v", err)
+		t.Fatalf("CreateRequest: %v", err)
 	}
 	if created.ETag == "" {
-		t.Error("CreateRequestAudited returned no ETag")
+		t.Error("CreateRequest returned no ETag")
 	}
 	got, err := s.GetRequest(ctx, r.ID)
 	if err != nil {
-		t.Fatalf("GetRequest after CreateRequestAudited: %v", err)
+		t.Fatalf("GetRequest after CreateRequest: %v", err)
 	}
 	want := r
 	want.ETag = created.ETag
 	assertEqual(t, "recorded request", got, want)
 	if n := len(scanAll(t, s, jit.AuditFilter{})); n != 2 {
-		t.Fatalf("%d audit events after CreateRequestAudited, want 2", n)
+		t.Fatalf("%d audit events after CreateRequest, want 2", n)
 	}
+	assertNothingToRecover(t, s)
 	// The same id again: a conflict, and its events are not stored either.
-	if _, err := rr.CreateRequestAudited(ctx, r, []jit.AuditEvent{fullEvent("request-recorded-again")}); jit.ErrorCode(err) != jit.ECONFLICT {
-		t.Fatalf("CreateRequestAudited of an existing id: %v, want a conflict", err)
+	if _, err := s.CreateRequest(ctx, r, fullEvent("request-recorded-again")); jit.ErrorCode(err) != jit.ECONFLICT {
+		t.Fatalf("CreateRequest of an existing id: %v, want a conflict", err)
 	}
 	if n := len(scanAll(t, s, jit.AuditFilter{})); n != 2 {
-		t.Errorf("a refused CreateRequestAudited stored audit events: %d, want 2", n)
+		t.Errorf("a refused CreateRequest stored audit events: %d, want 2", n)
 	}
 	// An event without a time is refused before anything is stored.
-	if _, err := rr.CreateRequestAudited(ctx, fullRequest("recorded-2"), []jit.AuditEvent{{ID: "no-time"}}); jit.ErrorCode(err) != jit.EINVALID {
-		t.Errorf("CreateRequestAudited with an event without time: %v, want invalid", err)
+	if _, err := s.CreateRequest(ctx, fullRequest("recorded-2"), jit.AuditEvent{ID: "no-time"}); jit.ErrorCode(err) != jit.EINVALID {
+		t.Errorf("CreateRequest with an event without time: %v, want invalid", err)
 	}
 	if _, err := s.GetRequest(ctx, "recorded-2"); jit.ErrorCode(err) != jit.ENOTFOUND {
-		t.Errorf("a refused CreateRequestAudited stored its request: %v", err)
+		t.Errorf("a refused CreateRequest stored its request: %v", err)
 	}
 }
 
-// testAuditedUpdater holds a store that offers jit.AuditedUpdater to its
-// promise: the update and its audit events are stored together, and a
-// conflict stores neither. A store without it skips: the service then
-// appends the events before the update.
-func testAuditedUpdater(t *testing.T, s jit.Store) {
-	au, ok := s.(jit.AuditedUpdater)
-	if !ok {
-		t.Skip("the store does not offer jit.AuditedUpdater")
-	}
+// testRequestUpdateAudited holds UpdateRequest to its promise: the update
+// and its audit events are stored together, and a refused update (a
+// conflict, a missing request, a bad event) stores neither.
+func testRequestUpdateAudited(t *testing.T, s jit.Store) {
 	ctx := context.Background()
 	created, err := s.CreateRequest(ctx, fullRequest("updated"))
 	if err != nil {
@@ -1130,33 +1128,110 @@ func testAuditedUpdater(t *testing.T, s jit.Store) {
 	}
 	changed := created
 	changed.Status = jit.RequestClosed
-	updated, err := au.UpdateRequestAudited(ctx, changed, []jit.AuditEvent{fullEvent("close-updated-0")})
+	updated, err := s.UpdateRequest(ctx, changed, fullEvent("close-updated-0"))
 	if err != nil {
-		t.Fatalf("UpdateRequestAudited: %v", err)
+		t.Fatalf("UpdateRequest: %v", err)
 	}
 	if updated.ETag == "" || updated.ETag == created.ETag {
-		t.Errorf("UpdateRequestAudited returned etag %q (was %q), want a new one", updated.ETag, created.ETag)
+		t.Errorf("UpdateRequest returned etag %q (was %q), want a new one", updated.ETag, created.ETag)
 	}
 	got, err := s.GetRequest(ctx, created.ID)
 	if err != nil {
-		t.Fatalf("GetRequest after UpdateRequestAudited: %v", err)
+		t.Fatalf("GetRequest after UpdateRequest: %v", err)
 	}
 	if got.Status != jit.RequestClosed || got.ETag != updated.ETag {
-		t.Errorf("after UpdateRequestAudited: status %q etag %q, want %q %q", got.Status, got.ETag, jit.RequestClosed, updated.ETag)
+		t.Errorf("after UpdateRequest: status %q etag %q, want %q %q", got.Status, got.ETag, jit.RequestClosed, updated.ETag)
 	}
 	if n := len(scanAll(t, s, jit.AuditFilter{})); n != 1 {
-		t.Fatalf("%d audit events after UpdateRequestAudited, want 1", n)
+		t.Fatalf("%d audit events after UpdateRequest, want 1", n)
 	}
 	// A stale etag: a conflict, and neither the change nor its event stored.
 	stale := created
 	stale.Status = jit.RequestDenied
-	if _, err := au.UpdateRequestAudited(ctx, stale, []jit.AuditEvent{fullEvent("stale-updated-0")}); jit.ErrorCode(err) != jit.ECONFLICT {
-		t.Fatalf("UpdateRequestAudited with a stale etag: %v, want a conflict", err)
+	if _, err := s.UpdateRequest(ctx, stale, fullEvent("stale-updated-0")); jit.ErrorCode(err) != jit.ECONFLICT {
+		t.Fatalf("UpdateRequest with a stale etag: %v, want a conflict", err)
 	}
 	if got, _ := s.GetRequest(ctx, created.ID); got.Status != jit.RequestClosed {
-		t.Errorf("a refused UpdateRequestAudited changed the request: status %q", got.Status)
+		t.Errorf("a refused UpdateRequest changed the request: status %q", got.Status)
 	}
 	if n := len(scanAll(t, s, jit.AuditFilter{})); n != 1 {
-		t.Errorf("a refused UpdateRequestAudited stored audit events: %d, want 1", n)
+		t.Errorf("a refused UpdateRequest stored audit events: %d, want 1", n)
+	}
+	// A missing request, and an event without a time: nothing stored.
+	if _, err := s.UpdateRequest(ctx, fullRequest("never-created"), fullEvent("missing-updated-0")); jit.ErrorCode(err) != jit.ENOTFOUND {
+		t.Errorf("UpdateRequest of a missing request: %v, want not found", err)
+	}
+	bad := updated
+	bad.Status = jit.RequestDenied
+	if _, err := s.UpdateRequest(ctx, bad, jit.AuditEvent{ID: "no-time"}); jit.ErrorCode(err) != jit.EINVALID {
+		t.Errorf("UpdateRequest with an event without time: %v, want invalid", err)
+	}
+	if got, _ := s.GetRequest(ctx, created.ID); got.Status != jit.RequestClosed {
+		t.Errorf("an UpdateRequest with a bad event changed the request: status %q", got.Status)
+	}
+	if n := len(scanAll(t, s, jit.AuditFilter{})); n != 1 {
+		t.Errorf("refused UpdateRequests stored audit events: %d, want 1", n)
+	}
+	assertNothingToRecover(t, s)
+}
+
+// testPolicyWritesAudited holds the policy writes to the same promise:
+// each change and its events together, a refused one neither.
+func testPolicyWritesAudited(t *testing.T, s jit.Store) {
+	ctx := context.Background()
+	events := func() []string {
+		var ids []string
+		for _, ev := range scanAll(t, s, jit.AuditFilter{}) {
+			ids = append(ids, ev.ID)
+		}
+		slices.Sort(ids)
+		return ids
+	}
+	p := fullPolicy("audited")
+	created, err := s.CreatePolicy(ctx, p, fullEvent("policy-put-1"))
+	if err != nil {
+		t.Fatalf("CreatePolicy: %v", err)
+	}
+	if _, err := s.CreatePolicy(ctx, p, fullEvent("policy-put-again")); jit.ErrorCode(err) != jit.ECONFLICT {
+		t.Fatalf("CreatePolicy of an existing name: %v, want a conflict", err)
+	}
+	if _, err := s.CreatePolicy(ctx, fullPolicy("audited-2"), jit.AuditEvent{ID: "no-time"}); jit.ErrorCode(err) != jit.EINVALID {
+		t.Errorf("CreatePolicy with an event without time: %v, want invalid", err)
+	}
+	if _, err := s.GetPolicy(ctx, "audited-2"); jit.ErrorCode(err) != jit.ENOTFOUND {
+		t.Errorf("a CreatePolicy with a bad event stored its policy: %v", err)
+	}
+	updated, err := s.UpdatePolicy(ctx, created, fullEvent("policy-put-2"))
+	if err != nil {
+		t.Fatalf("UpdatePolicy: %v", err)
+	}
+	if _, err := s.UpdatePolicy(ctx, created, fullEvent("policy-put-stale")); jit.ErrorCode(err) != jit.ECONFLICT {
+		t.Fatalf("UpdatePolicy with a stale etag: %v, want a conflict", err)
+	}
+	if err := s.DeletePolicy(ctx, p.Name, created.ETag, fullEvent("policy-delete-stale")); jit.ErrorCode(err) != jit.ECONFLICT {
+		t.Fatalf("DeletePolicy with a stale etag: %v, want a conflict", err)
+	}
+	if err := s.DeletePolicy(ctx, p.Name, updated.ETag, fullEvent("policy-delete")); err != nil {
+		t.Fatalf("DeletePolicy: %v", err)
+	}
+	if err := s.DeletePolicy(ctx, p.Name, "", fullEvent("policy-delete-again")); jit.ErrorCode(err) != jit.ENOTFOUND {
+		t.Fatalf("DeletePolicy of a missing policy: %v, want not found", err)
+	}
+	if got, want := events(), []string{"policy-delete", "policy-put-1", "policy-put-2"}; !slices.Equal(got, want) {
+		t.Errorf("audit events %v, want %v: only the changes that were stored", got, want)
+	}
+	if ps, err := s.ListPolicies(ctx); err != nil || len(ps) != 0 {
+		t.Errorf("ListPolicies after the delete: %d policies, %v; want none", len(ps), err)
+	}
+	assertNothingToRecover(t, s)
+}
+
+// assertNothingToRecover fails when the store holds events of a change
+// that it did not append to the trail, though no write was interrupted.
+func assertNothingToRecover(t *testing.T, s jit.Store) {
+	t.Helper()
+	n, err := s.RecoverAudit(context.Background())
+	if err != nil || n != 0 {
+		t.Errorf("RecoverAudit after uninterrupted writes: %d completed, %v; want 0, nil", n, err)
 	}
 }

@@ -31,22 +31,15 @@ const (
 // AppendAudit stores ev once: an event whose ID is stored already is left as
 // it is, even if ev differs.
 func (s *Store) AppendAudit(ctx context.Context, ev jit.AuditEvent) error {
-	if ev.ID == "" {
-		return jit.Errorf(jit.EINVALID, "audit event id is required")
-	}
-	if ev.Time.IsZero() {
-		return jit.Errorf(jit.EINVALID, "audit event %q has no time", ev.ID)
-	}
-	id := escapeKey(ev.ID)
-	if timeKeyLen+len(id) > maxKeyLen {
-		return jit.Errorf(jit.EINVALID, "audit event id is too long to store")
-	}
-	ev.Time = ev.Time.UTC()
-	idRow := newEntity(auditIDPrefix+id, auditIDRow)
-	if err := idRow.setPayload(ev, fmt.Sprintf("audit event %q", ev.ID)); err != nil {
+	id, err := checkEvent(&ev)
+	if err != nil {
 		return err
 	}
-	_, err := s.audit.AddEntity(ctx, idRow.marshal(), nil)
+	idRow, err := auditIDEntity(ev, id)
+	if err != nil {
+		return err
+	}
+	_, err = s.audit.AddEntity(ctx, idRow.marshal(), nil)
 	if isConflict(err) {
 		stored, _, ok, gerr := get(ctx, s.audit, auditIDPrefix+id, auditIDRow)
 		if gerr != nil {
@@ -62,20 +55,38 @@ func (s *Store) AppendAudit(ctx context.Context, ev jit.AuditEvent) error {
 	} else if err != nil {
 		return storeError(err, "append audit event")
 	}
-	partitions := []string{auditAll}
-	if ev.VM != "" {
-		partitions = append(partitions, auditVMPrefix+vmKey(ev.VM))
-	}
-	for _, pk := range partitions {
-		row := newEntity(pk, timeKey(ev.Time)+id)
-		for _, name := range idRow.payloadProps() {
-			row[name] = idRow[name]
-		}
+	for _, row := range auditTrailEntities(ev, id, idRow) {
 		if _, err := s.audit.AddEntity(ctx, row.marshal(), nil); err != nil && !isConflict(err) {
 			return storeError(err, "append audit event")
 		}
 	}
 	return nil
+}
+
+// auditIDEntity returns the id row of ev, whose key is id (checkEvent's).
+func auditIDEntity(ev jit.AuditEvent, id string) (entity, error) {
+	row := newEntity(auditIDPrefix+id, auditIDRow)
+	if err := row.setPayload(ev, fmt.Sprintf("audit event %q", ev.ID)); err != nil {
+		return nil, err
+	}
+	return row, nil
+}
+
+// auditTrailEntities returns the trail rows of ev (all, then its VM's),
+// each holding the record of idRow.
+func auditTrailEntities(ev jit.AuditEvent, id string, idRow entity) []entity {
+	partitions := []string{auditAll}
+	if ev.VM != "" {
+		partitions = append(partitions, auditVMPrefix+vmKey(ev.VM))
+	}
+	rows := make([]entity, len(partitions))
+	for i, pk := range partitions {
+		rows[i] = newEntity(pk, timeKey(ev.Time)+id)
+		for _, name := range idRow.payloadProps() {
+			rows[i][name] = idRow[name]
+		}
+	}
+	return rows
 }
 
 // ScanAudit calls fn for each event that matches f, newest first, ties in

@@ -33,8 +33,10 @@
 // newest first, ties in ascending id order; it keeps nanoseconds and any
 // year, where Table Storage's DateTime starts in 1601 at 100 ns.
 //
-// Every record is the JSON of its jit struct in string properties D0, D1,
-// ... of at most 30,000 bytes each (a property holds 64 KiB); a record
+// Every record is the JSON of its jit struct (the names of its json tags;
+// testdata/*.golden holds each kind of entity as this version writes it)
+// in string properties D0, D1, ... of at most 30,000 bytes each (a
+// property holds 64 KiB); a record
 // above 16 KiB of JSON is gzipped and stored as base64 in Z0, Z1, ...
 // instead (a policy of 1,000 VMs, about 460 KB of JSON, takes about a
 // tenth of that). What is stored may take 450,000 bytes (an entity holds

@@ -122,6 +122,9 @@ func (s *Store) readPolicies(ctx context.Context) (gen string, ps []storedPolicy
 			gen, ok = e.etag(), first
 			return true, nil
 		}
+		if strings.HasPrefix(row, outboxPrefix) {
+			return true, nil // events on their way to the trail
+		}
 		first = false
 		p, err := decodePolicy(e)
 		if err != nil {
@@ -135,13 +138,13 @@ func (s *Store) readPolicies(ctx context.Context) (gen string, ps []storedPolicy
 
 // CreatePolicy stores a new policy; ECONFLICT when one with the same name
 // (in any case) exists, or when another policy names one of its VMs.
-func (s *Store) CreatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, error) {
+func (s *Store) CreatePolicy(ctx context.Context, p jit.Policy, events ...jit.AuditEvent) (jit.Policy, error) {
 	e, p, err := policyEntity(p)
 	if err != nil {
 		return jit.Policy{}, err
 	}
 	row := e.str("RowKey")
-	err = s.writePolicy(ctx, "create policy", func(ps []storedPolicy) (aztables.TransactionAction, error) {
+	err = s.writePolicy(ctx, "create policy", events, func(ps []storedPolicy) (aztables.TransactionAction, error) {
 		if old := findPolicy(ps, row); old != nil {
 			return aztables.TransactionAction{}, jit.Errorf(jit.ECONFLICT, "policy %q already exists", old.p.Name)
 		}
@@ -158,14 +161,14 @@ func (s *Store) CreatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, err
 
 // UpdatePolicy replaces a policy. A non-empty p.ETag must match the stored
 // one; ECONFLICT as well when another policy names one of its VMs.
-func (s *Store) UpdatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, error) {
+func (s *Store) UpdatePolicy(ctx context.Context, p jit.Policy, events ...jit.AuditEvent) (jit.Policy, error) {
 	want := p.ETag
 	e, p, err := policyEntity(p)
 	if err != nil {
 		return jit.Policy{}, err
 	}
 	row := e.str("RowKey")
-	err = s.writePolicy(ctx, "update policy", func(ps []storedPolicy) (aztables.TransactionAction, error) {
+	err = s.writePolicy(ctx, "update policy", events, func(ps []storedPolicy) (aztables.TransactionAction, error) {
 		old := findPolicy(ps, row)
 		if old == nil {
 			return aztables.TransactionAction{}, policyNotFound(p.Name)
@@ -192,8 +195,13 @@ func (s *Store) UpdatePolicy(ctx context.Context, p jit.Policy) (jit.Policy, err
 // one transaction. The transaction commits only if no policy write
 // committed since the listing, so plan's checks still hold; if one did,
 // the generation ETag has changed and everything starts over, at most
-// maxPolicyTries times. A plan's error is returned as it is.
-func (s *Store) writePolicy(ctx context.Context, doing string, plan func([]storedPolicy) (aztables.TransactionAction, error)) error {
+// maxPolicyTries times. A plan's error is returned as it is. The outbox
+// row of events goes in the same transaction.
+func (s *Store) writePolicy(ctx context.Context, doing string, events []jit.AuditEvent, plan func([]storedPolicy) (aztables.TransactionAction, error)) error {
+	ob, err := newOutbox(s.policies, policyPartition, events)
+	if err != nil {
+		return err
+	}
 	for try := range maxPolicyTries {
 		if try > 0 {
 			if err := backoff(ctx, try); err != nil {
@@ -216,8 +224,13 @@ func (s *Store) writePolicy(ctx context.Context, doing string, plan func([]store
 			match := azcore.ETag(gen)
 			bump = aztables.TransactionAction{ActionType: aztables.TransactionTypeUpdateReplace, Entity: generationEntity().marshal(), IfMatch: &match}
 		}
-		_, err = s.policies.SubmitTransaction(ctx, []aztables.TransactionAction{act, bump}, nil)
+		actions := []aztables.TransactionAction{act, bump}
+		if ob != nil {
+			actions = append(actions, ob.action())
+		}
+		_, err = s.policies.SubmitTransaction(ctx, actions, nil)
 		if err == nil {
+			s.deliver(ctx, ob)
 			return nil
 		}
 		if code := status(err); code == 0 || code == 429 || code >= 500 {
@@ -288,8 +301,12 @@ func checkVMsFree(ps []storedPolicy, row string, p jit.Policy) error {
 // replaces the generation row in one transaction. Unconditionally: a
 // deletion frees VMs and cannot break the one-policy rule, but it must
 // still make writes that listed the policy start over.
-func (s *Store) DeletePolicy(ctx context.Context, name, etag string) error {
+func (s *Store) DeletePolicy(ctx context.Context, name, etag string, events ...jit.AuditEvent) error {
 	row, err := policyRow(name)
+	if err != nil {
+		return err
+	}
+	ob, err := newOutbox(s.policies, policyPartition, events)
 	if err != nil {
 		return err
 	}
@@ -309,11 +326,16 @@ func (s *Store) DeletePolicy(ctx context.Context, name, etag string) error {
 		return policyChanged(old.Name)
 	}
 	match := azcore.ETag(tableETag)
-	_, err = s.policies.SubmitTransaction(ctx, []aztables.TransactionAction{
+	actions := []aztables.TransactionAction{
 		{ActionType: aztables.TransactionTypeDelete, Entity: newEntity(policyPartition, row).marshal(), IfMatch: &match},
 		{ActionType: aztables.TransactionTypeInsertReplace, Entity: generationEntity().marshal()},
-	}, nil)
+	}
+	if ob != nil {
+		actions = append(actions, ob.action())
+	}
+	_, err = s.policies.SubmitTransaction(ctx, actions, nil)
 	if err == nil {
+		s.deliver(ctx, ob)
 		return nil
 	}
 	if code := status(err); code == 0 || code == 429 || code >= 500 {

@@ -84,16 +84,24 @@ func decodeRequest(e entity) (jit.Request, error) {
 	return r, nil
 }
 
-// CreateRequest stores a new request and its index rows in one
-// transaction; ECONFLICT when its id exists.
-func (s *Store) CreateRequest(ctx context.Context, r jit.Request) (jit.Request, error) {
+// CreateRequest stores a new request, its index rows and the outbox row of
+// its events in one transaction, then appends the events to the trail;
+// ECONFLICT when its id exists.
+func (s *Store) CreateRequest(ctx context.Context, r jit.Request, events ...jit.AuditEvent) (jit.Request, error) {
 	r, rec, idx, err := requestEntities(r)
+	if err != nil {
+		return jit.Request{}, err
+	}
+	ob, err := newOutbox(s.requests, requestPartition, events)
 	if err != nil {
 		return jit.Request{}, err
 	}
 	actions := []aztables.TransactionAction{{ActionType: aztables.TransactionTypeAdd, Entity: rec.marshal()}}
 	for _, e := range idx {
 		actions = append(actions, aztables.TransactionAction{ActionType: aztables.TransactionTypeInsertReplace, Entity: e.marshal()})
+	}
+	if ob != nil {
+		actions = append(actions, ob.action())
 	}
 	if _, err := s.requests.SubmitTransaction(ctx, actions, nil); err != nil {
 		// A failed transaction's error does not say which operation failed.
@@ -102,21 +110,28 @@ func (s *Store) CreateRequest(ctx context.Context, r jit.Request) (jit.Request, 
 		}
 		return jit.Request{}, storeError(err, "create request")
 	}
+	s.deliver(ctx, ob)
 	return r, nil
 }
 
-// UpdateRequest replaces a request. A non-empty r.ETag must match the
+// UpdateRequest replaces a request; its events go in an outbox row in the
+// same write and then to the trail. A non-empty r.ETag must match the
 // stored one.
 //
 // It reads the record first (to compare versions and find the index rows
 // to replace), then writes on condition of the Table ETag it read: a
 // concurrent writer in between makes the write fail with ECONFLICT, so a
 // lost update is impossible. When no indexed field changed (the common
-// case: an NSG's rule opened or closed), the write is one replace of the
-// record; otherwise one transaction also swaps the index rows.
-func (s *Store) UpdateRequest(ctx context.Context, r jit.Request) (jit.Request, error) {
+// case: an NSG's rule opened or closed) and there are no events, the
+// write is one replace of the record; otherwise one transaction also swaps
+// the index rows and writes the outbox row.
+func (s *Store) UpdateRequest(ctx context.Context, r jit.Request, events ...jit.AuditEvent) (jit.Request, error) {
 	want := r.ETag
 	r, rec, idx, err := requestEntities(r)
+	if err != nil {
+		return jit.Request{}, err
+	}
+	ob, err := newOutbox(s.requests, requestPartition, events)
 	if err != nil {
 		return jit.Request{}, err
 	}
@@ -152,6 +167,9 @@ func (s *Store) UpdateRequest(ctx context.Context, r jit.Request) (jit.Request, 
 			actions = append(actions, aztables.TransactionAction{ActionType: aztables.TransactionTypeDelete, Entity: e.marshal()})
 		}
 	}
+	if ob != nil {
+		actions = append(actions, ob.action())
+	}
 	if len(actions) == 0 {
 		_, err := s.requests.UpdateEntity(ctx, rec.marshal(), &aztables.UpdateEntityOptions{UpdateMode: aztables.UpdateModeReplace, IfMatch: &match})
 		switch {
@@ -176,6 +194,7 @@ func (s *Store) UpdateRequest(ctx context.Context, r jit.Request) (jit.Request, 
 		}
 		return jit.Request{}, storeError(err, "update request")
 	}
+	s.deliver(ctx, ob)
 	return r, nil
 }
 
@@ -376,27 +395,4 @@ func (s *Store) fetchRequests(ctx context.Context, hits []indexHit) ([]*jit.Requ
 
 // utcRequest returns r with every time in UTC, so that records read back
 // compare equal whatever zone the caller used.
-func utcRequest(r jit.Request) jit.Request {
-	r.StartTime = r.StartTime.UTC()
-	if r.Grants == nil {
-		return r
-	}
-	grants := make([]jit.Grant, len(r.Grants))
-	for i, g := range r.Grants {
-		g.End = g.End.UTC()
-		g.ApprovedEnd = g.ApprovedEnd.UTC()
-		g.ClosedAt = g.ClosedAt.UTC()
-		if g.NSGs != nil {
-			nsgs := make([]jit.GrantNSG, len(g.NSGs))
-			for j, n := range g.NSGs {
-				n.OpenedAt = n.OpenedAt.UTC()
-				n.ClosedAt = n.ClosedAt.UTC()
-				nsgs[j] = n
-			}
-			g.NSGs = nsgs
-		}
-		grants[i] = g
-	}
-	r.Grants = grants
-	return r
-}
+func utcRequest(r jit.Request) jit.Request { return r.InUTC() }

@@ -60,6 +60,7 @@ func TestStore(t *testing.T) {
 	t.Run("IndexedUpdatesNoLostUpdate", func(t *testing.T) { testIndexedUpdates(t, newTestStore(t, az, 0)) })
 	t.Run("TooManyVMs", func(t *testing.T) { testTooManyVMs(t, newTestStore(t, az, 0)) })
 	t.Run("PolicyBeforeState", func(t *testing.T) { testPolicyBeforeState(t, newTestStore(t, az, 0)) })
+	t.Run("AuditOutbox", func(t *testing.T) { testAuditOutbox(t, newTestStore(t, az, 0), az) })
 	t.Run("ExistingTables", func(t *testing.T) {
 		// A second store on the same tables sees the first one's data.
 		s1, err := NewFromConnectionString(az.ConnectionString(), Config{TablePrefix: "shared"})
@@ -343,4 +344,80 @@ func testPolicyBeforeState(t *testing.T, s *Store) {
 		t.Fatal(err)
 	}
 	storetest.CheckPolicyBeforeState(t, s, string(resp.ETag))
+}
+
+// testAuditOutbox cuts the way to the audit table after each change has
+// committed: every change stands, its events wait in outbox rows that no
+// listing mistakes for a policy or a request, and RecoverAudit appends
+// each once and clears the rows.
+func testAuditOutbox(t *testing.T, s *Store, az *testenv.Azurite) {
+	ctx := context.Background()
+	svc, err := parseForTest(az.ConnectionString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	trail := s.audit
+	s.audit = svc.NewClient("nosuchtable") // every append fails
+	ev := func(id string) jit.AuditEvent {
+		return jit.AuditEvent{ID: id, Time: time.Now(), Action: jit.AuditPolicyPut, Actor: "a", Result: jit.ResultSuccess}
+	}
+	p, err := s.CreatePolicy(ctx, jit.Policy{Name: "outbox"}, ev("put-1"))
+	if err != nil {
+		t.Fatalf("CreatePolicy with the trail out: %v (the change must stand)", err)
+	}
+	if p, err = s.UpdatePolicy(ctx, p, ev("put-2"), ev("put-2b")); err != nil {
+		t.Fatalf("UpdatePolicy with the trail out: %v", err)
+	}
+	if _, err := s.CreatePolicy(ctx, jit.Policy{Name: "other"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeletePolicy(ctx, "other", "", ev("delete-1")); err != nil {
+		t.Fatalf("DeletePolicy with the trail out: %v", err)
+	}
+	r, err := s.CreateRequest(ctx, jit.Request{ID: "req-1", Policy: "outbox", Status: jit.RequestActive, StartTime: time.Now()}, ev("request-1"))
+	if err != nil {
+		t.Fatalf("CreateRequest with the trail out: %v", err)
+	}
+	r.Status = jit.RequestClosed
+	if _, err := s.UpdateRequest(ctx, r, ev("close-1")); err != nil {
+		t.Fatalf("UpdateRequest with the trail out: %v", err)
+	}
+	// A refused change leaves no outbox row behind.
+	if _, err := s.UpdateRequest(ctx, r, ev("stale-1")); jit.ErrorCode(err) != jit.ECONFLICT {
+		t.Fatalf("UpdateRequest with a stale etag: %v, want a conflict", err)
+	}
+	ps, err := s.ListPolicies(ctx)
+	if err != nil || len(ps) != 1 || ps[0].Name != "outbox" {
+		t.Fatalf("ListPolicies with outbox rows waiting: %v, %v; want the one policy", ps, err)
+	}
+	rs, err := s.ListRequests(ctx, jit.RequestFilter{})
+	if err != nil || len(rs) != 1 {
+		t.Fatalf("ListRequests with outbox rows waiting: %d, %v; want the one request", len(rs), err)
+	}
+	if n, err := s.RecoverAudit(ctx); err == nil {
+		t.Fatalf("RecoverAudit with the trail still out: %d, nil; want an error", n)
+	}
+	s.audit = trail
+	var ids []string
+	scan := func() {
+		ids = nil
+		if err := s.ScanAudit(ctx, jit.AuditFilter{}, func(ev jit.AuditEvent) error { ids = append(ids, ev.ID); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(ids)
+	}
+	if scan(); len(ids) != 0 {
+		t.Fatalf("events in the trail while it was out: %v", ids)
+	}
+	n, err := s.RecoverAudit(ctx)
+	if err != nil || n != 5 {
+		t.Fatalf("RecoverAudit: %d, %v; want the 5 changes", n, err)
+	}
+	want := []string{"close-1", "delete-1", "put-1", "put-2", "put-2b", "request-1"}
+	if scan(); !slices.Equal(ids, want) {
+		t.Fatalf("trail after RecoverAudit: %v, want %v", ids, want)
+	}
+	if n, err := s.RecoverAudit(ctx); err != nil || n != 0 {
+		t.Errorf("RecoverAudit again: %d, %v; want nothing left", n, err)
+	}
 }

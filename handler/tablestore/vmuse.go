@@ -7,9 +7,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
-
 	"jitaccess/handler/jit"
 )
 
@@ -25,47 +22,30 @@ func (s *Store) RecordVMUse(ctx context.Context, a jit.VMAccess) error {
 	if a.VM == "" || a.Request == "" {
 		return jit.Errorf(jit.EINVALID, "a VM access needs a VM and a request")
 	}
-	row := vmKey(a.VM)
-	for try := range maxStateTries {
-		if try > 0 {
-			if err := backoff(ctx, try); err != nil {
-				return err
-			}
-		}
-		old, etag, exists, err := get(ctx, s.policies, usePartition, row)
-		if err != nil {
-			return storeError(err, "read VM use")
-		}
+	return s.mergeRow(ctx, usePartition, vmKey(a.VM), "VM use", func(old entity, exists bool) (entity, error) {
 		var u jit.VMUse
 		if exists {
 			if err := old.payload(&u); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		if slices.Contains(u.Recent, a.Request) {
-			return nil // counted already
+			return nil, nil // counted already
 		}
-		next := u.With(a)
-		e := newEntity(usePartition, row)
-		e["Id"] = next.VM // for people browsing the table
-		if err := e.setPayload(next, fmt.Sprintf("use of VM %s", next.VM)); err != nil {
-			return err
-		}
-		if exists {
-			match := azcore.ETag(etag)
-			_, err = s.policies.UpdateEntity(ctx, e.marshal(), &aztables.UpdateEntityOptions{UpdateMode: aztables.UpdateModeReplace, IfMatch: &match})
-		} else {
-			_, err = s.policies.AddEntity(ctx, e.marshal(), nil)
-		}
-		switch {
-		case err == nil:
-			return nil
-		case isPreconditionFailed(err), isConflict(err), isNotFound(err):
-			continue // another writer got in: add to what it wrote
-		}
-		return storeError(err, "write VM use")
+		return vmUseEntity(u.With(a))
+	}, func() error {
+		return jit.Errorf(jit.EUNAVAILABLE, "the use of VM %s is being recorded by many writers at once: try again", a.VM)
+	})
+}
+
+// vmUseEntity returns the entity of u.
+func vmUseEntity(u jit.VMUse) (entity, error) {
+	e := newEntity(usePartition, vmKey(u.VM))
+	e["Id"] = u.VM // for people browsing the table
+	if err := e.setPayload(u, fmt.Sprintf("use of VM %s", u.VM)); err != nil {
+		return nil, err
 	}
-	return jit.Errorf(jit.EUNAVAILABLE, "the use of VM %s is being recorded by many writers at once: try again", a.VM)
+	return e, nil
 }
 
 // VMUses reads the use of each VM by key, a few point reads at a time.
