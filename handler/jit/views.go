@@ -1,6 +1,7 @@
 package jit
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -300,10 +301,22 @@ func (s *Service) vmStatuses(ctx context.Context, vms []VMInfo) ([]VMStatus, err
 		byVM[strings.ToLower(vm.ID)] = &out[i]
 	}
 	for _, r := range live {
+		counted := map[string]bool{}
 		for _, g := range r.Grants {
-			st := byVM[strings.ToLower(g.VM)]
+			key := strings.ToLower(g.VM)
+			st := byVM[key]
 			if st == nil {
 				continue
+			}
+			// A live request is counted here when its use is not yet
+			// (recordUse follows the grant's record), so that a VM shown
+			// open is never shown unused.
+			if at, ok := openedAt(g, r); ok && !counted[key] && !slices.Contains(uses[key].Recent, r.ID) {
+				counted[key] = true
+				st.RequestsLast7Days++
+				if at.After(st.LastAccess) {
+					st.LastAccess, st.LastUser = at, cmp.Or(r.RequestorName, r.Requestor)
+				}
 			}
 			if !g.Ended(now) && anyOpen(g) {
 				for _, n := range g.Ports {

@@ -1,6 +1,7 @@
 package jit
 
 import (
+	"cmp"
 	"context"
 	"slices"
 	"time"
@@ -103,11 +104,7 @@ func (s *Service) recordUse(ctx context.Context, r Request, i int, now time.Time
 	if !ok || now.Before(at) {
 		at = now
 	}
-	user := r.RequestorName
-	if user == "" {
-		user = r.Requestor
-	}
-	if err := s.store.RecordVMUse(ctx, VMAccess{VM: g.VM, Request: r.ID, User: user, At: at}); err != nil {
+	if err := s.store.RecordVMUse(ctx, VMAccess{VM: g.VM, Request: r.ID, User: cmp.Or(r.RequestorName, r.Requestor), At: at}); err != nil {
 		s.cfg.Log.Warn().Err(err).Str("request", r.ID).Str("vm", g.VM).Msg("recording the VM's use failed; its statistics miss this access")
 	}
 }
