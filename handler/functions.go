@@ -115,11 +115,10 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 		return fmt.Errorf("no Service Bus configured: set ServiceBusConnection__fullyQualifiedNamespace (managed identity) or ServiceBusConnection")
 	}
 
-	notifier, closeNotifier, err := newNotifier(cfg, log)
+	notifier, err := newNotifier(cfg)
 	if err != nil {
 		return err
 	}
-	defer closeNotifier()
 	svcCfg := cfg.serviceConfig(true, notifier, log)
 	if cfg.ClientID != "" {
 		// Resource events about NSG writes made as our own identity are

@@ -126,11 +126,10 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	if err != nil {
 		return err
 	}
-	notifier, closeNotifier, err := newNotifier(cfg, log)
+	notifier, err := newNotifier(cfg)
 	if err != nil {
 		return err
 	}
-	defer closeNotifier()
 	lcfg := localmode.Config{
 		Path:    filepath.Join(cfg.DataDir, "jitaccess.db"),
 		Network: network,
@@ -191,7 +190,7 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	// Every route, /_arm and the portal included, answers only requests
 	// addressed to this server.
 	return serveUntilDone(ctx, addressedToUs(api, ln.Addr()), ln, localLimits, func(shutdown context.Context) {
-		// The sweeps and event tasks end before the notifier closes.
+		// The sweeps, event tasks and deliveries end before the file closes.
 		if err := app.Close(shutdown); err != nil {
 			log.Error().Err(err).Msg("closing the store and queue")
 		}
@@ -244,21 +243,14 @@ func startSimulator(cfg settings, log zerolog.Logger) (*armsim.Server, error) {
 	return sim, nil
 }
 
-// newNotifier returns the webhook notifier when JIT_WEBHOOK_URL is set, and
-// a function that drains it at shutdown.
-func newNotifier(cfg settings, log zerolog.Logger) (jit.Notifier, func(), error) {
+// newNotifier returns the webhook notifier when JIT_WEBHOOK_URL is set.
+// Notifications wait in the store until delivered, so there is nothing to
+// drain at shutdown.
+func newNotifier(cfg settings) (jit.Notifier, error) {
 	if cfg.WebhookURL == "" {
-		return nil, func() {}, nil
+		return nil, nil
 	}
-	n, err := webhook.New(cfg.WebhookURL, webhook.Options{Log: log})
-	if err != nil {
-		return nil, nil, err
-	}
-	return n, func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		n.Close(ctx)
-	}, nil
+	return webhook.New(cfg.WebhookURL, webhook.Options{})
 }
 
 // emitEvents reports every successful write made through the simulator's

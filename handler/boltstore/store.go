@@ -30,6 +30,7 @@ import (
 //	audit_ids          event id → its key in audit
 //	nsg_states         lower-case NSG id → NSGState
 //	vm_use             lower-case VM id → VMUse
+//	notices            event id → storedNotice: notifications to deliver
 //
 // timeKey sorts newest first, so a forward cursor walks from the newest
 // record and ties come in ascending byte order of the id.
@@ -40,6 +41,7 @@ var (
 	bucketAudit           = []byte("audit")
 	bucketAuditIDs        = []byte("audit_ids")
 	bucketNSGStates       = []byte("nsg_states")
+	bucketNotices         = []byte("notices")
 )
 
 // scanBatch is how many audit events ScanAudit reads per read transaction.
@@ -97,7 +99,7 @@ var _ jit.Store = (*Store)(nil)
 // New returns a Store on db, creating its buckets when missing.
 func New(db *bbolt.DB) (*Store, error) {
 	err := db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{bucketPolicies, bucketRequests, bucketRequestsByStart, bucketAudit, bucketAuditIDs, bucketNSGStates, bucketVMUse} {
+		for _, name := range [][]byte{bucketPolicies, bucketRequests, bucketRequestsByStart, bucketAudit, bucketAuditIDs, bucketNSGStates, bucketNotices, bucketVMUse} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
@@ -588,6 +590,12 @@ func appendAudit(tx *bbolt.Tx, ev jit.AuditEvent) error {
 	key := indexKey(ev.Time, ev.ID)
 	if err := put(tx.Bucket(bucketAudit), key, ev); err != nil {
 		return err
+	}
+	if ev.Notice != nil {
+		n := storedNotice{Notice: jit.Notice{Notification: *ev.Notice, NotBefore: ev.Time}, Version: newETag()}
+		if err := put(tx.Bucket(bucketNotices), []byte(ev.ID), n); err != nil {
+			return err
+		}
 	}
 	return ids.Put([]byte(ev.ID), key)
 }

@@ -28,6 +28,9 @@ var (
 
 func handlerBinary(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the handler: run without -short (make test does)")
+	}
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "jitaccess-e2e-bin")
 		if err != nil {

@@ -1,6 +1,8 @@
 package httpapi_test
 
 import (
+	"context"
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -12,14 +14,20 @@ import (
 )
 
 type recordedNotifications struct {
-	mu  sync.Mutex
-	got []jit.Notification
+	mu   sync.Mutex
+	got  []jit.Notification
+	fail int // refuse this many deliveries first (503-like)
 }
 
-func (r *recordedNotifications) Notify(n jit.Notification) {
+func (r *recordedNotifications) Deliver(_ context.Context, n jit.Notification) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.fail > 0 {
+		r.fail--
+		return errors.New("receiver busy (injected)")
+	}
 	r.got = append(r.got, n)
+	return nil
 }
 
 func (r *recordedNotifications) events(request string) []string {

@@ -48,6 +48,7 @@ type stackOptions struct {
 	local          bool
 	pendingExpiry  time.Duration
 	notifier       jit.Notifier
+	noticeBackoff  time.Duration
 	trustedProxies []netip.Prefix
 	stuckAfter     time.Duration
 	dropOpens      bool // the queue loses every open operation
@@ -83,7 +84,7 @@ func newStack(t *testing.T, o stackOptions) *stack {
 		Path:    filepath.Join(t.TempDir(), "jit.db"),
 		Network: net,
 		Service: jit.Config{MinDuration: time.Second, Subscriptions: []string{sub}, PendingExpiry: o.pendingExpiry,
-			Notifier: o.notifier, StuckAfter: o.stuckAfter, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)},
+			Notifier: o.notifier, NoticeBackoff: o.noticeBackoff, StuckAfter: o.stuckAfter, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)},
 		Queue:     localqueue.Options{InitialBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond},
 		WrapStore: o.store,
 	}

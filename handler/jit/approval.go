@@ -353,13 +353,19 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 	}, func(r *Request) []AuditEvent {
 		if withdrawn != "" {
 			return []AuditEvent{{Action: AuditWithdraw, Actor: p.ID, Policy: r.Policy, Request: id,
-				Result: ResultSuccess, Detail: clip(withdrawn, 500)}}
+				Result: ResultSuccess, Detail: clip(withdrawn, 500), Notice: s.notice(EventDenied, *r, p.ID, withdrawn)}}
 		}
 		action := map[bool]string{true: AuditApprove, false: AuditDeny}[approve]
 		events := make([]AuditEvent, len(r.Grants))
 		for k, g := range r.Grants {
 			events[k] = AuditEvent{Action: action, Actor: p.ID, Policy: r.Policy, Request: id, VM: g.VM,
 				Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources, Result: ResultSuccess, Detail: clip(comment, 500)}
+		}
+		switch {
+		case !approve:
+			return withNotice(events, s.notice(EventDenied, *r, p.ID, comment))
+		case opened:
+			return withNotice(events, s.notice(EventApproved, *r, p.ID, comment))
 		}
 		return events
 	}))
@@ -368,18 +374,12 @@ func (s *Service) decide(ctx context.Context, p Principal, id, comment string, a
 	}
 	if withdrawn != "" {
 		s.cfg.Log.Info().Str("request", id).Str("approver", p.ID).Str("reason", withdrawn).Msg("withdrawn at approval")
-		s.notify(EventDenied, updated, p.ID, withdrawn)
 		return Request{}, Errorf(ECONFLICT, "request %s was not approved and is now closed: %s", id, withdrawn)
 	}
 	s.cfg.Log.Info().Str("request", id).Str("approver", p.ID).Bool("approve", approve).Bool("opening", opened).Msg("decision")
-	if !approve {
-		s.notify(EventDenied, updated, p.ID, comment)
+	if !approve || !opened {
 		return updated, nil
 	}
-	if !opened {
-		return updated, nil
-	}
-	s.notify(EventApproved, updated, p.ID, comment)
 	return s.queueGrants(ctx, updated)
 }
 
@@ -447,7 +447,7 @@ func (s *Service) expirePending(ctx context.Context) (int, error) {
 		if r.Approval == nil || now.Before(r.Approval.PendingUntil) {
 			continue
 		}
-		updated, err := s.mutateAudited(ctx, r.ID, auditedBy(func(r *Request) error {
+		_, err := s.mutateAudited(ctx, r.ID, auditedBy(func(r *Request) error {
 			if r.Status != RequestPending {
 				return Errorf(ECONFLICT, "no longer pending")
 			}
@@ -456,7 +456,8 @@ func (s *Service) expirePending(ctx context.Context) (int, error) {
 			return nil
 		}, func(r *Request) []AuditEvent {
 			return []AuditEvent{{ID: "expire-" + r.ID, Action: AuditExpire, Actor: System.ID, Policy: r.Policy,
-				Request: r.ID, Result: ResultSuccess, Detail: "no decision in time"}}
+				Request: r.ID, Result: ResultSuccess, Detail: "no decision in time",
+				Notice: s.notice(EventDenied, *r, System.ID, "expired without enough approvals")}}
 		}))
 		if ErrorCode(err) == ECONFLICT {
 			continue
@@ -464,7 +465,6 @@ func (s *Service) expirePending(ctx context.Context) (int, error) {
 			return n, err
 		}
 		n++
-		s.notify(EventDenied, updated, System.ID, "expired without enough approvals")
 	}
 	return n, nil
 }

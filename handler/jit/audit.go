@@ -44,4 +44,7 @@ type AuditEvent struct {
 	Sources  []string  `json:"Sources"`
 	Result   string    `json:"Result"`
 	Detail   string    `json:"Detail"`
+	// Notice, when set, is the notification about this event: the store
+	// keeps it due for delivery, with the event (see Store).
+	Notice *Notification `json:"Notice,omitempty"`
 }

@@ -94,12 +94,14 @@ func (s *Service) Initiate(ctx context.Context, p Principal, policyName string, 
 			Policy: pol.Name, Request: req.ID, VM: g.VM, Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources,
 			Result: ResultSuccess, Detail: clip(detail+"; "+req.Justification, 500)}
 	}
+	if req.Status == RequestPending {
+		withNotice(events, s.notice(EventPending, req, p.ID, req.Justification))
+	}
 	if req, err = s.recordRequest(ctx, req, events); err != nil {
 		return Request{}, err
 	}
 	if req.Status == RequestPending {
 		s.cfg.Log.Info().Str("request", req.ID).Str("policy", pol.Name).Str("requestor", req.Requestor).Msg("access requested; waiting for approval")
-		s.notify(EventPending, req, p.ID, req.Justification)
 		return req, nil
 	}
 	req, err = s.queueGrants(ctx, req)
@@ -286,9 +288,12 @@ func mergeGrant(gs []Grant, g Grant) []Grant {
 
 // recordRequest stores a new request and its audit events, together.
 func (s *Service) recordRequest(ctx context.Context, req Request, events []AuditEvent) (Request, error) {
-	saved, err := s.store.CreateRequest(ctx, req, events...)
+	saved, err := s.store.CreateRequest(ctx, req, s.stamp(events)...)
 	if err != nil {
 		return Request{}, fmt.Errorf("storing request: %w", err)
+	}
+	if hasNotice(events) {
+		s.kickNotices()
 	}
 	return saved, nil
 }
@@ -379,6 +384,9 @@ func (s *Service) mutateAudited(ctx context.Context, id string, fn func(*Request
 		r.updateStatus()
 		saved, err := s.store.UpdateRequest(ctx, r, s.stamp(events)...)
 		if err == nil {
+			if hasNotice(events) {
+				s.kickNotices()
+			}
 			return saved, nil
 		}
 		if ErrorCode(err) != ECONFLICT || attempt >= 20 {

@@ -529,14 +529,7 @@ func parseRuleName(name string) (string, int, bool) {
 func (s *Service) drift(ctx context.Context, r Request, vm, nsg, detail string) {
 	s.cfg.Log.Warn().Str("nsg", nsg).Str("vm", vm).Str("request", r.ID).Msg(detail)
 	_ = s.audit(ctx, AuditEvent{Action: AuditDrift, Actor: System.ID, Policy: r.Policy, Request: r.ID, VM: vm, NSG: nsg,
-		Result: ResultSuccess, Detail: clip(detail, 500)})
-	if s.cfg.Notifier != nil {
-		n := Notification{Event: EventDrift, Time: s.now(), Request: r.ID, Policy: r.Policy, Actor: System.ID, Detail: clip(detail, 500)}
-		if vm != "" {
-			n.VMs = []string{vm}
-		}
-		s.cfg.Notifier.Notify(n)
-	}
+		Result: ResultSuccess, Detail: clip(detail, 500), Notice: s.eventNotice(EventDrift, r.Policy, r.ID, System.ID, vm, detail)})
 }
 
 // pacedNSGs is how many NSGs Reconcile compares between pauses.

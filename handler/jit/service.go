@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -29,6 +30,14 @@ type Config struct {
 	PendingExpiry time.Duration
 	// Notifier, when set, hears about requests, opens, closes and failures.
 	Notifier Notifier
+	// NoticeBackoff is the wait after a notification's first failed
+	// delivery, doubling after each further one up to 20 times it;
+	// DefaultNoticeBackoff when zero.
+	NoticeBackoff time.Duration
+	// Go runs background work of the service (delivering notifications)
+	// in the caller's lifecycle; default: a goroutine that lives as long
+	// as the process.
+	Go func(func(context.Context))
 	// StuckAfter is how long an open may stay pending before the grant is
 	// marked failed; DefaultStuckAfter when zero.
 	StuckAfter time.Duration
@@ -71,8 +80,9 @@ type Service struct {
 	inv   []VMInfo
 	invAt time.Time
 
-	writes writeLimiter // per-principal change budgets of this instance
-	turns  turns        // one new request at a time per requestor, to count them
+	writes                writeLimiter // per-principal change budgets of this instance
+	turns                 turns        // one new request at a time per requestor, to count them
+	delivering, redeliver atomic.Bool  // kickNotices' single flight
 }
 
 // DefaultInventoryTTL is how long a VM inventory is reused.
@@ -103,6 +113,12 @@ func NewService(store Store, queue Queue, net Network, cfg Config) *Service {
 	}
 	if cfg.DenyBand == (Band{}) {
 		cfg.DenyBand = DefaultDenyBand
+	}
+	if cfg.NoticeBackoff == 0 {
+		cfg.NoticeBackoff = DefaultNoticeBackoff
+	}
+	if cfg.Go == nil {
+		cfg.Go = func(fn func(context.Context)) { go fn(context.Background()) }
 	}
 	return &Service{store: store, queue: queue, net: net, cfg: cfg}
 }
@@ -467,6 +483,12 @@ func (s *Service) stamp(events []AuditEvent) []AuditEvent {
 		if ev.ID == "" {
 			ev.ID = ev.Time.Format("20060102T150405.000000000") + "-" + ev.Action + "-" + NewRequestID()[:10]
 		}
+		if n := ev.Notice; n != nil {
+			n.ID = ev.ID // the delivery's idempotency key
+			if n.Time.IsZero() {
+				n.Time = ev.Time
+			}
+		}
 	}
 	return events
 }
@@ -480,6 +502,9 @@ func (s *Service) audit(ctx context.Context, ev AuditEvent) error {
 		s.cfg.Log.Error().Err(err).Str("action", ev.Action).Str("request", ev.Request).Msg("audit write failed")
 		return fmt.Errorf("writing audit event: %w", err)
 	}
+	if ev.Notice != nil {
+		s.kickNotices()
+	}
 	return nil
 }
 
@@ -489,14 +514,20 @@ func (s *Service) auditFailure(ctx context.Context, p Principal, action, policy,
 	s.cfg.Log.Warn().Err(cause).Str("action", action).Str("vm", vm).Str("nsg", nsg).Str("request", request).Msg("step failed")
 	detail := clip(action+": "+ErrorMessage(cause)+": "+errorText(cause), 500)
 	_ = s.audit(ctx, AuditEvent{Action: AuditFailure, Actor: p.ID, Policy: policy, Request: request, VM: vm, NSG: nsg,
-		Result: ResultFailure, Detail: detail})
-	if s.cfg.Notifier != nil {
-		n := Notification{Event: EventFailed, Time: s.now(), Request: request, Policy: policy, Actor: p.ID, Detail: detail}
-		if vm != "" {
-			n.VMs = []string{vm}
-		}
-		s.cfg.Notifier.Notify(n)
+		Result: ResultFailure, Detail: detail, Notice: s.eventNotice(EventFailed, policy, request, p.ID, vm, detail)})
+}
+
+// eventNotice is the notification about a failure or a drift, which is
+// not about a whole request; nil when no Notifier is set.
+func (s *Service) eventNotice(event, policy, request, actor, vm, detail string) *Notification {
+	if s.cfg.Notifier == nil {
+		return nil
 	}
+	n := &Notification{Event: event, Request: request, Policy: policy, Actor: actor, Detail: clip(detail, 500)}
+	if vm != "" {
+		n.VMs = []string{vm}
+	}
+	return n
 }
 
 func errorText(err error) string {

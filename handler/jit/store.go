@@ -70,6 +70,25 @@ type Store interface {
 	// fn returns an error (which ScanAudit returns) or the events run out.
 	ScanAudit(ctx context.Context, f AuditFilter, fn func(AuditEvent) error) error
 
+	// Notices: an event with a Notice, when it is stored (with its change,
+	// or by AppendAudit), also keeps its notice due for delivery from the
+	// event's time, in the same transaction or, where the trail is appended
+	// after the change (Table Storage), when it is appended. Appending the
+	// same event again keeps one notice; a notice may come back after it was
+	// settled only when an interrupted append is completed twice, so
+	// delivery is at least once.
+	//
+	// DueNotices returns up to limit notices whose NotBefore is at or
+	// before now, earliest first.
+	DueNotices(ctx context.Context, now time.Time, limit int) ([]Notice, error)
+	// ClaimNotice stores n's Attempts and a NotBefore of until, if the
+	// notice is still as read (n.ETag); ECONFLICT when another claim or a
+	// settle came first, ENOTFOUND when it is gone.
+	ClaimNotice(ctx context.Context, n Notice, until time.Time) (Notice, error)
+	// SettleNotice removes the notice with that id (delivered, or given
+	// up); a missing one is no error.
+	SettleNotice(ctx context.Context, id string) error
+
 	VMUseStore
 }
 

@@ -246,10 +246,12 @@ func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string
 			return []AuditEvent{ev}, nil
 		}
 		n.State, n.OpenedAt, n.Error = RuleOpen, now, ""
+		e := ev
 		if g.Status == GrantInitiating && allOpen(g) {
 			g.Status, nowOpen = GrantInitiated, true
+			e.Notice = s.notice(EventOpened, grantOnly(*r, i), System.ID, "")
 		}
-		return []AuditEvent{ev}, nil
+		return []AuditEvent{e}, nil
 	})
 	if err != nil {
 		// The rule is in the NSG whatever the store says: the trail
@@ -262,10 +264,7 @@ func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string
 		// Revoked or expired while the rule was being written: take it away again.
 		return s.removeRule(ctx, updated, i, nsg)
 	}
-	s.cfg.Log.Info().Str("request", req.ID).Int("grant", i).Str("vm", g.VM).Str("nsg", nsg).Msg("opened")
-	if nowOpen {
-		s.notify(EventOpened, grantOnly(updated, i), System.ID, "")
-	}
+	s.cfg.Log.Info().Str("request", req.ID).Int("grant", i).Str("vm", g.VM).Str("nsg", nsg).Bool("grantOpen", nowOpen).Msg("opened")
 	return nil
 }
 
@@ -303,7 +302,7 @@ func (s *Service) recordClose(ctx context.Context, req Request, i int, nsg strin
 		Sources: g.Sources, Result: ResultSuccess, Detail: reason}
 	var ended Grant
 	nowDone := false
-	updated, err := s.mutateAudited(ctx, req.ID, func(r *Request) ([]AuditEvent, error) {
+	_, err := s.mutateAudited(ctx, req.ID, func(r *Request) ([]AuditEvent, error) {
 		g := &r.Grants[i]
 		n, _ := g.NSG(nsg)
 		wasDone := g.Done()
@@ -319,7 +318,11 @@ func (s *Service) recordClose(ctx context.Context, req Request, i int, nsg strin
 			}
 		}
 		ended = *g
-		return []AuditEvent{ev}, nil
+		e := ev
+		if nowDone {
+			e.Notice = s.notice(EventClosed, grantOnly(*r, i), System.ID, reason)
+		}
+		return []AuditEvent{e}, nil
 	})
 	if err != nil {
 		// The rule is gone from the NSG whatever the store says.
@@ -327,10 +330,7 @@ func (s *Service) recordClose(ctx context.Context, req Request, i int, nsg strin
 		return fmt.Errorf("recording close of grant %s-%d: %w", req.ID, i, err)
 	}
 	lag := now.Sub(ended.End)
-	s.cfg.Log.Info().Str("request", req.ID).Int("grant", i).Str("vm", g.VM).Str("nsg", nsg).Str("reason", reason).Dur("lag", lag).Msg("closed")
-	if nowDone {
-		s.notify(EventClosed, grantOnly(updated, i), System.ID, reason)
-	}
+	s.cfg.Log.Info().Str("request", req.ID).Int("grant", i).Str("vm", g.VM).Str("nsg", nsg).Str("reason", reason).Dur("lag", lag).Bool("grantDone", nowDone).Msg("closed")
 	return nil
 }
 
@@ -411,12 +411,11 @@ func (s *Service) revoke(ctx context.Context, p Principal, id, vm, reason string
 			events[k] = AuditEvent{Action: AuditRevoke, Actor: p.ID, Policy: r.Policy, Request: id, VM: g.VM,
 				Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources, Result: ResultSuccess, Detail: reason}
 		}
-		return events
+		return withNotice(events, s.notice(EventRevoked, *r, p.ID, reason))
 	}))
 	if err != nil {
 		return Request{}, err
 	}
-	s.notify(EventRevoked, updated, p.ID, reason)
 	if len(ops) == 0 {
 		return updated, nil
 	}
@@ -454,6 +453,9 @@ func (s *Service) sweepList(ctx context.Context) ([]Request, error) {
 	} else if n > 0 {
 		s.cfg.Log.Warn().Int("changes", n).Msg("audit events of interrupted writes appended to the trail")
 	}
+	// Notifications that no running delivery took (the instance that
+	// stored them stopped, or their receiver failed) go out now.
+	s.kickNotices()
 	if _, err := s.expirePending(ctx); err != nil {
 		s.cfg.Log.Warn().Err(err).Msg("expiring pending requests failed; the next sweep retries")
 	}

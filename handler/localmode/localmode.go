@@ -91,8 +91,12 @@ func Open(cfg Config) (*App, error) {
 	if cfg.WrapQueue != nil {
 		q = cfg.WrapQueue(q)
 	}
-	return &App{DB: db, Store: st, Queue: queue, Service: jit.NewService(st, q, cfg.Network, cfg.Service),
-		cfg: cfg, log: cfg.Service.Log}, nil
+	a := &App{DB: db, Store: st, Queue: queue, cfg: cfg, log: cfg.Service.Log}
+	// The service's background work (delivering notifications) is a task
+	// of the app: Close waits for it before the file closes.
+	cfg.Service.Go = a.Go
+	a.Service = jit.NewService(st, q, cfg.Network, cfg.Service)
+	return a, nil
 }
 
 // Start starts the queue's delivery to the service and, with a sweep

@@ -27,6 +27,9 @@ var (
 // each. The double dies with the test binary (its stdin closes).
 func sharedDouble(t *testing.T) *testenv.ServiceBusDouble {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("needs the Service Bus double: run without -short (make test does)")
+	}
 	doubleOnce.Do(func() { double = testenv.StartServiceBus(&processLife{t}) })
 	if double == nil {
 		t.Fatal("the Service Bus double did not start")

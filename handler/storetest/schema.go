@@ -135,6 +135,9 @@ func SchemaEvent() jit.AuditEvent {
 		Sources:  []string{"203.0.113.7"},
 		Result:   jit.ResultFailure,
 		Detail:   "ARM said: 409 \"AnotherOperationInProgress\"",
+		Notice: &jit.Notification{ID: "ev-1", Event: jit.EventOpened, Time: schemaTime, Request: "req-1", Policy: "Prod",
+			Requestor: "11111111-2222-3333-4444-555555555555", Actor: "jitaccess", VMs: []string{schemaVM}, Ports: []int{22},
+			Sources: []string{"203.0.113.7"}, End: schemaTime.Add(time.Hour), Detail: "until the patch is in"},
 	}
 }
 

@@ -67,6 +67,7 @@ func Run(t *testing.T, newStore func(t *testing.T) jit.Store) {
 		{"RequestCreateAudited", testRequestCreateAudited},
 		{"RequestUpdateAudited", testRequestUpdateAudited},
 		{"PolicyWritesAudited", testPolicyWritesAudited},
+		{"Notices", testNotices},
 		{"NSGStateRoundTrip", testNSGStateRoundTrip},
 		{"NSGStateMerge", testNSGStateMerge},
 		{"NSGStateIDCase", testNSGStateIDCase},
@@ -1233,5 +1234,102 @@ func assertNothingToRecover(t *testing.T, s jit.Store) {
 	n, err := s.RecoverAudit(context.Background())
 	if err != nil || n != 0 {
 		t.Errorf("RecoverAudit after uninterrupted writes: %d completed, %v; want 0, nil", n, err)
+	}
+}
+
+// testNotices holds the notices to the Store's promise: kept with their
+// event or not at all, due from the event's time, earliest first, one per
+// event however often it is appended, claimed by one writer at a time, and
+// gone once settled.
+func testNotices(t *testing.T, s jit.Store) {
+	ctx := context.Background()
+	withNotice := func(id string, at time.Time) jit.AuditEvent {
+		ev := fullEvent(id)
+		ev.Time = at
+		ev.Notice = &jit.Notification{ID: id, Event: jit.EventPending, Time: at, Request: "req", Detail: "please"}
+		return ev
+	}
+	ids := func(ns []jit.Notice) []string {
+		var out []string
+		for _, n := range ns {
+			out = append(out, n.Notification.ID)
+		}
+		return out
+	}
+	due := func(now time.Time) []jit.Notice {
+		t.Helper()
+		ns, err := s.DueNotices(ctx, now, 10)
+		if err != nil {
+			t.Fatalf("DueNotices: %v", err)
+		}
+		return ns
+	}
+	t0 := base.Add(time.Hour)
+	r, err := s.CreateRequest(ctx, fullRequest("noticed"), withNotice("n-created", t0.Add(2*time.Second)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateRequest(ctx, r, withNotice("n-updated", t0.Add(time.Second))); err != nil {
+		t.Fatal(err)
+	}
+	// A refused write keeps no notice.
+	if _, err := s.UpdateRequest(ctx, r, withNotice("n-refused", t0)); jit.ErrorCode(err) != jit.ECONFLICT {
+		t.Fatalf("UpdateRequest with a stale etag: %v, want a conflict", err)
+	}
+	if err := s.AppendAudit(ctx, withNotice("n-appended", t0.Add(3*time.Second))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AppendAudit(ctx, withNotice("n-appended", t0.Add(3*time.Second))); err != nil {
+		t.Fatal(err)
+	}
+	if got := due(t0); len(got) != 0 {
+		t.Errorf("due before their events' times: %v", ids(got))
+	}
+	all := due(t0.Add(time.Minute))
+	if got, want := ids(all), []string{"n-updated", "n-created", "n-appended"}; !slices.Equal(got, want) {
+		t.Fatalf("due notices %v, want %v (earliest first, one per event)", got, want)
+	}
+	if n := all[1]; n.Notification.Detail != "please" || n.Attempts != 0 || !n.NotBefore.Equal(t0.Add(2*time.Second)) || n.ETag == "" {
+		t.Errorf("notice as read: %+v", n)
+	}
+	if got, err := s.DueNotices(ctx, t0.Add(time.Minute), 2); err != nil || len(got) != 2 {
+		t.Errorf("DueNotices with a limit of 2: %d, %v", len(got), err)
+	}
+
+	// A claim holds the notice until its lease ends; a second claim from
+	// the same read loses.
+	n := all[0]
+	n.Attempts = 1
+	until := t0.Add(10 * time.Minute)
+	claimed, err := s.ClaimNotice(ctx, n, until)
+	if err != nil {
+		t.Fatalf("ClaimNotice: %v", err)
+	}
+	if claimed.ETag == "" || claimed.ETag == n.ETag || claimed.Attempts != 1 || !claimed.NotBefore.Equal(until) {
+		t.Errorf("claimed notice %+v", claimed)
+	}
+	if _, err := s.ClaimNotice(ctx, n, until); jit.ErrorCode(err) != jit.ECONFLICT {
+		t.Errorf("a second claim from the same read: %v, want a conflict", err)
+	}
+	if got := ids(due(t0.Add(time.Minute))); slices.Contains(got, "n-updated") {
+		t.Errorf("a claimed notice is due during its lease: %v", got)
+	}
+	later := due(until)
+	if len(later) != 3 || later[2].Notification.ID != "n-updated" || later[2].Attempts != 1 {
+		t.Errorf("after the lease: %v", later)
+	}
+
+	// Settled: gone, and settling again or claiming it is harmless.
+	if err := s.SettleNotice(ctx, "n-updated"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SettleNotice(ctx, "n-updated"); err != nil {
+		t.Errorf("settling twice: %v", err)
+	}
+	if _, err := s.ClaimNotice(ctx, claimed, until); jit.ErrorCode(err) != jit.ENOTFOUND {
+		t.Errorf("claiming a settled notice: %v, want not found", err)
+	}
+	if got := ids(due(until)); !slices.Equal(got, []string{"n-created", "n-appended"}) {
+		t.Errorf("due after settling one: %v", got)
 	}
 }

@@ -39,6 +39,13 @@ func (s *Store) AppendAudit(ctx context.Context, ev jit.AuditEvent) error {
 	if err != nil {
 		return err
 	}
+	if ev.Notice != nil {
+		// First, so that an append cut short after it is completed by the
+		// next append of the event (at least once).
+		if err := s.addNotice(ctx, ev, id); err != nil {
+			return err
+		}
+	}
 	_, err = s.audit.AddEntity(ctx, idRow.marshal(), nil)
 	if isConflict(err) {
 		stored, _, ok, gerr := get(ctx, s.audit, auditIDPrefix+id, auditIDRow)

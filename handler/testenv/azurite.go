@@ -35,7 +35,8 @@ type Azurite struct {
 
 // StartAzurite starts azurite-table on a free loopback port, waits until
 // it accepts connections, and stops it when t ends. Data lives in memory
-// only. Failing to start is fatal, never a skip.
+// only. Failing to start is fatal, never a skip; under -short (the fast
+// loop while working, never make test or CI) the test skips, saying why.
 func StartAzurite(t testing.TB) *Azurite {
 	t.Helper()
 	return startAzurite(t, "", "")
@@ -53,6 +54,9 @@ func StartAzuriteOAuth(t testing.TB, certFile, keyFile string) *Azurite {
 
 func startAzurite(t testing.TB, certFile, keyFile string) *Azurite {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("needs Azurite: run without -short (make test does)")
+	}
 	a, err := LaunchAzurite(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)

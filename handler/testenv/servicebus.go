@@ -55,6 +55,9 @@ func StartServiceBusTLS(t testing.TB, certFile, keyFile string) *ServiceBusDoubl
 
 func startServiceBus(t testing.TB, certFile, keyFile string) *ServiceBusDouble {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("needs the Service Bus double: run without -short (make test does)")
+	}
 	d, err := LaunchServiceBus(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)

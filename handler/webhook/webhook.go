@@ -1,9 +1,9 @@
 // Package webhook delivers jit notifications to an incoming webhook
 // (JIT_WEBHOOK_URL) as JSON that Microsoft Teams and Slack incoming webhooks
 // accept: a "text" line for people, and the event's fields under "jitaccess"
-// for machines. Delivery runs in the background with retries and backoff;
-// Notify never blocks, and when the backlog is full the oldest notification
-// is dropped and logged. It must not depend on anything but jit.
+// for machines. Each Deliver is one try; the service keeps notifications in
+// its store and retries them (jit.Service.DeliverNotices). It must not
+// depend on anything but jit.
 package webhook
 
 import (
@@ -11,46 +11,32 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
+	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
-
-	"github.com/rs/zerolog"
 
 	"jitaccess/handler/jit"
 )
 
 // Options tune delivery.
 type Options struct {
-	Client       *http.Client  // default: 10 s timeout
-	Backlog      int           // notifications waiting; default 1000
-	MaxAttempts  int           // per notification; default 6
-	InitialDelay time.Duration // first retry; default 1 s, doubling
-	MaxDelay     time.Duration // default 1 min
-	Log          zerolog.Logger
+	Client *http.Client // default: 10 s timeout
 }
 
-// Notifier posts notifications to one webhook URL.
+// Notifier posts notifications to one webhook URL, one try per Deliver:
+// the service keeps each notification in its store until a try succeeds,
+// and retries it with backoff.
 type Notifier struct {
 	url  string
 	opts Options
-	ch   chan jit.Notification
-	done chan struct{}
-	// mu guards ch against a send after Close closed it: Notify holds it
-	// for reading (it never blocks), Close for writing.
-	mu     sync.RWMutex
-	closed bool
-	stop   context.CancelFunc
-	ctx    context.Context
 }
 
 var _ jit.Notifier = (*Notifier)(nil)
 
-// New starts a Notifier for url. Close stops it.
+// New returns a Notifier for url.
 func New(url string, opts Options) (*Notifier, error) {
 	if !strings.HasPrefix(url, "https://") && !strings.HasPrefix(url, "http://127.0.0.1") && !strings.HasPrefix(url, "http://localhost") {
 		return nil, fmt.Errorf("JIT_WEBHOOK_URL must be an https URL")
@@ -58,112 +44,40 @@ func New(url string, opts Options) (*Notifier, error) {
 	if opts.Client == nil {
 		opts.Client = &http.Client{Timeout: 10 * time.Second}
 	}
-	if opts.Backlog <= 0 {
-		opts.Backlog = 1000
-	}
-	if opts.MaxAttempts <= 0 {
-		opts.MaxAttempts = 6
-	}
-	if opts.InitialDelay <= 0 {
-		opts.InitialDelay = time.Second
-	}
-	if opts.MaxDelay <= 0 {
-		opts.MaxDelay = time.Minute
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	n := &Notifier{url: url, opts: opts, ch: make(chan jit.Notification, opts.Backlog), done: make(chan struct{}), ctx: ctx, stop: stop}
-	go n.run()
-	return n, nil
+	return &Notifier{url: url, opts: opts}, nil
 }
 
-// Notify queues a notification and returns at once. After Close it drops
-// the notification and says so in the log.
-func (n *Notifier) Notify(ev jit.Notification) {
-	n.mu.RLock()
-	defer n.mu.RUnlock()
-	if n.closed {
-		n.opts.Log.Warn().Str("event", ev.Event).Str("request", ev.Request).Msg("webhook notifier closed; notification dropped")
-		return
-	}
-	for {
-		select {
-		case n.ch <- ev:
-			return
-		default:
-		}
-		// Full: drop the oldest so the newest news gets through.
-		select {
-		case old := <-n.ch:
-			n.opts.Log.Warn().Str("event", old.Event).Str("request", old.Request).Msg("webhook backlog full; notification dropped")
-		default:
-		}
-	}
-}
-
-// Close stops delivery after trying what is queued until ctx ends.
-func (n *Notifier) Close(ctx context.Context) {
-	n.mu.Lock()
-	if !n.closed {
-		n.closed = true
-		close(n.ch)
-	}
-	n.mu.Unlock()
-	select {
-	case <-n.done:
-	case <-ctx.Done():
-		n.stop()
-		<-n.done
-	}
-}
-
-func (n *Notifier) run() {
-	defer close(n.done)
-	for ev := range n.ch {
-		n.deliver(ev)
-	}
-}
-
-// deliver posts one notification, retrying failures with jittered
-// exponential backoff; 4xx other than 408 and 429 is final.
-func (n *Notifier) deliver(ev jit.Notification) {
+// Deliver posts n once. The notification's id goes in the body and in an
+// Idempotency-Key header, the same on every try, so that a receiver can
+// drop repeats. A refusal of the message itself (a 4xx other than 408 and
+// 429) is permanent: trying again cannot help.
+func (n *Notifier) Deliver(ctx context.Context, ev jit.Notification) error {
 	body, err := json.Marshal(payload(ev))
 	if err != nil {
-		return
+		return jit.Permanent(err)
 	}
-	delay := n.opts.InitialDelay
-	for attempt := 1; ; attempt++ {
-		status, err := n.post(body)
-		if err == nil && status/100 == 2 {
-			return
-		}
-		final := attempt >= n.opts.MaxAttempts || err == nil && status/100 == 4 && status != 408 && status != 429
-		n.opts.Log.Warn().Err(err).Int("status", status).Int("attempt", attempt).Bool("final", final).
-			Str("event", ev.Event).Str("request", ev.Request).Msg("webhook delivery failed")
-		if final {
-			return
-		}
-		wait := delay/2 + rand.N(delay/2+1)
-		select {
-		case <-time.After(wait):
-		case <-n.ctx.Done():
-			return
-		}
-		delay = min(2*delay, n.opts.MaxDelay)
-	}
-}
-
-func (n *Notifier) post(body []byte) (int, error) {
-	req, err := http.NewRequestWithContext(n.ctx, http.MethodPost, n.url, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.url, bytes.NewReader(body))
 	if err != nil {
-		return 0, err
+		return jit.Permanent(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if ev.ID != "" {
+		req.Header.Set("Idempotency-Key", ev.ID)
+	}
 	resp, err := n.opts.Client.Do(req)
 	if err != nil {
-		return 0, err
+		return fmt.Errorf("webhook: %w", err)
 	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
-	return resp.StatusCode, nil
+	switch code := resp.StatusCode; {
+	case code/100 == 2:
+		return nil
+	case code/100 == 4 && code != http.StatusRequestTimeout && code != http.StatusTooManyRequests:
+		return jit.Permanent(fmt.Errorf("webhook refused the message: %s", resp.Status))
+	default:
+		return fmt.Errorf("webhook answered %s", resp.Status)
+	}
 }
 
 // message is what the webhook receives.
@@ -173,6 +87,7 @@ type message struct {
 }
 
 type eventBody struct {
+	ID        string     `json:"id,omitempty"`
 	Event     string     `json:"event"`
 	TimeUtc   time.Time  `json:"timeUtc"`
 	Request   string     `json:"request,omitempty"`
@@ -217,7 +132,7 @@ func payload(ev jit.Notification) message {
 	if ev.Detail != "" {
 		text += " (" + userText(ev.Detail) + ")"
 	}
-	b := eventBody{Event: ev.Event, TimeUtc: ev.Time, Request: ev.Request, Policy: ev.Policy, Requestor: ev.Requestor,
+	b := eventBody{ID: ev.ID, Event: ev.Event, TimeUtc: ev.Time, Request: ev.Request, Policy: ev.Policy, Requestor: ev.Requestor,
 		Actor: ev.Actor, VMs: ev.VMs, Ports: ev.Ports, Sources: ev.Sources, Detail: ev.Detail}
 	if !ev.End.IsZero() {
 		end := ev.End

@@ -59,98 +59,67 @@ func opened() jit.Notification {
 		End: time.Now().Add(time.Hour)}
 }
 
-func fast() Options { return Options{InitialDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond} }
-
-func TestRetriesUntilDelivered(t *testing.T) {
-	s := &sink{failures: 2}
-	srv := httptest.NewServer(s)
+// TestDeliver: one try per call, the outcome in the error (the service
+// keeps the notification and retries), the id as an idempotency key.
+func TestDeliver(t *testing.T) {
+	s := &sink{failures: 1}
+	var keys []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		keys = append(keys, r.Header.Get("Idempotency-Key"))
+		s.mu.Unlock()
+		s.ServeHTTP(w, r)
+	}))
 	defer srv.Close()
-	n, err := New(srv.URL, fast())
+	n, err := New(srv.URL, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.Notify(opened())
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	n.Close(ctx)
-	got := s.received()
-	if len(got) != 1 || s.calls != 3 {
-		t.Fatalf("delivered %d after %d calls, want 1 after 3", len(got), s.calls)
+	ev := opened()
+	ev.ID = "20261204T120000.000000000-open-abc"
+	if err := n.Deliver(context.Background(), ev); err == nil || jit.IsPermanent(err) {
+		t.Fatalf("a 503 gave %v, want an error to retry", err)
 	}
-	if !strings.Contains(got[0].Text, "vm-1 port 22") || !strings.Contains(got[0].Text, "is open") || got[0].JITAccess.Event != "opened" {
+	if err := n.Deliver(context.Background(), ev); err != nil {
+		t.Fatalf("second try: %v", err)
+	}
+	got := s.received()
+	if len(got) != 1 || s.calls != 2 {
+		t.Fatalf("delivered %d after %d calls, want 1 after 2", len(got), s.calls)
+	}
+	if !strings.Contains(got[0].Text, "vm-1 port 22") || !strings.Contains(got[0].Text, "is open") || got[0].JITAccess.Event != "opened" || got[0].JITAccess.ID != ev.ID {
 		t.Errorf("message %+v", got[0])
 	}
-}
-
-func TestGivesUpOnClientErrors(t *testing.T) {
-	s := &sink{}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.mu.Lock()
-		s.calls++
-		s.mu.Unlock()
-		http.Error(w, "gone", http.StatusGone)
-	}))
-	defer srv.Close()
-	n, _ := New(srv.URL, fast())
-	n.Notify(opened())
-	n.Close(context.Background())
-	if s.calls != 1 {
-		t.Errorf("a 410 was retried: %d calls", s.calls)
+	if len(keys) != 2 || keys[0] != ev.ID || keys[1] != ev.ID {
+		t.Errorf("Idempotency-Key headers %q, want the notification's id on both tries", keys)
 	}
 }
 
-// Notify never blocks, even when the webhook hangs and the backlog is full.
-func TestNotifyNeverBlocks(t *testing.T) {
-	s := &sink{block: make(chan struct{})}
-	srv := httptest.NewServer(s)
-	defer srv.Close()
-	defer close(s.block)
-	o := fast()
-	o.Backlog = 3
-	n, _ := New(srv.URL, o)
-	done := make(chan struct{})
-	go func() {
-		for range 100 {
-			n.Notify(opened())
+// A refusal of the message itself is permanent; a timeout or throttling
+// is not.
+func TestPermanentRefusals(t *testing.T) {
+	for _, tc := range []struct {
+		status    int
+		permanent bool
+	}{{http.StatusGone, true}, {http.StatusBadRequest, true}, {http.StatusTooManyRequests, false}, {http.StatusRequestTimeout, false}, {http.StatusBadGateway, false}} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", tc.status) }))
+		n, _ := New(srv.URL, Options{})
+		err := n.Deliver(context.Background(), opened())
+		srv.Close()
+		if err == nil {
+			t.Errorf("%d: no error", tc.status)
+			continue
 		}
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Notify blocked on a hanging webhook")
+		if got := jit.IsPermanent(err); got != tc.permanent {
+			t.Errorf("%d: permanent %v, want %v (%v)", tc.status, got, tc.permanent, err)
+		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	n.Close(ctx) // gives up on the hanging delivery when ctx ends
 }
 
 func TestRejectsPlainHTTP(t *testing.T) {
 	if _, err := New("http://example.com/hook", Options{}); err == nil {
 		t.Error("a plain http webhook URL was accepted")
 	}
-}
-
-// TestNotifyAfterClose: a sweep or event still running while the process
-// shuts down may notify after Close; that drops the notification instead
-// of panicking on a closed channel (it panicked before).
-func TestNotifyAfterClose(t *testing.T) {
-	s := &sink{}
-	srv := httptest.NewServer(s)
-	defer srv.Close()
-	n, _ := New(srv.URL, fast())
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Go(func() {
-			for range 200 {
-				n.Notify(opened())
-			}
-		})
-	}
-	n.Close(context.Background())
-	n.Notify(opened())
-	wg.Wait()
-	n.Close(context.Background()) // twice is harmless
 }
 
 // TestUserTextIsEscaped: a justification, comment or name reaches Slack and
