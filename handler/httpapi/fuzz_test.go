@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"jitaccess/handler/jit"
 )
@@ -345,7 +346,9 @@ func FuzzSkipToken(f *testing.F) {
 	f.Add("audit", "20260102T150405-x", int64(0), "eyJrIjoicmVxdWVzdHMiLCJpIjoieCJ9")
 	f.Fuzz(func(t *testing.T, kind, id string, sec int64, raw string) {
 		tok := pageToken{Kind: kind, ID: id, Time: time.Unix(sec%(1<<35), 0).UTC()}
-		if kind != "" && len(id) <= 1024 {
+		// Lists give out tokens of valid UTF-8 only (JSON would replace
+		// anything else), and of at most maxTokenLen characters.
+		if kind != "" && len(id) <= 1024 && utf8.ValidString(kind) && utf8.ValidString(id) && len(encodeToken(tok)) <= maxTokenLen {
 			got, ok := decodeToken(encodeToken(tok))
 			if !ok || got.Kind != tok.Kind || got.ID != tok.ID || !got.Time.Equal(tok.Time) {
 				t.Fatalf("token %+v read back as %+v, %v", tok, got, ok)

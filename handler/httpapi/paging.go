@@ -30,7 +30,9 @@ var (
 	requestPages = pageRule{kind: "requests", def: 100, max: 1000, description: "requests"}
 	policyPages  = pageRule{kind: "policies", def: 100, max: 1000, description: "policies"}
 	vmPages      = pageRule{kind: "vms", def: 100, max: 1000, description: "VMs"}
-	auditPages   = pageRule{kind: "audit", def: 1000, max: 10000, description: "audit events"}
+	// The audit trail streams in constant memory and is read in bulk by
+	// reviewers and scripts: its page is the largest.
+	auditPages = pageRule{kind: "audit", def: 10000, max: 10000, description: "audit events"}
 	// A CSV download has no place for a nextLink: it is one larger page.
 	auditCSVPages = pageRule{kind: "audit", def: 100000, max: 100000, description: "audit events (CSV)"}
 )
@@ -91,6 +93,10 @@ func parsePage(q url.Values, rule pageRule) (page, error) {
 	return p, nil
 }
 
+// maxTokenLen bounds a $skipToken: the lists' positions (request ids, VM
+// ids, policy names) take a few hundred characters at most.
+const maxTokenLen = 2048
+
 func encodeToken(t pageToken) string {
 	b, _ := json.Marshal(t)
 	return base64.RawURLEncoding.EncodeToString(b)
@@ -98,7 +104,7 @@ func encodeToken(t pageToken) string {
 
 func decodeToken(s string) (pageToken, bool) {
 	var t pageToken
-	if len(s) > 2048 {
+	if len(s) > maxTokenLen {
 		return t, false
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s)
