@@ -3,13 +3,11 @@ package main
 import (
 	"context"
 	"math/rand/v2"
-	"net/http"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 
-	"jitaccess/handler/armsim"
 	"jitaccess/handler/jit"
 )
 
@@ -17,31 +15,6 @@ import (
 // JIT_CHAOS_DROP_CLOSES, JIT_CHAOS_DUPLICATE). Never set them for real use:
 // they exist to prove that access still ends when ARM fails and messages
 // are lost or repeated.
-
-// armChaos makes the simulator answer that share of ARM writes with a fault,
-// the kinds in equal parts: 429 with Retry-After, 409
-// AnotherOperationInProgress, 429 RetryableErrorDueToAnotherOperation, 500,
-// and writes accepted whose long-running operation then ends Failed
-// (superseded by another operation, or an internal error).
-func armChaos(rate float64) *armsim.Chaos {
-	faults := []armsim.Fault{
-		armsim.Throttled(200 * time.Millisecond),
-		armsim.AnotherOperationInProgress(),
-		{Status: http.StatusTooManyRequests, Code: "RetryableErrorDueToAnotherOperation", RetryAfter: 100 * time.Millisecond,
-			Message: "Operation is not allowed because another operation on the resource is in progress. Retry later."},
-		armsim.InternalServerError(),
-		armsim.LROFailed("CanceledAndSupersededDueToAnotherOperation"),
-		armsim.LROFailed("InternalServerError"),
-	}
-	// Tried in order, at most one per call: each probability is conditional
-	// on the ones before it not applying, so every kind gets rate/len.
-	share := rate / float64(len(faults))
-	c := &armsim.Chaos{Seed: uint64(time.Now().UnixNano()), Target: armsim.Writes}
-	for i, f := range faults {
-		c.Faults = append(c.Faults, armsim.ChaosFault{Probability: share / (1 - float64(i)*share), Fault: f})
-	}
-	return c
-}
 
 // chaosQueue loses and repeats close operations on their way to the queue,
 // as a broker that drops or redelivers messages would.

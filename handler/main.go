@@ -224,7 +224,7 @@ func startSimulator(cfg settings, log zerolog.Logger) (*armsim.Server, error) {
 	sim = armsim.New(opts)
 	if cfg.ARMFaultRate > 0 {
 		log.Warn().Float64("rate", cfg.ARMFaultRate).Msg("fault injection: the ARM simulator will fail writes")
-		sim.SetChaos(armChaos(cfg.ARMFaultRate))
+		sim.SetChaos(armsim.FaultyWrites(cfg.ARMFaultRate, uint64(time.Now().UnixNano())))
 	}
 	from := ""
 	if _, err := os.Stat(path); err == nil {

@@ -55,6 +55,7 @@ var allSettings = []setting{
 	{"JIT_WRITE_BURST", "20", "both", "changes one principal may make at once before JIT_WRITES_PER_MINUTE paces them, 1 to 10000"},
 	{"JIT_STUCK_AFTER", "5m", "both", "how long an open may stay undone before the sweeper marks the grant failed (and makes sure nothing is open)"},
 	{"JIT_WEBHOOK_URL", "", "both", "incoming webhook (Teams, Slack) that hears about pending, approved, denied, opened, closed, revoked, failed and drift"},
+	{"JIT_NOTIFY_RETRY", "30s", "both", "wait after a notification's first failed delivery, doubling up to 20 times it; the 8th failed try gives it up (audited)"},
 	{"JIT_TRUSTED_PROXIES", "", "both", "CIDRs of proxies whose X-Forwarded-For gives the caller's address (Functions mode always trusts the local host)"},
 	{"JIT_CLOUD", "AzurePublic", "functions", "AzurePublic, AzureUSGovernment or AzureChina"},
 	{"JIT_ARM_ENDPOINT", "", "functions", "Resource Manager endpoint; default: the cloud's (tests point it at the simulator)"},
@@ -114,6 +115,7 @@ type settings struct {
 	PendingExpiry  time.Duration
 	StuckAfter     time.Duration
 	Limits         jit.Limits // JIT_MAX_OPEN_REQUESTS, JIT_WRITES_PER_MINUTE, JIT_WRITE_BURST
+	NotifyRetry    time.Duration
 	InventoryTTL   time.Duration
 	ReconcileShare float64
 	// ReconcileShareSet: JIT_RECONCILE_SHARE was set, not defaulted.
@@ -243,6 +245,12 @@ func readSettings(getenv func(string) string) (settings, error) {
 	if s.Limits, err = limitSettings(get); err != nil {
 		return s, err
 	}
+	if s.NotifyRetry, err = durationSetting("JIT_NOTIFY_RETRY", get("JIT_NOTIFY_RETRY")); err != nil {
+		return s, err
+	}
+	if s.NotifyRetry < time.Second || s.NotifyRetry > time.Hour {
+		return s, fmt.Errorf("JIT_NOTIFY_RETRY must be between 1s and 1h")
+	}
 	s.WebhookURL = get("JIT_WEBHOOK_URL")
 	for _, c := range splitList(get("JIT_TRUSTED_PROXIES")) {
 		p, err := netip.ParsePrefix(c)
@@ -318,7 +326,7 @@ func (s settings) serviceConfig(functions bool, n jit.Notifier, log zerolog.Logg
 		share = 0
 	}
 	return jit.Config{MinDuration: s.MinDuration, Subscriptions: s.Subscriptions, PendingExpiry: s.PendingExpiry,
-		StuckAfter: s.StuckAfter, InventoryTTL: s.InventoryTTL, ReconcileShare: share, Notifier: n, Log: log,
+		StuckAfter: s.StuckAfter, InventoryTTL: s.InventoryTTL, ReconcileShare: share, Notifier: n, NoticeBackoff: s.NotifyRetry, Log: log,
 		Deployment: s.Deployment, Limits: s.Limits,
 		AllowBand: jit.Band{Min: s.AllowBand[0], Max: s.AllowBand[1]},
 		DenyBand:  jit.Band{Min: s.DenyBand[0], Max: s.DenyBand[1]}}

@@ -63,8 +63,8 @@ param pendingExpiry string = '1h'
 @description('JIT_INVENTORY_TTL')
 param inventoryTtl string = '1m'
 
-@description('JIT_RECONCILE_SHARE')
-param reconcileShare string = '0.25'
+@description('JIT_RECONCILE_SHARE: empty, the sweeper is not paced (it runs in its own invocation); a fraction between 0.05 and 1 paces it')
+param reconcileShare string = ''
 
 @description('JIT_MAX_OPEN_REQUESTS: open plus pending requests per person')
 param maxOpenRequests string = '20'
@@ -77,6 +77,9 @@ param writeBurst string = '20'
 
 @description('JIT_STUCK_AFTER')
 param stuckAfter string = '5m'
+
+@description('JIT_NOTIFY_RETRY')
+param notifyRetry string = '30s'
 
 @description('JIT_WEBHOOK_URL: incoming webhook (Teams, Slack). The URL is a credential: pass a Key Vault reference, @Microsoft.KeyVault(SecretUri=...), readable by the identity.')
 @secure()
@@ -270,6 +273,7 @@ var commonSettings = [
   { name: 'JIT_WRITES_PER_MINUTE', value: writesPerMinute }
   { name: 'JIT_WRITE_BURST', value: writeBurst }
   { name: 'JIT_STUCK_AFTER', value: stuckAfter }
+  { name: 'JIT_NOTIFY_RETRY', value: notifyRetry }
   { name: 'JIT_WEBHOOK_URL', value: webhookUrl }
   { name: 'JIT_TRUSTED_PROXIES', value: trustedProxies }
 ]

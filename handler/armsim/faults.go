@@ -102,6 +102,31 @@ type ChaosFault struct {
 	Fault       Fault
 }
 
+// FaultyWrites is the fault tests' chaos: that share of ARM writes is
+// answered with a fault, the kinds in equal parts: 429 with Retry-After,
+// 409 AnotherOperationInProgress, 429 RetryableErrorDueToAnotherOperation,
+// 500, and writes accepted whose long-running operation then ends Failed
+// (superseded by another operation, or an internal error).
+func FaultyWrites(rate float64, seed uint64) *Chaos {
+	faults := []Fault{
+		Throttled(200 * time.Millisecond),
+		AnotherOperationInProgress(),
+		{Status: http.StatusTooManyRequests, Code: "RetryableErrorDueToAnotherOperation", RetryAfter: 100 * time.Millisecond,
+			Message: "Operation is not allowed because another operation on the resource is in progress. Retry later."},
+		InternalServerError(),
+		LROFailed("CanceledAndSupersededDueToAnotherOperation"),
+		LROFailed("InternalServerError"),
+	}
+	// Tried in order, at most one per call: each probability is conditional
+	// on the ones before it not applying, so every kind gets rate/len.
+	share := rate / float64(len(faults))
+	c := &Chaos{Seed: seed, Target: Writes}
+	for i, f := range faults {
+		c.Faults = append(c.Faults, ChaosFault{Probability: share / (1 - float64(i)*share), Fault: f})
+	}
+	return c
+}
+
 type chaosState struct {
 	Chaos
 	rng *rand.Rand

@@ -8,10 +8,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -54,6 +52,32 @@ func chaosEstate(t *testing.T, dir string) (path string, vms []string, nsgs []st
 		t.Fatal(err)
 	}
 	return path, vms, nsgs
+}
+
+// chaosPolicy is one policy over the VMs given, SSH and RDP from anywhere
+// for up to an hour.
+func chaosPolicy(vms []string) map[string]any {
+	var pvms []any
+	for _, vm := range vms {
+		pvms = append(pvms, map[string]any{"id": vmID(vm), "ports": []any{
+			map[string]any{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT1H"},
+			map[string]any{"number": 3389, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT1H"}}})
+	}
+	return map[string]any{"properties": map[string]any{"virtualMachines": pvms}}
+}
+
+// policyOut is a policy as the API answers it, with the NSGs that guard
+// each VM.
+type policyOut struct {
+	Properties struct {
+		ProvisioningState string `json:"provisioningState"`
+		VirtualMachines   []struct {
+			ID   string `json:"id"`
+			NSGs []struct {
+				ID string `json:"id"`
+			} `json:"networkSecurityGroups"`
+		} `json:"virtualMachines"`
+	} `json:"properties"`
 }
 
 // chaosIP is the private IP chaosEstate gives the VM vm-NN.
@@ -157,6 +181,13 @@ func (c *chaosHandler) try(method, path string, body any, out any, want int) boo
 }
 
 func (c *chaosHandler) callQuiet(p *proc, method, path string, body any) (int, []byte) {
+	return callQuiet(p.base, method, path, body)
+}
+
+// callQuiet sends a request to base+path, with headers given as name,
+// value pairs; it returns status 0 when the request could not be sent
+// (the process is down), and never fails the test.
+func callQuiet(base, method, path string, body any, headers ...string) (int, []byte) {
 	var rd *strings.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -164,8 +195,11 @@ func (c *chaosHandler) callQuiet(p *proc, method, path string, body any) (int, [
 	} else {
 		rd = strings.NewReader("")
 	}
-	req, _ := http.NewRequest(method, p.base+path, rd)
+	req, _ := http.NewRequest(method, base+path, rd)
 	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0, nil
@@ -214,23 +248,8 @@ func TestChaos(t *testing.T) {
 	c.start()
 
 	// One policy over all 20 VMs, SSH and RDP.
-	var pvms []any
-	for _, vm := range vms {
-		pvms = append(pvms, map[string]any{"id": vmID(vm), "ports": []any{
-			map[string]any{"number": 22, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT1H"},
-			map[string]any{"number": 3389, "protocol": "TCP", "allowedSourceAddressPrefix": "*", "maxRequestAccessDuration": "PT1H"}}})
-	}
-	var pol struct {
-		Properties struct {
-			VirtualMachines []struct {
-				ID   string `json:"id"`
-				NSGs []struct {
-					ID string `json:"id"`
-				} `json:"networkSecurityGroups"`
-			} `json:"virtualMachines"`
-		} `json:"properties"`
-	}
-	if !c.try("PUT", "/api/v1/policies/chaos", map[string]any{"properties": map[string]any{"virtualMachines": pvms}}, &pol, 200) {
+	var pol policyOut
+	if !c.try("PUT", "/api/v1/policies/chaos", chaosPolicy(vms), &pol, 200) {
 		t.Fatal("could not write the policy")
 	}
 	nsgsOf := map[string][]string{}
@@ -241,9 +260,7 @@ func TestChaos(t *testing.T) {
 	}
 
 	// Observer: which allow rules are in the NSGs, seen from outside.
-	var obsMu sync.Mutex
-	present := map[string]bool{}
-	firstAbsent := map[string]time.Time{} // after having been seen present
+	obs := newRuleObserver()
 	stopObs := make(chan struct{})
 	var obsWG sync.WaitGroup
 	obsWG.Add(1)
@@ -282,21 +299,7 @@ func TestChaos(t *testing.T) {
 			if !complete {
 				continue
 			}
-			now := time.Now()
-			obsMu.Lock()
-			for name := range seen {
-				present[name] = true
-			}
-			for name := range present {
-				if !seen[name] {
-					if _, ok := firstAbsent[name]; !ok {
-						firstAbsent[name] = now
-					}
-				} else {
-					delete(firstAbsent, name) // put back (a repair): not gone yet
-				}
-			}
-			obsMu.Unlock()
+			obs.look(seen, time.Now())
 			c.sampleFaults()
 		}
 	}()
@@ -304,7 +307,7 @@ func TestChaos(t *testing.T) {
 	// Crashes at random moments, and hand edits.
 	stopChaos := make(chan struct{})
 	var chaosWG sync.WaitGroup
-	chaosWG.Add(2)
+	chaosWG.Add(1)
 	go func() {
 		defer chaosWG.Done()
 		for {
@@ -316,112 +319,16 @@ func TestChaos(t *testing.T) {
 			c.crash(time.Duration(300+rand.IntN(1200)) * time.Millisecond)
 		}
 	}()
-	var handEdits atomic.Int32
-	go func() {
-		defer chaosWG.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stopChaos:
-				return
-			case <-time.After(4 * time.Second):
-			}
-			nsg := nsgNames[rand.IntN(len(nsgNames))]
-			p, up := c.current()
-			if !up {
-				continue
-			}
-			base := "/_arm" + rgURL + "/providers/Microsoft.Network/networkSecurityGroups/" + nsg
-			_, raw := c.callQuiet(p, "GET", base+"?api-version=2024-05-01", nil)
-			var got struct {
-				Properties struct {
-					SecurityRules []struct {
-						Name       string `json:"name"`
-						Properties struct {
-							Priority int `json:"priority"`
-						} `json:"properties"`
-					} `json:"securityRules"`
-				} `json:"properties"`
-			}
-			_ = json.Unmarshal(raw, &got)
-			switch i % 3 {
-			case 0:
-				// Delete a deny rule: JIT must put it back.
-				for _, r := range got.Properties.SecurityRules {
-					if strings.HasPrefix(r.Name, "jit-deny-") {
-						if s, _ := c.callQuiet(p, "DELETE", base+"/securityRules/"+r.Name+"?api-version=2024-05-01", nil); s/100 == 2 {
-							handEdits.Add(1)
-						}
-						break
-					}
-				}
-			case 1:
-				// Open SSH to the world in a rule marked as ours that no grant
-				// owns (a leftover, or a forgery of our marker): JIT must
-				// remove it.
-				rule := map[string]any{"properties": map[string]any{"access": "Allow", "direction": "Inbound", "priority": 1900 + i%90,
-					"protocol": "Tcp", "sourceAddressPrefix": "*", "sourcePortRange": "*", "destinationAddressPrefix": "*", "destinationPortRange": "22",
-					"description": "[jit:" + jit.DefaultDeployment + "] grant of no request"}}
-				name := "jit-allow-" + jit.NewRequestID() + "-0"
-				if s, _ := c.callQuiet(p, "PUT", base+"/securityRules/"+name+"?api-version=2024-05-01", rule); s/100 == 2 {
-					handEdits.Add(1)
-					obsMu.Lock()
-					present[name] = true
-					obsMu.Unlock()
-				}
-			case 2:
-				// Widen a live grant's rule to any source: JIT must put it
-				// back as granted, and still remove it at the end.
-				for _, r := range got.Properties.SecurityRules {
-					if strings.HasPrefix(r.Name, "jit-allow-") {
-						rule := map[string]any{"properties": map[string]any{"access": "Allow", "direction": "Inbound", "priority": r.Properties.Priority,
-							"protocol": "*", "sourceAddressPrefix": "*", "sourcePortRange": "*", "destinationAddressPrefix": "*", "destinationPortRange": "*"}}
-						if s, _ := c.callQuiet(p, "PUT", base+"/securityRules/"+r.Name+"?api-version=2024-05-01", rule); s/100 == 2 {
-							handEdits.Add(1)
-						}
-						break
-					}
-				}
-			}
-		}
-	}()
+	handEdits := editByHand(stopChaos, &chaosWG, nsgNames, func(nsg string) (string, bool) {
+		p, up := c.current()
+		return p.base + "/_arm" + rgURL + "/providers/Microsoft.Network/networkSecurityGroups/" + nsg, up
+	}, obs)
 
 	// Requests: 500 grants over about 25 s, each for 4 to 20 s.
-	var recMu sync.Mutex
-	var recs []grantRec
-	var wg sync.WaitGroup
-	work := make(chan int)
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range work {
-				vm := vms[i%len(vms)]
-				port := []int{22, 3389}[i%2]
-				d := 4 + rand.IntN(17)
-				var r requestRec
-				body := initiateBody(vm, port, map[string]any{"duration": fmt.Sprintf("PT%dS", d), "allowedSourceAddressPrefix": fmt.Sprintf("198.51.100.%d", i%250+1)})
-				if !c.try("POST", "/api/v1/policies/chaos/initiate", body, &r, 202) || len(r.Grants) != 1 {
-					t.Errorf("request %d was not accepted", i)
-					continue
-				}
-				recMu.Lock()
-				recs = append(recs, grantRec{id: r.ID, vm: vm, rule: r.Grants[0].RuleName, end: r.VirtualMachines[0].Ports[0].EndTimeUtc, nsgs: nsgsOf[strings.ToLower(vmID(vm))]})
-				recMu.Unlock()
-			}
-		}()
-	}
-	for i := range grants {
-		work <- i
-		time.Sleep(50 * time.Millisecond)
-	}
-	close(work)
-	wg.Wait()
-	lastEnd := time.Time{}
-	for _, r := range recs {
-		if r.end.After(lastEnd) {
-			lastEnd = r.end
-		}
-	}
+	recs, lastEnd := requestGrants(t, grants, 25*time.Second, vms, func(vm string) []string { return nsgsOf[strings.ToLower(vmID(vm))] },
+		func(body any, r *requestRec) bool {
+			return c.try("POST", "/api/v1/policies/chaos/initiate", body, r, 202)
+		})
 	// Chaos goes on until every grant has ended, then stops.
 	time.Sleep(time.Until(lastEnd))
 	close(stopChaos)
@@ -429,47 +336,17 @@ func TestChaos(t *testing.T) {
 
 	// Everything must be closed within a sweep period and 10 s.
 	deadline := lastEnd.Add(sweep + 10*time.Second)
-	stillOpen := func() []string {
-		obsMu.Lock()
-		defer obsMu.Unlock()
-		var open []string
-		for name := range present {
-			if strings.HasPrefix(name, "jit-allow-") {
-				if _, gone := firstAbsent[name]; !gone {
-					open = append(open, name)
-				}
-			}
-		}
-		return open
-	}
-	for time.Now().Before(deadline) && len(stillOpen()) > 0 {
+	for time.Now().Before(deadline) && len(obs.stillOpen()) > 0 {
 		time.Sleep(200 * time.Millisecond)
 	}
 	time.Sleep(500 * time.Millisecond) // one more observation
 	close(stopObs)
 	obsWG.Wait()
-	open := stillOpen()
+	open := obs.stillOpen()
 
 	// The largest lag between a grant's end and its rule's disappearance.
-	var maxLag time.Duration
-	observed := 0
-	type lagRec struct {
-		rec grantRec
-		lag time.Duration
-	}
-	var lags []lagRec
-	obsMu.Lock()
-	for _, r := range recs {
-		if gone, ok := firstAbsent[r.rule]; ok && present[r.rule] {
-			observed++
-			lags = append(lags, lagRec{r, gone.Sub(r.end)})
-			if lag := gone.Sub(r.end); lag > maxLag {
-				maxLag = lag
-			}
-		}
-	}
-	obsMu.Unlock()
-	slices.SortFunc(lags, func(a, b lagRec) int { return int(b.lag - a.lag) })
+	lags := obs.lags(recs)
+	maxLag, observed := largestLag(lags)
 
 	// The audit trail: a request event per grant, an open event for every
 	// rule seen, and a close event per grant and NSG, whatever happened in
@@ -499,24 +376,7 @@ func TestChaos(t *testing.T) {
 	c.mu.Lock()
 	t.Logf("kills at: %v", c.kills)
 	c.mu.Unlock()
-	lost := 0
-	obsMu.Lock()
-	for _, r := range recs {
-		if !ids["request-"+r.id+"-0"] {
-			lost++
-		}
-		// A rule seen in an NSG was written by an open, which was audited
-		// first.
-		if present[r.rule] && !slices.ContainsFunc(r.nsgs, func(n string) bool { return ids["open-"+r.id+"-0-"+jit.ShortHash(n)] }) {
-			lost++
-		}
-		for _, n := range r.nsgs {
-			if !ids["close-"+r.id+"-0-"+jit.ShortHash(n)] {
-				lost++
-			}
-		}
-	}
-	obsMu.Unlock()
+	lost := len(obs.auditLost(recs, ids))
 	// Deny rules are all back.
 	missingDeny := 0
 	for _, vm := range vms {
@@ -545,9 +405,7 @@ func TestChaos(t *testing.T) {
 `, len(recs), len(vms), len(nsgNames), faults, dropRate*100, dupRate*100, c.restarts, handEdits.Load(), observed,
 		maxLag.Round(10*time.Millisecond), sweep, len(open), lost, missingDeny)
 	t.Log("\n" + report)
-	if path := os.Getenv("JIT_CHAOS_REPORT"); path != "" {
-		_ = os.WriteFile(path, []byte(report), 0o644)
-	}
+	writeChaosReport(t, "local", report)
 	if len(recs) < grants {
 		t.Errorf("only %d of %d grants were accepted", len(recs), grants)
 	}
@@ -569,5 +427,28 @@ func TestChaos(t *testing.T) {
 	c.calls.checkRoleCovers(t)
 	if c.restarts < 2 || faults < 50 {
 		t.Errorf("too little chaos: %d restarts, %d faults", c.restarts, faults)
+	}
+}
+
+// chaosReports are the fault tests' figures of this run, by mode.
+var chaosReports sync.Map
+
+// writeChaosReport writes the figures of every fault test run so far in
+// this process, local mode's first, to the file JIT_CHAOS_REPORT names
+// (make test prints it at the end).
+func writeChaosReport(t *testing.T, mode, report string) {
+	chaosReports.Store(mode, report)
+	path := os.Getenv("JIT_CHAOS_REPORT")
+	if path == "" {
+		return
+	}
+	var all strings.Builder
+	for _, m := range []string{"local", "functions"} {
+		if r, ok := chaosReports.Load(m); ok {
+			all.WriteString(r.(string))
+		}
+	}
+	if err := os.WriteFile(path, []byte(all.String()), 0o644); err != nil {
+		t.Errorf("writing the fault test's figures: %v", err)
 	}
 }

@@ -77,10 +77,6 @@ func startLocal(t *testing.T, dataDir, addr string, extraEnv ...string) *proc {
 		"JIT_DATA_DIR="+dataDir,
 		"JIT_MIN_DURATION=1s",
 		"JIT_LOG_LEVEL=debug",
-		// Tests of other things make many changes as one caller; the
-		// abuse test sets the limits it tests.
-		"JIT_MAX_OPEN_REQUESTS=10000",
-		"JIT_WRITES_PER_MINUTE=off",
 	)
 	cmd.Env = append(cmd.Env, extraEnv...)
 	p := &proc{t: t, cmd: cmd, base: "http://" + addr, logs: &bytes.Buffer{}, mu: &sync.Mutex{}}

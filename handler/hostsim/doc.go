@@ -19,7 +19,7 @@
 // Counters per instance say what the host did (invocations and failures by
 // function, messages delivered, receives, completes, abandons).
 // Instance.Kill takes one instance away mid-work, as a dying host instance
-// goes.
+// goes, and Host.Restart starts it again, as the platform replaces it.
 //
 // The payload shapes follow the host's source: HttpScriptInvocationContext
 // built by ToHttpScriptInvocationContext (azure-functions-host,

@@ -134,18 +134,24 @@ type Host struct {
 
 	faultMu sync.Mutex
 	faults  []string
+
+	lifeMu sync.Mutex // Restart and Close, which replace and end instances' lives
+	closed bool       // under lifeMu
 }
 
 // Instance is one handler instance, with its own process, port, Service
-// Bus connection and receivers.
+// Bus connection and receivers. Kill ends its life and Host.Restart starts
+// the next one.
 type Instance struct {
-	index   int
-	url     string
+	index int
+	mu    sync.RWMutex // url and proxy, which Restart replaces while others read
+	url   string
+	proxy *httputil.ReverseProxy
+
 	cmd     *exec.Cmd // nil with Config.HandlerURLs
 	exited  chan struct{}
 	out     *tailBuffer
 	sb      *azservicebus.Client
-	proxy   *httputil.ReverseProxy
 	counts  counters
 	singles atomic.Int64 // single-message invocations so far, for the twice-encoded body
 
@@ -161,8 +167,20 @@ type Instance struct {
 // Index is the instance's number, from 0.
 func (in *Instance) Index() int { return in.index }
 
-// URL is the instance's own address (http://127.0.0.1:PORT).
-func (in *Instance) URL() string { return in.url }
+// URL is the instance's own address (http://127.0.0.1:PORT); a restart
+// gives it another port.
+func (in *Instance) URL() string {
+	in.mu.RLock()
+	defer in.mu.RUnlock()
+	return in.url
+}
+
+// target is the instance's address and the proxy that forwards to it.
+func (in *Instance) target() (string, *httputil.ReverseProxy) {
+	in.mu.RLock()
+	defer in.mu.RUnlock()
+	return in.url, in.proxy
+}
 
 // Stats are the instance's counters now.
 func (in *Instance) Stats() Stats { return in.counts.snapshot() }
@@ -273,56 +291,116 @@ func (h *Host) startInstances() error {
 		}
 		n := max(h.cfg.Instances, 1)
 		for i := range n {
-			in, err := h.startProcess(i)
-			if err != nil {
+			in := &Instance{index: i}
+			if h.cfg.Output == nil {
+				in.out = &tailBuffer{limit: 1 << 20}
+			}
+			if err := h.startProcess(in); err != nil {
 				return err
 			}
 			h.instances = append(h.instances, in)
 		}
 	}
-	timeout := h.cfg.StartTimeout
-	if timeout <= 0 {
-		timeout = 30 * time.Second
-	}
 	for _, in := range h.instances {
-		in.ctx, in.cancel = context.WithCancel(h.ctx)
-		in.alive, in.kill = context.WithCancel(context.Background())
-		if err := h.waitReady(in, timeout); err != nil {
+		if err := h.waitAndForward(in); err != nil {
 			return err
 		}
-		target, _ := url.Parse(in.url)
-		in.proxy = h.newProxy(in, target)
 	}
 	return nil
 }
 
-// startProcess starts one handler in Functions mode, as the host does:
-// FUNCTIONS_CUSTOMHANDLER_PORT and the app settings in its environment.
-func (h *Host) startProcess(i int) (*Instance, error) {
+// waitAndForward begins an instance's life: its contexts, the wait until
+// it answers, and the proxy that forwards HTTP to it.
+func (h *Host) waitAndForward(in *Instance) error {
+	timeout := h.cfg.StartTimeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	in.ctx, in.cancel = context.WithCancel(h.ctx)
+	in.alive, in.kill = context.WithCancel(context.Background())
+	if err := h.waitReady(in, timeout); err != nil {
+		return err
+	}
+	u := in.URL()
+	target, _ := url.Parse(u)
+	proxy := h.newProxy(in, target)
+	in.mu.Lock()
+	in.proxy = proxy
+	in.mu.Unlock()
+	return nil
+}
+
+// startProcess starts the instance's handler in Functions mode, as the
+// host does: FUNCTIONS_CUSTOMHANDLER_PORT and the app settings in its
+// environment. Its output goes on in the same buffer over its lives.
+func (h *Host) startProcess(in *Instance) error {
 	port, err := testenv.FindFreePort()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	in := &Instance{index: i, url: "http://127.0.0.1:" + strconv.Itoa(port), exited: make(chan struct{})}
+	in.mu.Lock()
+	in.url = "http://127.0.0.1:" + strconv.Itoa(port)
+	in.mu.Unlock()
+	in.exited = make(chan struct{})
 	cmd := exec.Command(h.cfg.Binary)
 	cmd.Env = append(append(os.Environ(), "FUNCTIONS_CUSTOMHANDLER_PORT="+strconv.Itoa(port)), h.cfg.settings()...)
-	var w io.Writer
+	var w io.Writer = in.out
 	if h.cfg.Output != nil {
-		w = h.cfg.Output(i)
-	} else {
-		in.out = &tailBuffer{limit: 1 << 20}
-		w = in.out
+		w = h.cfg.Output(in.index)
 	}
 	cmd.Stdout, cmd.Stderr = w, w
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting handler instance %d (%s): %w", i, h.cfg.Binary, err)
+		return fmt.Errorf("starting handler instance %d (%s): %w", in.index, h.cfg.Binary, err)
 	}
 	in.cmd = cmd
+	exited := in.exited
 	go func() {
 		_ = cmd.Wait()
-		close(in.exited)
+		close(exited)
 	}()
-	return in, nil
+	return nil
+}
+
+// Restart starts instance i again after Kill, as the platform replaces a
+// dead host instance: a new handler process (on a new port) with the same
+// settings, its own Service Bus connection and receivers. Its counters and
+// output go on from its earlier lives. It must not run at the same time as
+// Kill of the same instance.
+func (h *Host) Restart(i int) error {
+	h.lifeMu.Lock()
+	defer h.lifeMu.Unlock()
+	if h.closed {
+		return errors.New("hostsim: the host is closed")
+	}
+	if i < 0 || i >= len(h.instances) {
+		return fmt.Errorf("hostsim: no instance %d", i)
+	}
+	in := h.instances[i]
+	if in.cmd == nil {
+		return fmt.Errorf("hostsim: instance %d was not started by the host (Config.HandlerURLs)", i)
+	}
+	if !in.down.Load() {
+		return fmt.Errorf("hostsim: instance %d is running: Kill it first", i)
+	}
+	<-in.exited
+	in.stopOnce = sync.Once{}
+	in.sb = nil
+	if err := h.startProcess(in); err != nil {
+		return err
+	}
+	if err := h.waitAndForward(in); err != nil {
+		in.kill()
+		_ = in.cmd.Process.Kill()
+		return err
+	}
+	if err := h.receive(in); err != nil {
+		in.cancel()
+		in.kill()
+		_ = in.cmd.Process.Kill()
+		return err
+	}
+	in.down.Store(false)
+	return nil
 }
 
 // waitReady polls GET / until any HTTP answer, as the host waits for a
@@ -331,7 +409,7 @@ func (h *Host) waitReady(in *Instance, timeout time.Duration) error {
 	probe := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(timeout)
 	for {
-		resp, err := probe.Get(in.url + "/")
+		resp, err := probe.Get(in.URL() + "/")
 		if err == nil {
 			resp.Body.Close()
 			return nil
@@ -344,7 +422,7 @@ func (h *Host) waitReady(in *Instance, timeout time.Duration) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("handler instance %d did not answer GET %s/ within %s:\n%s", in.index, in.url, timeout, in.Output())
+			return fmt.Errorf("handler instance %d did not answer GET %s/ within %s:\n%s", in.index, in.URL(), timeout, in.Output())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -401,7 +479,8 @@ func (h *Host) serveFront(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no live instance", http.StatusServiceUnavailable)
 		return
 	}
-	in.proxy.ServeHTTP(w, r)
+	_, proxy := in.target()
+	proxy.ServeHTTP(w, r)
 }
 
 // serveEventGrid is the Event Grid extension's webhook: it answers the
@@ -516,7 +595,8 @@ func (h *Host) invoke(ctx context.Context, in *Instance, function string, inv in
 		if err != nil {
 			return fmt.Errorf("encoding the %s invocation: %w", function, err)
 		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, in.url+"/"+function, bytes.NewReader(body))
+		base, _ := in.target()
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/"+function, bytes.NewReader(body))
 		if err != nil {
 			return err
 		}
@@ -631,6 +711,9 @@ const closeGrace = 10 * time.Second
 // (interrupted, killed after five seconds). It may be called more than once.
 func (h *Host) Close() error {
 	h.closeOnce.Do(func() {
+		h.lifeMu.Lock()
+		defer h.lifeMu.Unlock()
+		h.closed = true
 		h.cancel()
 		grace := make(chan struct{}) // closed when the grace is over, for every instance
 		stopGrace := time.AfterFunc(closeGrace, func() { close(grace) })

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -712,5 +713,93 @@ func TestHostBatchesMixOneAtATimePerInstance(t *testing.T) {
 	}
 	if s := h.Stats(); s.Sessions != 0 || s.Abandons != 0 || s.Completes != total {
 		t.Errorf("stats %+v", s)
+	}
+}
+
+// TestMain lets the test binary play a custom handler in a process of its
+// own (HOSTSIM_TEST_HANDLER=1), for tests that need the host to start,
+// kill and restart processes: it answers the readiness probe, forwarded
+// requests with its process id, and every invocation with an empty result.
+func TestMain(m *testing.M) {
+	if os.Getenv("HOSTSIM_TEST_HANDLER") != "1" {
+		os.Exit(m.Run())
+	}
+	err := http.ListenAndServe("127.0.0.1:"+os.Getenv("FUNCTIONS_CUSTOMHANDLER_PORT"), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		switch {
+		case r.Method == http.MethodGet && r.URL.Path == "/":
+			http.NotFound(w, r)
+		case r.Method == http.MethodPost && !strings.HasPrefix(r.URL.Path, "/api/"):
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprint(w, `{"Outputs":{},"Logs":[],"ReturnValue":null}`)
+		default:
+			fmt.Fprint(w, os.Getpid())
+		}
+	}))
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
+}
+
+// TestHostInstanceRestarted kills an instance and restarts it: a new
+// process on a new port serves forwarded requests and receives the queue
+// again, and its counters go on from its first life.
+func TestHostInstanceRestarted(t *testing.T) {
+	sb := testenv.StartServiceBus(t)
+	const queue = "hostsim-restart"
+	fns := append(workerFunction("many", false), Function{Name: "api", Bindings: []Binding{{Type: "httpTrigger", Direction: "in", Name: "req"}, {Type: "http", Direction: "out", Name: "res"}}})
+	h, err := Start(Config{
+		Binary:         os.Args[0],
+		Instances:      2,
+		Env:            []string{"HOSTSIM_TEST_HANDLER=1"},
+		HostServiceBus: sb.ConnectionString(),
+		Queue:          queue,
+		Functions:      fns,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	pid := func() string {
+		t.Helper()
+		resp, err := http.Get(h.URL() + "/api/pid")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	first := h.Instances()[0]
+	oldURL := first.URL()
+	pid()
+	pid() // one request each
+	before := first.Stats().Invocations["api"]
+	first.Kill()
+	if err := h.Restart(1); err == nil {
+		t.Error("a running instance restarted")
+	}
+	if err := h.Restart(0); err != nil {
+		t.Fatal(err)
+	}
+	if first.URL() == oldURL {
+		t.Errorf("the restarted instance kept its port %s", oldURL)
+	}
+	// With the other instance gone, the restarted one does all the work.
+	h.Instances()[1].Kill()
+	if got := pid(); got == fmt.Sprint(first.cmd.Process.Pid) {
+		if n := first.Stats().Invocations["api"]; n != before+1 {
+			t.Errorf("api invocations over both lives: %d, want %d", n, before+1)
+		}
+	} else {
+		t.Errorf("a forwarded request was served by process %s, want the restarted %d", got, first.cmd.Process.Pid)
+	}
+	send(t, sb, queue, "after", nil, []string{`{}`, `{}`}, nil)
+	waitUntil(t, 20*time.Second, "the restarted instance completing both messages", func() bool { return first.Stats().Completes == 2 })
+	if err := h.Restart(1); err != nil {
+		t.Fatal(err)
+	}
+	_ = h.Close()
+	if err := h.Restart(1); err == nil {
+		t.Error("an instance restarted after Close")
 	}
 }

@@ -33,6 +33,20 @@ func (h *Host) startReceivers() error {
 	if h.worker == nil {
 		return nil
 	}
+	for _, in := range h.instances {
+		if err := h.receive(in); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// receive connects one instance to Service Bus and starts its receive
+// loops.
+func (h *Host) receive(in *Instance) error {
+	if h.worker == nil {
+		return nil
+	}
 	loops := h.settings.ServiceBus.MaxConcurrentCalls
 	if h.trigger.IsSessionsEnabled {
 		loops = h.settings.ServiceBus.MaxConcurrentSessions
@@ -40,25 +54,23 @@ func (h *Host) startReceivers() error {
 	if h.trigger.Many() {
 		loops = 1
 	}
-	for _, in := range h.instances {
-		c, err := azservicebus.NewClientFromConnectionString(h.cfg.HostServiceBus, nil)
-		if err != nil {
-			return fmt.Errorf("connecting the host to Service Bus: %w", err)
-		}
-		in.sb = c
-		for range loops {
-			if h.trigger.IsSessionsEnabled {
-				in.receivers.Add(1)
-				go h.receiveSessions(in)
-				continue
-			}
-			r, err := c.NewReceiverForQueue(h.queue, nil)
-			if err != nil {
-				return fmt.Errorf("receiving queue %s: %w", h.queue, err)
-			}
+	c, err := azservicebus.NewClientFromConnectionString(h.cfg.HostServiceBus, nil)
+	if err != nil {
+		return fmt.Errorf("connecting the host to Service Bus: %w", err)
+	}
+	in.sb = c
+	for range loops {
+		if h.trigger.IsSessionsEnabled {
 			in.receivers.Add(1)
-			go h.receiveQueue(in, r)
+			go h.receiveSessions(in)
+			continue
 		}
+		r, err := c.NewReceiverForQueue(h.queue, nil)
+		if err != nil {
+			return fmt.Errorf("receiving queue %s: %w", h.queue, err)
+		}
+		in.receivers.Add(1)
+		go h.receiveQueue(in, r)
 	}
 	return nil
 }

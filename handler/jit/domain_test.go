@@ -75,6 +75,9 @@ type memNet struct {
 	rules  []jit.SecurityRule
 	owner  jit.Owner
 	writes int
+	// lostAnswer: the next write is made, but its caller hears an error,
+	// as a worker that dies while ARM runs its write never hears back.
+	lostAnswer bool
 }
 
 func (n *memNet) vm() jit.VMInfo {
@@ -149,6 +152,10 @@ func (n *memNet) ApplyRules(_ context.Context, nsg string, c jit.RuleChange) (ji
 	n.rules, ap.Rules = keep, slices.Clone(keep)
 	if ap.Wrote() {
 		n.writes++
+	}
+	if n.lostAnswer {
+		n.lostAnswer = false
+		return jit.Applied{}, jit.Errorf(jit.EUNAVAILABLE, "connection reset (injected): the write went in")
 	}
 	return ap, nil
 }
@@ -395,4 +402,61 @@ func (n *notices) events() []string {
 		out = append(out, x.Event)
 	}
 	return out
+}
+
+// TestUnrecordedOpens: a rule written by a worker that never heard back
+// (it died while ARM ran the write) is in the NSG though its open is not
+// recorded. The sweep finds it and records it open while the grant lives;
+// the close that takes it out after the grant's end audits the open too.
+// Either way the trail has the open of every rule that was in the NSG.
+func TestUnrecordedOpens(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		then func(d *domain, r jit.Request)
+	}{
+		{"found by the sweep while the grant lives", func(d *domain, r jit.Request) {
+			if _, err := d.svc.Reconcile(d.t.Context()); err != nil {
+				d.t.Fatal(err)
+			}
+			if got := d.status(r.ID); got != jit.RequestActive+"/"+jit.GrantInitiated {
+				d.t.Fatalf("after the sweep: %s, want the grant recorded open", got)
+			}
+		}},
+		{"closed after the grant ended", func(d *domain, r jit.Request) {
+			d.clock.Add(6 * time.Minute)
+			d.deliver(jit.OpOpen) // delivered again, after the end: a close
+			if d.net.allows() {
+				d.t.Fatal("the rule is still in the NSG after the grant's end")
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := newDomain(t, nil)
+			r := d.request(5 * time.Minute)
+			d.net.lostAnswer = true
+			for _, op := range d.q.take(jit.OpOpen) {
+				if err := d.svc.ApplyOperation(t.Context(), op); err == nil {
+					t.Fatal("the open heard back, want the injected error")
+				}
+				_ = d.q.Enqueue(t.Context(), []jit.Operation{op}) // redelivered later
+			}
+			if !d.net.allows() {
+				t.Fatal("the write did not go in")
+			}
+			if got := d.status(r.ID); got != jit.RequestActive+"/"+jit.GrantInitiating {
+				t.Fatalf("before: %s, want the open unrecorded", got)
+			}
+			tc.then(d, r)
+			var opens []string
+			_ = d.store.ScanAudit(t.Context(), jit.AuditFilter{}, func(ev jit.AuditEvent) error {
+				if ev.Action == jit.AuditOpen && ev.Request == r.ID && ev.Result == jit.ResultSuccess {
+					opens = append(opens, ev.ID)
+				}
+				return nil
+			})
+			if len(opens) != 1 {
+				t.Fatalf("open events of the request: %v, want one", opens)
+			}
+		})
+	}
 }

@@ -319,16 +319,10 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, listedAt
 		}
 		switch gn.State {
 		case RuleOpen:
-			want := s.allowRules(ref.req, ref.i)
-			intact := true
-			for _, rule := range want {
-				if have, ok := present[strings.ToLower(rule.Name)]; !ok || !s.sameRule(have, rule) {
-					intact = false
-				}
-			}
-			if intact {
+			if s.rulesIntact(present, ref.req, ref.i) {
 				continue
 			}
+			want := s.allowRules(ref.req, ref.i)
 			// The view may be older than the NSG listing (a paced reconcile
 			// takes a while): never put back a rule whose grant has ended,
 			// been revoked or closed since.
@@ -338,6 +332,14 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, listedAt
 			w.put = append(w.put, want...)
 			repairs = append(repairs, repair{ref.req, RuleName(ref.req.ID, ref.i)})
 		case RulePending:
+			if s.rulesIntact(present, ref.req, ref.i) {
+				// In the NSG, though not recorded: written by a worker
+				// that stopped before recording it. It is open.
+				if err := s.recordOpen(ctx, ref.req, ref.i, n.ID); err != nil {
+					fail(ref.req, g.VM, "recording an open found in the NSG", err)
+				}
+				continue
+			}
 			if now.Sub(ref.req.AcceptedAt()) < s.cfg.StuckAfter {
 				continue
 			}
@@ -384,7 +386,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, listedAt
 		return errors.Join(errs...)
 	}
 	for _, c := range closes {
-		_ = s.recordClose(ctx, c.req, c.i, n.ID)
+		_ = s.recordClose(ctx, c.req, c.i, n.ID, removedAny(ap, c.req.ID, c.i))
 	}
 	for _, name := range orphans {
 		rep.Orphans++
@@ -543,4 +545,15 @@ func stillOpen(r Request, i int, nsgID string, now time.Time) bool {
 	}
 	gn, _ := r.Grants[i].NSG(nsgID)
 	return gn != nil && gn.State == RuleOpen
+}
+
+// rulesIntact reports whether every allow rule of grant i of r is in
+// present (the NSG's rules by lower-case name) as the service writes it.
+func (s *Service) rulesIntact(present map[string]SecurityRule, r Request, i int) bool {
+	for _, rule := range s.allowRules(r, i) {
+		if have, ok := present[strings.ToLower(rule.Name)]; !ok || !s.sameRule(have, rule) {
+			return false
+		}
+	}
+	return true
 }

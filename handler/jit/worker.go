@@ -169,7 +169,7 @@ func (s *Service) ApplyOperations(ctx context.Context, ops []Operation) []error 
 			}
 			w.put = append(w.put, s.allowRules(st.req, ops[st.op].Grant)...)
 		}
-		_, lockErr, err := s.applyNSG(ctx, batch[0].nsg, w)
+		ap, lockErr, err := s.applyNSG(ctx, batch[0].nsg, w)
 		failSyncs(lockErr)
 		if err != nil {
 			for _, st := range batch {
@@ -197,7 +197,7 @@ func (s *Service) ApplyOperations(ctx context.Context, ops []Operation) []error 
 					if st.act == ruleOpen {
 						errs[st.op] = s.recordOpen(ctx, st.req, ops[st.op].Grant, st.nsg)
 					} else {
-						errs[st.op] = s.recordClose(ctx, st.req, ops[st.op].Grant, st.nsg)
+						errs[st.op] = s.recordClose(ctx, st.req, ops[st.op].Grant, st.nsg, removedAny(ap, st.req.ID, ops[st.op].Grant))
 					}
 				}
 			})
@@ -224,6 +224,9 @@ func (s *Service) ruleFailed(ctx context.Context, req Request, i int, nsg string
 	return fmt.Errorf("closing grant %s-%d in %s: %w", req.ID, i, nsg, cause)
 }
 
+// errRecorded: the outcome to record is recorded already.
+var errRecorded = errors.New("recorded already")
+
 // recordOpen audits and records that grant i's rule is in nsg.
 func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string) error {
 	g := req.Grants[i]
@@ -245,6 +248,9 @@ func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string
 			}
 			return []AuditEvent{ev}, nil
 		}
+		if n.State == RuleOpen && !n.OpenedAt.IsZero() {
+			return nil, errRecorded // a sweep found it in the NSG first
+		}
 		n.State, n.OpenedAt, n.Error = RuleOpen, now, ""
 		e := ev
 		if g.Status == GrantInitiating && allOpen(g) {
@@ -253,6 +259,9 @@ func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string
 		}
 		return []AuditEvent{e}, nil
 	})
+	if errors.Is(err, errRecorded) {
+		return nil
+	}
 	if err != nil {
 		// The rule is in the NSG whatever the store says: the trail
 		// records it even when the request cannot.
@@ -280,14 +289,30 @@ func allOpen(g *Grant) bool {
 // removeRule deletes grant i's rule from nsg and records it; req is the
 // request as its caller just read it.
 func (s *Service) removeRule(ctx context.Context, req Request, i int, nsg string) error {
-	if _, _, err := s.applyNSG(ctx, nsg, nsgWrite{del: allowRuleNames(req.ID, i)}); err != nil {
+	ap, _, err := s.applyNSG(ctx, nsg, nsgWrite{del: allowRuleNames(req.ID, i)})
+	if err != nil {
 		return s.ruleFailed(ctx, req, i, nsg, ruleClose, err)
 	}
-	return s.recordClose(ctx, req, i, nsg)
+	return s.recordClose(ctx, req, i, nsg, removedAny(ap, req.ID, i))
+}
+
+// removedAny reports whether ap removed one of grant i's allow rules: they
+// were in the NSG until this write.
+func removedAny(ap Applied, requestID string, i int) bool {
+	for _, name := range allowRuleNames(requestID, i) {
+		if slices.ContainsFunc(ap.Removed, func(r string) bool { return strings.EqualFold(r, name) }) {
+			return true
+		}
+	}
+	return false
 }
 
 // recordClose audits and records that grant i's rule is gone from nsg.
-func (s *Service) recordClose(ctx context.Context, req Request, i int, nsg string) error {
+// removed says the close took the rule out of the NSG: if its open was
+// never recorded (the worker that wrote it stopped before it could), the
+// open is audited now, with the close, so that no rule that was in an NSG
+// is missing from the trail.
+func (s *Service) recordClose(ctx context.Context, req Request, i int, nsg string, removed bool) error {
 	g := req.Grants[i]
 	now := s.now()
 	reason := g.StatusReason
@@ -305,6 +330,7 @@ func (s *Service) recordClose(ctx context.Context, req Request, i int, nsg strin
 	_, err := s.mutateAudited(ctx, req.ID, func(r *Request) ([]AuditEvent, error) {
 		g := &r.Grants[i]
 		n, _ := g.NSG(nsg)
+		wasOpen := n.State == RuleOpen || !n.OpenedAt.IsZero()
 		wasDone := g.Done()
 		n.State, n.ClosedAt, n.Error = RuleClosed, now, ""
 		nowDone = !wasDone && g.Done()
@@ -321,6 +347,9 @@ func (s *Service) recordClose(ctx context.Context, req Request, i int, nsg strin
 		e := ev
 		if nowDone {
 			e.Notice = s.notice(EventClosed, grantOnly(*r, i), System.ID, reason)
+		}
+		if removed && !wasOpen {
+			return []AuditEvent{s.unrecordedOpen(*r, i, nsg, now), e}, nil
 		}
 		return []AuditEvent{e}, nil
 	})
@@ -527,4 +556,15 @@ func (s *Service) sweepRequests(ctx context.Context, reqs []Request) (closed int
 		s.cfg.Log.Info().Int("closed", closed).Int("failed", len(errs)).Msg("sweep")
 	}
 	return closed, errors.Join(errs...)
+}
+
+// unrecordedOpen is the open event of grant i's rule in nsg that a close
+// found in the NSG though its open was never recorded: the worker that
+// wrote it stopped before it could record it. Its id is the one the open
+// would have had; it is timed just before the close that found it.
+func (s *Service) unrecordedOpen(r Request, i int, nsg string, closedAt time.Time) AuditEvent {
+	g := r.Grants[i]
+	return AuditEvent{ID: "open-" + r.ID + "-" + itoa(i) + "-" + ShortHash(nsg), Time: closedAt.Add(-time.Microsecond), Action: AuditOpen,
+		Actor: System.ID, Policy: r.Policy, Request: r.ID, VM: g.VM, NSG: nsg, Protocol: g.Protocol, Ports: g.Ports, Sources: g.Sources,
+		Result: ResultSuccess, Detail: "found in the NSG when it was closed: written by a worker that stopped before recording it, open from then until " + closedAt.Format(time.RFC3339)}
 }

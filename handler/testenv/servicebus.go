@@ -189,6 +189,11 @@ type ServiceBusQueueState struct {
 		Cancelled         int `json:"cancelled"`
 		DeadLettered      int `json:"deadLettered"`
 		DuplicatesDropped int `json:"duplicatesDropped"`
+		// What the faults did (ServiceBusFaults): messages lost on the
+		// way in, taken in twice, and locks taken mid-work.
+		Dropped    int `json:"dropped"`
+		Duplicated int `json:"duplicated"`
+		LocksLost  int `json:"locksLost"`
 	} `json:"counts"`
 }
 
@@ -273,4 +278,57 @@ func (d *ServiceBusDouble) Reset(t testing.TB) {
 	if err := d.ResetState(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// ServiceBusFaults are the double's fault injections, for fault tests; the
+// zero value is none (the double's default). Rates are shares from 0 to 1.
+type ServiceBusFaults struct {
+	// DropRate is the share of messages lost on their way in: the sender
+	// is told they were accepted (a scheduled one gets its sequence
+	// number) and no receiver ever sees them.
+	DropRate float64 `json:"dropRate"`
+	// DuplicateRate is the share of messages taken in twice: two messages
+	// with the same id, each delivered and settled on its own.
+	DuplicateRate float64 `json:"duplicateRate"`
+	// LockLossRate is the share of deliveries whose lock is lost while
+	// the receiver works on them, at a random moment within
+	// LockLossAfter: the message is available again with its delivery
+	// count one higher (dead-lettered when that reaches
+	// MaxDeliveryCount), and the receiver's settlement is refused with
+	// com.microsoft:message-lock-lost.
+	LockLossRate  float64       `json:"lockLossRate"`
+	LockLossAfter time.Duration `json:"-"`
+	// MaxDeliveryCount is the queue's maximum delivery count (0: leave it
+	// as it is, 10 unless set).
+	MaxDeliveryCount int `json:"maxDeliveryCount,omitempty"`
+	// Seed seeds the draws, so that a run can be replayed as far as its
+	// timing allows (0: leave it).
+	Seed uint32 `json:"seed,omitempty"`
+}
+
+// SetFaults turns the double's faults on (or off, with the zero value),
+// from the next message on.
+func (d *ServiceBusDouble) SetFaults(f ServiceBusFaults) error {
+	type wire struct {
+		ServiceBusFaults
+		LockLossAfterMs int64 `json:"lockLossAfterMs,omitempty"`
+	}
+	body, err := json.Marshal(wire{f, f.LockLossAfter.Milliseconds()})
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequest(http.MethodPut, fmt.Sprintf("http://127.0.0.1:%d/faults", d.HTTPPort), strings.NewReader(string(body)))
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("setting the Service Bus double's faults: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("setting the Service Bus double's faults: %s: %s", resp.Status, msg)
+	}
+	return nil
 }

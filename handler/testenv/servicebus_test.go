@@ -117,3 +117,97 @@ func TestServiceBusQueueKinds(t *testing.T) {
 		t.Errorf("state %+v", st.Queues)
 	}
 }
+
+// The double's faults, each at a rate of 1: a message lost on its way in,
+// one taken in twice, and one whose lock goes while the receiver holds it
+// (its settlement refused, the message delivered again one count higher,
+// then dead-lettered at the maximum delivery count). Off again, the double
+// behaves as before.
+func TestServiceBusFaults(t *testing.T) {
+	d := StartServiceBus(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	client, err := azservicebus.NewClientFromConnectionString(d.ConnectionString(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close(context.Background())
+	const queue = "faulty"
+	sender, err := client.NewSender(queue, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sender.Close(context.Background())
+	receiver, err := client.NewReceiverForQueue(queue, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer receiver.Close(context.Background())
+	send := func(id string) {
+		t.Helper()
+		if err := sender.SendMessage(ctx, &azservicebus.Message{MessageID: &id, Body: []byte(id)}, nil); err != nil {
+			t.Fatalf("sending %s: %v", id, err)
+		}
+	}
+	receive := func() *azservicebus.ReceivedMessage {
+		t.Helper()
+		short, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		msgs, err := receiver.ReceiveMessages(short, 1, nil)
+		if err != nil || len(msgs) != 1 {
+			t.Fatalf("receiving: %d messages, %v", len(msgs), err)
+		}
+		return msgs[0]
+	}
+	setFaults := func(f ServiceBusFaults) {
+		t.Helper()
+		if err := d.SetFaults(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	setFaults(ServiceBusFaults{DropRate: 1})
+	send("lost")
+	setFaults(ServiceBusFaults{DuplicateRate: 1})
+	send("twice")
+	setFaults(ServiceBusFaults{})
+	for range 2 {
+		m := receive()
+		if m.MessageID != "twice" {
+			t.Errorf("received %s, want the message taken in twice", m.MessageID)
+		}
+		if err := receiver.CompleteMessage(ctx, m, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	setFaults(ServiceBusFaults{LockLossRate: 1, LockLossAfter: 50 * time.Millisecond, MaxDeliveryCount: 2})
+	send("unlocked")
+	first := receive()
+	time.Sleep(300 * time.Millisecond) // the lock goes meanwhile
+	var sbErr *azservicebus.Error
+	if err := receiver.CompleteMessage(ctx, first, nil); !errors.As(err, &sbErr) || sbErr.Code != azservicebus.CodeLockLost {
+		t.Errorf("completing a message whose lock was lost: %v, want a lock-lost error", err)
+	}
+	again := receive()
+	if again.MessageID != "unlocked" || again.DeliveryCount != first.DeliveryCount+1 {
+		t.Errorf("redelivered %s with delivery count %d, want unlocked with %d", again.MessageID, again.DeliveryCount, first.DeliveryCount+1)
+	}
+	time.Sleep(300 * time.Millisecond) // the second loss reaches the maximum delivery count
+	setFaults(ServiceBusFaults{MaxDeliveryCount: 10})
+
+	send("plain")
+	if m := receive(); m.MessageID != "plain" {
+		t.Errorf("received %s, want plain", m.MessageID)
+	} else if err := receiver.CompleteMessage(ctx, m, nil); err != nil {
+		t.Errorf("completing without faults: %v", err)
+	}
+	q := d.State(t).Queues[queue]
+	c := q.Counts
+	if c.Dropped != 1 || c.Duplicated != 1 || c.LocksLost != 2 || c.Completed != 3 || c.DeadLettered != 1 || len(q.Active) != 0 {
+		t.Errorf("counts %+v, active %v", c, q.Active)
+	}
+	if len(q.DeadLetters) != 1 || q.DeadLetters[0].MessageID != "unlocked" || q.DeadLetters[0].Reason != "MaxDeliveryCountExceeded" {
+		t.Errorf("dead letters %+v", q.DeadLetters)
+	}
+}

@@ -22,10 +22,25 @@
 // client's com.microsoft:timeout); peek-lock dispositions on the link
 // (accepted = complete, modified = abandon, released, rejected = dead-letter).
 // Not supported: topics/subscriptions, deferral, peek, TTL/expiry, lock
-// expiry (locks last until settled or the link goes).
+// expiry (locks last until settled or the link goes), unless a fault below
+// takes them.
+//
+// Faults, for fault tests, all off by default: a share of the messages
+// taken in is lost (the sender hears it was accepted; a scheduled one gets
+// its sequence number), a share is taken in twice (two messages, each
+// delivered, settled and counted on its own), and a share of deliveries
+// lose their lock while the receiver works on them: the message is
+// available again with its delivery count one higher (dead-lettered when
+// that reaches the maximum delivery count), and the receiver's settlement
+// is refused with com.microsoft:message-lock-lost (410 on the management
+// link). Set at start with the flags below or at any time with
+// PUT /faults {"dropRate","duplicateRate","lockLossRate","lockLossAfterMs",
+// "maxDeliveryCount","seed"}; the draws come from a seeded generator.
 //
 // Usage: node server.js [--amqp-port N] [--http-port M] [--max-delivery-count K]
 //        [--tls-cert FILE --tls-key FILE [--amqps-port P]]
+//        [--drop-rate R] [--duplicate-rate R] [--lock-loss-rate R]
+//        [--lock-loss-after-ms MS] [--seed N]
 // (0 = any free port). Prints one line "READY amqp=PORT http=PORT amqps=PORT"
 // (amqps=0 without TLS), then logs
 // to stderr when SB_DOUBLE_DEBUG is set. Exits on SIGTERM, and when its stdin
@@ -50,7 +65,10 @@ amqpMessage.decode = function (buf) {
 };
 
 function parseArgs(argv) {
-  const opts = { amqpPort: 0, httpPort: 0, amqpsPort: 0, maxDeliveryCount: 10, dupWindowMs: 10 * 60 * 1000 };
+  const opts = {
+    amqpPort: 0, httpPort: 0, amqpsPort: 0, maxDeliveryCount: 10, dupWindowMs: 10 * 60 * 1000,
+    dropRate: 0, duplicateRate: 0, lockLossRate: 0, lockLossAfterMs: 1000, seed: 1,
+  };
   for (let i = 2; i < argv.length; i++) {
     const next = () => Number(argv[++i]);
     switch (argv[i]) {
@@ -61,6 +79,11 @@ function parseArgs(argv) {
       case '--http-port': opts.httpPort = next(); break;
       case '--max-delivery-count': opts.maxDeliveryCount = next(); break;
       case '--dup-window-ms': opts.dupWindowMs = next(); break;
+      case '--drop-rate': opts.dropRate = next(); break;
+      case '--duplicate-rate': opts.duplicateRate = next(); break;
+      case '--lock-loss-rate': opts.lockLossRate = next(); break;
+      case '--lock-loss-after-ms': opts.lockLossAfterMs = next(); break;
+      case '--seed': opts.seed = next(); break;
       default:
         process.stderr.write(`unknown argument ${argv[i]}\n`);
         process.exit(2);
@@ -70,6 +93,23 @@ function parseArgs(argv) {
 }
 
 const opts = parseArgs(process.argv);
+
+// mulberry32: a small seeded generator, so that a fault run can be replayed
+// as far as timing allows.
+function seeded(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6D2B79F5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+let random = seeded(opts.seed);
+const chance = (rate) => rate > 0 && random() < rate;
+// Lock tokens (hex) whose lock a fault took: settling them is refused.
+const lostLocks = new Set();
 const log = (...args) => { if (process.env.SB_DOUBLE_DEBUG) console.error('[sb-double]', ...args); };
 
 // Section descriptors of an AMQP message (numeric and symbolic forms).
@@ -103,7 +143,10 @@ function queue(name) {
       sessionLocks: new Map(), // session id -> our sender link that holds it
       sessionState: new Map(), // session id -> Buffer
       waiting: [], // accept-next-session links waiting for a free session
-      counts: { sent: 0, scheduled: 0, completed: 0, abandoned: 0, released: 0, cancelled: 0, deadLettered: 0, duplicatesDropped: 0 },
+      counts: {
+        sent: 0, scheduled: 0, completed: 0, abandoned: 0, released: 0, cancelled: 0, deadLettered: 0, duplicatesDropped: 0,
+        dropped: 0, duplicated: 0, locksLost: 0,
+      },
       deadLetters: [],
     };
     queues.set(name, q);
@@ -168,6 +211,28 @@ function accept(q, parsed, scheduledAt) {
       return prev.seq;
     }
   }
+  if (chance(opts.dropRate)) {
+    // Lost on the way in: the id is still remembered, so a retry of the
+    // send is taken for a duplicate and the loss stays a loss.
+    const seq = q.nextSeq++;
+    if (parsed.messageId !== undefined) q.seen.set(parsed.messageId, { seq, at: now });
+    q.counts.dropped++;
+    log('fault: dropped', q.name, parsed.messageId);
+    return seq;
+  }
+  const twice = chance(opts.duplicateRate);
+  const seq = enqueue(q, parsed, scheduledAt, now);
+  if (parsed.messageId !== undefined) q.seen.set(parsed.messageId, { seq, at: now });
+  if (twice) {
+    enqueue(q, parsed, scheduledAt, now);
+    q.counts.duplicated++;
+    log('fault: taken in twice', q.name, parsed.messageId);
+  }
+  return seq;
+}
+
+// enqueue makes a message of a parsed one, visible now or scheduled.
+function enqueue(q, parsed, scheduledAt, now) {
   const m = {
     seq: q.nextSeq++,
     messageId: parsed.messageId,
@@ -179,7 +244,6 @@ function accept(q, parsed, scheduledAt) {
     deliveryCount: 0,
     lock: undefined, // {token (16 bytes), link, delivery} while a receiver holds it
   };
-  if (m.messageId !== undefined) q.seen.set(m.messageId, { seq: m.seq, at: now });
   if (scheduledAt !== undefined && scheduledAt > now) {
     q.scheduled.set(m.seq, m);
     q.counts.scheduled++;
@@ -278,7 +342,32 @@ function deliver(q, link, m) {
   m.lock = { token, link, delivery };
   delivery.sbMessage = m;
   log('delivered', q.name, m.sessionId, m.seq, 'count', m.deliveryCount);
+  if (chance(opts.lockLossRate)) setTimeout(() => loseLock(q, m, token), random() * opts.lockLossAfterMs);
 }
+
+// loseLock takes a delivery's lock as an expired one goes: the message is
+// available again (or dead-lettered) while its receiver still works on it.
+function loseLock(q, m, token) {
+  if (!m.lock || m.lock.token !== token) return; // settled or released meanwhile
+  lostLocks.add(token.toString('hex'));
+  m.lock.delivery.sbLockLost = true;
+  m.lock = undefined;
+  m.deliveryCount++;
+  q.counts.locksLost++;
+  log('fault: lock lost', q.name, m.seq, 'count', m.deliveryCount);
+  if (m.deliveryCount >= opts.maxDeliveryCount) deadLetter(q, m, 'MaxDeliveryCountExceeded');
+  pump(q);
+}
+
+function lockLost(tok) {
+  if (!lostLocks.size) return false;
+  const u = Buffer.isBuffer(tok) ? tok : Buffer.from(String(tok).replace(/-/g, ''), 'hex');
+  for (const hex of lostLocks) if (lockTokenMatches(Buffer.from(hex, 'hex'), u)) return true;
+  return false;
+}
+
+const LOCK_LOST = 'com.microsoft:message-lock-lost';
+const LOCK_LOST_TEXT = 'The lock supplied is invalid. Either the lock expired, or the message has already been removed from the queue.';
 
 function lockedBy(q, link) {
   return q.active.filter((m) => m.lock && m.lock.link === link);
@@ -371,7 +460,7 @@ function refuseAttach(link, condition, description) {
 
 // ---- management ($cbs and <queue>/$management) ---------------------------
 
-function reply(link, request, status, body, description) {
+function reply(link, request, status, body, description, condition) {
   const replyTo = request.reply_to;
   const sender = link.connection.sbReplyLinks && link.connection.sbReplyLinks.get(replyTo);
   if (!sender) {
@@ -384,6 +473,7 @@ function reply(link, request, status, body, description) {
       'status-code': types.wrap_int(status),
       'statusCode': types.wrap_int(status),
       'status-description': description || (status === 200 ? 'OK' : 'error'),
+      ...(condition ? { 'error-condition': types.wrap_symbol(condition) } : {}),
     },
     body: body === undefined ? null : body,
   });
@@ -439,6 +529,7 @@ function handleManagement(link, address, request) {
       q.sessionState.set(body['session-id'], body['session-state']);
       return reply(link, request, 200);
     case 'com.microsoft:renew-lock': {
+      if ((body['lock-tokens'] || []).some(lockLost)) return reply(link, request, 410, undefined, LOCK_LOST_TEXT, LOCK_LOST);
       const n = (body['lock-tokens'] || []).length;
       const exp = Array.from({ length: n }, () => types.wrap_timestamp(Date.now() + LOCK_DURATION_MS));
       return reply(link, request, 200, { expirations: types.wrap_array(exp.map((t) => t.value), 0x83) });
@@ -446,6 +537,7 @@ function handleManagement(link, address, request) {
     case 'com.microsoft:update-disposition': {
       const status = body['disposition-status'];
       const outcome = { completed: 'complete', abandoned: 'abandon', suspended: 'deadletter' }[status];
+      if ((body['lock-tokens'] || []).some(lockLost)) return reply(link, request, 410, undefined, LOCK_LOST_TEXT, LOCK_LOST);
       for (const tok of body['lock-tokens'] || []) {
         const m = q.active.find((x) => x.lock && lockTokenMatches(x.lock.token, tok));
         if (m && outcome) settleMessage(q, m, outcome);
@@ -613,6 +705,12 @@ function onOutcome(outcome) {
     const d = context.delivery;
     const m = d.sbMessage;
     const link = context.sender;
+    if (d.sbLockLost) {
+      // Service Bus refuses a settlement whose lock has gone.
+      d.update(true, amqpMessage.rejected({ error: { condition: LOCK_LOST, description: LOCK_LOST_TEXT } }).described());
+      d.remote_settled = true;
+      return;
+    }
     if (!m || !m.lock || m.lock.delivery !== d) return;
     let kind = outcome;
     if (outcome === 'modified') kind = d.remote_state && d.remote_state.undeliverable_here ? 'deadletter' : 'abandon';
@@ -667,8 +765,14 @@ container.on('error', (err) => log('error', err && err.message));
 
 const cbs = []; // put-token requests seen: {type, name, aud}
 
+// faultsJSON is the faults in force, as PUT /faults takes them.
+function faultsJSON() {
+  const { dropRate, duplicateRate, lockLossRate, lockLossAfterMs, maxDeliveryCount, seed } = opts;
+  return { dropRate, duplicateRate, lockLossRate, lockLossAfterMs, maxDeliveryCount, seed };
+}
+
 function stateJSON() {
-  const out = { queues: {}, cbs };
+  const out = { queues: {}, cbs, faults: faultsJSON() };
   for (const q of queues.values()) {
     out.queues[q.name] = {
       requiresSession: q.requiresSession,
@@ -719,6 +823,28 @@ const admin = http.createServer((req, res) => {
     });
     return undefined;
   }
+  if (req.method === 'PUT' && req.url === '/faults') {
+    let body = '';
+    req.on('data', (c) => { body += c; });
+    req.on('end', () => {
+      let f;
+      try {
+        f = JSON.parse(body || '{}');
+      } catch {
+        return send(400, { error: 'the body is not JSON' });
+      }
+      for (const k of ['dropRate', 'duplicateRate', 'lockLossRate']) {
+        if (k in f && !(typeof f[k] === 'number' && f[k] >= 0 && f[k] <= 1)) return send(400, { error: `${k} must be a number from 0 to 1` });
+      }
+      for (const k of ['lockLossAfterMs', 'maxDeliveryCount', 'seed']) {
+        if (k in f && !(Number.isInteger(f[k]) && f[k] >= (k === 'maxDeliveryCount' ? 1 : 0))) return send(400, { error: `${k} must be a whole number` });
+      }
+      for (const k of Object.keys(faultsJSON())) if (k in f) opts[k] = f[k];
+      if ('seed' in f) random = seeded(opts.seed);
+      return send(200, faultsJSON());
+    });
+    return undefined;
+  }
   if (req.method === 'POST' && req.url === '/reset') {
     // Drops messages and counters; links stay, so a reset between tests
     // needs no reconnect. Locked sessions are kept with their links.
@@ -729,7 +855,7 @@ const admin = http.createServer((req, res) => {
     armTimer();
     return send(200, {});
   }
-  return send(404, { error: 'GET /state, POST /reset or PUT /queues/NAME' });
+  return send(404, { error: 'GET /state, POST /reset, PUT /queues/NAME or PUT /faults' });
 });
 
 // ---- start and stop ------------------------------------------------------
