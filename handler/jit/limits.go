@@ -1,6 +1,7 @@
 package jit
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -41,16 +42,9 @@ const (
 // maxWriteBuckets bounds the principals whose write rate an instance keeps.
 const maxWriteBuckets = 10000
 
-func (l Limits) maxOpen() int       { return cmpOr(l.MaxOpenRequests, DefaultMaxOpenRequests) }
-func (l Limits) burst() int         { return cmpOr(l.WriteBurst, DefaultWriteBurst) }
-func (l Limits) perMinute() float64 { return cmpOr(l.WritesPerMinute, DefaultWritesPerMinute) }
-
-func cmpOr[T int | float64](v, def T) T {
-	if v == 0 {
-		return def
-	}
-	return v
-}
+func (l Limits) maxOpen() int       { return cmp.Or(l.MaxOpenRequests, DefaultMaxOpenRequests) }
+func (l Limits) burst() int         { return cmp.Or(l.WriteBurst, DefaultWriteBurst) }
+func (l Limits) perMinute() float64 { return cmp.Or(l.WritesPerMinute, DefaultWritesPerMinute) }
 
 // retryAfter is the cause of an ETOOMANY error: how long to wait.
 type retryAfter time.Duration
