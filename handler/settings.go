@@ -50,6 +50,9 @@ var allSettings = []setting{
 	{"JIT_PENDING_EXPIRY", "1h", "both", "how long a request waits for approval before it expires"},
 	{"JIT_INVENTORY_TTL", "1m", "both", "how long the VM list read from Azure serves GET /api/v1/vms; resource events refresh it at once"},
 	{"JIT_RECONCILE_SHARE", "0.25", "both", "share of the time the sweep may be busy, 0.05 to 1: it pauses (at most 1 s at a time) so that a large estate does not slow requests in the same process; the closes of ended grants are not paced. Functions mode does not pace unless it is set: the sweeper runs in its own invocation, within functionTimeout"},
+	{"JIT_MAX_OPEN_REQUESTS", "20", "both", "most open (Active) plus pending requests one person may have, 1 to 10000; counted in the store, so it holds across instances; more is answered 429 with Retry-After"},
+	{"JIT_WRITES_PER_MINUTE", "60", "both", "changes (initiate, extend, revoke, approve, deny, policy writes) one principal may make a minute on one instance, or off; kept in each instance's memory, so N instances allow N times as many; more is answered 429 with Retry-After"},
+	{"JIT_WRITE_BURST", "20", "both", "changes one principal may make at once before JIT_WRITES_PER_MINUTE paces them, 1 to 10000"},
 	{"JIT_STUCK_AFTER", "5m", "both", "how long an open may stay undone before the sweeper marks the grant failed (and makes sure nothing is open)"},
 	{"JIT_WEBHOOK_URL", "", "both", "incoming webhook (Teams, Slack) that hears about pending, approved, denied, opened, closed, revoked, failed and drift"},
 	{"JIT_NOTIFY_RETRY", "30s", "both", "wait after a notification's first failed delivery, doubling up to 20 times it; the 8th failed try gives it up (audited)"},
@@ -111,6 +114,7 @@ type settings struct {
 	ChaosDuplicate float64
 	PendingExpiry  time.Duration
 	StuckAfter     time.Duration
+	Limits         jit.Limits // JIT_MAX_OPEN_REQUESTS, JIT_WRITES_PER_MINUTE, JIT_WRITE_BURST
 	NotifyRetry    time.Duration
 	InventoryTTL   time.Duration
 	ReconcileShare float64
@@ -238,6 +242,9 @@ func readSettings(getenv func(string) string) (settings, error) {
 	if s.StuckAfter < time.Second {
 		return s, fmt.Errorf("JIT_STUCK_AFTER must be at least 1s")
 	}
+	if s.Limits, err = limitSettings(get); err != nil {
+		return s, err
+	}
 	if s.NotifyRetry, err = durationSetting("JIT_NOTIFY_RETRY", get("JIT_NOTIFY_RETRY")); err != nil {
 		return s, err
 	}
@@ -320,9 +327,27 @@ func (s settings) serviceConfig(functions bool, n jit.Notifier, log zerolog.Logg
 	}
 	return jit.Config{MinDuration: s.MinDuration, Subscriptions: s.Subscriptions, PendingExpiry: s.PendingExpiry,
 		StuckAfter: s.StuckAfter, InventoryTTL: s.InventoryTTL, ReconcileShare: share, Notifier: n, NoticeBackoff: s.NotifyRetry, Log: log,
-		Deployment: s.Deployment,
-		AllowBand:  jit.Band{Min: s.AllowBand[0], Max: s.AllowBand[1]},
-		DenyBand:   jit.Band{Min: s.DenyBand[0], Max: s.DenyBand[1]}}
+		Deployment: s.Deployment, Limits: s.Limits,
+		AllowBand: jit.Band{Min: s.AllowBand[0], Max: s.AllowBand[1]},
+		DenyBand:  jit.Band{Min: s.DenyBand[0], Max: s.DenyBand[1]}}
+}
+
+// limitSettings reads the per-principal limits.
+func limitSettings(get func(string) string) (jit.Limits, error) {
+	var l jit.Limits
+	var err error
+	if l.MaxOpenRequests, err = strconv.Atoi(get("JIT_MAX_OPEN_REQUESTS")); err != nil || l.MaxOpenRequests < 1 || l.MaxOpenRequests > 10000 {
+		return l, fmt.Errorf("JIT_MAX_OPEN_REQUESTS must be a whole number between 1 and 10000")
+	}
+	if l.WriteBurst, err = strconv.Atoi(get("JIT_WRITE_BURST")); err != nil || l.WriteBurst < 1 || l.WriteBurst > 10000 {
+		return l, fmt.Errorf("JIT_WRITE_BURST must be a whole number between 1 and 10000")
+	}
+	if v := get("JIT_WRITES_PER_MINUTE"); v == "off" {
+		l.WritesPerMinute = -1
+	} else if l.WritesPerMinute, err = strconv.ParseFloat(v, 64); err != nil || !(l.WritesPerMinute >= 0.1 && l.WritesPerMinute <= 1e6) {
+		return l, fmt.Errorf("JIT_WRITES_PER_MINUTE must be a number of changes a minute between 0.1 and 1000000, or off")
+	}
+	return l, nil
 }
 
 // deploymentSetting is JIT_DEPLOYMENT, or else the Function App's name made

@@ -226,6 +226,11 @@ func TestReadSettingsRejectsBadValues(t *testing.T) {
 		{"subscription not a GUID", map[string]string{"JIT_SUBSCRIPTIONS": "production"}, `JIT_SUBSCRIPTIONS: "production" is not a subscription id`},
 		{"one bad subscription in a list", map[string]string{"JIT_SUBSCRIPTIONS": "11111111-1111-1111-1111-111111111111, x/y"}, "is not a subscription id"},
 		{"no subscription", map[string]string{"JIT_SUBSCRIPTIONS": " , "}, "JIT_SUBSCRIPTIONS names no subscription"},
+		{"max open requests 0", map[string]string{"JIT_MAX_OPEN_REQUESTS": "0"}, "JIT_MAX_OPEN_REQUESTS must be a whole number between 1 and 10000"},
+		{"max open requests not a number", map[string]string{"JIT_MAX_OPEN_REQUESTS": "many"}, "JIT_MAX_OPEN_REQUESTS"},
+		{"writes per minute not a number", map[string]string{"JIT_WRITES_PER_MINUTE": "fast"}, "JIT_WRITES_PER_MINUTE must be a number of changes a minute between 0.1 and 1000000, or off"},
+		{"writes per minute 0", map[string]string{"JIT_WRITES_PER_MINUTE": "0"}, "JIT_WRITES_PER_MINUTE"},
+		{"write burst 0", map[string]string{"JIT_WRITE_BURST": "0"}, "JIT_WRITE_BURST must be a whole number between 1 and 10000"},
 		{"max deliveries 0", map[string]string{"JIT_MAX_DELIVERIES": "0"}, "JIT_MAX_DELIVERIES must be a whole number of at least 1"},
 		{"max deliveries not a number", map[string]string{"JIT_MAX_DELIVERIES": "ten"}, "JIT_MAX_DELIVERIES"},
 	}

@@ -66,6 +66,15 @@ param inventoryTtl string = '1m'
 @description('JIT_RECONCILE_SHARE: empty, the sweeper is not paced (it runs in its own invocation); a fraction between 0.05 and 1 paces it')
 param reconcileShare string = ''
 
+@description('JIT_MAX_OPEN_REQUESTS: open plus pending requests per person')
+param maxOpenRequests string = '20'
+
+@description('JIT_WRITES_PER_MINUTE: changes per principal a minute on each instance, or off')
+param writesPerMinute string = '60'
+
+@description('JIT_WRITE_BURST: changes per principal at once')
+param writeBurst string = '20'
+
 @description('JIT_STUCK_AFTER')
 param stuckAfter string = '5m'
 
@@ -260,6 +269,9 @@ var commonSettings = [
   { name: 'JIT_PENDING_EXPIRY', value: pendingExpiry }
   { name: 'JIT_INVENTORY_TTL', value: inventoryTtl }
   { name: 'JIT_RECONCILE_SHARE', value: reconcileShare }
+  { name: 'JIT_MAX_OPEN_REQUESTS', value: maxOpenRequests }
+  { name: 'JIT_WRITES_PER_MINUTE', value: writesPerMinute }
+  { name: 'JIT_WRITE_BURST', value: writeBurst }
   { name: 'JIT_STUCK_AFTER', value: stuckAfter }
   { name: 'JIT_NOTIFY_RETRY', value: notifyRetry }
   { name: 'JIT_WEBHOOK_URL', value: webhookUrl }

@@ -51,7 +51,8 @@ func (b *bench) newStack(spec estateSpec) (*stack, error) {
 		return nil, err
 	}
 	app, err := localmode.Open(localmode.Config{Path: filepath.Join(dir, "jitaccess.db"), Network: net,
-		Service: jit.Config{MinDuration: time.Second, Subscriptions: []string{benchSub}, Log: zerolog.Nop()}})
+		Service: jit.Config{MinDuration: time.Second, Subscriptions: []string{benchSub},
+			Limits: jit.Limits{MaxOpenRequests: 10000, WritesPerMinute: -1}, Log: zerolog.Nop()}})
 	if err != nil {
 		srv.Close()
 		return nil, err

@@ -86,6 +86,8 @@ type config struct {
 	estateVMs        int
 	auditEvents      int
 	sharedGrants     int
+	abuseAttempts    int
+	abuseCrowd       int
 	sharedLatency    time.Duration
 	sharedTimeout    time.Duration
 	timeline         bool
@@ -113,6 +115,7 @@ var scenarios = []scenario{
 	{"audit-csv", (*bench).auditCSV},
 	{"shared-nsg", (*bench).sharedNSG},
 	{"arm-calls", (*bench).armCalls},
+	{"abuse", (*bench).abuseLoad},
 }
 
 func main() {
@@ -129,6 +132,8 @@ func main() {
 	flag.IntVar(&b.cfg.closeGrants, "close-grants", 1000, "close-burst: grants ending in the same second")
 	flag.IntVar(&b.cfg.estateVMs, "estate-vms", 5000, "vms: VMs in the estate")
 	flag.IntVar(&b.cfg.auditEvents, "audit-events", 100000, "audit-csv: events in the trail")
+	flag.IntVar(&b.cfg.abuseAttempts, "abuse-attempts", 30000, "abuse: one requester's create calls, 16 at once")
+	flag.IntVar(&b.cfg.abuseCrowd, "abuse-crowd", 500, "abuse: other requesters, each filling their allowance of 20 pending requests")
 	flag.IntVar(&b.cfg.sharedGrants, "shared-grants", 100, "shared-nsg: concurrent grants on one subnet NSG")
 	flag.DurationVar(&b.cfg.sharedLatency, "shared-latency", 2*time.Second, "shared-nsg: ARM write latency")
 	flag.DurationVar(&b.cfg.sharedTimeout, "shared-timeout", 40*time.Second, "shared-nsg: how long to wait for every rule")

@@ -457,17 +457,15 @@ func allowRules(ctx context.Context, d deployment) (ruleView, error) {
 // vmStates counts GET /api/v1/vms's states, and the VMs it calls
 // Configured.
 func vmStates(ctx context.Context, d deployment) (map[string]int, map[string]bool, error) {
-	var out struct {
-		Value []struct {
-			ID    string `json:"id"`
-			State string `json:"state"`
-		} `json:"value"`
-	}
-	if _, err := d.API(ctx, "GET", "/api/v1/vms", nil, &out); err != nil {
+	vms, err := allPages[struct {
+		ID    string `json:"id"`
+		State string `json:"state"`
+	}](ctx, getter(d.API), "/api/v1/vms?limit=1000")
+	if err != nil {
 		return nil, nil, err
 	}
 	states, configured := map[string]int{}, map[string]bool{}
-	for _, v := range out.Value {
+	for _, v := range vms {
 		states[v.State]++
 		if v.State == "Configured" {
 			configured[strings.ToLower(v.ID)] = true

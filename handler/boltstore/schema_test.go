@@ -35,12 +35,13 @@ type goldenRecord struct {
 }
 
 func goldenRecords() []goldenRecord {
-	p, r, ev, st := storetest.SchemaPolicy(), storetest.SchemaRequest(), storetest.SchemaEvent(), storetest.SchemaNSGState()
+	p, r, ev, st, u := storetest.SchemaPolicy(), storetest.SchemaRequest(), storetest.SchemaEvent(), storetest.SchemaNSGState(), storetest.SchemaVMUse()
 	return []goldenRecord{
 		{"testdata/policy.golden", bucketPolicies, policyKey(p.Name), p},
 		{"testdata/request.golden", bucketRequests, []byte(r.ID), r},
 		{"testdata/audit-event.golden", bucketAudit, indexKey(ev.Time, ev.ID), ev},
 		{"testdata/nsg-state.golden", bucketNSGStates, []byte(strings.ToLower(st.ID)), st},
+		{"testdata/vm-use.golden", bucketVMUse, []byte(strings.ToLower(u.VM)), u},
 	}
 }
 
@@ -129,6 +130,9 @@ func TestGoldenRecordsRead(t *testing.T) {
 
 	sts, err := s.ListNSGStates(ctx)
 	storetest.CheckRead(t, "ListNSGStates", sts, err, []jit.NSGState{storetest.SchemaNSGState()})
+	u := storetest.SchemaVMUse()
+	uses, err := s.VMUses(ctx, []string{u.VM})
+	storetest.CheckRead(t, "VMUses", uses, err, map[string]jit.VMUse{strings.ToLower(u.VM): u})
 }
 
 // Requests stored before scheduled closes stopped being cancelled carry a

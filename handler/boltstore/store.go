@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -23,11 +22,14 @@ import (
 //
 //	policies           lower-case policy name → Policy
 //	requests           request id → Request
-//	requests_by_start  timeKey(StartTime) + request id → its status (empty in
-//	                   files written before; such requests are decoded to filter)
+//	requests_by_start  timeKey(StartTime) + request id → indexValue: its status,
+//	                   requestor, submitter and policy (its status only, or
+//	                   nothing, in files written before: such requests are
+//	                   decoded to filter)
 //	audit              timeKey(Time) + event id → AuditEvent
 //	audit_ids          event id → its key in audit
 //	nsg_states         lower-case NSG id → NSGState
+//	vm_use             lower-case VM id → VMUse
 //	notices            event id → storedNotice: notifications to deliver
 //
 // timeKey sorts newest first, so a forward cursor walks from the newest
@@ -97,7 +99,7 @@ var _ jit.Store = (*Store)(nil)
 // New returns a Store on db, creating its buckets when missing.
 func New(db *bbolt.DB) (*Store, error) {
 	err := db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{bucketPolicies, bucketRequests, bucketRequestsByStart, bucketAudit, bucketAuditIDs, bucketNSGStates, bucketNotices} {
+		for _, name := range [][]byte{bucketPolicies, bucketRequests, bucketRequestsByStart, bucketAudit, bucketAuditIDs, bucketNSGStates, bucketNotices, bucketVMUse} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
@@ -404,7 +406,7 @@ func createRequest(tx *bbolt.Tx, r jit.Request) error {
 	if err := put(b, []byte(r.ID), r); err != nil {
 		return err
 	}
-	return tx.Bucket(bucketRequestsByStart).Put(indexKey(r.StartTime, r.ID), []byte(r.Status))
+	return tx.Bucket(bucketRequestsByStart).Put(indexKey(r.StartTime, r.ID), indexValue(r))
 }
 
 // UpdateRequest replaces a request and stores its audit events in the same
@@ -441,10 +443,10 @@ func (s *Store) UpdateRequest(ctx context.Context, r jit.Request, events ...jit.
 			if err := idx.Delete(indexKey(existing.StartTime, r.ID)); err != nil {
 				return err
 			}
-			return idx.Put(indexKey(r.StartTime, r.ID), []byte(r.Status))
+			return idx.Put(indexKey(r.StartTime, r.ID), indexValue(r))
 		}
-		if existing.Status != r.Status || idx.Get(indexKey(r.StartTime, r.ID)) == nil {
-			return idx.Put(indexKey(r.StartTime, r.ID), []byte(r.Status))
+		if !bytes.Equal(idx.Get(indexKey(r.StartTime, r.ID)), indexValue(r)) {
+			return idx.Put(indexKey(r.StartTime, r.ID), indexValue(r))
 		}
 		return nil
 	})
@@ -469,6 +471,9 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 	}
 	var rs []jit.Request
 	var resume []byte // index key to go on after, between transactions
+	if !f.After.IsZero() {
+		resume = indexKey(f.After.Time, f.After.ID)
+	}
 	for {
 		more := false
 		err := s.db.View(func(tx *bbolt.Tx) error {
@@ -494,8 +499,8 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 				if !f.Since.IsZero() && start.Before(f.Since) {
 					return nil // the rest are older still
 				}
-				if len(status) > 0 && len(f.Statuses) > 0 && !slices.Contains(f.Statuses, string(status)) {
-					continue // the index knows its status: no need to decode it
+				if !indexPasses(status, f) {
+					continue // the index tells: no need to decode it
 				}
 				v := records.Get(id)
 				if v == nil {
@@ -606,6 +611,11 @@ func (s *Store) ScanAudit(ctx context.Context, f jit.AuditFilter, fn func(jit.Au
 		start = timeKey(f.To.Add(-time.Nanosecond))
 	}
 	var after []byte // the last key read; nil before the first batch
+	if !f.After.IsZero() {
+		if k := indexKey(f.After.Time, f.After.ID); start == nil || bytes.Compare(k, start) >= 0 {
+			after = k
+		}
+	}
 	seen := 0
 	for {
 		if err := ctx.Err(); err != nil {

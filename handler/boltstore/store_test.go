@@ -253,8 +253,45 @@ func TestStatusIndexOfOlderFiles(t *testing.T) {
 		v = bytes.Clone(v)
 		return nil
 	})
-	if string(v) != jit.RequestClosed {
-		t.Fatalf("index value after update %q, want %q", v, jit.RequestClosed)
+	if want := "Closed\x00a\x00\x00p"; string(v) != want {
+		t.Fatalf("index value after update %q, want %q", v, want)
+	}
+}
+
+// TestListingForOnePersonDecodesTheirsOnly: a requester's listing, or the
+// count of their open requests, reads the index and decodes only their
+// requests, however many others the file holds. Another person's record,
+// made undecodable, shows whether it was decoded.
+func TestListingForOnePersonDecodesTheirsOnly(t *testing.T) {
+	ctx := context.Background()
+	db, s := open(t, filepath.Join(t.TempDir(), "state.db"))
+	defer db.Close()
+	now := time.Now().UTC()
+	for i, who := range []string{"mallory", "alice", "mallory"} {
+		r := jit.Request{ID: fmt.Sprintf("r%d", i), Policy: "p", Requestor: who, StartTime: now.Add(time.Duration(i) * time.Second), Status: jit.RequestPending}
+		if _, err := s.CreateRequest(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := db.Bolt().Update(func(tx *bbolt.Tx) error {
+		return tx.Bucket([]byte("requests")).Put([]byte("r2"), []byte("not JSON"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []jit.RequestFilter{
+		{Requestor: "alice"},
+		{Party: "alice", Limit: 100},
+		{Requestor: "alice", Statuses: []string{jit.RequestActive, jit.RequestPending}, Limit: 21},
+		{Requestor: "nobody"},
+	} {
+		rs, err := s.ListRequests(ctx, f)
+		if err != nil {
+			t.Fatalf("ListRequests(%+v) decoded someone else's request: %v", f, err)
+		}
+		if f.Requestor == "alice" && (len(rs) != 1 || rs[0].ID != "r1") {
+			t.Errorf("ListRequests(%+v) = %d requests, want alice's r1", f, len(rs))
+		}
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
+	"time"
 
 	"jitaccess/handler/jit"
 )
@@ -34,6 +36,7 @@ var statusOf = map[string]struct {
 	jit.EUNAUTHORIZED: {http.StatusUnauthorized, "Unauthorized"},
 	jit.ECONFLICT:     {http.StatusConflict, "Conflict"},
 	jit.EUNAVAILABLE:  {http.StatusServiceUnavailable, "ServiceUnavailable"},
+	jit.ETOOMANY:      {http.StatusTooManyRequests, "TooManyRequests"},
 	jit.EINTERNAL:     {http.StatusInternalServerError, "InternalServerError"},
 }
 
@@ -48,6 +51,9 @@ func writeError(w http.ResponseWriter, err error) {
 	} else {
 		m := statusOf[jit.ErrorCode(err)]
 		status, body.Error.Code, body.Error.Message = m.status, m.code, jit.ErrorMessage(err)
+	}
+	if wait, ok := jit.RetryAfter(err); ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
 	}
 	writeJSON(w, status, body)
 }

@@ -8,9 +8,12 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+	"unicode/utf8"
 
 	"jitaccess/handler/jit"
 )
@@ -327,11 +330,32 @@ func FuzzQueryValues(f *testing.F) {
 		} else if tv == "" != tm.IsZero() && !strings.HasPrefix(tv, "0001-01-01T00:00:00") {
 			t.Fatalf("parseTime(%q) = %v: only an empty value means no bound", tv, tm)
 		}
-		n, err := parseLimit(limit)
+		pg, err := parsePage(url.Values{"limit": {limit}, "$skipToken": {tv}}, requestPages)
 		if err != nil {
-			checkUserError(t, []byte(limit), err)
-		} else if limit != "" && (n < 1 || n > 100000) || limit == "" && n != 0 {
-			t.Fatalf("parseLimit(%q) = %d", limit, n)
+			checkUserError(t, []byte(limit+tv), err)
+		} else if pg.size < 1 || pg.size > requestPages.max || limit == "" && pg.size != requestPages.def {
+			t.Fatalf("parsePage(limit %q) = %d", limit, pg.size)
+		}
+	})
+}
+
+// FuzzSkipToken: a token this server made reads back as it was made; any
+// other string is refused with a user error or names a position.
+func FuzzSkipToken(f *testing.F) {
+	f.Add("requests", "abc", int64(1767225600), "")
+	f.Add("audit", "20260102T150405-x", int64(0), "eyJrIjoicmVxdWVzdHMiLCJpIjoieCJ9")
+	f.Fuzz(func(t *testing.T, kind, id string, sec int64, raw string) {
+		tok := pageToken{Kind: kind, ID: id, Time: time.Unix(sec%(1<<35), 0).UTC()}
+		// Lists give out tokens of valid UTF-8 only (JSON would replace
+		// anything else), and of at most maxTokenLen characters.
+		if kind != "" && len(id) <= 1024 && utf8.ValidString(kind) && utf8.ValidString(id) && len(encodeToken(tok)) <= maxTokenLen {
+			got, ok := decodeToken(encodeToken(tok))
+			if !ok || got.Kind != tok.Kind || got.ID != tok.ID || !got.Time.Equal(tok.Time) {
+				t.Fatalf("token %+v read back as %+v, %v", tok, got, ok)
+			}
+		}
+		if _, err := parsePage(url.Values{"$skipToken": {raw}}, auditPages); err != nil {
+			checkUserError(t, []byte(raw), err)
 		}
 	})
 }

@@ -259,6 +259,10 @@ func (s *Server) call(w http.ResponseWriter, r *http.Request) (jit.Principal, bo
 		writeError(w, err)
 		return p, false
 	}
+	if err := s.allowWrite(r, p); err != nil {
+		s.fail(w, r, err)
+		return p, false
+	}
 	return p, true
 }
 
@@ -294,21 +298,33 @@ func (s *Server) listPolicies(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	pg, err := pageOf(r, policyPages)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	pols, err := s.svc.ListPolicies(r.Context(), p)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
+	// Policies are few and come ordered by lower-case name; only the
+	// page's are judged and sent.
+	pols, more := pageByKey(pols, pg, func(pol jit.Policy) string { return strings.ToLower(pol.Name) })
 	sts, err := s.svc.PolicyStatuses(r.Context(), pols)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
+	next := ""
+	if more {
+		next = s.nextLink(r, pageToken{Kind: pg.rule.kind, ID: strings.ToLower(pols[len(pols)-1].Name)})
+	}
 	i := 0
-	writeValues(w, pols, func(pol jit.Policy) policyOut {
+	writePage(w, pols, func(pol jit.Policy) policyOut {
 		i++
 		return policyToOut(pol, sts[i-1])
-	})
+	}, next)
 }
 
 func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request) {
@@ -425,17 +441,24 @@ func (s *Server) listRequests(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("status"); v != "" {
 		f.Statuses = strings.Split(v, ",")
 	}
-	var err error
-	if f.Limit, err = parseLimit(q.Get("limit")); err != nil {
+	pg, err := pageOf(r, requestPages)
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
+	f.Limit, f.After = pg.size+1, pg.position()
 	reqs, err := s.svc.ListRequests(r.Context(), p, f)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	writeValues(w, reqs, requestToOut)
+	next := ""
+	if len(reqs) > pg.size {
+		reqs = reqs[:pg.size]
+		last := reqs[len(reqs)-1]
+		next = s.nextLink(r, pageToken{Kind: pg.rule.kind, Time: last.StartTime, ID: last.ID})
+	}
+	writePage(w, reqs, requestToOut, next)
 }
 
 func (s *Server) getRequest(w http.ResponseWriter, r *http.Request) {
@@ -551,12 +574,21 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	vms, err := s.svc.ListVMs(r.Context(), p)
+	pg, err := pageOf(r, vmPages)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	writeValues(w, vms, vmToOut)
+	vms, more, err := s.svc.ListVMsPage(r.Context(), p, jit.VMPage{After: pg.after.ID, Limit: pg.size})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	next := ""
+	if more {
+		next = s.nextLink(r, pageToken{Kind: pg.rule.kind, ID: strings.ToLower(vms[len(vms)-1].ID)})
+	}
+	writePage(w, vms, vmToOut, next)
 }
 
 // audit streams the audit trail as JSON or CSV without buffering it whole.
@@ -584,28 +616,43 @@ func (s *Server) audit(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if f.Limit, err = parseLimit(q.Get("limit")); err != nil {
-		s.fail(w, r, err)
-		return
-	}
 	format := q.Get("format")
 	if format == "" && strings.Contains(r.Header.Get("Accept"), "text/csv") {
 		format = "csv"
 	}
+	rule := auditPages
+	if format == "csv" {
+		rule = auditCSVPages
+	}
+	pg, err := pageOf(r, rule)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	f.After = pg.position()
 	switch format {
 	case "", "json":
-		s.streamAuditJSON(w, r, p, f)
+		f.Limit = pg.size + 1 // one more tells whether a next page exists
+		s.streamAuditJSON(w, r, p, f, pg)
 	case "csv":
+		f.Limit = pg.size
 		s.streamAuditCSV(w, r, p, f)
 	default:
 		s.fail(w, r, jit.Errorf(jit.EINVALID, "format %q is not supported: use json or csv", clip(format)))
 	}
 }
 
-func (s *Server) streamAuditJSON(w http.ResponseWriter, r *http.Request, p jit.Principal, f jit.AuditFilter) {
+func (s *Server) streamAuditJSON(w http.ResponseWriter, r *http.Request, p jit.Principal, f jit.AuditFilter, pg page) {
 	started := false
 	enc := json.NewEncoder(w)
+	n, next := 0, ""
+	var last jit.AuditEvent
 	err := s.svc.ScanAudit(r.Context(), p, f, func(ev jit.AuditEvent) error {
+		if n++; n > pg.size {
+			next = s.nextLink(r, pageToken{Kind: pg.rule.kind, Time: last.Time, ID: last.ID})
+			return nil
+		}
+		last = ev
 		if !started {
 			started = true
 			w.Header().Set("Content-Type", "application/json")
@@ -627,6 +674,11 @@ func (s *Server) streamAuditJSON(w http.ResponseWriter, r *http.Request, p jit.P
 	}
 	if !started {
 		writeJSON(w, http.StatusOK, map[string]any{"value": []any{}})
+		return
+	}
+	if next != "" {
+		b, _ := json.Marshal(next)
+		_, _ = w.Write([]byte(`],"nextLink":` + string(b) + "}\n"))
 		return
 	}
 	_, _ = w.Write([]byte("]}\n"))
@@ -692,17 +744,6 @@ func parseTime(name, v string) (time.Time, error) {
 	return t, nil
 }
 
-func parseLimit(v string) (int, error) {
-	if v == "" {
-		return 0, nil
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > 100000 {
-		return 0, jit.Errorf(jit.EINVALID, "limit must be a whole number between 1 and 100000")
-	}
-	return n, nil
-}
-
 func unquoteETag(v string) string {
 	v = strings.TrimPrefix(strings.TrimSpace(v), "W/")
 	if u, err := strconv.Unquote(v); err == nil {
@@ -712,12 +753,3 @@ func unquoteETag(v string) string {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
-
-// writeValues answers a list in ARM's shape, {"value": [...]}.
-func writeValues[T, O any](w http.ResponseWriter, items []T, conv func(T) O) {
-	out := make([]O, 0, len(items))
-	for _, it := range items {
-		out = append(out, conv(it))
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"value": out})
-}

@@ -54,7 +54,8 @@ type stackOptions struct {
 	dropOpens      bool // the queue loses every open operation
 	// store, when set, is the service's store instead of the bbolt one
 	// (which then holds only the queue); it gets the bbolt store to wrap.
-	store func(jit.Store) jit.Store
+	store  func(jit.Store) jit.Store
+	limits jit.Limits // none to speak of when zero
 }
 
 // droppingQueue loses open operations, as a broken broker might.
@@ -90,6 +91,11 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	if o.dropOpens {
 		cfg.WrapQueue = func(q jit.Queue) jit.Queue { return droppingQueue{q} }
 	}
+	if o.limits == (jit.Limits{}) {
+		// Tests of other things make many changes as one caller.
+		o.limits = jit.Limits{MaxOpenRequests: 10000, WritesPerMinute: -1}
+	}
+	cfg.Service.Limits = o.limits
 	app, err := localmode.Open(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -125,6 +131,18 @@ func easyAuth(id string, roles []string, groups ...string) as {
 
 func (s *stack) do(who as, method, path string, body any, out any) (int, string) {
 	s.t.Helper()
+	status, raw := s.doWith(who, method, path, body, nil)
+	if out != nil && status < 300 {
+		if err := json.Unmarshal([]byte(raw), out); err != nil {
+			s.t.Fatalf("%s %s: %v in %s", method, path, err, raw)
+		}
+	}
+	return status, raw
+}
+
+// doWith calls the API and lets seen look at the response.
+func (s *stack) doWith(who as, method, path string, body any, seen func(*http.Response)) (int, string) {
+	s.t.Helper()
 	var rd io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -143,10 +161,8 @@ func (s *stack) do(who as, method, path string, body any, out any) (int, string)
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	if out != nil && resp.StatusCode < 300 {
-		if err := json.Unmarshal(raw, out); err != nil {
-			s.t.Fatalf("%s %s: %v in %s", method, path, err, raw)
-		}
+	if seen != nil {
+		seen(resp)
 	}
 	return resp.StatusCode, string(raw)
 }

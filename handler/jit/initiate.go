@@ -63,6 +63,11 @@ func (s *Service) Initiate(ctx context.Context, p Principal, policyName string, 
 		s.auditRefusal(ctx, p, pol.Name, in, err)
 		return Request{}, err
 	}
+	release, err := s.checkOpenRequests(ctx, subject)
+	if err != nil {
+		return Request{}, err
+	}
+	defer release()
 	now := s.now()
 	req, err := s.buildRequest(subject, pol, in, now)
 	if err != nil {

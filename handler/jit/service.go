@@ -61,7 +61,9 @@ type Config struct {
 	// identity): resource events about NSG changes they made are its own
 	// writes echoed back.
 	Self []string
-	Log  zerolog.Logger
+	// Limits bound what one principal may ask (see Limits).
+	Limits Limits
+	Log    zerolog.Logger
 }
 
 // DefaultDeployment is the deployment name when none is configured.
@@ -78,7 +80,9 @@ type Service struct {
 	inv   []VMInfo
 	invAt time.Time
 
-	delivering, redeliver atomic.Bool // kickNotices' single flight
+	writes                writeLimiter // per-principal change budgets of this instance
+	turns                 turns        // one new request at a time per requestor, to count them
+	delivering, redeliver atomic.Bool  // kickNotices' single flight
 }
 
 // DefaultInventoryTTL is how long a VM inventory is reused.

@@ -88,6 +88,8 @@ type Store interface {
 	// SettleNotice removes the notice with that id (delivered, or given
 	// up); a missing one is no error.
 	SettleNotice(ctx context.Context, id string) error
+
+	VMUseStore
 }
 
 // NSGState is what the service last saw in ARM of one NSG: its own deny
@@ -141,6 +143,7 @@ type RequestFilter struct {
 	Party     string    // principal id of the requestor or of the delegate that submitted it
 	Statuses  []string  // any of these request statuses
 	Since     time.Time // StartTime at or after
+	After     Position  // only those after this one (a continuation)
 	Limit     int       // at most this many; 0 = no limit
 }
 
@@ -158,7 +161,7 @@ func (f RequestFilter) Matches(r *Request) bool {
 	case len(f.Statuses) > 0 && !slices.Contains(f.Statuses, r.Status):
 		return false
 	}
-	return f.Since.IsZero() || !r.StartTime.Before(f.Since)
+	return (f.Since.IsZero() || !r.StartTime.Before(f.Since)) && f.After.Follows(r.StartTime, r.ID)
 }
 
 // AuditFilter selects audit events. Zero fields match everything.
@@ -166,5 +169,6 @@ type AuditFilter struct {
 	VM    string    // VM id, compared case-insensitively
 	From  time.Time // at or after
 	To    time.Time // before
+	After Position  // only those after this one (a continuation)
 	Limit int       // at most this many; 0 = no limit
 }

@@ -1,6 +1,7 @@
 package jit
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -137,8 +138,8 @@ type VMStatus struct {
 	Reason            string
 	Policy            string
 	Ports             []PortRule
-	RequestsLast7Days int       // requests of the last 7 days that opened some rule of the VM
-	LastAccess        time.Time // when the newest of those first opened
+	RequestsLast7Days int       // requests that first opened some rule of the VM in the last 7 days (to the hour)
+	LastAccess        time.Time // when the newest request to open one first did
 	LastUser          string    // whom it opened for
 	OpenPorts         []OpenPort
 	Warnings          []string
@@ -197,13 +198,53 @@ func (s *Service) ScanAudit(ctx context.Context, p Principal, f AuditFilter, fn 
 
 // ListVMs returns every VM in scope with its JIT state and recent use.
 func (s *Service) ListVMs(ctx context.Context, p Principal) ([]VMStatus, error) {
+	vms, _, err := s.ListVMsPage(ctx, p, VMPage{})
+	return vms, err
+}
+
+// VMPage selects a page of the VMs in scope, in the order of their
+// lower-case ids.
+type VMPage struct {
+	After string // the lower-case id of the last VM of the page before; "" for the first page
+	Limit int    // at most this many; 0 = all
+}
+
+// ListVMsPage returns a page of the VMs in scope with their JIT state and
+// recent use, and whether more follow. Only the page's VMs are judged.
+func (s *Service) ListVMsPage(ctx context.Context, p Principal, pg VMPage) ([]VMStatus, bool, error) {
 	if err := requireAnyRole(p, "listing VMs", anyRole...); err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	vms, err := s.inventory(ctx)
+	all, err := s.inventory(ctx)
 	if err != nil {
-		return nil, Wrap(EUNAVAILABLE, err, "listing VMs from Azure failed; try again")
+		return nil, false, Wrap(EUNAVAILABLE, err, "listing VMs from Azure failed; try again")
 	}
+	vms, more := vmPage(all, pg)
+	out, err := s.vmStatuses(ctx, vms)
+	return out, more, err
+}
+
+// vmPage picks pg's VMs out of the inventory, which is sorted by
+// lower-case id.
+func vmPage(inv []VMInfo, pg VMPage) ([]VMInfo, bool) {
+	start := 0
+	if pg.After != "" {
+		start, _ = slices.BinarySearchFunc(inv, pg.After, func(v VMInfo, after string) int {
+			if strings.ToLower(v.ID) <= after {
+				return -1
+			}
+			return 1
+		})
+	}
+	inv = inv[start:]
+	if pg.Limit > 0 && len(inv) > pg.Limit {
+		return inv[:pg.Limit], true
+	}
+	return inv, false
+}
+
+// vmStatuses judges the VMs and tells their recent use.
+func (s *Service) vmStatuses(ctx context.Context, vms []VMInfo) ([]VMStatus, error) {
 	pols, err := s.store.ListPolicies(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("listing policies: %w", err)
@@ -213,9 +254,20 @@ func (s *Service) ListVMs(ctx context.Context, p Principal) ([]VMStatus, error) 
 		return nil, err
 	}
 	now := s.now()
-	reqs, err := s.store.ListRequests(ctx, RequestFilter{Since: now.Add(-7 * 24 * time.Hour)})
+	// Recent use is read by key, one small record per VM; open ports come
+	// from the live requests only, which the limits keep few (a person has
+	// at most Limits.MaxOpenRequests). Nothing here reads past requests.
+	ids := make([]string, len(vms))
+	for i, vm := range vms {
+		ids[i] = vm.ID
+	}
+	uses, err := s.store.VMUses(ctx, ids)
 	if err != nil {
-		return nil, fmt.Errorf("listing requests: %w", err)
+		return nil, fmt.Errorf("reading the VMs' recent use: %w", err)
+	}
+	live, err := s.store.ListRequests(ctx, RequestFilter{Statuses: []string{RequestActive}})
+	if err != nil {
+		return nil, fmt.Errorf("listing live requests: %w", err)
 	}
 	byVM := map[string]*VMStatus{}
 	out := make([]VMStatus, len(vms))
@@ -238,29 +290,32 @@ func (s *Service) ListVMs(ctx context.Context, p Principal) ([]VMStatus, error) 
 				}
 			}
 		}
+		// Only a grant that opened reached the VM (recordUse): a pending,
+		// denied, expired or failed request is no access and its requestor
+		// no user of it.
+		if u, ok := uses[strings.ToLower(vm.ID)]; ok {
+			st.RequestsLast7Days = u.OpenedSince(now.Add(-UseWindow))
+			st.LastAccess, st.LastUser = u.LastAccess, u.LastUser
+		}
 		out[i] = st
 		byVM[strings.ToLower(vm.ID)] = &out[i]
 	}
-	for _, r := range reqs { // newest first
+	for _, r := range live {
 		counted := map[string]bool{}
 		for _, g := range r.Grants {
-			st := byVM[strings.ToLower(g.VM)]
+			key := strings.ToLower(g.VM)
+			st := byVM[key]
 			if st == nil {
 				continue
 			}
-			// Only a grant that opened reached the VM: a pending, denied,
-			// expired or failed request is no access and its requestor no
-			// user of it.
-			if at, ok := openedAt(g, r); ok {
-				if !counted[strings.ToLower(g.VM)] {
-					counted[strings.ToLower(g.VM)] = true
-					st.RequestsLast7Days++
-				}
+			// A live request is counted here when its use is not yet
+			// (recordUse follows the grant's record), so that a VM shown
+			// open is never shown unused.
+			if at, ok := openedAt(g, r); ok && !counted[key] && !slices.Contains(uses[key].Recent, r.ID) {
+				counted[key] = true
+				st.RequestsLast7Days++
 				if at.After(st.LastAccess) {
-					st.LastAccess, st.LastUser = at, r.RequestorName
-					if st.LastUser == "" {
-						st.LastUser = r.Requestor
-					}
+					st.LastAccess, st.LastUser = at, cmp.Or(r.RequestorName, r.Requestor)
 				}
 			}
 			if !g.Ended(now) && anyOpen(g) {
@@ -290,6 +345,7 @@ func (s *Service) inventory(ctx context.Context) ([]VMInfo, error) {
 	if err != nil {
 		return nil, err
 	}
+	vms = sortedByID(vms)
 	s.invMu.Lock()
 	s.inv, s.invAt = vms, s.now()
 	s.invMu.Unlock()
@@ -309,10 +365,19 @@ func (s *Service) readInventory(ctx context.Context) ([]VMInfo, error) {
 	if err != nil {
 		return nil, err
 	}
+	vms = sortedByID(vms)
 	s.invMu.Lock()
 	s.inv, s.invAt = vms, s.now()
 	s.invMu.Unlock()
 	return vms, nil
+}
+
+// sortedByID sorts the inventory by lower-case id, the order GET /vms
+// pages in.
+func sortedByID(vms []VMInfo) []VMInfo {
+	vms = slices.Clone(vms)
+	slices.SortStableFunc(vms, func(a, b VMInfo) int { return strings.Compare(strings.ToLower(a.ID), strings.ToLower(b.ID)) })
+	return vms
 }
 
 // forgetInventory makes the next GET /vms read Azure again.

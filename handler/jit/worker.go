@@ -268,6 +268,7 @@ func (s *Service) recordOpen(ctx context.Context, req Request, i int, nsg string
 		_ = s.audit(ctx, ev)
 		return fmt.Errorf("recording open of grant %s-%d: %w", req.ID, i, err)
 	}
+	s.recordUse(ctx, updated, i, now)
 	if endedMeanwhile {
 		// Revoked or expired while the rule was being written: take it away again.
 		return s.removeRule(ctx, updated, i, nsg)

@@ -30,6 +30,7 @@ type Store struct {
 	eventIDs map[string]bool
 	states   map[string]jit.NSGState // lower-case NSG id
 	notices  map[string]storedNotice
+	uses     map[string][]byte // lower-case VM id → VMUse JSON
 }
 
 type storedNotice struct {
@@ -410,7 +411,7 @@ func (s *Store) ScanAudit(ctx context.Context, f jit.AuditFilter, fn func(jit.Au
 			continue
 		case !f.From.IsZero() && ev.Time.Before(f.From):
 			return nil
-		case f.VM != "" && !strings.EqualFold(ev.VM, f.VM):
+		case f.VM != "" && !strings.EqualFold(ev.VM, f.VM), !f.After.Follows(ev.Time, ev.ID):
 			continue
 		}
 		if err := fn(decode[jit.AuditEvent](encode(ev))); err != nil {

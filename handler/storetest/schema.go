@@ -388,3 +388,10 @@ func ReadGolden(t testing.TB, path string) []byte {
 	}
 	return data
 }
+
+// SchemaVMUse is a VM's use with every field set.
+func SchemaVMUse() jit.VMUse {
+	at := time.Date(2026, 3, 4, 5, 6, 7, 890123456, time.UTC)
+	return jit.VMUse{VM: "/subscriptions/11111111-1111-1111-1111-111111111111/resourceGroups/Demo/providers/Microsoft.Compute/virtualMachines/vm-1",
+		LastAccess: at, LastUser: "alice", Opens: map[int64]int{at.Unix() / 3600: 2}, Recent: []string{"r1", "r2"}}
+}

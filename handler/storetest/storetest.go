@@ -72,6 +72,8 @@ func Run(t *testing.T, newStore func(t *testing.T) jit.Store) {
 		{"NSGStateMerge", testNSGStateMerge},
 		{"NSGStateIDCase", testNSGStateIDCase},
 		{"NSGStateConcurrent", testNSGStateConcurrent},
+		{"VMUse", testVMUse},
+		{"VMUseConcurrent", testVMUseConcurrent},
 		{"PolicyOneVM", testPolicyOneVM},
 		{"PolicyDeletingHoldsVMs", testPolicyDeletingHoldsVMs},
 		{"PolicyRaceOneVM", testPolicyRaceOneVM},
@@ -671,6 +673,15 @@ func testListRequestsFilters(t *testing.T, s jit.Store) {
 		{"party: a requestor without delegates", jit.RequestFilter{Party: "alice"}, []string{"r5b", "r3", "r1"}},
 		{"party and requestor", jit.RequestFilter{Party: "bot", Requestor: "alice"}, nil},
 		{"party, hostile", jit.RequestFilter{Party: "bot' or '1' eq '1"}, nil},
+		{"after the first", jit.RequestFilter{After: jit.Position{Time: t0.Add(5 * time.Hour), ID: "r5a"}}, []string{"r5b", "r4", "r3", "r2", "r1"}},
+		{"after a tie", jit.RequestFilter{After: jit.Position{Time: t0.Add(5 * time.Hour), ID: "r5b"}}, []string{"r4", "r3", "r2", "r1"}},
+		{"after, in another zone", jit.RequestFilter{After: jit.Position{Time: t0.Add(5 * time.Hour).In(zone), ID: "r5b"}}, []string{"r4", "r3", "r2", "r1"}},
+		{"after a gone request", jit.RequestFilter{After: jit.Position{Time: t0.Add(270 * time.Minute), ID: "zz"}}, []string{"r4", "r3", "r2", "r1"}},
+		{"after, with limit", jit.RequestFilter{After: jit.Position{Time: t0.Add(4 * time.Hour), ID: "r4"}, Limit: 2}, []string{"r3", "r2"}},
+		{"after, by vm", jit.RequestFilter{VM: vmA, After: jit.Position{Time: t0.Add(5 * time.Hour), ID: "r5b"}}, []string{"r3", "r1"}},
+		{"after, by status", jit.RequestFilter{Statuses: []string{jit.RequestActive}, After: jit.Position{Time: t0.Add(5 * time.Hour), ID: "r5a"}}, []string{"r4", "r1"}},
+		{"after, by requestor", jit.RequestFilter{Requestor: "alice", After: jit.Position{Time: t0.Add(3 * time.Hour), ID: "r3"}}, []string{"r1"}},
+		{"after the last", jit.RequestFilter{After: jit.Position{Time: t0.Add(time.Hour), ID: "r1"}}, nil},
 	}
 	// Paced background work (the sweep) lists through a context with
 	// pauses, which a store may use to read in chunks: the answer must not
@@ -811,6 +822,13 @@ func testAuditOrderAndFilters(t *testing.T, s jit.Store) {
 		{"limit", jit.AuditFilter{Limit: 2}, []string{"e5", "e4a"}},
 		{"limit after filters", jit.AuditFilter{VM: vmB, Limit: 1}, []string{"e5"}},
 		{"everything", jit.AuditFilter{VM: vmA, From: at(1), To: at(4), Limit: 1}, []string{"e3"}},
+		{"after a tie", jit.AuditFilter{After: jit.Position{Time: at(4), ID: "e4a"}}, []string{"e4b", "e3", "e2", "e1"}},
+		{"after, in another zone", jit.AuditFilter{After: jit.Position{Time: at(4).In(zone), ID: "e4b"}}, []string{"e3", "e2", "e1"}},
+		{"after, by vm", jit.AuditFilter{VM: vmA, After: jit.Position{Time: at(4), ID: "e4a"}}, []string{"e3", "e1"}},
+		{"after, with limit", jit.AuditFilter{After: jit.Position{Time: at(5), ID: "e5"}, Limit: 2}, []string{"e4a", "e4b"}},
+		{"after, newer than to", jit.AuditFilter{To: at(3), After: jit.Position{Time: at(4), ID: "e4b"}}, []string{"e2", "e1"}},
+		{"after, older than to", jit.AuditFilter{To: at(5), After: jit.Position{Time: at(3), ID: "e3"}}, []string{"e2", "e1"}},
+		{"after, with from", jit.AuditFilter{From: at(2), After: jit.Position{Time: at(3), ID: "e3"}}, []string{"e2"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

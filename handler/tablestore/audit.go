@@ -113,6 +113,9 @@ func (s *Store) ScanAudit(ctx context.Context, f jit.AuditFilter, fn func(jit.Au
 	if !f.From.IsZero() {
 		filter += " and RowKey lt " + odataString(timeKey(f.From.Add(-time.Nanosecond)))
 	}
+	if !f.After.IsZero() {
+		filter += " and RowKey gt " + odataString(positionKey(f.After))
+	}
 	seen := 0
 	return s.scan(ctx, s.audit, filter, f.Limit, func(e entity) (bool, error) {
 		var ev jit.AuditEvent

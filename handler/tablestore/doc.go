@@ -15,6 +15,7 @@
 //	policies  "policy" / "!generation"                     changed by every policy write
 //	          "policy" / <lower-case name>                 one partition, name order
 //	          "nsg"    / <vmKey(NSG id)>                   the state of one NSG
+//	          "use"    / <vmKey(VM id)>                    the recent use of one VM
 //	requests  "r"      / i_<id>                            the record
 //	          "r"      / t_<timeKey(start)><id>            every request, newest first
 //	          "r"      / v_<vm>_<timeKey(start)><id>       one VM's requests, newest first
@@ -85,6 +86,10 @@
 //     bounded below by Since; the service filters index rows on status,
 //     policy and requestor, then the store reads the records of the rows
 //     that passed, 8 at a time, and stops at Limit.
+//   - RecordVMUse: one point read, then one replace If-Match the ETag read
+//     (an insert for a new VM), nothing for an access counted already; a
+//     412 or 409 starts over, as PutNSGState does. VMUses: one point read
+//     per VM asked for, 8 at a time.
 //   - AppendAudit: three inserts (id row, all, VM), or on a repeat a failed
 //     insert, a read and two inserts that find their rows there.
 //   - ScanAudit: one range query over one partition between From and To,

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"jitaccess/handler/jit"
 )
 
 // maxKeyLen bounds every PartitionKey and RowKey. Table Storage allows 1 KiB
@@ -112,6 +114,12 @@ const timeKeyLen = 24
 // precision) it keeps every time.Time exactly.
 func timeKey(t time.Time) string {
 	return fmt.Sprintf("%016x%08x", ^(uint64(t.Unix()) ^ 1<<63), ^uint32(t.Nanosecond()))
+}
+
+// positionKey is the row key part (after any prefix) of the item at p in
+// a newest-first index: rows after p have greater keys.
+func positionKey(p jit.Position) string {
+	return timeKey(p.Time) + escapeKey(p.ID)
 }
 
 // parseTimeKey reverses timeKey for the first timeKeyLen characters of k.

@@ -37,29 +37,41 @@ func (s *Store) PutNSGState(ctx context.Context, st jit.NSGState) error {
 	}
 	st.SeenAt = st.SeenAt.UTC()
 	st.ErrorAt = st.ErrorAt.UTC()
-	row := nsgRow(st.ID)
+	return s.mergeRow(ctx, nsgPartition, nsgRow(st.ID), "NSG state", func(old entity, exists bool) (entity, error) {
+		var stored jit.NSGState
+		if exists {
+			if err := old.payload(&stored); err != nil {
+				return nil, err
+			}
+		}
+		merged := stored.Merge(st)
+		if exists && sameJSON(stored, merged) {
+			return nil, nil
+		}
+		return nsgStateEntity(merged)
+	}, func() error {
+		return jit.Errorf(jit.EUNAVAILABLE, "the state of NSG %s is being changed by many writers at once: try again", st.ID)
+	})
+}
+
+// mergeRow reads row (pk, rk) of the policies table, lets merge make the
+// entity to write from it (nil: nothing to write), and writes that If-Match
+// the ETag read, or inserts it when there was none. A writer that got in
+// between makes it start over, so no writer's change is lost; after
+// maxStateTries rounds it gives up with busy().
+func (s *Store) mergeRow(ctx context.Context, pk, rk, what string, merge func(old entity, exists bool) (entity, error), busy func() error) error {
 	for try := range maxStateTries {
 		if try > 0 {
 			if err := backoff(ctx, try); err != nil {
 				return err
 			}
 		}
-		old, etag, exists, err := get(ctx, s.policies, nsgPartition, row)
+		old, etag, exists, err := get(ctx, s.policies, pk, rk)
 		if err != nil {
-			return storeError(err, "read NSG state")
+			return storeError(err, "read "+what)
 		}
-		var stored jit.NSGState
-		if exists {
-			if err := old.payload(&stored); err != nil {
-				return err
-			}
-		}
-		merged := stored.Merge(st)
-		if exists && sameJSON(stored, merged) {
-			return nil
-		}
-		e, err := nsgStateEntity(merged)
-		if err != nil {
+		e, err := merge(old, exists)
+		if err != nil || e == nil {
 			return err
 		}
 		if exists {
@@ -74,9 +86,9 @@ func (s *Store) PutNSGState(ctx context.Context, st jit.NSGState) error {
 		case isPreconditionFailed(err), isConflict(err), isNotFound(err):
 			continue // another writer got in: merge with what it wrote
 		}
-		return storeError(err, "write NSG state")
+		return storeError(err, "write "+what)
 	}
-	return jit.Errorf(jit.EUNAVAILABLE, "the state of NSG %s is being changed by many writers at once: try again", st.ID)
+	return busy()
 }
 
 // nsgStateEntity returns the entity of st.

@@ -280,6 +280,9 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 		"RowKey ge " + odataString(prefix),
 		"RowKey lt " + odataString(end),
 	}
+	if !f.After.IsZero() {
+		clauses = append(clauses, "RowKey gt "+odataString(prefix+positionKey(f.After)))
+	}
 	if f.Policy != "" {
 		clauses = append(clauses, "Policy eq "+odataString(strings.ToLower(f.Policy)))
 	}

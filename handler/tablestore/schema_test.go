@@ -79,6 +79,12 @@ func goldenEntities(t *testing.T) map[string][]entity {
 		t.Fatal(err)
 	}
 	out["testdata/nsg-state.golden"] = []entity{st}
+
+	use, err := vmUseEntity(storetest.SchemaVMUse())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out["testdata/vm-use.golden"] = []entity{use}
 	return out
 }
 

@@ -100,6 +100,25 @@
     return { data, etag: resp.headers.get('ETag') };
   }
 
+  // apiAll reads every page of a list, following nextLink (on this page's
+  // own origin: the service may know itself by another name behind a
+  // proxy), at most maxPages pages.
+  async function apiAll(path, maxPages) {
+    const value = [];
+    let next = path;
+    for (let i = 0; next && i < (maxPages || 100); i++) {
+      const { data } = await api('GET', next);
+      value.push(...((data && data.value) || []));
+      next = data && data.nextLink ? samePath(data.nextLink) : null;
+    }
+    return { data: { value } };
+  }
+
+  function samePath(link) {
+    const u = new URL(link, location.href);
+    return u.pathname + u.search;
+  }
+
   // ---------- durations ----------
 
   // parseISODuration understands what the API writes: P1D, PT3H, PT1H30M, PT90S.
@@ -904,7 +923,7 @@
       if (state.tab === 'approvals') showTab('requests');
       return;
     }
-    $('count-approvals').textContent = '(' + state.pending.length + ')';
+    $('count-approvals').textContent = '(' + state.pending.length + (state.pendingMore ? '+' : '') + ')';
     const sig = JSON.stringify(state.pending);
     if (sig === state.signatures.approvals) return;
     state.signatures.approvals = sig;
@@ -952,10 +971,11 @@
     const asked = Date.now();
     try {
       const [vms, pols, reqs, pending] = await Promise.all([
-        api('GET', '/api/v1/vms'),
-        api('GET', '/api/v1/policies').catch(() => ({ data: { value: [] } })),
+        apiAll('/api/v1/vms?limit=1000'),
+        apiAll('/api/v1/policies?limit=1000').catch(() => ({ data: { value: [] } })),
         api('GET', '/api/v1/requests?' + requestsQuery().toString()),
-        has('JIT.Approver') ? api('GET', '/api/v1/requests?status=Pending').catch(() => ({ data: { value: [] } })) : Promise.resolve({ data: { value: [] } }),
+        // One page, the newest; the count says when more wait.
+        has('JIT.Approver') ? api('GET', '/api/v1/requests?status=Pending&limit=100').catch(() => ({ data: { value: [] } })) : Promise.resolve({ data: { value: [] } }),
       ]);
       state.vms = (vms.data.value || []).slice().sort((a, b) => a.name.localeCompare(b.name));
       state.policies = {};
@@ -966,6 +986,7 @@
       }
       state.requests = (reqs.data.value || []).slice().sort((a, b) => String(b.startTimeUtc).localeCompare(String(a.startTimeUtc)));
       state.pending = pending.data.value || [];
+      state.pendingMore = !!pending.data.nextLink;
       renderVMs(false);
       // What the VM tabs show is as of this moment (the API's "as last seen").
       document.body.setAttribute('data-vms-asked', String(asked));
