@@ -85,28 +85,38 @@ func (s *Service) AllowWrite(p Principal) error {
 // have the most open and pending requests one principal may have. It reads
 // at most MaxOpenRequests+1 of their requests from the store, by their
 // status, so it holds across instances. On this instance it holds under
-// concurrency too: it returns holding subject's turn, which the caller
-// gives back (release) once the new request is stored, so their asks are
-// counted one after the other. Asks made at the same moment on several
-// instances may pass it together, one per instance at most.
+// concurrency too, without making one person's asks wait for each other:
+// the asks admitted and not yet stored are counted with the store's, and
+// so are the ones stored since the count was read (which it may or may not
+// hold: near the limit an ask may be refused that would just fit, never
+// the other way). The caller calls release once the new request is stored
+// or has failed. Asks made at the same moment on several instances may
+// pass it together, one per instance at most.
 func (s *Service) checkOpenRequests(ctx context.Context, subject Principal) (release func(), err error) {
-	release, err = s.turns.take(ctx, subject.ID)
+	since := s.asking.begin(subject.ID)
+	n, next, err := s.countOpenRequests(ctx, subject)
 	if err != nil {
+		s.asking.done(subject.ID)
 		return nil, err
 	}
-	if err := s.countOpenRequests(ctx, subject); err != nil {
-		release()
-		return nil, err
+	limit := s.cfg.Limits.maxOpen()
+	release, total, ok := s.asking.admit(subject.ID, since, n, limit)
+	if ok {
+		return release, nil
 	}
-	return release, nil
+	s.cfg.Log.Info().Str("requestor", subject.ID).Int("open", total).Msg("request refused: too many open requests")
+	return nil, tooMany(next, "%s has %d open or pending requests, the most one person may have: revoke one or wait until one ends or expires (the next in %s)",
+		subject.ID, min(total, limit), roundUp(next))
 }
 
-func (s *Service) countOpenRequests(ctx context.Context, subject Principal) error {
+// countOpenRequests counts subject's open and pending requests in the
+// store, and says when the first of them stops counting.
+func (s *Service) countOpenRequests(ctx context.Context, subject Principal) (int, time.Duration, error) {
 	limit := s.cfg.Limits.maxOpen()
 	live, err := s.store.ListRequests(ctx, RequestFilter{Requestor: subject.ID,
 		Statuses: []string{RequestActive, RequestPending}, Limit: limit + 1})
 	if err != nil {
-		return fmt.Errorf("counting open requests: %w", err)
+		return 0, 0, fmt.Errorf("counting open requests: %w", err)
 	}
 	now := s.now()
 	n, next := 0, time.Duration(math.MaxInt64)
@@ -118,12 +128,10 @@ func (s *Service) countOpenRequests(ctx context.Context, subject Principal) erro
 		n++
 		next = min(next, until.Sub(now))
 	}
-	if n < limit {
-		return nil
+	if n == 0 {
+		next = time.Second // only asks in flight: they are stored within a second
 	}
-	s.cfg.Log.Info().Str("requestor", subject.ID).Int("open", n).Msg("request refused: too many open requests")
-	return tooMany(next, "%s has %d open or pending requests, the most one person may have: revoke one or wait until one ends or expires (the next in %s)",
-		subject.ID, n, roundUp(next))
+	return n, next, nil
 }
 
 // openUntil reports whether r still counts as open at now (pending, or a
@@ -207,49 +215,73 @@ func (l *writeLimiter) evict(now time.Time, perSecond float64, burst int) {
 	}
 }
 
-// turns lets one ask at a time per principal through; it keeps an entry
-// only while someone holds or waits for a principal's turn.
-type turns struct {
+// asking counts, per principal, the asks admitted on this instance and not
+// yet stored, and those released since an ask began counting; it keeps an
+// entry only while asks are counting or in flight.
+type asking struct {
 	mu sync.Mutex
-	m  map[string]*turn
+	m  map[string]*inFlight
 }
 
-type turn struct {
-	ch   chan struct{} // holds a token while the turn is taken
-	refs int
+type inFlight struct {
+	counting int    // asks between begin and admit (or done)
+	admitted int    // admitted, not yet released
+	released uint64 // releases while the entry has existed
 }
 
-// take waits for key's turn, or for ctx to end.
-func (t *turns) take(ctx context.Context, key string) (func(), error) {
-	t.mu.Lock()
-	if t.m == nil {
-		t.m = map[string]*turn{}
+// begin starts an ask of key: it returns the releases so far, for admit.
+func (a *asking) begin(key string) uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.m == nil {
+		a.m = map[string]*inFlight{}
 	}
-	e := t.m[key]
+	e := a.m[key]
 	if e == nil {
-		e = &turn{ch: make(chan struct{}, 1)}
-		t.m[key] = e
+		e = &inFlight{}
+		a.m[key] = e
 	}
-	e.refs++
-	t.mu.Unlock()
-	leave := func() {
-		t.mu.Lock()
-		if e.refs--; e.refs == 0 {
-			delete(t.m, key)
-		}
-		t.mu.Unlock()
+	e.counting++
+	return e.released
+}
+
+// done ends an ask that begin started and admit did not.
+func (a *asking) done(key string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e := a.m[key]
+	e.counting--
+	a.forget(key, e)
+}
+
+func (a *asking) forget(key string, e *inFlight) {
+	if e.counting == 0 && e.admitted == 0 {
+		delete(a.m, key)
 	}
-	select {
-	case e.ch <- struct{}{}:
-	case <-ctx.Done():
-		leave()
-		return nil, ctx.Err()
+}
+
+// admit admits the ask of key that begin started if stored (the store's
+// count, read after begin) plus the asks in flight plus those released
+// since begin stay below limit. It returns the count it judged by.
+func (a *asking) admit(key string, since uint64, stored, limit int) (release func(), total int, ok bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e := a.m[key]
+	e.counting--
+	total = stored + e.admitted + int(e.released-since)
+	if total >= limit {
+		a.forget(key, e)
+		return nil, total, false
 	}
+	e.admitted++
 	var once sync.Once
 	return func() {
 		once.Do(func() {
-			<-e.ch
-			leave()
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			e.admitted--
+			e.released++
+			a.forget(key, e)
 		})
-	}, nil
+	}, total, true
 }

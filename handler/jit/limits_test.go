@@ -32,3 +32,40 @@ func TestWriteLimiterPacesAndStaysBounded(t *testing.T) {
 		t.Errorf("%d buckets kept, want at most %d", n, maxWriteBuckets)
 	}
 }
+
+// One person's asks are counted together without waiting for each other:
+// asks in flight count, and so does one stored while another was reading
+// the store (which its count may miss); nothing is kept once all are done.
+func TestAskingCountsInFlight(t *testing.T) {
+	var a asking
+	// Two asks at once, the store holding 3 of a limit of 5: both fit.
+	s1, s2 := a.begin("p"), a.begin("p")
+	r1, total, ok := a.admit("p", s1, 3, 5)
+	if !ok || total != 3 {
+		t.Fatalf("first ask: %v, %d", ok, total)
+	}
+	r2, total, ok := a.admit("p", s2, 3, 5)
+	if !ok || total != 4 {
+		t.Fatalf("second ask, the first in flight: %v, %d; want admitted at 4", ok, total)
+	}
+	// A third reads the store before the first two are stored (3), then
+	// they are stored and released: it still counts them.
+	s3 := a.begin("p")
+	r1()
+	r2()
+	r1() // twice is harmless
+	if _, total, ok := a.admit("p", s3, 3, 5); ok || total != 5 {
+		t.Fatalf("third ask, two stored since its count: %v, %d; want refused at 5", ok, total)
+	}
+	// A fourth counts the store after them (5): refused; a failed count
+	// leaves nothing behind.
+	s4 := a.begin("p")
+	if _, _, ok := a.admit("p", s4, 5, 5); ok {
+		t.Fatal("fourth ask admitted over the limit")
+	}
+	a.begin("p")
+	a.done("p")
+	if len(a.m) != 0 {
+		t.Errorf("entries kept after every ask ended: %v", a.m)
+	}
+}

@@ -81,7 +81,7 @@ type Service struct {
 	invAt time.Time
 
 	writes                writeLimiter // per-principal change budgets of this instance
-	turns                 turns        // one new request at a time per requestor, to count them
+	asking                asking       // new requests in flight per requestor, to count them
 	delivering, redeliver atomic.Bool  // kickNotices' single flight
 }
 
