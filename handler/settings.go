@@ -50,7 +50,7 @@ var allSettings = []setting{
 	{"JIT_PENDING_EXPIRY", "1h", "both", "how long a request waits for approval before it expires"},
 	{"JIT_INVENTORY_TTL", "1m", "both", "how long the VM list read from Azure serves GET /api/v1/vms; resource events refresh it at once"},
 	{"JIT_RECONCILE_SHARE", "0.25", "both", "share of the time the sweep may be busy, 0.05 to 1: it pauses (at most 1 s at a time) so that a large estate does not slow requests in the same process; the closes of ended grants are not paced. Functions mode does not pace unless it is set: the sweeper runs in its own invocation, within functionTimeout"},
-	{"JIT_MAX_OPEN_REQUESTS", "20", "both", "most open (Active) plus pending requests one person may have, 1 to 10000; counted in the store, so it holds across instances; more is answered 429 with Retry-After"},
+	{"JIT_MAX_OPEN_REQUESTS", "20", "both", "most open (Active) plus pending requests one person may have, 1 to 10000, or off; counted in the store (each new request reads at most this many plus one of the person's live requests), so it holds across instances; more is answered 429 with Retry-After"},
 	{"JIT_WRITES_PER_MINUTE", "60", "both", "changes (initiate, extend, revoke, approve, deny, policy writes) one principal may make a minute on one instance, or off; kept in each instance's memory, so N instances allow N times as many; more is answered 429 with Retry-After"},
 	{"JIT_WRITE_BURST", "20", "both", "changes one principal may make at once before JIT_WRITES_PER_MINUTE paces them, 1 to 10000"},
 	{"JIT_STUCK_AFTER", "5m", "both", "how long an open may stay undone before the sweeper marks the grant failed (and makes sure nothing is open)"},
@@ -336,8 +336,10 @@ func (s settings) serviceConfig(functions bool, n jit.Notifier, log zerolog.Logg
 func limitSettings(get func(string) string) (jit.Limits, error) {
 	var l jit.Limits
 	var err error
-	if l.MaxOpenRequests, err = strconv.Atoi(get("JIT_MAX_OPEN_REQUESTS")); err != nil || l.MaxOpenRequests < 1 || l.MaxOpenRequests > 10000 {
-		return l, fmt.Errorf("JIT_MAX_OPEN_REQUESTS must be a whole number between 1 and 10000")
+	if v := get("JIT_MAX_OPEN_REQUESTS"); v == "off" {
+		l.MaxOpenRequests = -1
+	} else if l.MaxOpenRequests, err = strconv.Atoi(v); err != nil || l.MaxOpenRequests < 1 || l.MaxOpenRequests > 10000 {
+		return l, fmt.Errorf("JIT_MAX_OPEN_REQUESTS must be a whole number between 1 and 10000, or off")
 	}
 	if l.WriteBurst, err = strconv.Atoi(get("JIT_WRITE_BURST")); err != nil || l.WriteBurst < 1 || l.WriteBurst > 10000 {
 		return l, fmt.Errorf("JIT_WRITE_BURST must be a whole number between 1 and 10000")
