@@ -863,20 +863,33 @@ func TestFunctionsOpenAuditedWhenInstanceDies(t *testing.T) {
 		p.must(200, "GET", "/api/v1/requests/"+r.ID, nil, &got, admin...)
 		return got.Status == "Closed" && !slices.Contains(sim.RuleNames(nicNSG), r.Grants[0].RuleName)
 	})
-	var audit struct {
-		Value []struct {
-			ID     string `json:"id"`
-			Action string `json:"action"`
-		} `json:"value"`
-	}
-	p.must(200, "GET", "/api/v1/audit", nil, &audit, admin...)
+	// The request's record changes first; its events reach the trail
+	// right after (Table Storage appends them from the change's outbox
+	// row), so the trail is read until the close is in it.
 	var trail []string
-	for _, ev := range audit.Value {
-		if strings.Contains(ev.ID, r.ID) {
-			trail = append(trail, ev.ID)
+	hasOpen := func(id string) bool { return strings.HasPrefix(id, "open-"+r.ID) }
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var audit struct {
+			Value []struct {
+				ID     string `json:"id"`
+				Action string `json:"action"`
+			} `json:"value"`
 		}
+		p.must(200, "GET", "/api/v1/audit", nil, &audit, admin...)
+		trail = trail[:0]
+		for _, ev := range audit.Value {
+			if strings.Contains(ev.ID, r.ID) {
+				trail = append(trail, ev.ID)
+			}
+		}
+		closed := slices.ContainsFunc(trail, func(id string) bool { return strings.HasPrefix(id, "close-"+r.ID) })
+		if closed || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	if !slices.ContainsFunc(trail, func(id string) bool { return strings.HasPrefix(id, "open-"+r.ID) }) {
+	if !slices.ContainsFunc(trail, hasOpen) {
 		t.Errorf("rule %s was in nsg-vm-nic from %s until after the grant's end, but the audit trail of request %s has no open: %v",
 			r.Grants[0].RuleName, killedAt.Load().Format("15:04:05.000"), r.ID, trail)
 	}
