@@ -320,16 +320,12 @@ func TestChaosFunctions(t *testing.T) {
 	// audit trail is read until it is complete or the bound has passed.
 	deadline := lastEnd.Add(bound)
 	auditLost := func() []string {
-		var audit struct {
-			Value []struct {
-				ID string `json:"id"`
-			} `json:"value"`
-		}
-		if !try("GET", "/api/v1/audit", nil, &audit, 200) {
+		trail, ok := auditTrail(func(path string, out any) bool { return try("GET", path, nil, out, 200) })
+		if !ok {
 			t.Fatal("could not read the audit trail")
 		}
 		ids := map[string]bool{}
-		for _, ev := range audit.Value {
+		for _, ev := range trail {
 			ids[ev.ID] = true
 		}
 		return obs.auditLost(recs, ids)

@@ -352,16 +352,10 @@ func TestChaos(t *testing.T) {
 	// rule seen, and a close event per grant and NSG, whatever happened in
 	// between.
 	p, _ := c.current()
-	var audit struct {
-		Value []struct {
-			ID   string    `json:"id"`
-			Time time.Time `json:"timeUtc"`
-		} `json:"value"`
-	}
-	p.must(200, "GET", "/api/v1/audit", nil, &audit)
+	trail, _ := auditTrail(func(path string, out any) bool { p.must(200, "GET", path, nil, out); return true })
 	ids := map[string]bool{}
 	closedAt := map[string]time.Time{}
-	for _, ev := range audit.Value {
+	for _, ev := range trail {
 		ids[ev.ID] = true
 		closedAt[ev.ID] = ev.Time
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -284,4 +285,38 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// auditEntry is what the fault tests read of an audit event.
+type auditEntry struct {
+	ID     string    `json:"id"`
+	Time   time.Time `json:"timeUtc"`
+	Action string    `json:"action"`
+}
+
+// auditTrail reads the whole audit trail through get, page after page,
+// following each page's nextLink. get answers false when a page could not
+// be read, and auditTrail then answers false too.
+func auditTrail(get func(path string, out any) bool) ([]auditEntry, bool) {
+	var all []auditEntry
+	path := "/api/v1/audit"
+	for path != "" {
+		var page struct {
+			Value    []auditEntry `json:"value"`
+			NextLink string       `json:"nextLink"`
+		}
+		if !get(path, &page) {
+			return nil, false
+		}
+		all = append(all, page.Value...)
+		path = ""
+		if page.NextLink != "" {
+			u, err := url.Parse(page.NextLink)
+			if err != nil {
+				return nil, false
+			}
+			path = u.RequestURI()
+		}
+	}
+	return all, true
 }

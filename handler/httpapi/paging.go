@@ -31,8 +31,8 @@ var (
 	policyPages  = pageRule{kind: "policies", def: 100, max: 1000, description: "policies"}
 	vmPages      = pageRule{kind: "vms", def: 100, max: 1000, description: "VMs"}
 	// The audit trail streams in constant memory and is read in bulk by
-	// reviewers and scripts: its page is the largest.
-	auditPages = pageRule{kind: "audit", def: 10000, max: 10000, description: "audit events"}
+	// reviewers and scripts: its pages may be the largest.
+	auditPages = pageRule{kind: "audit", def: 1000, max: 10000, description: "audit events"}
 	// A CSV download has no place for a nextLink: it is one larger page.
 	auditCSVPages = pageRule{kind: "audit", def: 100000, max: 100000, description: "audit events (CSV)"}
 )
