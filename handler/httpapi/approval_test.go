@@ -65,7 +65,7 @@ func TestApprovalFlow(t *testing.T) {
 		t.Fatal("a pending request opened a rule")
 	}
 	// An open operation for it, however it reached the worker, opens nothing.
-	if err := s.svc.ApplyOperation(t.Context(), jit.Operation{ID: "forged", Kind: jit.OpOpen, RequestID: r.ID, Grant: 0, NSG: nic}); err != nil {
+	if err := s.svc.ApplyOperations(t.Context(), []jit.Operation{{ID: "forged", Kind: jit.OpOpen, RequestID: r.ID, Grant: 0, NSG: nic}})[0]; err != nil {
 		t.Fatal(err)
 	}
 	if hasRule(r.Grants[0].RuleName) {

@@ -207,7 +207,7 @@ func (d *domain) deliver(kind string) {
 			later = append(later, op)
 			continue
 		}
-		if err := d.svc.ApplyOperation(d.t.Context(), op); err != nil {
+		if err := d.svc.ApplyOperations(d.t.Context(), []jit.Operation{op})[0]; err != nil {
 			d.t.Fatalf("%s: %v", op.ID, err)
 		}
 	}
@@ -307,7 +307,7 @@ func TestGrantLife(t *testing.T) {
 		t.Fatalf("extending past the port's maximum: %v, want invalid", err)
 	}
 	d.clock.Add(20 * time.Minute) // the old end
-	if err := d.svc.ApplyOperation(t.Context(), closes[0]); err != nil {
+	if err := d.svc.ApplyOperations(t.Context(), []jit.Operation{closes[0]})[0]; err != nil {
 		t.Fatal(err)
 	}
 	if !d.net.allows() {
@@ -435,7 +435,7 @@ func TestUnrecordedOpens(t *testing.T) {
 			r := d.request(5 * time.Minute)
 			d.net.lostAnswer = true
 			for _, op := range d.q.take(jit.OpOpen) {
-				if err := d.svc.ApplyOperation(t.Context(), op); err == nil {
+				if err := d.svc.ApplyOperations(t.Context(), []jit.Operation{op})[0]; err == nil {
 					t.Fatal("the open heard back, want the injected error")
 				}
 				_ = d.q.Enqueue(t.Context(), []jit.Operation{op}) // redelivered later

@@ -20,11 +20,6 @@ const openMargin = 2 * time.Second
 // time (clock skew between queue and worker) still close.
 const closeEarly = time.Second
 
-// ApplyOperation does one operation: ApplyOperations with a batch of one.
-func (s *Service) ApplyOperation(ctx context.Context, op Operation) error {
-	return s.ApplyOperations(ctx, []Operation{op})[0]
-}
-
 // ruleAction is what an operation needs done to its rule.
 type ruleAction int
 
