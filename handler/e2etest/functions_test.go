@@ -226,6 +226,14 @@ func TestFunctionsModeEndToEnd(t *testing.T) {
 	if !hasRule(deny) {
 		t.Errorf("the events function did not restore the deny rule deleted by hand")
 	}
+	// The grant must be recorded open first: a rule deleted between its
+	// write and that record is the pending grant's, which the sweep leaves
+	// to its open (or gives up after JIT_STUCK_AFTER), not a drift to repair.
+	waitFor(t, 10*time.Second, "the extended grant recorded open", func() bool {
+		var got requestRec
+		p.must(200, "GET", "/api/v1/requests/"+ext.ID, nil, &got, admin...)
+		return len(got.Grants) > 0 && got.Grants[0].Status == "Initiated"
+	})
 	handDelete(ext.Grants[0].RuleName)
 	res, err = host.FireTimer(ctx)
 	checkInvoked("sweeper", res, err)
