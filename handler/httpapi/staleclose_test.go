@@ -21,11 +21,12 @@ func TestStaleClosesDoNothing(t *testing.T) {
 
 	var r request
 	s.must(202, admin, "POST", "/api/v1/policies/p/initiate", initiate("vm-nic-nsg", "PT1H"), &r)
-	waitFor(t, "the rule to open", func() bool { return hasRule(r.Grants[0].RuleName) })
-	first, err := s.store.GetRequest(ctx, r.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	var first jit.Request
+	waitFor(t, "the rule to open and be recorded open", func() bool {
+		var err error
+		first, err = s.store.GetRequest(ctx, r.ID)
+		return err == nil && hasRule(r.Grants[0].RuleName) && first.Grants[0].Status == jit.GrantInitiated
+	})
 	oldEnd := first.Grants[0].End
 	s.must(200, admin, "POST", "/api/v1/requests/"+r.ID+"/extend", map[string]any{"duration": "PT2H"}, nil)
 	// The close scheduled at the old end, delivered now as if that time
