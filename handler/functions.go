@@ -125,12 +125,18 @@ func runFunctions(log zerolog.Logger, cfg settings) error {
 		// our writes echoed back.
 		svcCfg.Self = []string{cfg.ClientID}
 	}
-	svc := jit.NewService(store, queue, network, svcCfg)
+	// The roles in order: the API queues on Service Bus, whose trigger
+	// brings operations to the worker; the reconciler sweeps on the timer
+	// and handles Event Grid's events.
+	core := jit.NewCore(store, network, svcCfg)
+	svc := jit.NewAPI(core, queue)
+	worker := jit.NewApplier(core)
+	rec := jit.NewReconciler(svc, worker)
 	// The Functions host is the direct peer of every forwarded request.
 	proxies := append([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}, cfg.TrustedProxies...)
 	api := httpapi.New(svc, httpapi.Config{TrustedProxies: proxies, Log: log})
 	portal.Mount(api)
-	h := funcs.New(funcs.Config{API: api, Service: svc, DecodeOperation: servicebus.DecodeOperation,
+	h := funcs.New(funcs.Config{API: api, Worker: worker, Reconciler: rec, DecodeOperation: servicebus.DecodeOperation,
 		MaxDeliveries: cfg.MaxDeliveries, Log: log})
 
 	ln, err := net.Listen("tcp", "127.0.0.1:"+cfg.Port)

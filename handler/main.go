@@ -148,9 +148,7 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 		return err
 	}
 	defer app.Close(context.Background()) // after the shutdown's Close, a no-op
-	svc := app.Service
-
-	api := httpapi.New(svc, httpapi.Config{Local: true, TrustedProxies: cfg.TrustedProxies, Log: log})
+	api := httpapi.New(app.API, httpapi.Config{Local: true, TrustedProxies: cfg.TrustedProxies, Log: log})
 	if cfg.PProf {
 		api.Handle("/debug/pprof/", http.HandlerFunc(pprof.Index))
 		api.Handle("/debug/pprof/profile", http.HandlerFunc(pprof.Profile))
@@ -170,7 +168,7 @@ func runLocal(log zerolog.Logger, cfg settings) error {
 	api.Handle("/_arm/", emitEvents(armHandler, func(ev jit.ResourceEvent) {
 		// As Event Grid would: at once, outside the request.
 		app.Go(func(ctx context.Context) {
-			if err := svc.HandleResourceEvent(ctx, ev); err != nil {
+			if err := app.Reconciler.HandleResourceEvent(ctx, ev); err != nil {
 				log.Warn().Err(err).Str("subject", ev.Subject).Msg("handling a simulated resource event failed; the next sweep retries")
 			}
 		})

@@ -22,7 +22,8 @@ import (
 // listener of its own, so that its call counters can be read.
 type stack struct {
 	sim   *armsim.Server
-	svc   *jit.Service
+	svc   *jit.API
+	rec   *jit.Reconciler
 	close func()
 }
 
@@ -62,7 +63,7 @@ func (b *bench) newStack(spec estateSpec) (*stack, error) {
 		_ = app.Close(context.Background())
 		return nil, err
 	}
-	return &stack{sim: sim, svc: app.Service, close: func() {
+	return &stack{sim: sim, svc: app.API, rec: app.Reconciler, close: func() {
 		shutdown, done := context.WithTimeout(context.Background(), 10*time.Second)
 		defer done()
 		_ = app.Close(shutdown)
@@ -161,7 +162,7 @@ func (b *bench) armCalls(ctx context.Context) ([]result, error) {
 
 	// A sweep with nothing to do.
 	t0 := time.Now()
-	if _, err := st.svc.Reconcile(ctx); err != nil {
+	if _, err := st.rec.Reconcile(ctx); err != nil {
 		return nil, fmt.Errorf("reconcile: %w", err)
 	}
 	took := time.Since(t0)
@@ -192,7 +193,7 @@ func (b *bench) armCalls(ctx context.Context) ([]result, error) {
 }
 
 // waitRequests waits until done holds for every request, or 60 s.
-func waitRequests(ctx context.Context, svc *jit.Service, ids []string, done func(jit.Request) bool) error {
+func waitRequests(ctx context.Context, svc *jit.API, ids []string, done func(jit.Request) bool) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for _, id := range ids {
 		for {

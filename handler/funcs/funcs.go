@@ -80,11 +80,8 @@ const (
 	sweeperBinding = "timer"
 )
 
-// Service is what the functions call.
-type Service interface {
-	// ApplyOperations applies operations of one NSG together and returns
-	// one error per operation.
-	ApplyOperations(ctx context.Context, ops []jit.Operation) []error
+// Reconciler is what the sweeper and the event function call.
+type Reconciler interface {
 	Reconcile(ctx context.Context) (jit.SweepReport, error)
 	HandleResourceEvent(ctx context.Context, ev jit.ResourceEvent) error
 }
@@ -93,8 +90,10 @@ type Service interface {
 type Config struct {
 	// API serves forwarded HTTP requests (/api/..., the portal).
 	API http.Handler
-	// Service runs operations and sweeps.
-	Service Service
+	// Worker applies the queue's operations (jit.Applier).
+	Worker jit.Worker
+	// Reconciler sweeps and handles resource events (jit.Reconciler).
+	Reconciler Reconciler
 	// DecodeOperation turns a queue message body into an operation.
 	DecodeOperation func([]byte) (jit.Operation, error)
 	// MaxDeliveries is the queue's maximum delivery count: a failure on
@@ -304,7 +303,7 @@ func (h *Handler) applyGroups(ctx context.Context, ops []jit.Operation, groups [
 			for k, i := range group {
 				batch[k] = ops[i]
 			}
-			out := h.cfg.Service.ApplyOperations(ctx, batch)
+			out := h.cfg.Worker.ApplyOperations(ctx, batch)
 			for k, i := range group {
 				if len(out) != len(batch) {
 					errs[i] = fmt.Errorf("the service gave %d outcomes for %d operations", len(out), len(batch))
@@ -387,7 +386,7 @@ func (h *Handler) events(ctx context.Context, inv invocation) (string, error) {
 		return "", fmt.Errorf("the event has no id or eventType")
 	}
 	h.cfg.Log.Info().Str("event", ev.ID).Str("type", ev.EventType).Str("subject", ev.Subject).Msg("resource event")
-	if err := h.cfg.Service.HandleResourceEvent(ctx, jit.ResourceEvent{ID: ev.ID, Type: ev.EventType, Subject: ev.Subject, Caller: ev.caller()}); err != nil {
+	if err := h.cfg.Reconciler.HandleResourceEvent(ctx, jit.ResourceEvent{ID: ev.ID, Type: ev.EventType, Subject: ev.Subject, Caller: ev.caller()}); err != nil {
 		return "", fmt.Errorf("handling event %s: %w", ev.ID, err)
 	}
 	return "event " + ev.ID + " handled", nil
@@ -402,7 +401,7 @@ func (h *Handler) sweeper(ctx context.Context, inv invocation) (string, error) {
 	if raw, ok := inv.Data[sweeperBinding]; ok {
 		_ = json.Unmarshal(hostValue(raw), &timer)
 	}
-	rep, err := h.cfg.Service.Reconcile(ctx)
+	rep, err := h.cfg.Reconciler.Reconcile(ctx)
 	if err != nil {
 		return "", fmt.Errorf("sweep: %w", err)
 	}

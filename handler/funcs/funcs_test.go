@@ -82,7 +82,7 @@ func newTestHandler(svc *recordingService) *Handler {
 		w.WriteHeader(299)
 		_, _ = w.Write([]byte(`{"forwarded":"` + r.URL.Path + `"}`))
 	})
-	return New(Config{API: api, Service: svc, DecodeOperation: decodeJSONOp})
+	return New(Config{API: api, Worker: svc, Reconciler: svc, DecodeOperation: decodeJSONOp})
 }
 
 func post(t *testing.T, h http.Handler, path, body string) (*httptest.ResponseRecorder, response) {
@@ -435,7 +435,7 @@ func TestWorkerBatchAppliesNSGsInParallel(t *testing.T) {
 		}
 	}
 	svc := &barrierService{want: maxParallelNSGs, release: make(chan struct{}), inFlight: map[string]int{}}
-	h := New(Config{API: http.NotFoundHandler(), Service: svc, DecodeOperation: decodeJSONOp})
+	h := New(Config{API: http.NotFoundHandler(), Worker: svc, Reconciler: svc, DecodeOperation: decodeJSONOp})
 	rec, resp := post(t, h, "/worker", batchInvocation(t, bodies, deliveries, true))
 	if rec.Code != 200 {
 		t.Fatalf("status %d: %s", rec.Code, rec.Body)
@@ -504,7 +504,7 @@ func TestWorkerBatchFailingOp(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var logs bytes.Buffer
 			svc := &recordingService{failOp: map[string]error{"open-b": errors.New("arm said no")}}
-			h := New(Config{API: http.NotFoundHandler(), Service: svc, DecodeOperation: decodeJSONOp, Log: zerolog.New(&logs)})
+			h := New(Config{API: http.NotFoundHandler(), Worker: svc, Reconciler: svc, DecodeOperation: decodeJSONOp, Log: zerolog.New(&logs)})
 			rec, resp := post(t, h, "/worker", batchInvocation(t, bodies, tc.deliveries, true))
 			if rec.Code < 300 {
 				t.Fatalf("status %d for a batch with a failed operation: the host would complete it", rec.Code)

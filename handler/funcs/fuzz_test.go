@@ -277,7 +277,7 @@ func FuzzInvocation(f *testing.F) {
 		if fail {
 			svc.err = errors.New("arm said no")
 		}
-		h := New(Config{API: http.NotFoundHandler(), Service: svc, DecodeOperation: servicebus.DecodeOperation})
+		h := New(Config{API: http.NotFoundHandler(), Worker: svc, Reconciler: svc, DecodeOperation: servicebus.DecodeOperation})
 		path := []string{WorkerFunction, EventsFunction, SweeperFunction}[fn%3]
 		req := httptest.NewRequest(http.MethodPost, "/"+path, bytes.NewReader(body))
 		req.Header.Set("X-Azure-Functions-InvocationId", "11111111-2222-3333-4444-555555555555")

@@ -65,7 +65,7 @@ func TestApprovalFlow(t *testing.T) {
 		t.Fatal("a pending request opened a rule")
 	}
 	// An open operation for it, however it reached the worker, opens nothing.
-	if err := s.svc.ApplyOperations(t.Context(), []jit.Operation{{ID: "forged", Kind: jit.OpOpen, RequestID: r.ID, Grant: 0, NSG: nic}})[0]; err != nil {
+	if err := s.worker.ApplyOperations(t.Context(), []jit.Operation{{ID: "forged", Kind: jit.OpOpen, RequestID: r.ID, Grant: 0, NSG: nic}})[0]; err != nil {
 		t.Fatal(err)
 	}
 	if hasRule(r.Grants[0].RuleName) {
@@ -112,7 +112,7 @@ func TestApprovalFlow(t *testing.T) {
 	var e request
 	s.must(202, alice, "POST", "/api/v1/policies/gated/initiate", initiate("vm-nic-nsg", "PT1H"), &e)
 	time.Sleep(2100 * time.Millisecond)
-	if _, err := s.svc.Sweep(t.Context()); err != nil {
+	if _, err := s.rec.Sweep(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	s.must(200, admin, "GET", "/api/v1/requests/"+e.ID, nil, &e)
@@ -224,12 +224,12 @@ func TestLateApprovalIsNotStuck(t *testing.T) {
 	}
 	time.Sleep(1200 * time.Millisecond) // longer than StuckAfter since the request was made
 	s.must(200, bob, "POST", "/api/v1/requests/"+r.ID+"/approve", nil, &r)
-	rep, err := s.svc.Reconcile(t.Context())
+	rep, err := s.rec.Reconcile(t.Context())
 	if err != nil || rep.Stuck != 0 {
 		t.Fatalf("sweep just after a late approval: %+v, %v; want nothing stuck", rep, err)
 	}
 	time.Sleep(1100 * time.Millisecond) // the open (dropped) never happened within StuckAfter of the approval
-	if rep, err = s.svc.Reconcile(t.Context()); err != nil || rep.Stuck != 1 {
+	if rep, err = s.rec.Reconcile(t.Context()); err != nil || rep.Stuck != 1 {
 		t.Fatalf("sweep StuckAfter after the approval: %+v, %v; want the open given up", rep, err)
 	}
 }

@@ -140,7 +140,7 @@ func changesAndAuditTogether(t *testing.T, s *stack, down *atomic.Bool, lags boo
 	if !lags && len(before) > 0 {
 		t.Fatalf("changes stored without their audit events: %v", before)
 	}
-	if _, err := s.svc.Sweep(ctx); err != nil {
+	if _, err := s.rec.Sweep(ctx); err != nil {
 		t.Fatalf("Sweep: %v", err)
 	}
 	if after := missing(); len(after) > 0 {

@@ -24,13 +24,13 @@ func TestNotificationsAreRetried(t *testing.T) {
 	s.must(202, alice, "POST", "/api/v1/policies/gated/initiate", initiate("vm-nic-nsg", "PT5M"), &r)
 	ctx := t.Context()
 	waitFor(t, "the pending notification after three failed tries", func() bool {
-		if _, err := s.svc.DeliverNotices(ctx); err != nil {
+		if _, err := s.rec.DeliverNotices(ctx); err != nil {
 			t.Fatal(err)
 		}
 		return len(notes.events(r.ID)) > 0
 	})
 	time.Sleep(50 * time.Millisecond)
-	if _, err := s.svc.DeliverNotices(ctx); err != nil {
+	if _, err := s.rec.DeliverNotices(ctx); err != nil {
 		t.Fatal(err)
 	}
 	notes.mu.Lock()
@@ -49,7 +49,7 @@ func TestNotificationsAreRetried(t *testing.T) {
 	notes.mu.Unlock()
 	s.must(200, admin, "POST", "/api/v1/requests/"+r.ID+"/revoke", nil, nil)
 	waitFor(t, "the revoked notification to be given up", func() bool {
-		if _, err := s.svc.DeliverNotices(ctx); err != nil {
+		if _, err := s.rec.DeliverNotices(ctx); err != nil {
 			t.Fatal(err)
 		}
 		due, _ := s.store.DueNotices(ctx, time.Now().Add(time.Hour), 10)

@@ -81,12 +81,12 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	ctx := t.Context()
 
 	// A clean estate: a sweep changes nothing.
-	rep, err := s.svc.Reconcile(ctx)
+	rep, err := s.rec.Reconcile(ctx)
 	if err != nil || rep.Orphans+rep.Repaired+rep.DenyRestored+rep.Closed != 0 || rep.NSGs != 3 {
 		t.Fatalf("sweep of a clean estate: %+v, %v", rep, err)
 	}
 	writes := s.sim.Calls().Writes
-	if _, err := s.svc.Reconcile(ctx); err != nil || s.sim.Calls().Writes != writes {
+	if _, err := s.rec.Reconcile(ctx); err != nil || s.sim.Calls().Writes != writes {
 		t.Fatalf("a second clean sweep wrote to ARM")
 	}
 
@@ -116,7 +116,7 @@ func TestReconcileRepairsDrift(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	rep, err = s.svc.Reconcile(ctx)
+	rep, err = s.rec.Reconcile(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func TestReconcileRepairsDrift(t *testing.T) {
 		}
 	}
 	// The same finding is audited once, however often it is seen.
-	if _, err := s.svc.Reconcile(ctx); err != nil {
+	if _, err := s.rec.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(s.auditDetails("drift")); n != len(drift) {
@@ -169,7 +169,7 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	s.handEdit("DELETE", rules+deny, nil)
 	ev := jit.ResourceEvent{ID: "e1", Type: jit.EventDeleteSuccess, Subject: nsgID("nsg-vm-nic") + "/securityRules/" + deny}
 	for range 3 {
-		if err := s.svc.HandleResourceEvent(ctx, ev); err != nil {
+		if err := s.rec.HandleResourceEvent(ctx, ev); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -187,7 +187,7 @@ func TestEventsEnrolAndRetireVMs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 2 { // duplicates are harmless
-		if err := s.svc.HandleResourceEvent(ctx, jit.ResourceEvent{ID: "e2", Type: jit.EventWriteSuccess, Subject: vm}); err != nil {
+		if err := s.rec.HandleResourceEvent(ctx, jit.ResourceEvent{ID: "e2", Type: jit.EventWriteSuccess, Subject: vm}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -212,7 +212,7 @@ func TestEventsEnrolAndRetireVMs(t *testing.T) {
 	waitFor(t, "rule open", func() bool { _, ok := s.rule("nsg-vm-both", r.Grants[0].RuleName); return ok })
 	// A delete event for a VM that still exists (late, after the VM was
 	// created again, or forged) lifts nothing.
-	if err := s.svc.HandleResourceEvent(ctx, jit.ResourceEvent{ID: "e-stale", Type: jit.EventDeleteSuccess, Subject: vm}); err != nil {
+	if err := s.rec.HandleResourceEvent(ctx, jit.ResourceEvent{ID: "e-stale", Type: jit.EventDeleteSuccess, Subject: vm}); err != nil {
 		t.Fatal(err)
 	}
 	s.must(200, nil, "GET", "/api/v1/policies/auto", nil, nil)
@@ -225,13 +225,13 @@ func TestEventsEnrolAndRetireVMs(t *testing.T) {
 	if err := s.sim.DeleteVM(vm); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.svc.HandleResourceEvent(ctx, jit.ResourceEvent{ID: "e3", Type: jit.EventDeleteSuccess, Subject: vm}); err != nil {
+	if err := s.rec.HandleResourceEvent(ctx, jit.ResourceEvent{ID: "e3", Type: jit.EventDeleteSuccess, Subject: vm}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "grant of the deleted VM closed", func() bool { _, ok := s.rule("nsg-vm-both", r.Grants[0].RuleName); return !ok })
 	s.must(404, nil, "GET", "/api/v1/policies/auto", nil, nil)
 	// An out-of-order write event after the delete changes nothing.
-	if err := s.svc.HandleResourceEvent(ctx, jit.ResourceEvent{ID: "e2", Type: jit.EventWriteSuccess, Subject: vm}); err != nil {
+	if err := s.rec.HandleResourceEvent(ctx, jit.ResourceEvent{ID: "e2", Type: jit.EventWriteSuccess, Subject: vm}); err != nil {
 		t.Fatal(err)
 	}
 	s.must(404, nil, "GET", "/api/v1/policies/auto", nil, nil)
@@ -243,7 +243,7 @@ func TestStuckOpenIsMarkedFailed(t *testing.T) {
 	var r request
 	s.must(202, nil, "POST", "/api/v1/policies/p/initiate", initiate("vm-nic-nsg", "PT1H"), &r)
 	time.Sleep(1100 * time.Millisecond)
-	rep, err := s.svc.Reconcile(t.Context())
+	rep, err := s.rec.Reconcile(t.Context())
 	if err != nil || rep.Stuck != 1 {
 		t.Fatalf("sweep: %+v, %v", rep, err)
 	}
@@ -280,7 +280,7 @@ func TestVMInventoryIsCachedUntilAnEvent(t *testing.T) {
 	if lists() != first {
 		t.Errorf("GET /vms listed ARM again within the TTL: %d list calls, want %d", lists(), first)
 	}
-	if err := s.svc.HandleResourceEvent(t.Context(), jit.ResourceEvent{ID: "e", Type: jit.EventWriteSuccess, Subject: vmID("vm-nic-nsg")}); err != nil {
+	if err := s.rec.HandleResourceEvent(t.Context(), jit.ResourceEvent{ID: "e", Type: jit.EventWriteSuccess, Subject: vmID("vm-nic-nsg")}); err != nil {
 		t.Fatal(err)
 	}
 	s.must(200, nil, "GET", "/api/v1/vms", nil, nil)
@@ -299,7 +299,7 @@ func TestSweepAfterExtendFindsNoDrift(t *testing.T) {
 	waitFor(t, "rule open", func() bool { _, ok := s.rule("nsg-vm-nic", r.Grants[0].RuleName); return ok })
 	s.must(200, nil, "POST", "/api/v1/requests/"+r.ID+"/extend", map[string]any{"duration": "PT1H"}, nil)
 	writes := s.sim.Calls().Writes
-	rep, err := s.svc.Reconcile(t.Context())
+	rep, err := s.rec.Reconcile(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -326,14 +326,14 @@ func TestFailedRepairIsAudited(t *testing.T) {
 	s.handEdit("DELETE", nsgID("nsg-vm-nic")+"/securityRules/"+deny, nil)
 	s.sim.FailNext(armsim.Writes, 1000, armsim.Fault{Status: http.StatusForbidden, Code: "AuthorizationFailed",
 		Message: "The client does not have authorization to perform action 'Microsoft.Network/networkSecurityGroups/write'."})
-	if _, err := s.svc.Reconcile(t.Context()); err == nil {
+	if _, err := s.rec.Reconcile(t.Context()); err == nil {
 		t.Fatal("a sweep whose every write failed reported no error")
 	}
 	s.sim.ClearFaults()
 	if f := s.auditDetails("failure"); !slices.ContainsFunc(f, func(d string) bool { return strings.Contains(d, "bringing NSG nsg-vm-nic in line") }) {
 		t.Errorf("failed deny restore not audited: %v", f)
 	}
-	if _, err := s.svc.Reconcile(t.Context()); err != nil {
+	if _, err := s.rec.Reconcile(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := s.rule("nsg-vm-nic", deny); !ok {
@@ -356,7 +356,7 @@ func TestNICEventFollowsTopology(t *testing.T) {
 
 	// Nothing moved: list calls only, no write.
 	before := s.sim.Calls()
-	if err := s.svc.HandleResourceEvent(ctx, ev); err != nil {
+	if err := s.rec.HandleResourceEvent(ctx, ev); err != nil {
 		t.Fatal(err)
 	}
 	after := s.sim.Calls()
@@ -397,7 +397,7 @@ func TestNICEventFollowsTopology(t *testing.T) {
 	if err := s.sim.Load(bytes.NewReader(edited)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.svc.HandleResourceEvent(ctx, jit.ResourceEvent{ID: "nic-2", Type: jit.EventWriteSuccess, Subject: nic}); err != nil {
+	if err := s.rec.HandleResourceEvent(ctx, jit.ResourceEvent{ID: "nic-2", Type: jit.EventWriteSuccess, Subject: nic}); err != nil {
 		t.Fatal(err)
 	}
 	var pol struct {

@@ -41,13 +41,13 @@ type Config struct {
 
 // Server serves the API.
 type Server struct {
-	svc *jit.Service
+	svc *jit.API
 	cfg Config
 	mux *http.ServeMux
 }
 
 // New returns the API handler for svc.
-func New(svc *jit.Service, cfg Config) *Server {
+func New(svc *jit.API, cfg Config) *Server {
 	if cfg.MaxBody == 0 {
 		cfg.MaxBody = DefaultMaxBody
 	}

@@ -40,7 +40,8 @@ type stack struct {
 	url    string
 	armURL string
 	sim    *armsim.Server
-	svc    *jit.Service
+	worker *jit.Applier
+	rec    *jit.Reconciler
 	store  jit.Store
 }
 
@@ -103,14 +104,14 @@ func newStack(t *testing.T, o stackOptions) *stack {
 	if err := app.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	api := httptest.NewServer(httpapi.New(app.Service, httpapi.Config{Local: o.local, TrustedProxies: o.trustedProxies}))
+	api := httptest.NewServer(httpapi.New(app.API, httpapi.Config{Local: o.local, TrustedProxies: o.trustedProxies}))
 	t.Cleanup(func() {
 		api.Close()
 		closeCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
 		defer done()
 		_ = app.Close(closeCtx)
 	})
-	return &stack{t: t, url: api.URL, armURL: armSrv.URL, sim: sim, svc: app.Service, store: app.Store}
+	return &stack{t: t, url: api.URL, armURL: armSrv.URL, sim: sim, worker: app.Worker, rec: app.Reconciler, store: app.Store}
 }
 
 // as is a caller: headers that identify them.

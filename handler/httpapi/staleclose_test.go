@@ -33,7 +33,7 @@ func TestStaleClosesDoNothing(t *testing.T) {
 	// had come (or the clock of the queue ran ahead): the grant's end is an
 	// hour later, so nothing closes.
 	stale := jit.Operation{ID: jit.OperationID(jit.OpClose, r.ID, 0, nic, oldEnd), Kind: jit.OpClose, RequestID: r.ID, NSG: nic, Due: oldEnd}
-	if err := s.svc.ApplyOperations(ctx, []jit.Operation{stale})[0]; err != nil {
+	if err := s.worker.ApplyOperations(ctx, []jit.Operation{stale})[0]; err != nil {
 		t.Fatalf("stale close: %v", err)
 	}
 	if !hasRule(r.Grants[0].RuleName) {
@@ -52,7 +52,7 @@ func TestStaleClosesDoNothing(t *testing.T) {
 	before, _ := s.store.GetRequest(ctx, r.ID)
 	writes := s.sim.Calls().Writes
 	late := jit.Operation{ID: jit.OperationID(jit.OpClose, r.ID, 0, nic, before.Grants[0].End), Kind: jit.OpClose, RequestID: r.ID, NSG: nic, Due: time.Now()}
-	if err := s.svc.ApplyOperations(ctx, []jit.Operation{late})[0]; err != nil {
+	if err := s.worker.ApplyOperations(ctx, []jit.Operation{late})[0]; err != nil {
 		t.Fatalf("close after revoke: %v", err)
 	}
 	after, _ := s.store.GetRequest(ctx, r.ID)

@@ -133,13 +133,13 @@ func TestVMStatusNeverLies(t *testing.T) {
 	// 1. Deleted by hand, the repair refused: never Configured.
 	s.handEdit("DELETE", rules+deny[0], nil)
 	s.sim.FailNext(armsim.Writes, 100, forbidden)
-	_, _ = s.svc.Reconcile(ctx)
+	_, _ = s.rec.Reconcile(ctx)
 	v := s.vm("vm-nic-nsg")
 	if v.State != jit.VMLockdownFailed || !strings.Contains(v.Reason, "deny rule missing in NSG nsg-vm-nic") || !strings.Contains(v.Reason, "repairing it failed") {
 		t.Errorf("deleted deny rule, failed repair: %s %q", v.State, v.Reason)
 	}
 	s.sim.ClearFaults()
-	if _, err := s.svc.Reconcile(ctx); err != nil {
+	if _, err := s.rec.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if v := s.vm("vm-nic-nsg"); v.State != jit.VMConfigured {
@@ -151,12 +151,12 @@ func TestVMStatusNeverLies(t *testing.T) {
 	r.Properties.SourcePortRange = to.Ptr("1")
 	s.handEdit("PUT", rules+deny[0], map[string]any{"properties": r.Properties})
 	s.sim.FailNext(armsim.Writes, 100, forbidden)
-	_, _ = s.svc.Reconcile(ctx)
+	_, _ = s.rec.Reconcile(ctx)
 	if v := s.vm("vm-nic-nsg"); v.State == jit.VMConfigured {
 		t.Errorf("a deny rule with source port 1 counts as a lockdown")
 	}
 	s.sim.ClearFaults()
-	if _, err := s.svc.Reconcile(ctx); err != nil {
+	if _, err := s.rec.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := s.rule("nsg-vm-nic", deny[0]); deref(got.Properties.SourcePortRange) != "*" {
@@ -185,7 +185,7 @@ func TestVMStatusNeverLies(t *testing.T) {
 	add("jit-backdoor", "Allow", 260, false)
 	add("web-asg-open", "Allow", 270, true)
 	for range 2 {
-		if _, err := s.svc.Reconcile(ctx); err != nil {
+		if _, err := s.rec.Reconcile(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -286,7 +286,7 @@ func TestConcurrentPolicyPuts(t *testing.T) {
 		t.Fatalf("the same PUT twice: %v", codes)
 	}
 	waitFor(t, "the lockdown", func() bool { return s.vm("vm-nic-nsg").State == jit.VMConfigured })
-	if _, err := s.svc.Reconcile(t.Context()); err != nil {
+	if _, err := s.rec.Reconcile(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if d := s.denyRules("nsg-vm-nic"); len(d) != 1 || !s.lockedInARM("nsg-vm-nic", 22, "10.10.1.4") {
@@ -405,7 +405,7 @@ func TestSweepDuringLockdown(t *testing.T) {
 				return
 			default:
 			}
-			_, _ = s.svc.Reconcile(ctx)
+			_, _ = s.rec.Reconcile(ctx)
 		}
 	})
 	body := map[string]any{"properties": map[string]any{"virtualMachines": []any{
@@ -416,7 +416,7 @@ func TestSweepDuringLockdown(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	if _, err := s.svc.Reconcile(ctx); err != nil {
+	if _, err := s.rec.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct{ nsg, ip string }{{"nsg-vm-nic", "10.10.1.4"}, {"nsg-vm-both", "10.10.2.5"}, {"nsg-subnet-protected", "10.10.2.4"}, {"nsg-subnet-protected", "10.10.2.5"}} {
@@ -448,7 +448,7 @@ func TestSweepKeepsThePolicyETag(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 2 {
-		if _, err := s.svc.Reconcile(t.Context()); err != nil {
+		if _, err := s.rec.Reconcile(t.Context()); err != nil {
 			t.Fatal(err)
 		}
 	}

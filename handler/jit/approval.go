@@ -259,16 +259,16 @@ func sameRules(a, b []ApprovalRule) bool {
 // unfitReason). A request that no longer fits is not approved: it is
 // closed as denied with reason PolicyChanged, audited as withdrawn, and the
 // approver gets a conflict saying why.
-func (s *Service) Approve(ctx context.Context, p Principal, id, comment string) (Request, error) {
+func (s *API) Approve(ctx context.Context, p Principal, id, comment string) (Request, error) {
 	return s.decide(ctx, p, id, comment, true)
 }
 
 // Deny refuses a pending request; nothing opens.
-func (s *Service) Deny(ctx context.Context, p Principal, id, comment string) (Request, error) {
+func (s *API) Deny(ctx context.Context, p Principal, id, comment string) (Request, error) {
 	return s.decide(ctx, p, id, comment, false)
 }
 
-func (s *Service) decide(ctx context.Context, p Principal, id, comment string, approve bool) (Request, error) {
+func (s *API) decide(ctx context.Context, p Principal, id, comment string, approve bool) (Request, error) {
 	verb := map[bool]string{true: "approving", false: "denying"}[approve]
 	if err := requireRole(p, RoleApprover, verb+" requests"); err != nil {
 		return Request{}, err
@@ -436,7 +436,7 @@ func endPending(r *Request, status, reason string, now time.Time) {
 }
 
 // expirePending ends requests that waited for approval past their time.
-func (s *Service) expirePending(ctx context.Context) (int, error) {
+func (s *Reconciler) expirePending(ctx context.Context) (int, error) {
 	reqs, err := s.store.ListRequests(ctx, RequestFilter{Statuses: []string{RequestPending}})
 	if err != nil {
 		return 0, fmt.Errorf("listing pending requests: %w", err)

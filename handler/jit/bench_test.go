@@ -35,7 +35,7 @@ func BenchmarkPolicyNormalise(b *testing.B) {
 // BenchmarkBuildRequest validates one initiate against its policy: VM id,
 // ports, end time, source prefixes, grant merging.
 func BenchmarkBuildRequest(b *testing.B) {
-	s := NewService(nil, nil, nil, Config{MinDuration: time.Minute})
+	s := NewAPI(NewCore(nil, nil, Config{MinDuration: time.Minute}), nil)
 	pol := benchPolicy()
 	if err := pol.Normalise(time.Minute); err != nil {
 		b.Fatal(err)
@@ -94,7 +94,7 @@ func BenchmarkParseDuration(b *testing.B) {
 // VMs are protected, and the allow rules of a grant, as every write to an
 // NSG does before it goes to ARM.
 func BenchmarkRulePlanning(b *testing.B) {
-	s := NewService(nil, nil, nil, Config{})
+	s := NewCore(nil, nil, Config{})
 	pol := benchPolicy()
 	nsg := pol.VMs[0].NSGs[0].ID
 	for i := 1; i < 1000; i++ {

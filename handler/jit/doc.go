@@ -9,6 +9,16 @@
 // context and a Principal and return *Error values whose codes the front doors
 // map to status codes.
 //
+// The service is three roles over one Core (the adapters, the settings, the
+// VM inventory cache and notification delivery), built in this order by
+// both modes: API (the use cases behind HTTP; it stores changes and queues
+// their operations), Applier (the Worker the queue delivers operations to;
+// it queues nothing, so the queue is built before it and handed it when it
+// starts) and Reconciler (the sweeper and the resource events, which close
+// through the Applier and revoke and re-lock through the API). Local mode
+// builds them in handler/localmode, Functions mode in handler/functions.go;
+// nothing else differs between the modes but the adapters.
+//
 // The structs that adapters store or send (Policy, Request, AuditEvent,
 // NSGState, Operation and every struct inside them) carry a json tag on
 // every field: those names are the stored format of both stores and of the

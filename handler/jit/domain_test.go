@@ -168,12 +168,14 @@ func (n *memNet) allows() bool {
 }
 
 type domain struct {
-	t     *testing.T
-	svc   *jit.Service
-	store *memstore.Store
-	net   *memNet
-	q     *recQueue
-	clock *clock
+	t      *testing.T
+	api    *jit.API
+	worker *jit.Applier
+	rec    *jit.Reconciler
+	store  *memstore.Store
+	net    *memNet
+	q      *recQueue
+	clock  *clock
 }
 
 var (
@@ -189,13 +191,22 @@ var (
 func newDomain(t *testing.T, pol *jit.Approval) *domain {
 	t.Helper()
 	d := &domain{t: t, store: memstore.New(), net: &memNet{owner: jit.Owner{Deployment: jit.DefaultDeployment}}, q: &recQueue{}, clock: &clock{now: t0}}
-	d.svc = jit.NewService(d.store, d.q, d.net, jit.Config{MinDuration: time.Minute, Subscriptions: []string{dsub}, Now: d.clock.Now,
+	d.build(jit.Config{MinDuration: time.Minute, Subscriptions: []string{dsub}, Now: d.clock.Now,
 		PendingExpiry: time.Hour, Log: zerolog.Nop()})
-	if _, err := d.svc.PutPolicy(t.Context(), admin, jit.Policy{Name: "p", Approval: pol, VMs: []jit.VMPolicy{{ID: dvm, Ports: []jit.PortRule{anyPort}}}}, ""); err != nil {
+	if _, err := d.api.PutPolicy(t.Context(), admin, jit.Policy{Name: "p", Approval: pol, VMs: []jit.VMPolicy{{ID: dvm, Ports: []jit.PortRule{anyPort}}}}, ""); err != nil {
 		t.Fatalf("PutPolicy: %v", err)
 	}
 	d.deliver("") // the lockdown
 	return d
+}
+
+// build makes the three roles over the domain's fakes, in the order the
+// modes build them.
+func (d *domain) build(cfg jit.Config) {
+	core := jit.NewCore(d.store, d.net, cfg)
+	d.api = jit.NewAPI(core, d.q)
+	d.worker = jit.NewApplier(core)
+	d.rec = jit.NewReconciler(d.api, d.worker)
 }
 
 // deliver applies the queued operations of a kind that are due now.
@@ -207,7 +218,7 @@ func (d *domain) deliver(kind string) {
 			later = append(later, op)
 			continue
 		}
-		if err := d.svc.ApplyOperations(d.t.Context(), []jit.Operation{op})[0]; err != nil {
+		if err := d.worker.ApplyOperations(d.t.Context(), []jit.Operation{op})[0]; err != nil {
 			d.t.Fatalf("%s: %v", op.ID, err)
 		}
 	}
@@ -216,7 +227,7 @@ func (d *domain) deliver(kind string) {
 
 func (d *domain) request(dur time.Duration) jit.Request {
 	d.t.Helper()
-	r, err := d.svc.Initiate(d.t.Context(), alice, "p", jit.InitiateInput{Justification: "test",
+	r, err := d.api.Initiate(d.t.Context(), alice, "p", jit.InitiateInput{Justification: "test",
 		VMs: []jit.InitiateVM{{ID: dvm, Ports: []jit.InitiatePort{{Number: 22, Duration: dur}}}}})
 	if err != nil {
 		d.t.Fatalf("Initiate: %v", err)
@@ -260,13 +271,13 @@ func TestDecisions(t *testing.T) {
 			}
 			d.clock.Add(tc.wait)
 			if tc.wait > 0 {
-				if _, err := d.svc.Sweep(t.Context()); err != nil {
+				if _, err := d.rec.Sweep(t.Context()); err != nil {
 					t.Fatal(err)
 				}
 			}
-			decide := d.svc.Approve
+			decide := d.api.Approve
 			if tc.deny {
-				decide = d.svc.Deny
+				decide = d.api.Deny
 			}
 			_, err := decide(t.Context(), tc.who, r.ID, "")
 			if jit.ErrorCode(err) != tc.code {
@@ -300,14 +311,14 @@ func TestGrantLife(t *testing.T) {
 	// Extended by an hour: the old close comes at the old end and does
 	// nothing; the new one, at the new end, closes.
 	d.clock.Add(10 * time.Minute)
-	if _, err := d.svc.Extend(t.Context(), alice, r.ID, jit.ExtendInput{Duration: time.Hour}); err != nil {
+	if _, err := d.api.Extend(t.Context(), alice, r.ID, jit.ExtendInput{Duration: time.Hour}); err != nil {
 		t.Fatalf("Extend: %v", err)
 	}
-	if _, err := d.svc.Extend(t.Context(), alice, r.ID, jit.ExtendInput{Duration: 4 * time.Hour}); jit.ErrorCode(err) != jit.EINVALID {
+	if _, err := d.api.Extend(t.Context(), alice, r.ID, jit.ExtendInput{Duration: 4 * time.Hour}); jit.ErrorCode(err) != jit.EINVALID {
 		t.Fatalf("extending past the port's maximum: %v, want invalid", err)
 	}
 	d.clock.Add(20 * time.Minute) // the old end
-	if err := d.svc.ApplyOperations(t.Context(), []jit.Operation{closes[0]})[0]; err != nil {
+	if err := d.worker.ApplyOperations(t.Context(), []jit.Operation{closes[0]})[0]; err != nil {
 		t.Fatal(err)
 	}
 	if !d.net.allows() {
@@ -318,7 +329,7 @@ func TestGrantLife(t *testing.T) {
 		t.Fatalf("%d closes queued by the extension, want 1", n)
 	}
 	d.clock.Add(40*time.Minute + time.Second)
-	if _, err := d.svc.Sweep(t.Context()); err != nil {
+	if _, err := d.rec.Sweep(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if d.net.allows() || d.status(r.ID) != jit.RequestClosed+"/"+jit.GrantClosed {
@@ -356,23 +367,23 @@ func TestLateOpens(t *testing.T) {
 func TestDomainNotices(t *testing.T) {
 	d := newDomain(t, approval)
 	got := &notices{}
-	d.svc = jit.NewService(d.store, d.q, d.net, jit.Config{MinDuration: time.Minute, Subscriptions: []string{dsub}, Now: d.clock.Now,
+	d.build(jit.Config{MinDuration: time.Minute, Subscriptions: []string{dsub}, Now: d.clock.Now,
 		Notifier: got, Go: func(func(context.Context)) {}, Log: zerolog.Nop()})
 	r := d.request(30 * time.Minute)
 	d.clock.Add(time.Second)
-	if _, err := d.svc.Approve(t.Context(), bob, r.ID, "ok"); err != nil {
+	if _, err := d.api.Approve(t.Context(), bob, r.ID, "ok"); err != nil {
 		t.Fatal(err)
 	}
 	d.clock.Add(time.Second)
 	d.deliver(jit.OpOpen)
 	d.clock.Add(time.Second)
-	if _, err := d.svc.Revoke(t.Context(), alice, r.ID); err != nil {
+	if _, err := d.api.Revoke(t.Context(), alice, r.ID); err != nil {
 		t.Fatal(err)
 	}
 	d.clock.Add(time.Second)
 	d.deliver(jit.OpClose)
 	for range 2 {
-		if _, err := d.svc.DeliverNotices(t.Context()); err != nil {
+		if _, err := d.api.DeliverNotices(t.Context()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -415,7 +426,7 @@ func TestUnrecordedOpens(t *testing.T) {
 		then func(d *domain, r jit.Request)
 	}{
 		{"found by the sweep while the grant lives", func(d *domain, r jit.Request) {
-			if _, err := d.svc.Reconcile(d.t.Context()); err != nil {
+			if _, err := d.rec.Reconcile(d.t.Context()); err != nil {
 				d.t.Fatal(err)
 			}
 			if got := d.status(r.ID); got != jit.RequestActive+"/"+jit.GrantInitiated {
@@ -435,7 +446,7 @@ func TestUnrecordedOpens(t *testing.T) {
 			r := d.request(5 * time.Minute)
 			d.net.lostAnswer = true
 			for _, op := range d.q.take(jit.OpOpen) {
-				if err := d.svc.ApplyOperations(t.Context(), []jit.Operation{op})[0]; err == nil {
+				if err := d.worker.ApplyOperations(t.Context(), []jit.Operation{op})[0]; err == nil {
 					t.Fatal("the open heard back, want the injected error")
 				}
 				_ = d.q.Enqueue(t.Context(), []jit.Operation{op}) // redelivered later

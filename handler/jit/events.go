@@ -33,7 +33,7 @@ type ResourceEvent struct {
 // grants end; a changed NIC or VM refreshes what the policies know of its
 // network. Every reaction is state-based, so duplicate and out-of-order
 // events are harmless. Events about other resources are ignored.
-func (s *Service) HandleResourceEvent(ctx context.Context, ev ResourceEvent) error {
+func (s *Reconciler) HandleResourceEvent(ctx context.Context, ev ResourceEvent) error {
 	id := ev.Subject
 	s.forgetInventory()
 	lower := strings.ToLower(id)
@@ -74,7 +74,7 @@ func nsgEnd(lower string) int {
 }
 
 // policyOf returns the policy that protects the VM.
-func (s *Service) policyOf(ctx context.Context, vmID string) (Policy, bool, error) {
+func (s *Reconciler) policyOf(ctx context.Context, vmID string) (Policy, bool, error) {
 	pols, err := s.store.ListPolicies(ctx)
 	if err != nil {
 		return Policy{}, false, err
@@ -91,7 +91,7 @@ func (s *Service) policyOf(ctx context.Context, vmID string) (Policy, bool, erro
 // ARM confirms the VM is gone: a delete event that arrives after the VM was
 // created again, or one that did not come from Event Grid, must not lift
 // its lockdown.
-func (s *Service) vmDeleted(ctx context.Context, vmID string) error {
+func (s *Reconciler) vmDeleted(ctx context.Context, vmID string) error {
 	pol, ok, err := s.policyOf(ctx, vmID)
 	if err != nil || !ok {
 		return err
@@ -103,7 +103,7 @@ func (s *Service) vmDeleted(ctx context.Context, vmID string) error {
 		return fmt.Errorf("checking that VM %s is gone: %w", vmID, err)
 	}
 	vm, _ := pol.VM(vmID)
-	if err := s.revokeVM(ctx, System, *vm); err != nil {
+	if err := s.api.revokeVM(ctx, System, *vm); err != nil {
 		return err
 	}
 	var keep []VMPolicy
@@ -125,13 +125,13 @@ func (s *Service) vmDeleted(ctx context.Context, vmID string) error {
 		}
 	}
 	// Its deny rules go from its NSGs (its addresses may be reused).
-	s.queueSync(ctx, nsgsOf(Policy{VMs: []VMPolicy{*vm}}))
+	s.api.queueSync(ctx, nsgsOf(Policy{VMs: []VMPolicy{*vm}}))
 	return nil
 }
 
 // vmWritten enrols a VM tagged jit-policy=<name> with Defender's defaults,
 // and refreshes what its policy knows of a protected VM's network.
-func (s *Service) vmWritten(ctx context.Context, vmID string) error {
+func (s *Reconciler) vmWritten(ctx context.Context, vmID string) error {
 	pol, ok, err := s.policyOf(ctx, vmID)
 	if err != nil {
 		return err
@@ -168,7 +168,7 @@ func (s *Service) vmWritten(ctx context.Context, vmID string) error {
 	if exists {
 		etag = target.ETag
 	}
-	if _, err := s.PutPolicy(ctx, System, next, etag); err != nil {
+	if _, err := s.api.PutPolicy(ctx, System, next, etag); err != nil {
 		return fmt.Errorf("enrolling VM %s in policy %s: %w", info.Name, name, err)
 	}
 	s.cfg.Log.Info().Str("vm", vmID).Str("policy", name).Msg("VM joined its tagged policy")
@@ -177,7 +177,7 @@ func (s *Service) vmWritten(ctx context.Context, vmID string) error {
 
 // refreshVM re-resolves a protected VM's network; when its NSGs or IPs
 // changed, the policy is rewritten so the deny rules follow.
-func (s *Service) refreshVM(ctx context.Context, pol Policy, vmID string) error {
+func (s *Reconciler) refreshVM(ctx context.Context, pol Policy, vmID string) error {
 	vm, ok := pol.VM(vmID)
 	if !ok {
 		return nil // taken out of the policy meanwhile
@@ -195,14 +195,14 @@ func (s *Service) refreshVM(ctx context.Context, pol Policy, vmID string) error 
 		s.drift(ctx, Request{Policy: pol.Name}, vmID, "", "VM lost its network security groups: "+info.Unsupported)
 		return nil
 	}
-	_, err = s.PutPolicy(ctx, System, pol, pol.ETag)
+	_, err = s.api.PutPolicy(ctx, System, pol, pol.ETag)
 	return err
 }
 
 // refreshTopology follows a NIC change (its NSG or subnet may be another
 // now): one inventory, read in list calls per page, says which protected VMs
 // moved, and only their policies are looked at VM by VM.
-func (s *Service) refreshTopology(ctx context.Context) error {
+func (s *Reconciler) refreshTopology(ctx context.Context) error {
 	pols, err := s.store.ListPolicies(ctx)
 	if err != nil || len(pols) == 0 {
 		return err

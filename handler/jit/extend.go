@@ -23,7 +23,7 @@ type ExtendInput struct {
 // back up to that end, but a longer extension is refused (forbidden) and
 // needs a new request, which is approved again. An extension is not a new
 // approval round, so nobody could otherwise see or refuse it.
-func (s *Service) Extend(ctx context.Context, p Principal, id string, in ExtendInput) (Request, error) {
+func (s *API) Extend(ctx context.Context, p Principal, id string, in ExtendInput) (Request, error) {
 	if err := requireRole(p, RoleRequester, "extending access"); err != nil {
 		return Request{}, err
 	}

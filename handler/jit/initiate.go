@@ -47,7 +47,7 @@ const endSlack = 5 * time.Second
 // Initiate checks an access request against the policy and the caller, stores
 // it and queues its operations: open now, close at the end time. It makes no
 // ARM call: the worker does that.
-func (s *Service) Initiate(ctx context.Context, p Principal, policyName string, in InitiateInput) (Request, error) {
+func (s *API) Initiate(ctx context.Context, p Principal, policyName string, in InitiateInput) (Request, error) {
 	if err := requireRole(p, RoleRequester, "requesting access"); err != nil {
 		return Request{}, err
 	}
@@ -114,7 +114,7 @@ func (s *Service) Initiate(ctx context.Context, p Principal, policyName string, 
 
 // requestSubject is whom the request is for: the caller, or the person a
 // delegate names. It checks the policy's list of requesters.
-func (s *Service) requestSubject(p Principal, pol Policy, in InitiateInput) (Principal, error) {
+func (s *API) requestSubject(p Principal, pol Policy, in InitiateInput) (Principal, error) {
 	subject := p
 	if in.OnBehalfOf != "" {
 		if !p.Has(RoleDelegate) {
@@ -137,7 +137,7 @@ func (s *Service) requestSubject(p Principal, pol Policy, in InitiateInput) (Pri
 
 // buildRequest validates in against the policy and turns it into a request
 // with one grant per VM, protocol, source set and end time.
-func (s *Service) buildRequest(p Principal, pol Policy, in InitiateInput, now time.Time) (Request, error) {
+func (s *API) buildRequest(p Principal, pol Policy, in InitiateInput, now time.Time) (Request, error) {
 	if len(in.VMs) == 0 {
 		return Request{}, Errorf(EINVALID, "virtualMachines must name at least one VM")
 	}
@@ -189,7 +189,7 @@ func (s *Service) buildRequest(p Principal, pol Policy, in InitiateInput, now ti
 }
 
 // grantFor checks one requested port and returns the grant it asks for.
-func (s *Service) grantFor(p Principal, policy string, vm *VMPolicy, ip InitiatePort, now time.Time) (Grant, error) {
+func (s *API) grantFor(p Principal, policy string, vm *VMPolicy, ip InitiatePort, now time.Time) (Grant, error) {
 	if ip.Number < 1 || ip.Number > 65535 {
 		return Grant{}, Errorf(EINVALID, "port number %d is out of range: it must be between 1 and 65535", ip.Number)
 	}
@@ -287,7 +287,7 @@ func mergeGrant(gs []Grant, g Grant) []Grant {
 }
 
 // recordRequest stores a new request and its audit events, together.
-func (s *Service) recordRequest(ctx context.Context, req Request, events []AuditEvent) (Request, error) {
+func (s *API) recordRequest(ctx context.Context, req Request, events []AuditEvent) (Request, error) {
 	saved, err := s.store.CreateRequest(ctx, req, s.stamp(events)...)
 	if err != nil {
 		return Request{}, fmt.Errorf("storing request: %w", err)
@@ -315,7 +315,7 @@ func grantOps(req Request) []Operation {
 // queueGrants puts each grant's open (now) and close (at its end) on the
 // queue for every NSG. If the queue fails, the grants are marked failed;
 // the sweeper still removes anything that opened.
-func (s *Service) queueGrants(ctx context.Context, req Request) (Request, error) {
+func (s *API) queueGrants(ctx context.Context, req Request) (Request, error) {
 	ops := grantOps(req)
 	qerr := s.queue.Enqueue(ctx, ops)
 	if qerr == nil {
@@ -338,7 +338,7 @@ func (s *Service) queueGrants(ctx context.Context, req Request) (Request, error)
 
 // auditRefusal records a refused request for the auditor, without the
 // caller's raw input.
-func (s *Service) auditRefusal(ctx context.Context, p Principal, policy string, in InitiateInput, cause error) {
+func (s *API) auditRefusal(ctx context.Context, p Principal, policy string, in InitiateInput, cause error) {
 	vm := ""
 	if len(in.VMs) > 0 {
 		if id, err := ParseVMID(in.VMs[0].ID); err == nil {
@@ -351,7 +351,7 @@ func (s *Service) auditRefusal(ctx context.Context, p Principal, policy string, 
 
 // mutateRequest applies fn to the stored request and writes it back,
 // retrying when someone else wrote it in between.
-func (s *Service) mutateRequest(ctx context.Context, id string, fn func(*Request) error) (Request, error) {
+func (s *Core) mutateRequest(ctx context.Context, id string, fn func(*Request) error) (Request, error) {
 	return s.mutateAudited(ctx, id, func(r *Request) ([]AuditEvent, error) { return nil, fn(r) })
 }
 
@@ -371,7 +371,7 @@ func auditedBy(fn func(*Request) error, events func(*Request) []AuditEvent) func
 // returns the events that record it, and the store keeps them with the
 // change or not at all. fn may run more than once: only the events of the
 // run whose change is stored are kept.
-func (s *Service) mutateAudited(ctx context.Context, id string, fn func(*Request) ([]AuditEvent, error)) (Request, error) {
+func (s *Core) mutateAudited(ctx context.Context, id string, fn func(*Request) ([]AuditEvent, error)) (Request, error) {
 	for attempt := 0; ; attempt++ {
 		r, err := s.store.GetRequest(ctx, id)
 		if err != nil {

@@ -69,7 +69,7 @@ func tooMany(wait time.Duration, format string, args ...any) *Error {
 // AllowWrite takes one change from p's budget on this instance, or refuses
 // it with ETOOMANY once p has spent it. Front doors call it before every
 // change a caller asks for.
-func (s *Service) AllowWrite(p Principal) error {
+func (s *API) AllowWrite(p Principal) error {
 	l := s.cfg.Limits
 	if p.ID == "" || l.perMinute() < 0 {
 		return nil
@@ -93,7 +93,7 @@ func (s *Service) AllowWrite(p Principal) error {
 // the other way). The caller calls release once the new request is stored
 // or has failed. Asks made at the same moment on several instances may
 // pass it together, one per instance at most.
-func (s *Service) checkOpenRequests(ctx context.Context, subject Principal) (release func(), err error) {
+func (s *API) checkOpenRequests(ctx context.Context, subject Principal) (release func(), err error) {
 	if s.cfg.Limits.MaxOpenRequests < 0 {
 		return func() {}, nil
 	}
@@ -115,7 +115,7 @@ func (s *Service) checkOpenRequests(ctx context.Context, subject Principal) (rel
 
 // countOpenRequests counts subject's open and pending requests in the
 // store, and says when the first of them stops counting.
-func (s *Service) countOpenRequests(ctx context.Context, subject Principal) (int, time.Duration, error) {
+func (s *API) countOpenRequests(ctx context.Context, subject Principal) (int, time.Duration, error) {
 	limit := s.cfg.Limits.maxOpen()
 	live, err := s.store.ListRequests(ctx, RequestFilter{Requestor: subject.ID,
 		Statuses: []string{RequestActive, RequestPending}, Limit: limit + 1})

@@ -66,7 +66,7 @@ type lockdown struct {
 // lockdownOf computes the deny rules the policies want in NSG nsgID: one
 // per address family, protocol and port set, covering the IPs of every VM
 // behind the NSG whose policy is not being deleted.
-func (s *Service) lockdownOf(pols []Policy, nsgID string) lockdown {
+func (s *Core) lockdownOf(pols []Policy, nsgID string) lockdown {
 	ld := lockdown{legacy: map[string]bool{}}
 	dests := map[lockdownKey][]string{}
 	var keys []lockdownKey
@@ -137,7 +137,7 @@ func (ld lockdown) prune(o Owner) func(SecurityRule) bool {
 
 // denyRuleName names the deny rule of one family, protocol and port set:
 // jit-deny-<protocol>-<family>-<digest of the deployment and port set>.
-func (s *Service) denyRuleName(k lockdownKey) string {
+func (s *Core) denyRuleName(k lockdownKey) string {
 	proto := strings.ToLower(k.protocol)
 	if proto == ProtocolAny {
 		proto = "any"
@@ -180,12 +180,12 @@ func (v *VMPolicy) portsByProtocol() map[string]string {
 	return out
 }
 
-func (s *Service) owner() Owner { return Owner{Deployment: s.cfg.Deployment} }
+func (s *Core) owner() Owner { return Owner{Deployment: s.cfg.Deployment} }
 
 // checkLimits refuses a set of policies whose lockdown would break an NSG
 // limit: more deny rules than the deny band holds, or more prefixes than
 // ARM allows in one NSG.
-func (s *Service) checkLimits(pols []Policy, nsgs []string) error {
+func (s *Core) checkLimits(pols []Policy, nsgs []string) error {
 	for _, n := range nsgs {
 		ld := s.lockdownOf(pols, n)
 		if len(ld.rules) > s.cfg.DenyBand.Size() {
@@ -224,7 +224,7 @@ type nsgWrite struct {
 // lockdown that cannot be written (a limit hit) never blocks grants from
 // closing; the lockdown's failure then stays recorded and is returned as
 // lockErr while err is nil. A missing NSG is recorded as such.
-func (s *Service) applyNSG(ctx context.Context, nsgID string, w nsgWrite) (ap Applied, lockErr, err error) {
+func (s *Core) applyNSG(ctx context.Context, nsgID string, w nsgWrite) (ap Applied, lockErr, err error) {
 	var pols []Policy
 	var ld lockdown
 	plan := func() (RuleChange, error) {
@@ -282,7 +282,7 @@ func namesOf(c RuleChange) func(string) bool {
 // recordNSG keeps what ap shows of the NSG as its state, audits the VMs
 // whose lockdown changed, and finishes deletions that waited for it. ld is
 // nil when the write did not carry the lockdown.
-func (s *Service) recordNSG(ctx context.Context, nsgID string, ap Applied, ld *lockdown, pols []Policy) {
+func (s *Core) recordNSG(ctx context.Context, nsgID string, ap Applied, ld *lockdown, pols []Policy) {
 	now := s.now()
 	st := s.stateOf(nsgID, ap.Rules, ap.Missing, now)
 	var before []NSGState
@@ -316,7 +316,7 @@ func (s *Service) recordNSG(ctx context.Context, nsgID string, ap Applied, ld *l
 }
 
 // recordNSGFailure keeps why a change to the NSG failed, for the VM states.
-func (s *Service) recordNSGFailure(ctx context.Context, nsgID string, cause error) {
+func (s *Core) recordNSGFailure(ctx context.Context, nsgID string, cause error) {
 	st := NSGState{ID: nsgID, Error: clip(ErrorMessage(cause)+": "+errorText(cause), 500), ErrorAt: s.now()}
 	if err := s.store.PutNSGState(ctx, st); err != nil {
 		s.cfg.Log.Warn().Err(err).Str("nsg", nsgID).Msg("recording the NSG's failure failed")
@@ -325,7 +325,7 @@ func (s *Service) recordNSGFailure(ctx context.Context, nsgID string, cause erro
 
 // stateOf is what rules show of an NSG at now: the deployment's deny
 // rules, and the foreign Allow rules ahead of the last of them.
-func (s *Service) stateOf(nsgID string, rules []SecurityRule, missing bool, now time.Time) NSGState {
+func (s *Core) stateOf(nsgID string, rules []SecurityRule, missing bool, now time.Time) NSGState {
 	st := NSGState{ID: nsgID, SeenAt: now, Missing: missing}
 	o := s.owner()
 	last := -1
@@ -345,7 +345,7 @@ func (s *Service) stateOf(nsgID string, rules []SecurityRule, missing bool, now 
 
 // auditLockdownChanges audits, per VM of the policies behind the NSG, a
 // lockdown that began or ended between two states of it.
-func (s *Service) auditLockdownChanges(ctx context.Context, pols []Policy, nsgID string, prev, next NSGState) {
+func (s *Core) auditLockdownChanges(ctx context.Context, pols []Policy, nsgID string, prev, next NSGState) {
 	type change struct {
 		pol    string
 		vm     VMPolicy
@@ -384,7 +384,7 @@ func (s *Service) auditLockdownChanges(ctx context.Context, pols []Policy, nsgID
 
 // finishDeletionsAt finishes the deletions of policies behind the NSG
 // nsgID, whose state is now here.
-func (s *Service) finishDeletionsAt(ctx context.Context, pols []Policy, nsgID string, here NSGState) {
+func (s *Core) finishDeletionsAt(ctx context.Context, pols []Policy, nsgID string, here NSGState) {
 	var waiting []Policy
 	for _, p := range pols {
 		if p.State != PolicyDeleting {
@@ -414,7 +414,7 @@ func (s *Service) finishDeletionsAt(ctx context.Context, pols []Policy, nsgID st
 
 // finishDeletions deletes the policies being deleted whose every NSG has
 // been seen, since the deletion was accepted, without deny rules for them.
-func (s *Service) finishDeletions(ctx context.Context, waiting []Policy, states map[string]NSGState) {
+func (s *Core) finishDeletions(ctx context.Context, waiting []Policy, states map[string]NSGState) {
 	for _, p := range waiting {
 		if !released(p, states) {
 			continue

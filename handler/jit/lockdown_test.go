@@ -20,8 +20,8 @@ func testVM(i int, ips ...string) VMPolicy {
 	}
 }
 
-func testService(deployment string) *Service {
-	return NewService(nil, nil, nil, Config{Deployment: deployment})
+func testService(deployment string) *Core {
+	return NewCore(nil, nil, Config{Deployment: deployment})
 }
 
 func TestLockdownOneRulePerFamilyProtocolAndPortSet(t *testing.T) {
@@ -266,7 +266,7 @@ func TestNSGStateMerge(t *testing.T) {
 // an NSG event made as our own identity costs no read and no reconcile
 // (the service here has no store or network: touching either panics).
 func TestOwnWritesEchoedAreSkipped(t *testing.T) {
-	s := NewService(nil, nil, nil, Config{Self: []string{"00000000-0000-0000-0000-0000000000C1"}})
+	s := NewReconciler(NewAPI(NewCore(nil, nil, Config{Self: []string{"00000000-0000-0000-0000-0000000000C1"}}), nil), nil)
 	ev := ResourceEvent{ID: "e", Type: EventWriteSuccess, Subject: testNSG + "/securityRules/jit-deny-tcp-v4-0123456789", Caller: "00000000-0000-0000-0000-0000000000c1"}
 	if err := s.HandleResourceEvent(t.Context(), ev); err != nil {
 		t.Fatal(err)

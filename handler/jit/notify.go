@@ -85,7 +85,7 @@ const DefaultNoticeBackoff = 30 * time.Second
 // noticeLease is how long an attempt holds a notice before another may try
 // it, and so the wait after a failure: NoticeBackoff doubling, at most 20
 // times it.
-func (s *Service) noticeLease(attempt int) time.Duration {
+func (s *Core) noticeLease(attempt int) time.Duration {
 	d, most := s.cfg.NoticeBackoff, 20*s.cfg.NoticeBackoff
 	for i := 1; i < attempt && d < most; i++ {
 		d *= 2
@@ -96,7 +96,7 @@ func (s *Service) noticeLease(attempt int) time.Duration {
 // notice is the notification about request r, to go with the event that
 // records what happened; nil when no Notifier is set, so nothing waits
 // for a delivery that will never come.
-func (s *Service) notice(event string, r Request, actor, detail string) *Notification {
+func (s *Core) notice(event string, r Request, actor, detail string) *Notification {
 	if s.cfg.Notifier == nil {
 		return nil
 	}
@@ -136,7 +136,7 @@ func hasNotice(events []AuditEvent) bool {
 
 // kickNotices starts a delivery of the due notices in the background,
 // unless one is running, which then goes round once more.
-func (s *Service) kickNotices() {
+func (s *Core) kickNotices() {
 	if s.cfg.Notifier == nil {
 		return
 	}
@@ -164,7 +164,7 @@ func (s *Service) kickNotices() {
 // tried again when its lease ends; after maxNoticeAttempts, or a permanent
 // failure, it is dropped and the failure audited. Without a Notifier the
 // due notices are dropped. It returns how many were delivered.
-func (s *Service) DeliverNotices(ctx context.Context) (int, error) {
+func (s *Core) DeliverNotices(ctx context.Context) (int, error) {
 	delivered := 0
 	for {
 		now := s.now()

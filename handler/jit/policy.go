@@ -38,7 +38,7 @@ type Policy struct {
 	Requesters []string `json:"Requesters"`
 	// State is PolicyDeleting once a DELETE was accepted and until the
 	// deny rules are gone; empty otherwise. Its lockdown progress is not
-	// stored: it is judged from the NSGs' states (see Service.PolicyStatuses).
+	// stored: it is judged from the NSGs' states (see API.PolicyStatuses).
 	State     string    `json:"State"`
 	ETag      string    `json:"ETag"`
 	CreatedAt time.Time `json:"CreatedAt"`

@@ -44,7 +44,7 @@ type grantRef struct {
 
 // buildView reads what the NSGs should hold: the policies' deny rules and
 // the live grants of the active requests.
-func (s *Service) buildView(ctx context.Context) (*view, error) {
+func (s *Reconciler) buildView(ctx context.Context) (*view, error) {
 	reqs, err := s.store.ListRequests(ctx, RequestFilter{Statuses: []string{RequestActive}})
 	if err != nil {
 		return nil, fmt.Errorf("listing active requests: %w", err)
@@ -53,7 +53,7 @@ func (s *Service) buildView(ctx context.Context) (*view, error) {
 }
 
 // viewOf is buildView with the active requests listed already.
-func (s *Service) viewOf(ctx context.Context, reqs []Request) (*view, error) {
+func (s *Reconciler) viewOf(ctx context.Context, reqs []Request) (*view, error) {
 	pols, err := s.store.ListPolicies(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("listing policies: %w", err)
@@ -88,7 +88,7 @@ func (s *Service) viewOf(ctx context.Context, reqs []Request) (*view, error) {
 // on opens that never happened, and reports foreign rules that let policy
 // ports past the deny rule. The NSGs are listed per subscription, not
 // read one by one.
-func (s *Service) Reconcile(ctx context.Context) (SweepReport, error) {
+func (s *Reconciler) Reconcile(ctx context.Context) (SweepReport, error) {
 	var rep SweepReport
 	// Most drift is repaired at once by events; this is the backstop, and
 	// on a large estate it is long: it paces itself (and the listings under
@@ -148,7 +148,7 @@ func (s *Service) Reconcile(ctx context.Context) (SweepReport, error) {
 }
 
 // ReconcileNSG reconciles one NSG at once, as an event about it asks.
-func (s *Service) ReconcileNSG(ctx context.Context, nsgID string) (SweepReport, error) {
+func (s *Reconciler) ReconcileNSG(ctx context.Context, nsgID string) (SweepReport, error) {
 	var rep SweepReport
 	v, err := s.buildView(ctx)
 	if err != nil {
@@ -173,7 +173,7 @@ func (s *Service) ReconcileNSG(ctx context.Context, nsgID string) (SweepReport, 
 // finishAllDeletions finishes the deletions of policies whose deny rules
 // are gone everywhere, as the sweep saw; an NSG of theirs the listing did
 // not show (deleted) is written once, which records it missing.
-func (s *Service) finishAllDeletions(ctx context.Context, listed []NSGInfo) error {
+func (s *Reconciler) finishAllDeletions(ctx context.Context, listed []NSGInfo) error {
 	pols, err := s.store.ListPolicies(ctx)
 	if err != nil {
 		return fmt.Errorf("listing policies: %w", err)
@@ -214,7 +214,7 @@ func (s *Service) finishAllDeletions(ctx context.Context, listed []NSGInfo) erro
 
 // reportBypasses audits, once, each foreign rule that a new state of an NSG
 // shows letting a policy port in ahead of the deny rule, and counts them.
-func (s *Service) reportBypasses(ctx context.Context, v *view, prev, next NSGState, rep *SweepReport) {
+func (s *Reconciler) reportBypasses(ctx context.Context, v *view, prev, next NSGState, rep *SweepReport) {
 	for _, p := range v.policies {
 		for _, vm := range p.VMs {
 			if !vm.guardedBy(next.ID) {
@@ -237,7 +237,7 @@ func (s *Service) reportBypasses(ctx context.Context, v *view, prev, next NSGSta
 // rules are what the policies say (applyNSG). When nothing differs it
 // writes nothing and reads nothing more; the NSG's state is recorded
 // either way.
-func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, listedAt time.Time, rep *SweepReport) error {
+func (s *Reconciler) reconcileNSG(ctx context.Context, v *view, n NSGInfo, listedAt time.Time, rep *SweepReport) error {
 	key := strings.ToLower(n.ID)
 	now := s.now()
 	o := s.owner()
@@ -414,7 +414,7 @@ func (s *Service) reconcileNSG(ctx context.Context, v *view, n NSGInfo, listedAt
 
 // sameRule compares two rules on everything ARM stores of them but the
 // priority, which must lie within the band of the wanted rule's access.
-func (s *Service) sameRule(have, want SecurityRule) bool {
+func (s *Core) sameRule(have, want SecurityRule) bool {
 	set := func(xs []string) []string {
 		out := make([]string, 0, len(xs))
 		for _, x := range xs {
@@ -443,7 +443,7 @@ func (s *Service) sameRule(have, want SecurityRule) bool {
 
 // noteNSG records what a listing showed of an NSG that needed no write,
 // when it differs from its stored state.
-func (s *Service) noteNSG(ctx context.Context, v *view, st NSGState) {
+func (s *Reconciler) noteNSG(ctx context.Context, v *view, st NSGState) {
 	n := st
 	if old, ok := v.states[strings.ToLower(n.ID)]; ok && !old.Failing() && sameState(old, st) && !v.changedSince(n.ID, old.SeenAt) {
 		return
@@ -490,7 +490,7 @@ func sameState(a, b NSGState) bool {
 
 // giveUp marks a grant failed whose open never happened in one NSG, and
 // makes sure no rule is left.
-func (s *Service) giveUp(ctx context.Context, reqID string, i int, nsg string) error {
+func (s *Reconciler) giveUp(ctx context.Context, reqID string, i int, nsg string) error {
 	req, err := s.mutateRequest(ctx, reqID, func(r *Request) error {
 		g := &r.Grants[i]
 		if g.Status == GrantInitiating {
@@ -528,7 +528,7 @@ func parseRuleName(name string) (string, int, bool) {
 // drift audits a difference found between the NSGs and the store, and
 // notifies. Its id is unique per finding, so a repeated event audits twice
 // only when the drift happened twice.
-func (s *Service) drift(ctx context.Context, r Request, vm, nsg, detail string) {
+func (s *Reconciler) drift(ctx context.Context, r Request, vm, nsg, detail string) {
 	s.cfg.Log.Warn().Str("nsg", nsg).Str("vm", vm).Str("request", r.ID).Msg(detail)
 	_ = s.audit(ctx, AuditEvent{Action: AuditDrift, Actor: System.ID, Policy: r.Policy, Request: r.ID, VM: vm, NSG: nsg,
 		Result: ResultSuccess, Detail: clip(detail, 500), Notice: s.eventNotice(EventDrift, r.Policy, r.ID, System.ID, vm, detail)})
@@ -549,7 +549,7 @@ func stillOpen(r Request, i int, nsgID string, now time.Time) bool {
 
 // rulesIntact reports whether every allow rule of grant i of r is in
 // present (the NSG's rules by lower-case name) as the service writes it.
-func (s *Service) rulesIntact(present map[string]SecurityRule, r Request, i int) bool {
+func (s *Reconciler) rulesIntact(present map[string]SecurityRule, r Request, i int) bool {
 	for _, rule := range s.allowRules(r, i) {
 		if have, ok := present[strings.ToLower(rule.Name)]; !ok || !s.sameRule(have, rule) {
 			return false

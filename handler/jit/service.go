@@ -69,10 +69,22 @@ type Config struct {
 // DefaultDeployment is the deployment name when none is configured.
 const DefaultDeployment = "jitaccess"
 
-// Service holds the use cases. Its methods are safe for concurrent use.
-type Service struct {
+// The service has three roles, each its own type, built in this order:
+//
+//   - API: the use cases behind the HTTP API (policies, requests,
+//     approvals, extensions, revocations and the views). It stores changes
+//     and queues their operations.
+//   - Applier: the worker the queue delivers operations to. It writes the
+//     NSGs and records what it did; it queues nothing, so the queue can be
+//     built before it and handed it when it starts.
+//   - Reconciler: the sweeper and the resource events. It closes ended
+//     grants through the Applier, revokes and re-locks through the API, and
+//     repairs drift.
+//
+// Core is what they share: the store, the network, the settings, the VM
+// inventory cache and the delivery of notifications.
+type Core struct {
 	store Store
-	queue Queue
 	net   Network
 	cfg   Config
 
@@ -80,16 +92,39 @@ type Service struct {
 	inv   []VMInfo
 	invAt time.Time
 
-	writes                writeLimiter // per-principal change budgets of this instance
-	asking                asking       // new requests in flight per requestor, to count them
-	delivering, redeliver atomic.Bool  // kickNotices' single flight
+	delivering, redeliver atomic.Bool // kickNotices' single flight
+}
+
+// API holds the use cases of the HTTP API. Its methods are safe for
+// concurrent use.
+type API struct {
+	*Core
+	queue Queue
+
+	writes writeLimiter // per-principal change budgets of this instance
+	asking asking       // new requests in flight per requestor, to count them
+}
+
+// Applier applies operations to the NSGs: it is the Worker a Queue
+// delivers to. Its methods are safe for concurrent use.
+type Applier struct {
+	*Core
+}
+
+// Reconciler sweeps ended grants, repairs drift and handles resource
+// events. Its methods are safe for concurrent use.
+type Reconciler struct {
+	*Core
+	api    *API   // revokes grants of deleted VMs and queues lockdowns
+	worker Worker // closes ended grants
 }
 
 // DefaultInventoryTTL is how long a VM inventory is reused.
 const DefaultInventoryTTL = time.Minute
 
-// NewService returns a Service over the given adapters.
-func NewService(store Store, queue Queue, net Network, cfg Config) *Service {
+// NewCore returns what the roles share, over the given adapters, with the
+// defaults filled into cfg.
+func NewCore(store Store, net Network, cfg Config) *Core {
 	if cfg.MinDuration == 0 {
 		cfg.MinDuration = DefaultMinDuration
 	}
@@ -120,16 +155,29 @@ func NewService(store Store, queue Queue, net Network, cfg Config) *Service {
 	if cfg.Go == nil {
 		cfg.Go = func(fn func(context.Context)) { go fn(context.Background()) }
 	}
-	return &Service{store: store, queue: queue, net: net, cfg: cfg}
+	return &Core{store: store, net: net, cfg: cfg}
 }
 
-func (s *Service) now() time.Time { return s.cfg.Now().UTC() }
+// NewAPI returns the use cases over c, queueing operations on q.
+func NewAPI(c *Core, q Queue) *API { return &API{Core: c, queue: q} }
+
+// NewApplier returns the worker over c.
+func NewApplier(c *Core) *Applier { return &Applier{Core: c} }
+
+// NewReconciler returns the sweeper and event handler: it revokes and
+// queues lockdowns through api and closes ended grants through worker
+// (the Applier, or what the queue delivers to in tests).
+func NewReconciler(api *API, worker Worker) *Reconciler {
+	return &Reconciler{Core: api.Core, api: api, worker: worker}
+}
+
+func (s *Core) now() time.Time { return s.cfg.Now().UTC() }
 
 // MinDuration is the shortest maximum a policy port may have.
-func (s *Service) MinDuration() time.Duration { return s.cfg.MinDuration }
+func (s *Core) MinDuration() time.Duration { return s.cfg.MinDuration }
 
 // GetPolicy returns the named policy.
-func (s *Service) GetPolicy(ctx context.Context, p Principal, name string) (Policy, error) {
+func (s *API) GetPolicy(ctx context.Context, p Principal, name string) (Policy, error) {
 	if err := requireAnyRole(p, "reading policies", anyRole...); err != nil {
 		return Policy{}, err
 	}
@@ -140,7 +188,7 @@ func (s *Service) GetPolicy(ctx context.Context, p Principal, name string) (Poli
 }
 
 // inScope refuses a VM outside the configured subscriptions.
-func (s *Service) inScope(vmID string) error {
+func (s *Core) inScope(vmID string) error {
 	if len(s.cfg.Subscriptions) == 0 {
 		return nil
 	}
@@ -157,7 +205,7 @@ func (s *Service) inScope(vmID string) error {
 }
 
 // getPolicy reads a policy, saying in words when it does not exist.
-func (s *Service) getPolicy(ctx context.Context, name string) (Policy, error) {
+func (s *Core) getPolicy(ctx context.Context, name string) (Policy, error) {
 	pol, err := s.store.GetPolicy(ctx, name)
 	if ErrorCode(err) == ENOTFOUND {
 		return Policy{}, Errorf(ENOTFOUND, "policy %s does not exist", name)
@@ -166,7 +214,7 @@ func (s *Service) getPolicy(ctx context.Context, name string) (Policy, error) {
 }
 
 // getRequest reads a request, saying in words when it does not exist.
-func (s *Service) getRequest(ctx context.Context, id string) (Request, error) {
+func (s *Core) getRequest(ctx context.Context, id string) (Request, error) {
 	if !ValidRequestID(id) {
 		return Request{}, Errorf(ENOTFOUND, "request %q does not exist", shorten(id))
 	}
@@ -178,7 +226,7 @@ func (s *Service) getRequest(ctx context.Context, id string) (Request, error) {
 }
 
 // ListPolicies returns every policy.
-func (s *Service) ListPolicies(ctx context.Context, p Principal) ([]Policy, error) {
+func (s *API) ListPolicies(ctx context.Context, p Principal) ([]Policy, error) {
 	if err := requireAnyRole(p, "listing policies", anyRole...); err != nil {
 		return nil, err
 	}
@@ -192,7 +240,7 @@ func (s *Service) ListPolicies(ctx context.Context, p Principal) ([]Policy, erro
 // ifMatch, when not empty, must be the stored policy's ETag ("*" matches
 // any existing policy). A VM is in one policy at most: the store refuses
 // a policy naming a VM of another one, under concurrency too.
-func (s *Service) PutPolicy(ctx context.Context, p Principal, pol Policy, ifMatch string) (Policy, error) {
+func (s *API) PutPolicy(ctx context.Context, p Principal, pol Policy, ifMatch string) (Policy, error) {
 	if err := requireRole(p, RoleAdmin, "changing policies"); err != nil {
 		return Policy{}, err
 	}
@@ -275,7 +323,7 @@ func (s *Service) PutPolicy(ctx context.Context, p Principal, pol Policy, ifMatc
 
 // resolveVMs fills in each VM's name, IPs and NSGs from the inventory (list
 // calls, read again once when a VM is not in it), never one read per VM.
-func (s *Service) resolveVMs(ctx context.Context, pol *Policy) error {
+func (s *API) resolveVMs(ctx context.Context, pol *Policy) error {
 	inv, err := s.inventory(ctx)
 	if err != nil {
 		return Wrap(EUNAVAILABLE, err, "listing VMs from Azure failed; try again")
@@ -314,7 +362,7 @@ func (s *Service) resolveVMs(ctx context.Context, pol *Policy) error {
 // queueSync queues the lockdown of the NSGs. When the queue fails, the
 // sweeper brings them in line (every sweep compares each NSG's deny rules
 // with the policies and writes what differs).
-func (s *Service) queueSync(ctx context.Context, nsgs []string) {
+func (s *API) queueSync(ctx context.Context, nsgs []string) {
 	if len(nsgs) == 0 {
 		return
 	}
@@ -342,7 +390,7 @@ func checkVMsFree(all []Policy, pol Policy) error {
 // DeletePolicy revokes the policy's live grants, marks it Deleting and
 // queues the removal of its deny rules; the policy is gone once every NSG
 // was seen without them.
-func (s *Service) DeletePolicy(ctx context.Context, p Principal, name, ifMatch string) (Policy, error) {
+func (s *API) DeletePolicy(ctx context.Context, p Principal, name, ifMatch string) (Policy, error) {
 	if err := requireRole(p, RoleAdmin, "deleting policies"); err != nil {
 		return Policy{}, err
 	}
@@ -380,7 +428,7 @@ func (s *Service) DeletePolicy(ctx context.Context, p Principal, name, ifMatch s
 }
 
 // revokeVM revokes the live grants of a VM that leaves its policy.
-func (s *Service) revokeVM(ctx context.Context, p Principal, vm VMPolicy) error {
+func (s *API) revokeVM(ctx context.Context, p Principal, vm VMPolicy) error {
 	reqs, err := s.store.ListRequests(ctx, RequestFilter{VM: vm.ID, Statuses: []string{RequestActive}})
 	if err != nil {
 		return fmt.Errorf("listing requests of VM %s: %w", vm.ID, err)
@@ -397,7 +445,7 @@ func (s *Service) revokeVM(ctx context.Context, p Principal, vm VMPolicy) error 
 // address family that both its sources and the VM's addresses have (a
 // rule mixing IPv4 and IPv6 is refused by ARM). Sources with no family
 // ("*", service tags) go in each.
-func (s *Service) allowRules(r Request, i int) []SecurityRule {
+func (s *Core) allowRules(r Request, i int) []SecurityRule {
 	g := r.Grants[i]
 	var out []SecurityRule
 	for _, fam := range []string{familyV4, familyV6} {
@@ -474,7 +522,7 @@ func clip(s string, n int) string {
 
 // stamp fills in each event's ID and time where unset, in place, and
 // returns events.
-func (s *Service) stamp(events []AuditEvent) []AuditEvent {
+func (s *Core) stamp(events []AuditEvent) []AuditEvent {
 	for i := range events {
 		ev := &events[i]
 		if ev.Time.IsZero() {
@@ -496,7 +544,7 @@ func (s *Service) stamp(events []AuditEvent) []AuditEvent {
 // audit appends ev, an event that records no change of the store (a
 // change's events go with it: mutateAudited), filling in its ID and time
 // when unset.
-func (s *Service) audit(ctx context.Context, ev AuditEvent) error {
+func (s *Core) audit(ctx context.Context, ev AuditEvent) error {
 	ev = s.stamp([]AuditEvent{ev})[0]
 	if err := s.store.AppendAudit(ctx, ev); err != nil {
 		s.cfg.Log.Error().Err(err).Str("action", ev.Action).Str("request", ev.Request).Msg("audit write failed")
@@ -510,7 +558,7 @@ func (s *Service) audit(ctx context.Context, ev AuditEvent) error {
 
 // auditFailure records a failed step. A failure to audit is logged only: the
 // caller is already returning an error.
-func (s *Service) auditFailure(ctx context.Context, p Principal, action, policy, request, vm, nsg string, cause error) {
+func (s *Core) auditFailure(ctx context.Context, p Principal, action, policy, request, vm, nsg string, cause error) {
 	s.cfg.Log.Warn().Err(cause).Str("action", action).Str("vm", vm).Str("nsg", nsg).Str("request", request).Msg("step failed")
 	detail := clip(action+": "+ErrorMessage(cause)+": "+errorText(cause), 500)
 	_ = s.audit(ctx, AuditEvent{Action: AuditFailure, Actor: p.ID, Policy: policy, Request: request, VM: vm, NSG: nsg,
@@ -519,7 +567,7 @@ func (s *Service) auditFailure(ctx context.Context, p Principal, action, policy,
 
 // eventNotice is the notification about a failure or a drift, which is
 // not about a whole request; nil when no Notifier is set.
-func (s *Service) eventNotice(event, policy, request, actor, vm, detail string) *Notification {
+func (s *Core) eventNotice(event, policy, request, actor, vm, detail string) *Notification {
 	if s.cfg.Notifier == nil {
 		return nil
 	}

@@ -105,7 +105,7 @@ func statusOf(pol Policy, states map[string]NSGState) PolicyStatus {
 
 // PolicyStatuses judges the policies' lockdown from the NSGs' states, one
 // status per policy in order, with one read of the states.
-func (s *Service) PolicyStatuses(ctx context.Context, pols []Policy) ([]PolicyStatus, error) {
+func (s *API) PolicyStatuses(ctx context.Context, pols []Policy) ([]PolicyStatus, error) {
 	states, err := s.nsgStates(ctx)
 	if err != nil {
 		return nil, err
@@ -118,7 +118,7 @@ func (s *Service) PolicyStatuses(ctx context.Context, pols []Policy) ([]PolicySt
 }
 
 // nsgStates reads the NSGs' states by lower-case id.
-func (s *Service) nsgStates(ctx context.Context) (map[string]NSGState, error) {
+func (s *API) nsgStates(ctx context.Context) (map[string]NSGState, error) {
 	list, err := s.store.ListNSGStates(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("reading what was last seen of the NSGs: %w", err)
@@ -155,7 +155,7 @@ type OpenPort struct {
 }
 
 // GetRequest returns one request. Requesters see their own; readers see all.
-func (s *Service) GetRequest(ctx context.Context, p Principal, id string) (Request, error) {
+func (s *API) GetRequest(ctx context.Context, p Principal, id string) (Request, error) {
 	if p.ID == "" {
 		return Request{}, Errorf(EUNAUTHORIZED, "sign in to read requests")
 	}
@@ -172,7 +172,7 @@ func (s *Service) GetRequest(ctx context.Context, p Principal, id string) (Reque
 // ListRequests returns requests matching f, newest first. Requesters see
 // their own only: those for them, and those they submitted for someone else
 // (as GetRequest lets them read).
-func (s *Service) ListRequests(ctx context.Context, p Principal, f RequestFilter) ([]Request, error) {
+func (s *API) ListRequests(ctx context.Context, p Principal, f RequestFilter) ([]Request, error) {
 	if p.ID == "" {
 		return nil, Errorf(EUNAUTHORIZED, "sign in to list requests")
 	}
@@ -186,7 +186,7 @@ func (s *Service) ListRequests(ctx context.Context, p Principal, f RequestFilter
 }
 
 // ScanAudit calls fn for each audit event matching f, newest first.
-func (s *Service) ScanAudit(ctx context.Context, p Principal, f AuditFilter, fn func(AuditEvent) error) error {
+func (s *API) ScanAudit(ctx context.Context, p Principal, f AuditFilter, fn func(AuditEvent) error) error {
 	if err := requireRole(p, RoleReader, "reading the audit trail"); err != nil {
 		return err
 	}
@@ -197,7 +197,7 @@ func (s *Service) ScanAudit(ctx context.Context, p Principal, f AuditFilter, fn 
 }
 
 // ListVMs returns every VM in scope with its JIT state and recent use.
-func (s *Service) ListVMs(ctx context.Context, p Principal) ([]VMStatus, error) {
+func (s *API) ListVMs(ctx context.Context, p Principal) ([]VMStatus, error) {
 	vms, _, err := s.ListVMsPage(ctx, p, VMPage{})
 	return vms, err
 }
@@ -211,7 +211,7 @@ type VMPage struct {
 
 // ListVMsPage returns a page of the VMs in scope with their JIT state and
 // recent use, and whether more follow. Only the page's VMs are judged.
-func (s *Service) ListVMsPage(ctx context.Context, p Principal, pg VMPage) ([]VMStatus, bool, error) {
+func (s *API) ListVMsPage(ctx context.Context, p Principal, pg VMPage) ([]VMStatus, bool, error) {
 	if err := requireAnyRole(p, "listing VMs", anyRole...); err != nil {
 		return nil, false, err
 	}
@@ -244,7 +244,7 @@ func vmPage(inv []VMInfo, pg VMPage) ([]VMInfo, bool) {
 }
 
 // vmStatuses judges the VMs and tells their recent use.
-func (s *Service) vmStatuses(ctx context.Context, vms []VMInfo) ([]VMStatus, error) {
+func (s *API) vmStatuses(ctx context.Context, vms []VMInfo) ([]VMStatus, error) {
 	pols, err := s.store.ListPolicies(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("listing policies: %w", err)
@@ -333,7 +333,7 @@ func (s *Service) vmStatuses(ctx context.Context, vms []VMInfo) ([]VMStatus, err
 
 // inventory is every VM in scope, read from Azure at most once per
 // InventoryTTL (list calls per page, never per VM).
-func (s *Service) inventory(ctx context.Context) ([]VMInfo, error) {
+func (s *Core) inventory(ctx context.Context) ([]VMInfo, error) {
 	s.invMu.Lock()
 	if !s.invAt.IsZero() && s.now().Sub(s.invAt) < s.cfg.InventoryTTL {
 		vms := s.inv
@@ -354,13 +354,13 @@ func (s *Service) inventory(ctx context.Context) ([]VMInfo, error) {
 
 // RefreshInventory reads the VM inventory from Azure now, so GET /vms is
 // served from memory: at start-up and by every sweep.
-func (s *Service) RefreshInventory(ctx context.Context) error {
+func (s *Core) RefreshInventory(ctx context.Context) error {
 	_, err := s.readInventory(ctx)
 	return err
 }
 
 // readInventory lists every VM in scope and keeps the list for GET /vms.
-func (s *Service) readInventory(ctx context.Context) ([]VMInfo, error) {
+func (s *Core) readInventory(ctx context.Context) ([]VMInfo, error) {
 	vms, err := s.net.ListVMs(ctx)
 	if err != nil {
 		return nil, err
@@ -381,7 +381,7 @@ func sortedByID(vms []VMInfo) []VMInfo {
 }
 
 // forgetInventory makes the next GET /vms read Azure again.
-func (s *Service) forgetInventory() {
+func (s *Core) forgetInventory() {
 	s.invMu.Lock()
 	s.invAt = time.Time{}
 	s.invMu.Unlock()

@@ -98,7 +98,7 @@ type VMUseStore interface {
 // opened it first) in its VM's recent use, once the grant records it. A
 // failure is logged only: the grant is open, and the numbers are
 // statistics.
-func (s *Service) recordUse(ctx context.Context, r Request, i int, now time.Time) {
+func (s *Core) recordUse(ctx context.Context, r Request, i int, now time.Time) {
 	g := r.Grants[i]
 	at, ok := openedAt(g, r)
 	if !ok || now.Before(at) {

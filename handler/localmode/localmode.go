@@ -49,10 +49,15 @@ type Config struct {
 
 // App is local mode, built.
 type App struct {
-	DB      *boltstore.DB
-	Store   jit.Store // what the service uses (wrapped if asked)
-	Queue   *localqueue.Queue
-	Service *jit.Service
+	DB    *boltstore.DB
+	Store jit.Store // what the service uses (wrapped if asked)
+	Queue *localqueue.Queue
+	// The service's roles, built in this order over the store, the
+	// network and the queue: the API queues operations, the queue delivers
+	// them to the Worker when it starts, and the Reconciler sweeps.
+	API        *jit.API
+	Worker     *jit.Applier
+	Reconciler *jit.Reconciler
 
 	cfg    Config
 	log    zerolog.Logger
@@ -95,7 +100,10 @@ func Open(cfg Config) (*App, error) {
 	// The service's background work (delivering notifications) is a task
 	// of the app: Close waits for it before the file closes.
 	cfg.Service.Go = a.Go
-	a.Service = jit.NewService(st, q, cfg.Network, cfg.Service)
+	core := jit.NewCore(st, cfg.Network, cfg.Service)
+	a.API = jit.NewAPI(core, q)
+	a.Worker = jit.NewApplier(core)
+	a.Reconciler = jit.NewReconciler(a.API, a.Worker)
 	return a, nil
 }
 
@@ -105,7 +113,7 @@ func (a *App) Start(ctx context.Context) error {
 	a.mu.Lock()
 	a.ctx, a.cancel = context.WithCancel(ctx)
 	a.mu.Unlock()
-	if err := a.Queue.Start(a.ctx, a.Service); err != nil {
+	if err := a.Queue.Start(a.ctx, a.Worker); err != nil {
 		a.cancel()
 		return err
 	}
@@ -114,10 +122,10 @@ func (a *App) Start(ctx context.Context) error {
 		// while a long backlog is worked off): access ends even when the
 		// process was down at the end time.
 		a.Go(func(ctx context.Context) {
-			if n, err := a.Service.Sweep(ctx); err != nil {
+			if n, err := a.Reconciler.Sweep(ctx); err != nil {
 				a.log.Warn().Err(err).Int("closed", n).Msg("start-up sweep incomplete; the next sweep retries")
 			}
-			if err := a.Service.RefreshInventory(ctx); err != nil {
+			if err := a.Reconciler.RefreshInventory(ctx); err != nil {
 				a.log.Warn().Err(err).Msg("reading the VM inventory failed; GET /api/v1/vms will read it")
 			}
 			a.sweepEvery(ctx, a.cfg.SweepInterval)
@@ -151,7 +159,7 @@ func (a *App) sweepEvery(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if _, err := a.Service.Reconcile(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			if _, err := a.Reconciler.Reconcile(ctx); err != nil && !errors.Is(err, context.Canceled) {
 				a.log.Warn().Err(err).Msg("sweep incomplete; the next sweep retries")
 			}
 		}

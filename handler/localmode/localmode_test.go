@@ -54,7 +54,7 @@ func TestCloseWaitsForTasks(t *testing.T) {
 	}
 	admin := jit.Principal{ID: "admin", Roles: []string{jit.RoleAdmin}}
 	vm := "/subscriptions/" + sub + "/resourceGroups/demo/providers/Microsoft.Compute/virtualMachines/vm-nic-nsg"
-	if _, err := app.Service.PutPolicy(context.Background(), admin, jit.Policy{Name: "p", VMs: []jit.VMPolicy{{ID: vm,
+	if _, err := app.API.PutPolicy(context.Background(), admin, jit.Policy{Name: "p", VMs: []jit.VMPolicy{{ID: vm,
 		Ports: []jit.PortRule{{Number: 22, Protocol: jit.ProtocolTCP, AllowedSources: []string{"*"}, MaxDuration: time.Hour}}}}}, ""); err != nil {
 		t.Fatalf("PutPolicy: %v", err)
 	}
@@ -127,7 +127,7 @@ func TestNotificationsSurviveRestart(t *testing.T) {
 	if err := app.Store.AppendAudit(context.Background(), ev); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := app.Service.DeliverNotices(context.Background()); err != nil {
+	if _, err := app.API.DeliverNotices(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if err := app.Close(context.Background()); err != nil {
@@ -143,7 +143,7 @@ func TestNotificationsSurviveRestart(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for len(up.ids()) == 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
-		if _, err := again.Service.DeliverNotices(context.Background()); err != nil {
+		if _, err := again.API.DeliverNotices(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 	}

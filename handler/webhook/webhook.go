@@ -2,7 +2,7 @@
 // (JIT_WEBHOOK_URL) as JSON that Microsoft Teams and Slack incoming webhooks
 // accept: a "text" line for people, and the event's fields under "jitaccess"
 // for machines. Each Deliver is one try; the service keeps notifications in
-// its store and retries them (jit.Service.DeliverNotices). It must not
+// its store and retries them (jit.Core.DeliverNotices). It must not
 // depend on anything but jit.
 package webhook
 
