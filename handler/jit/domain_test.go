@@ -6,6 +6,7 @@ package jit_test
 
 import (
 	"context"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -133,8 +134,10 @@ func (n *memNet) ApplyRules(_ context.Context, nsg string, c jit.RuleChange) (ji
 		}
 		if i >= 0 {
 			p.Priority = keep[i].Priority
-			keep[i] = p
-			ap.Updated = append(ap.Updated, p.Name)
+			if !reflect.DeepEqual(keep[i], p) { // as ARM, a rule written as it is is no change
+				keep[i] = p
+				ap.Updated = append(ap.Updated, p.Name)
+			}
 			continue
 		}
 		band := jit.DefaultAllowBand
