@@ -127,10 +127,10 @@ func TestReconcilePlan(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		given  func(d *domain) jit.Request // the scene; the request to check
-		want   jit.SweepReport              // NSGs is always 1
-		rule   bool                         // a deployment's allow rule after
-		status string                       // request/grant after
-		check  func(d *domain) string       // anything else; "" when fine
+		want   jit.SweepReport             // NSGs is always 1
+		rule   bool                        // a deployment's allow rule after
+		status string                      // request/grant after
+		check  func(d *domain) string      // anything else; "" when fine
 	}{
 		{"nothing drifted", func(d *domain) jit.Request {
 			r := d.request(30 * time.Minute)
