@@ -526,18 +526,22 @@ func (d *Driver) ListRules(ctx context.Context, nsgID string) ([]jit.SecurityRul
 	return inboundRules(doc.rules), nil
 }
 
-// ListNSGs lists every NSG of every subscription in scope, page by page,
-// with its inbound rules.
-func (d *Driver) ListNSGs(ctx context.Context) ([]jit.NSGInfo, error) {
-	var out []jit.NSGInfo
+// ScanNSGs hands fn every NSG of every subscription in scope with its
+// inbound rules, a page of ARM's NSG list at a time: fn runs between page
+// reads, never during one. An error of fn, or the end of ctx, stops the
+// scan and comes back as it is.
+func (d *Driver) ScanNSGs(ctx context.Context, fn func(jit.NSGInfo) error) error {
 	for _, sub := range d.cfg.Subscriptions {
-		nsgs, err := d.listNSGs(ctx, sub)
-		if err != nil {
-			return nil, classify(err, "list network security groups of subscription "+sub)
+		err := d.scanNSGs(ctx, sub, fn)
+		var le listError
+		if errors.As(err, &le) {
+			return classify(le.err, "list network security groups of subscription "+sub)
 		}
-		out = append(out, nsgs...)
+		if err != nil {
+			return err
+		}
 	}
-	return out, nil
+	return nil
 }
 
 // backoff sleeps before attempt+1: exponential from RetryDelay, capped, with

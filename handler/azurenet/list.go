@@ -28,10 +28,6 @@ type leanNSG struct {
 	} `json:"properties"`
 }
 
-// pacedNSGs is how many NSGs of a page listNSGs decodes between pauses
-// (jit.Pause) when the caller is paced.
-const pacedNSGs = 50
-
 // armClient is the subscription-independent ARM client the lean NSG list,
 // reads and writes go through: the same credential, options and so retry
 // and throttling policy as the SDK's clients.
@@ -49,34 +45,56 @@ func (d *Driver) armClient() (*arm.Client, error) {
 	return c, nil
 }
 
-// listNSGs lists the NSGs of one subscription, page by page.
-func (d *Driver) listNSGs(ctx context.Context, sub string) ([]jit.NSGInfo, error) {
+// scanNSGs hands fn the NSGs of one subscription, a page at a time: it
+// reads and decodes a page, then calls fn for each of its NSGs, then reads
+// the next. An error of fn comes back as it is; a failure to read or
+// decode a page is a listError.
+func (d *Driver) scanNSGs(ctx context.Context, sub string, fn func(jit.NSGInfo) error) error {
 	c, err := d.armClient()
 	if err != nil {
-		return nil, err
+		return listError{err}
 	}
 	next := runtime.JoinPaths(c.Endpoint(), "/subscriptions/"+url.PathEscape(sub)+"/providers/Microsoft.Network/networkSecurityGroups") +
 		"?api-version=" + nsgAPIVersion
-	var out []jit.NSGInfo
+	var page []jit.NSGInfo
 	for next != "" {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		body, err := getJSON(ctx, c.Pipeline(), next)
 		if err != nil {
-			return nil, err
+			return listError{err}
 		}
-		if next, err = decodeNSGPage(ctx, body, func(nsg leanNSG) {
+		page = page[:0]
+		if next, err = decodeNSGPage(body, func(nsg leanNSG) {
 			if nsg.ID != "" {
-				out = append(out, jit.NSGInfo{ID: nsg.ID, Rules: inboundRules(nsg.Properties.SecurityRules)})
+				page = append(page, jit.NSGInfo{ID: nsg.ID, Rules: inboundRules(nsg.Properties.SecurityRules)})
 			}
 		}); err != nil {
-			return nil, err
+			return listError{err}
+		}
+		for _, n := range page {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := fn(n); err != nil {
+				return err
+			}
 		}
 	}
-	return out, nil
+	return nil
 }
 
+// listError is a failure to read or decode a page of an NSG list, as
+// opposed to an error of the caller's fn.
+type listError struct{ err error }
+
+func (e listError) Error() string { return e.err.Error() }
+func (e listError) Unwrap() error { return e.err }
+
 // decodeNSGPage decodes one page of ARM's NSG list NSG by NSG, handing each
-// to fn and pausing (jit.Pause) every pacedNSGs, and returns its nextLink.
-func decodeNSGPage(ctx context.Context, body []byte, fn func(leanNSG)) (next string, err error) {
+// to fn, and returns its nextLink.
+func decodeNSGPage(body []byte, fn func(leanNSG)) (next string, err error) {
 	fail := func(err error) (string, error) {
 		return "", fmt.Errorf("decode network security group list: %w", err)
 	}
@@ -84,7 +102,6 @@ func decodeNSGPage(ctx context.Context, body []byte, fn func(leanNSG)) (next str
 	if err := expectDelim(dec, '{'); err != nil {
 		return fail(err)
 	}
-	n := 0
 	for dec.More() {
 		key, err := dec.Token()
 		if err != nil {
@@ -101,11 +118,6 @@ func decodeNSGPage(ctx context.Context, body []byte, fn func(leanNSG)) (next str
 					return fail(err)
 				}
 				fn(nsg)
-				if n++; n%pacedNSGs == 0 {
-					if err := jit.Pause(ctx); err != nil {
-						return "", err
-					}
-				}
 			}
 			if err := expectDelim(dec, ']'); err != nil {
 				return fail(err)

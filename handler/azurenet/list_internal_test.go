@@ -16,10 +16,9 @@ import (
 	"jitaccess/handler/jit"
 )
 
-// TestDecodeNSGPagePauses: a page is decoded NSG by NSG, with a pause every
-// pacedNSGs under a paced context, members it does not know skipped, and
-// its nextLink returned.
-func TestDecodeNSGPagePauses(t *testing.T) {
+// TestDecodeNSGPage: a page is decoded NSG by NSG, members it does not
+// know skipped, and its nextLink returned.
+func TestDecodeNSGPage(t *testing.T) {
 	var b strings.Builder
 	b.WriteString(`{"unknown":{"nested":[1,2,{"x":null}]},"value":[`)
 	for i := range 120 {
@@ -30,10 +29,8 @@ func TestDecodeNSGPagePauses(t *testing.T) {
 	}
 	b.WriteString(`],"nextLink":"https://example.invalid/next"}`)
 
-	pauses := 0
-	ctx := jit.WithPauses(context.Background(), func(context.Context) error { pauses++; return nil })
 	var got []leanNSG
-	next, err := decodeNSGPage(ctx, []byte(b.String()), func(n leanNSG) { got = append(got, n) })
+	next, err := decodeNSGPage([]byte(b.String()), func(n leanNSG) { got = append(got, n) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,21 +40,11 @@ func TestDecodeNSGPagePauses(t *testing.T) {
 	if next != "https://example.invalid/next" {
 		t.Errorf("nextLink %q", next)
 	}
-	if pauses != 120/pacedNSGs {
-		t.Errorf("%d pauses, want %d", pauses, 120/pacedNSGs)
-	}
-
-	// A failing pause ends the decoding with its error.
-	stop := errors.New("stop")
-	failing := jit.WithPauses(context.Background(), func(context.Context) error { return stop })
-	if _, err := decodeNSGPage(failing, []byte(b.String()), func(leanNSG) {}); !errors.Is(err, stop) {
-		t.Errorf("failing pause: %v, want its error", err)
-	}
 }
 
 func TestDecodeNSGPageRejectsMalformed(t *testing.T) {
 	for _, body := range []string{``, `[]`, `{"value":{}}`, `{"value":[{"id":1}]}`, `{"value":[`, `{"value":[]`} {
-		if _, err := decodeNSGPage(context.Background(), []byte(body), func(leanNSG) {}); err == nil {
+		if _, err := decodeNSGPage([]byte(body), func(leanNSG) {}); err == nil {
 			t.Errorf("%q decoded without error", body)
 		}
 	}

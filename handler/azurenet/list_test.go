@@ -2,6 +2,7 @@ package azurenet_test
 
 import (
 	"context"
+	"errors"
 	"reflect"
 	"sort"
 	"testing"
@@ -14,10 +15,10 @@ import (
 	"jitaccess/handler/jit"
 )
 
-// TestListNSGsMatchesSDK holds the lean NSG list to what the SDK's own
+// TestScanNSGsMatchesSDK holds the lean NSG list to what the SDK's own
 // models decode from the same pages: every NSG across pages, inbound rules
 // only, singular and plural forms merged, ordered by priority.
-func TestListNSGsMatchesSDK(t *testing.T) {
+func TestScanNSGsMatchesSDK(t *testing.T) {
 	ctx := context.Background()
 	sim, d, co := newEnvOptions(t, armsim.Options{PageSize: 2})
 	// Rules of every shape beside the demo's: plural ports and prefixes,
@@ -41,9 +42,18 @@ func TestListNSGsMatchesSDK(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	got, err := d.ListNSGs(ctx)
+	// The scan reads a page, hands out its NSGs, then reads the next.
+	sim.ResetCalls()
+	var got []jit.NSGInfo
+	err = d.ScanNSGs(ctx, func(n jit.NSGInfo) error {
+		if pages, want := sim.Calls().ByKind["LIST networkSecurityGroups"], len(got)/2+1; pages != want {
+			t.Errorf("NSG %d handed out after %d page reads, want %d", len(got), pages, want)
+		}
+		got = append(got, n)
+		return nil
+	})
 	if err != nil {
-		t.Fatalf("ListNSGs: %v", err)
+		t.Fatalf("ScanNSGs: %v", err)
 	}
 
 	// The same pages through the SDK's client and models.
@@ -80,7 +90,7 @@ func TestListNSGsMatchesSDK(t *testing.T) {
 		t.Fatalf("the estate fits one page (%d): the test does not cover paging", pages)
 	}
 	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("ListNSGs differs from the SDK's decoding:\n got %+v\nwant %+v", got, want)
+		t.Fatalf("ScanNSGs differs from the SDK's decoding:\n got %+v\nwant %+v", got, want)
 	}
 	// The shapes above are there.
 	var sawPlural, sawOutbound bool
@@ -93,6 +103,44 @@ func TestListNSGsMatchesSDK(t *testing.T) {
 	if !sawPlural || sawOutbound {
 		t.Fatalf("plural rule listed %v, outbound rule listed %v; want true, false", sawPlural, sawOutbound)
 	}
+}
+
+// TestScanNSGsStops: an error of fn comes back as it is and ends the scan,
+// as does the end of ctx; a page that cannot be read ends it with an
+// EUNAVAILABLE error after the NSGs of the pages before were handed out.
+func TestScanNSGsStops(t *testing.T) {
+	ctx := context.Background()
+	sim, d, _ := newEnvOptions(t, armsim.Options{PageSize: 2})
+	stop := errors.New("stop")
+	calls := 0
+	sim.ResetCalls()
+	err := d.ScanNSGs(ctx, func(jit.NSGInfo) error { calls++; return stop })
+	if err != stop || calls != 1 {
+		t.Errorf("fn failing: ScanNSGs returned %v after %d calls, want fn's error, unwrapped, after 1", err, calls)
+	}
+	if pages := sim.Calls().ByKind["LIST networkSecurityGroups"]; pages != 1 {
+		t.Errorf("%d pages read after fn failed on the first NSG, want 1", pages)
+	}
+
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	calls = 0
+	err = d.ScanNSGs(cctx, func(jit.NSGInfo) error { calls++; cancel(); return nil })
+	if !errors.Is(err, context.Canceled) || calls != 1 {
+		t.Errorf("ctx cancelled: ScanNSGs returned %v after %d calls, want context.Canceled after 1", err, calls)
+	}
+
+	calls = 0
+	err = d.ScanNSGs(ctx, func(jit.NSGInfo) error {
+		if calls++; calls == 1 {
+			sim.FailNext(armsim.Reads, 10, armsim.InternalServerError()) // every retry of the next page
+		}
+		return nil
+	})
+	if jit.ErrorCode(err) != jit.EUNAVAILABLE || calls != 2 {
+		t.Errorf("second page failing: ScanNSGs returned %v (%s) after %d calls, want EUNAVAILABLE after the first page's 2", err, jit.ErrorCode(err), calls)
+	}
+	sim.ClearFaults()
 }
 
 func both(single *string, plural []*string) []string {

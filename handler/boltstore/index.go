@@ -9,7 +9,7 @@ import (
 )
 
 // indexValue is what the start-time index keeps of a request: the fields
-// ListRequests filters on besides VM and time, so that a listing for one
+// ScanRequests filters on besides VM and time, so that a listing for one
 // status or one person decodes only the requests it returns, however many
 // others the file holds. Fields are separated by NUL.
 func indexValue(r jit.Request) []byte {

@@ -58,7 +58,7 @@ const scanBatch = 64
 // at a time. Request and event ids are compared exactly.
 type Store struct {
 	db        *bbolt.DB
-	listChunk int // requests a paced listing decodes per read transaction
+	listChunk int // requests ScanRequests decodes per read transaction
 
 	// Decoded policies by key, with the bytes they were decoded from:
 	// every request reads its policy, and decoding a large one is most of
@@ -112,9 +112,8 @@ func New(db *bbolt.DB) (*Store, error) {
 	return &Store{db: db, listChunk: defaultListChunk}, nil
 }
 
-// SetListChunk sets how many requests a paced listing (one whose context
-// carries jit.WithPauses, as the sweep's) decodes per read transaction
-// before it pauses; default 500. Tests set it small.
+// SetListChunk sets how many requests ScanRequests (and so ListRequests)
+// decodes per read transaction; default 500. Tests set it small.
 func (s *Store) SetListChunk(n int) {
 	if n > 0 {
 		s.listChunk = n
@@ -457,24 +456,36 @@ func (s *Store) UpdateRequest(ctx context.Context, r jit.Request, events ...jit.
 }
 
 // ListRequests returns the requests that match f, newest StartTime first,
-// ties in ascending id order. It walks the start-time index, so a Since or
-// Limit filter reads only the records it needs.
+// ties in ascending id order: what ScanRequests hands out.
 func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Request, error) {
-	if err := ctx.Err(); err != nil {
+	var rs []jit.Request
+	err := s.ScanRequests(ctx, f, func(r jit.Request) error {
+		rs = append(rs, r)
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	// One read transaction, unless the caller is paced background work: it
-	// then reads listChunk requests per transaction, pausing in between.
-	chunk := 0
-	if jit.Paced(ctx) {
-		chunk = s.listChunk
-	}
-	var rs []jit.Request
-	var resume []byte // index key to go on after, between transactions
+	return rs, nil
+}
+
+// ScanRequests calls fn for each request that matches f, newest StartTime
+// first, ties in ascending id order. It walks the start-time index, so a
+// Since or Limit filter reads only the records it needs, and it decodes at
+// most listChunk requests per read transaction: fn runs between
+// transactions, so it may use the store, and however long it takes it
+// never keeps a transaction open (which would stop the file from growing).
+func (s *Store) ScanRequests(ctx context.Context, f jit.RequestFilter, fn func(jit.Request) error) error {
+	var resume []byte // the last index key read, to go on after
 	if !f.After.IsZero() {
 		resume = indexKey(f.After.Time, f.After.ID)
 	}
+	seen := 0
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var chunk []jit.Request
 		more := false
 		err := s.db.View(func(tx *bbolt.Tx) error {
 			records := tx.Bucket(bucketRequests)
@@ -485,13 +496,12 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 					k, status = c.Next()
 				}
 			}
-			decoded := 0
-			for ; k != nil; k, status = c.Next() {
-				if chunk > 0 && decoded >= chunk {
+			for decoded := 0; k != nil; k, status = c.Next() {
+				if decoded >= s.listChunk || f.Limit > 0 && seen+len(chunk) >= f.Limit {
 					more = true
 					return nil
 				}
-				resume = append(resume[:0], k...)
+				resume = append(resume[:0], k...) // k lives only as long as tx
 				start, id, err := splitKey(k)
 				if err != nil {
 					return err
@@ -511,26 +521,31 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 					return err
 				}
 				decoded++
-				if !f.Matches(&r) {
-					continue
-				}
-				rs = append(rs, r)
-				if f.Limit > 0 && len(rs) >= f.Limit {
-					return nil
+				if f.Matches(&r) {
+					chunk = append(chunk, r)
 				}
 			}
 			return nil
 		})
-		if err != nil || !more {
-			return rs, err
+		if err != nil {
+			return err
 		}
-		if err := jit.Pause(ctx); err != nil {
-			return nil, err
+		for _, r := range chunk {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := fn(r); err != nil {
+				return err
+			}
+			seen++
+		}
+		if !more || f.Limit > 0 && seen >= f.Limit {
+			return nil
 		}
 	}
 }
 
-// defaultListChunk is how many requests a paced listing decodes per read
+// defaultListChunk is how many requests ScanRequests decodes per read
 // transaction: about 5 ms of work.
 const defaultListChunk = 500
 

@@ -3,7 +3,6 @@ package boltstore_test
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -36,17 +35,17 @@ func TestStore(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) jit.Store {
 		db, s := open(t, filepath.Join(t.TempDir(), "state.db"))
 		t.Cleanup(func() { db.Close() })
-		// Paced listings cross chunk boundaries, also between requests
-		// that started at the same time.
+		// Scans cross chunk boundaries, also between requests that
+		// started at the same time.
 		s.SetListChunk(2)
 		return s
 	})
 }
 
-// TestPacedListingPauses: a paced listing reads in chunks and pauses
-// between them; every request comes once, in order, and a failing pause
-// ends the listing with its error.
-func TestPacedListingPauses(t *testing.T) {
+// TestScanRequestsChunks: a scan decodes listChunk requests per read
+// transaction and calls fn only between transactions; every request comes
+// once, in order, also where a chunk ends between equal start times.
+func TestScanRequestsChunks(t *testing.T) {
 	ctx := context.Background()
 	db, s := open(t, filepath.Join(t.TempDir(), "state.db"))
 	defer db.Close()
@@ -62,35 +61,25 @@ func TestPacedListingPauses(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ref, err := s.ListRequests(ctx, jit.RequestFilter{Statuses: []string{jit.RequestActive}})
+	before := db.Bolt().Stats().TxN
+	var got []string
+	err := s.ScanRequests(ctx, jit.RequestFilter{Statuses: []string{jit.RequestActive}}, func(r jit.Request) error {
+		if open := db.Bolt().Stats().OpenTxN; open != 0 {
+			t.Errorf("fn called for %s with %d read transactions open", r.ID, open)
+		}
+		got = append(got, r.ID)
+		return nil
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pauses := 0
-	paced := jit.WithPauses(ctx, func(ctx context.Context) error { pauses++; return nil })
-	got, err := s.ListRequests(paced, jit.RequestFilter{Statuses: []string{jit.RequestActive}})
-	if err != nil {
-		t.Fatal(err)
+	want := []string{"r08", "r09", "r06", "r07", "r05", "r02", "r03", "r00", "r01"}
+	if !slices.Equal(got, want) {
+		t.Errorf("scan %v, want %v", got, want)
 	}
-	if !slices.Equal(ids(got), ids(ref)) || len(got) != 9 {
-		t.Errorf("paced listing %v, unpaced %v, want the same 9 requests", ids(got), ids(ref))
+	if txs := db.Bolt().Stats().TxN - before; txs != 3 { // 9 decoded in chunks of 3
+		t.Errorf("%d read transactions, want 3", txs)
 	}
-	if pauses != 2 { // 9 decoded in chunks of 3
-		t.Errorf("%d pauses, want 2", pauses)
-	}
-	stop := errors.New("stop")
-	failing := jit.WithPauses(ctx, func(context.Context) error { return stop })
-	if _, err := s.ListRequests(failing, jit.RequestFilter{}); !errors.Is(err, stop) {
-		t.Errorf("listing with a failing pause: %v, want the pause's error", err)
-	}
-}
-
-func ids(rs []jit.Request) []string {
-	var out []string
-	for _, r := range rs {
-		out = append(out, r.ID)
-	}
-	return out
 }
 
 func TestReopen(t *testing.T) {

@@ -433,3 +433,19 @@ func TestExtendToSameEndKeepsTheClose(t *testing.T) {
 	}
 	waitFor(t, "the rule closed at the extended end", func() bool { _, ok := s.rule("nsg-vm-nic", r.Grants[0].RuleName); return !ok })
 }
+
+// A sweep that cannot list the NSGs fails with EUNAVAILABLE and says so in
+// the trail.
+func TestSweepListFailureIsAudited(t *testing.T) {
+	s := newStack(t, stackOptions{local: true})
+	s.sim.FailNext(armsim.Reads, 1000, armsim.Fault{Status: http.StatusForbidden, Code: "AuthorizationFailed",
+		Message: "The client does not have authorization to perform action 'Microsoft.Network/networkSecurityGroups/read'."})
+	_, err := s.rec.Reconcile(t.Context())
+	s.sim.ClearFaults()
+	if jit.ErrorCode(err) != jit.EUNAVAILABLE {
+		t.Fatalf("sweep with ARM's NSG list failing: %v (%s), want EUNAVAILABLE", err, jit.ErrorCode(err))
+	}
+	if f := s.auditDetails("failure"); !slices.ContainsFunc(f, func(d string) bool { return strings.Contains(d, "listing network security groups") }) {
+		t.Errorf("failed NSG listing not audited: %v", f)
+	}
+}

@@ -101,9 +101,12 @@ func (n *memNet) ListRules(_ context.Context, nsg string) ([]jit.SecurityRule, e
 	return slices.Clone(n.rules), nil
 }
 
-func (n *memNet) ListNSGs(ctx context.Context) ([]jit.NSGInfo, error) {
+func (n *memNet) ScanNSGs(ctx context.Context, fn func(jit.NSGInfo) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	rules, _ := n.ListRules(ctx, dnsg)
-	return []jit.NSGInfo{{ID: dnsg, Rules: rules}}, nil
+	return fn(jit.NSGInfo{ID: dnsg, Rules: rules})
 }
 
 func (n *memNet) ApplyRules(_ context.Context, nsg string, c jit.RuleChange) (jit.Applied, error) {

@@ -30,9 +30,16 @@ type Network interface {
 	// ListRules returns every inbound rule of the NSG, owned or not. A
 	// missing NSG is an ENOTFOUND error.
 	ListRules(ctx context.Context, nsgID string) ([]SecurityRule, error)
-	// ListNSGs returns every NSG in scope with its inbound rules, with list
-	// calls per subscription and page, never a read per NSG or VM.
-	ListNSGs(ctx context.Context) ([]NSGInfo, error)
+	// ScanNSGs calls fn for every NSG in scope with its inbound rules, with
+	// list calls per subscription and page, never a read per NSG or VM. It
+	// reads a page, hands fn its NSGs, then reads the next, whoever calls
+	// it: fn runs between reads, so the time it takes is its own and the
+	// time between two calls of fn is the listing's. An error of fn stops
+	// the scan and is returned as it is, as is ctx.Err() when ctx ends; a
+	// failure to list stops it with the listing's error. The scan
+	// is not one snapshot: an NSG changed while it runs (by fn too) may be
+	// seen before or after the change.
+	ScanNSGs(ctx context.Context, fn func(NSGInfo) error) error
 }
 
 // RuleChange is one change to one NSG.

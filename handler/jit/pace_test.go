@@ -12,7 +12,7 @@ import (
 func fakePacer(share float64) (*pacer, *time.Time, *[]time.Duration) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	var slept []time.Duration
-	p := &pacer{share: share, now: func() time.Time { return now }, since: now,
+	p := &pacer{share: share, now: func() time.Time { return now },
 		sleep: func(ctx context.Context, d time.Duration) error {
 			slept = append(slept, d)
 			now = now.Add(d)
@@ -21,18 +21,51 @@ func fakePacer(share float64) (*pacer, *time.Time, *[]time.Duration) {
 	return p, &now, &slept
 }
 
+// step is one item of a fake iterator: the time it takes to fetch, and
+// the time the work on it takes.
+type step struct{ fetch, busy time.Duration }
+
+// scanSteps is an iterator on the hand-moved clock now: for each step it
+// spends fetch, then calls fn, which spends busy.
+func scanSteps(now *time.Time, steps []step, fn func(step) error) error {
+	for _, s := range steps {
+		*now = now.Add(s.fetch)
+		if err := fn(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestPacerKeepsItsShare: the pacer sleeps for the work's own time times
+// (1-share)/share once minBusy has piled up, at most maxPause at a time,
+// and never counts the time the iterator spends fetching.
 func TestPacerKeepsItsShare(t *testing.T) {
 	ctx := context.Background()
 	p, now, slept := fakePacer(0.25)
-	for _, busy := range []time.Duration{10 * time.Millisecond, 20 * time.Millisecond, 0, 5 * time.Second} {
-		*now = now.Add(busy)
-		if err := p.pause(ctx); err != nil {
-			t.Fatal(err)
-		}
+	steps := []step{
+		{2 * time.Second, 10 * time.Millisecond},
+		{2 * time.Second, 20 * time.Millisecond},
+		{2 * time.Second, 0},
+		{0, 5 * time.Second},
+		{2 * time.Second, 3 * time.Millisecond}, // cheap items pile up...
+		{2 * time.Second, 4 * time.Millisecond},
+		{2 * time.Second, 3 * time.Millisecond}, // ...to minBusy
+		{2 * time.Second, time.Millisecond},     // left over at the end: no sleep
+	}
+	var worked []time.Duration
+	err := scanSteps(now, steps, paced(ctx, p, func(s step) error {
+		worked = append(worked, s.busy)
+		*now = now.Add(s.busy)
+		return nil
+	}))
+	if err != nil || len(worked) != len(steps) {
+		t.Fatalf("scan: %v after %d steps", err, len(worked))
 	}
 	// Busy a quarter of the time: three times as long asleep as busy, but
-	// never more than maxPause (a long wait on Azure is not CPU).
-	want := []time.Duration{30 * time.Millisecond, 60 * time.Millisecond, 0, maxPause}
+	// never more than maxPause (a long wait on Azure is not CPU). The
+	// seconds the iterator spends fetching would make every sleep maxPause.
+	want := []time.Duration{30 * time.Millisecond, 60 * time.Millisecond, maxPause, 30 * time.Millisecond}
 	if len(*slept) != len(want) {
 		t.Fatalf("slept %v, want %v", *slept, want)
 	}
@@ -46,28 +79,47 @@ func TestPacerKeepsItsShare(t *testing.T) {
 func TestPacerOffSleepsNever(t *testing.T) {
 	for _, share := range []float64{0, 1} {
 		p, now, slept := fakePacer(share)
-		*now = now.Add(time.Second)
-		if err := p.pause(context.Background()); err != nil || len(*slept) != 0 {
+		err := scanSteps(now, []step{{0, time.Second}, {0, time.Second}}, paced(context.Background(), p, func(s step) error {
+			*now = now.Add(s.busy)
+			return nil
+		}))
+		if err != nil || len(*slept) != 0 {
 			t.Errorf("share %v: err %v, slept %v; want no sleep", share, err, *slept)
 		}
 	}
+	if err := paced(context.Background(), nil, func(int) error { return nil })(1); err != nil {
+		t.Errorf("no pacer: %v", err)
+	}
 }
 
-func TestPauseFollowsContext(t *testing.T) {
+// TestPacedStops: an error of the work comes back as it is, without a
+// sleep; a cancelled context stops the iterator at the next item.
+func TestPacedStops(t *testing.T) {
 	ctx := context.Background()
-	if Paced(ctx) || Pause(ctx) != nil {
-		t.Error("a plain context is paced or its pause fails")
-	}
+	p, now, slept := fakePacer(0.5)
+	stop := errors.New("stop")
 	calls := 0
-	paced := WithPauses(ctx, func(context.Context) error { calls++; return nil })
-	if !Paced(paced) || Pause(paced) != nil || calls != 1 {
-		t.Errorf("paced %v, calls %d; want paced, one call", Paced(paced), calls)
+	err := scanSteps(now, []step{{0, time.Second}, {0, time.Second}, {0, time.Second}}, paced(ctx, p, func(s step) error {
+		*now = now.Add(s.busy)
+		if calls++; calls == 2 {
+			return stop
+		}
+		return nil
+	}))
+	if err != stop || calls != 2 || len(*slept) != 1 {
+		t.Errorf("work failing at item 2: %v after %d items, %d sleeps; want its error after 2, one sleep", err, calls, len(*slept))
 	}
-	// A cancelled sweep stops at its next pause.
-	cancelled, cancel := context.WithCancel(ctx)
-	cancel()
-	if err := Pause(WithPauses(cancelled, newPacer(0.5).pause)); !errors.Is(err, context.Canceled) {
-		t.Errorf("pause of a cancelled paced context: %v, want context.Canceled", err)
+
+	cctx, cancel := context.WithCancel(ctx)
+	p, now, _ = fakePacer(0.5)
+	calls = 0
+	err = scanSteps(now, []step{{0, 0}, {0, 0}, {0, 0}}, paced(cctx, p, func(step) error {
+		calls++
+		cancel()
+		return nil
+	}))
+	if !errors.Is(err, context.Canceled) || calls != 1 {
+		t.Errorf("cancelled: %v after %d items; want context.Canceled after 1", err, calls)
 	}
 }
 

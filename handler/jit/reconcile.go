@@ -90,14 +90,9 @@ func (s *Reconciler) viewOf(ctx context.Context, reqs []Request) (*view, error) 
 // read one by one.
 func (s *Reconciler) Reconcile(ctx context.Context) (SweepReport, error) {
 	var rep SweepReport
-	// Most drift is repaired at once by events; this is the backstop, and
-	// on a large estate it is long: it paces itself (and the listings under
-	// it) so that it does not take the CPU from requests.
-	if share := s.cfg.ReconcileShare; share > 0 && share < 1 {
-		ctx = WithPauses(ctx, newPacer(share).pause)
-	}
 	// One listing of the active requests serves the sweep and the view:
 	// the sweep only closes ended grants, which the view treats as ended.
+	// The closes are not paced: access must end on time.
 	reqs, err := s.sweepList(ctx)
 	if err != nil {
 		return rep, err
@@ -112,28 +107,33 @@ func (s *Reconciler) Reconcile(ctx context.Context) (SweepReport, error) {
 	if err != nil {
 		return rep, errors.Join(append(errs, err)...)
 	}
-	listedAt := s.now() // what the listing shows is as of its start
-	nsgs, err := s.net.ListNSGs(ctx)
-	if err != nil {
-		s.auditFailure(ctx, System, "sweep: listing network security groups", "", "", "", "", err)
-		return rep, errors.Join(append(errs, Wrap(EUNAVAILABLE, err, "listing network security groups failed"))...)
+	// Most drift is repaired at once by events; this is the backstop, and
+	// on a large estate it is long: it paces its work on each NSG, not the
+	// time the listing waits on ARM, so that it does not take the CPU from
+	// requests.
+	var pace *pacer
+	if share := s.cfg.ReconcileShare; share > 0 && share < 1 {
+		pace = newPacer(share)
 	}
-	for i, n := range nsgs {
-		if i%pacedNSGs == 0 {
-			if err := Pause(ctx); err != nil {
-				return rep, errors.Join(append(errs, err)...)
-			}
-		}
+	listedAt := s.now()  // what the listing shows is as of its start
+	var listed []NSGInfo // ids only: finishAllDeletions needs no rules
+	err = s.net.ScanNSGs(ctx, paced(ctx, pace, func(n NSGInfo) error {
 		rep.NSGs++
+		listed = append(listed, NSGInfo{ID: n.ID})
 		if err := s.reconcileNSG(ctx, v, n, listedAt, &rep); err != nil {
 			errs = append(errs, err)
 		}
+		return nil
+	}))
+	if err != nil {
+		if ctx.Err() != nil { // stopped, not failed
+			return rep, errors.Join(append(errs, err)...)
+		}
+		s.auditFailure(ctx, System, "sweep: listing network security groups", "", "", "", "", err)
+		return rep, errors.Join(append(errs, Wrap(EUNAVAILABLE, err, "listing network security groups failed"))...)
 	}
-	if err := s.finishAllDeletions(ctx, nsgs); err != nil {
+	if err := s.finishAllDeletions(ctx, listed); err != nil {
 		errs = append(errs, err)
-	}
-	if err := Pause(ctx); err != nil {
-		return rep, errors.Join(append(errs, err)...)
 	}
 	// Keep GET /vms answering from memory (list calls per page).
 	if err := s.RefreshInventory(ctx); err != nil {
@@ -533,9 +533,6 @@ func (s *Reconciler) drift(ctx context.Context, r Request, vm, nsg, detail strin
 	_ = s.audit(ctx, AuditEvent{Action: AuditDrift, Actor: System.ID, Policy: r.Policy, Request: r.ID, VM: vm, NSG: nsg,
 		Result: ResultSuccess, Detail: clip(detail, 500), Notice: s.eventNotice(EventDrift, r.Policy, r.ID, System.ID, vm, detail)})
 }
-
-// pacedNSGs is how many NSGs Reconcile compares between pauses.
-const pacedNSGs = 50
 
 // stillOpen reports whether grant i of r is live and its rule in nsgID is
 // recorded open.

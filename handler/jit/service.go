@@ -46,8 +46,9 @@ type Config struct {
 	// DefaultInventoryTTL when zero.
 	InventoryTTL time.Duration
 	// ReconcileShare is the share of wall time Reconcile may be busy: it
-	// pauses (at most 1 s at a time) between chunks of its listings and
-	// of its comparison, so that a large estate does not take the CPU from
+	// times its own work on each NSG the NSG listing hands it (not the
+	// time the listing waits on ARM) and pauses between them (at most 1 s
+	// at a time), so that a large estate does not take the CPU from
 	// requests. Ended grants are closed before the drift repair; the closes
 	// themselves are not paced. 0 or 1 means no pauses.
 	ReconcileShare float64

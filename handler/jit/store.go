@@ -50,10 +50,18 @@ type Store interface {
 	GetRequest(ctx context.Context, id string) (Request, error)
 	CreateRequest(ctx context.Context, r Request, events ...AuditEvent) (Request, error)
 	UpdateRequest(ctx context.Context, r Request, events ...AuditEvent) (Request, error)
-	// ListRequests returns the requests that match f, newest first. Under
-	// a paced context (WithPauses) it may read in chunks with Pause in
-	// between: the answer is then not one snapshot, and a request created
-	// meanwhile may be missing.
+	// ScanRequests calls fn for each request that matches f, newest
+	// StartTime first (ties in ascending id order), until fn returns an
+	// error (which ScanRequests returns), ctx ends (ctx.Err()) or the
+	// requests run out; f.Limit bounds the calls. It reads in chunks or
+	// pages of a bounded size, whoever calls it, and calls fn between
+	// reads, holding no transaction or lock: fn may take its time and use
+	// the store. The scan is not one snapshot: a request that matches
+	// throughout and does not change is seen exactly once, in order; one
+	// created or changed during the scan may be missing, and one whose
+	// StartTime changed may come again at its new place.
+	ScanRequests(ctx context.Context, f RequestFilter, fn func(Request) error) error
+	// ListRequests returns what ScanRequests would hand fn, as a list.
 	ListRequests(ctx context.Context, f RequestFilter) ([]Request, error)
 
 	// AppendAudit stores ev. Appending an event whose ID is already stored

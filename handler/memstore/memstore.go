@@ -342,10 +342,25 @@ func distinctVMs(r jit.Request) int {
 }
 
 // ListRequests returns the requests that match f, newest first (ties in
-// ascending id order).
+// ascending id order): what ScanRequests hands out.
 func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Request, error) {
-	if err := ctx.Err(); err != nil {
+	var out []jit.Request
+	err := s.ScanRequests(ctx, f, func(r jit.Request) error {
+		out = append(out, r)
+		return nil
+	})
+	if err != nil {
 		return nil, err
+	}
+	return out, nil
+}
+
+// ScanRequests calls fn for each request that matches f, newest first
+// (ties in ascending id order), outside the lock: it reads the requests
+// all at once, which a store in memory can afford.
+func (s *Store) ScanRequests(ctx context.Context, f jit.RequestFilter, fn func(jit.Request) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	all := make([]jit.Request, 0, len(s.requests))
@@ -359,7 +374,7 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 		}
 		return strings.Compare(a.ID, b.ID)
 	})
-	var out []jit.Request
+	n := 0
 	for i := range all {
 		r := &all[i]
 		if !f.Since.IsZero() && r.StartTime.Before(f.Since) {
@@ -368,12 +383,17 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 		if !f.Matches(r) {
 			continue
 		}
-		out = append(out, *r)
-		if f.Limit > 0 && len(out) >= f.Limit {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := fn(*r); err != nil {
+			return err
+		}
+		if n++; f.Limit > 0 && n >= f.Limit {
 			break
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // AppendAudit stores ev once.

@@ -9,8 +9,8 @@
 // names are unique case-insensitively (GetPolicy("PROD") finds "Prod") and
 // ListPolicies orders by lower-case name; a VM is in one policy at most,
 // whoever writes at the same time; NSG states are keyed by the
-// case-insensitive id and keep the spelling of their first writer; ListRequests and ScanAudit order
-// newest first with ties in ascending id order; RequestFilter.Policy and the
+// case-insensitive id and keep the spelling of their first writer; ListRequests, ScanRequests and
+// ScanAudit order newest first with ties in ascending id order; RequestFilter.Policy and the
 // VM filters ignore case; an audit event without ID or Time is EINVALID, as
 // is an empty policy name or request id; not-found messages name the key.
 //
@@ -57,6 +57,7 @@ func Run(t *testing.T, newStore func(t *testing.T) jit.Store) {
 		{"RequestNoLostUpdate", testRequestNoLostUpdate},
 		{"ListRequestsFilters", testListRequestsFilters},
 		{"ListRequestsFollowsUpdates", testListRequestsFollowsUpdates},
+		{"ScanRequests", testScanRequests},
 		{"AuditRoundTrip", testAuditRoundTrip},
 		{"AuditOrderAndFilters", testAuditOrderAndFilters},
 		{"AuditIdempotent", testAuditIdempotent},
@@ -683,34 +684,125 @@ func testListRequestsFilters(t *testing.T, s jit.Store) {
 		{"after, by requestor", jit.RequestFilter{Requestor: "alice", After: jit.Position{Time: t0.Add(3 * time.Hour), ID: "r3"}}, []string{"r1"}},
 		{"after the last", jit.RequestFilter{After: jit.Position{Time: t0.Add(time.Hour), ID: "r1"}}, nil},
 	}
-	// Paced background work (the sweep) lists through a context with
-	// pauses, which a store may use to read in chunks: the answer must not
-	// change.
-	pauses := 0
-	paced := jit.WithPauses(context.Background(), func(ctx context.Context) error {
-		pauses++
-		return ctx.Err()
-	})
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			for _, ctx := range []context.Context{context.Background(), paced} {
-				rs, err := s.ListRequests(ctx, c.f)
-				if err != nil {
-					t.Fatalf("ListRequests: %v", err)
-				}
-				if got := requestIDs(rs); !slices.Equal(got, c.want) {
-					t.Errorf("ListRequests(%+v), paced %v = %q, want %q", c.f, jit.Paced(ctx), got, c.want)
-				}
+			rs, err := s.ListRequests(context.Background(), c.f)
+			if err != nil {
+				t.Fatalf("ListRequests: %v", err)
+			}
+			if got := requestIDs(rs); !slices.Equal(got, c.want) {
+				t.Errorf("ListRequests(%+v) = %q, want %q", c.f, got, c.want)
+			}
+			var scanned []string
+			err = s.ScanRequests(context.Background(), c.f, func(r jit.Request) error {
+				scanned = append(scanned, r.ID)
+				return nil
+			})
+			if err != nil || !slices.Equal(scanned, c.want) {
+				t.Errorf("ScanRequests(%+v) = %q, %v; want %q", c.f, scanned, err, c.want)
 			}
 		})
 	}
-	t.Logf("%d pauses in paced listings", pauses)
+}
 
-	// A pause that fails (the sweep being cancelled) ends the listing.
-	stop := errors.New("stop")
-	failing := jit.WithPauses(context.Background(), func(context.Context) error { return stop })
-	if _, err := s.ListRequests(failing, jit.RequestFilter{}); err != nil && !errors.Is(err, stop) {
-		t.Errorf("listing with a failing pause: %v, want nil (no pause needed) or the pause's error", err)
+// testScanRequests crosses any chunk or page boundary a store may have:
+// the scan resumes where it left off, fn may use the store (here: create
+// requests, older and newer than the one it is handed) without breaking
+// the scan, and an error from fn, or the end of ctx, stops it.
+func testScanRequests(t *testing.T, s jit.Store) {
+	ctx := context.Background()
+	const n = 40
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	var want []string // active ones, newest first
+	for _, i := range rand.Perm(n) {
+		// Three per start time, so chunks and pages end between equal times.
+		r := jit.Request{ID: fmt.Sprintf("s%02d", i), Status: jit.RequestActive, StartTime: t0.Add(time.Duration(i/3) * time.Minute)}
+		if i%4 == 1 {
+			r.Status = jit.RequestClosed
+		}
+		if _, err := s.CreateRequest(ctx, r); err != nil {
+			t.Fatalf("CreateRequest: %v", err)
+		}
+	}
+	for i := n - 1; i >= 0; i-- {
+		if i%4 != 1 {
+			want = append(want, fmt.Sprintf("s%02d", i))
+		}
+	}
+	// want is newest first with ties in ascending id order.
+	slices.SortStableFunc(want, func(a, b string) int {
+		ia, _ := strconv.Atoi(a[1:])
+		ib, _ := strconv.Atoi(b[1:])
+		if c := ib/3 - ia/3; c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	active := jit.RequestFilter{Statuses: []string{jit.RequestActive}}
+
+	var got []string
+	created := map[string]bool{}
+	err := s.ScanRequests(ctx, active, func(r jit.Request) error {
+		got = append(got, r.ID)
+		if len(got)%7 == 0 {
+			// Written during the scan: one newer than everything, one in
+			// the middle, one older than everything.
+			for _, at := range []time.Duration{time.Hour, 6*time.Minute + time.Second, -time.Hour} {
+				id := fmt.Sprintf("new%02d%+d", len(got), int(at.Seconds()))
+				created[id] = true
+				if _, err := s.CreateRequest(ctx, jit.Request{ID: id, Status: jit.RequestActive, StartTime: t0.Add(at)}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("ScanRequests: %v", err)
+	}
+	var old []string
+	times := map[string]int{}
+	for _, id := range got {
+		if times[id]++; !created[id] {
+			old = append(old, id)
+		} else if times[id] == 2 {
+			t.Errorf("request %s created during the scan came twice", id)
+		}
+	}
+	if !slices.Equal(old, want) {
+		t.Errorf("scan with writes in between saw %q, want %q (requests created meanwhile aside)", old, want)
+	}
+
+	limited := active
+	limited.Limit = 9
+	got = nil
+	if err := s.ScanRequests(ctx, limited, func(r jit.Request) error { got = append(got, r.ID); return nil }); err != nil || len(got) != 9 {
+		t.Errorf("scan with limit 9: %d requests, %v", len(got), err)
+	}
+
+	stop := errors.New("enough")
+	calls := 0
+	err = s.ScanRequests(ctx, jit.RequestFilter{}, func(jit.Request) error {
+		if calls++; calls == 11 {
+			return fmt.Errorf("scan: %w", stop)
+		}
+		return nil
+	})
+	if !errors.Is(err, stop) || calls != 11 {
+		t.Errorf("fn failing at call 11: ScanRequests returned %v after %d calls, want fn's error and no call after it", err, calls)
+	}
+
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	calls = 0
+	err = s.ScanRequests(cctx, jit.RequestFilter{}, func(jit.Request) error {
+		if calls++; calls == 5 {
+			cancel()
+		}
+		return nil
+	})
+	if !errors.Is(err, context.Canceled) || calls != 5 {
+		t.Errorf("ctx cancelled at call 5: ScanRequests returned %v after %d calls, want context.Canceled and no call after it", err, calls)
 	}
 }
 

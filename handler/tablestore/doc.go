@@ -82,10 +82,11 @@
 //     carry no ETags; the Table ETag still guards every write, so a lost
 //     update is impossible. At most 48 VMs per request keep any transaction
 //     within the service's 100 operations.
-//   - ListRequests: one range query over one index (the VM's, or all),
-//     bounded below by Since; the service filters index rows on status,
-//     policy and requestor, then the store reads the records of the rows
-//     that passed, 8 at a time, and stops at Limit.
+//   - ScanRequests (and ListRequests on it): one range query over one
+//     index (the VM's, or all), a page at a time, bounded below by Since;
+//     the service filters index rows on status, policy and requestor, then
+//     the store reads the records of the rows that passed, 8 at a time,
+//     hands them to the caller between reads, and stops at Limit.
 //   - RecordVMUse: one point read, then one replace If-Match the ETag read
 //     (an insert for a new VM), nothing for an access counted already; a
 //     412 or 409 starts over, as PutNSGState does. VMUses: one point read

@@ -37,7 +37,7 @@ const (
 // requests first (jit.MaxRequestVMs).
 const maxRequestVMs = jit.MaxRequestVMs
 
-// fetchParallel bounds the concurrent record reads of ListRequests.
+// fetchParallel bounds the concurrent record reads of ScanRequests.
 const fetchParallel = 8
 
 func requestRow(id string) (string, error) {
@@ -259,14 +259,28 @@ func sameIndexRow(a, b entity) bool {
 }
 
 // ListRequests returns the requests that match f, newest StartTime first,
-// ties in ascending id order.
-//
-// It walks one index by key range: the VM's rows when f.VM is set, else
-// the time index, from the newest down to f.Since. The service filters the
-// rows on status, policy and requestor; the store then reads the record of
-// each row that passed (a few at a time, in parallel), and stops reading
-// once it has f.Limit requests.
+// ties in ascending id order: what ScanRequests hands out.
 func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Request, error) {
+	var out []jit.Request
+	err := s.ScanRequests(ctx, f, func(r jit.Request) error {
+		out = append(out, r)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// ScanRequests calls fn for each request that matches f, newest StartTime
+// first, ties in ascending id order.
+//
+// It walks one index by key range, a page at a time: the VM's rows when
+// f.VM is set, else the time index, from the newest down to f.Since. The
+// service filters the rows on status, policy and requestor; the store then
+// reads the records of a few rows that passed (in parallel), hands them to
+// fn, and stops reading once fn has had f.Limit requests.
+func (s *Store) ScanRequests(ctx context.Context, f jit.RequestFilter, fn func(jit.Request) error) error {
 	prefix := timeIdxPrefix
 	if f.VM != "" {
 		prefix = vmIdxPrefix + vmKey(f.VM) + "_"
@@ -301,9 +315,9 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 	}
 	filter := strings.Join(clauses, " and ")
 
-	var out []jit.Request
+	seen := 0
 	var batch []indexHit
-	full := func() bool { return f.Limit > 0 && len(out) >= f.Limit }
+	full := func() bool { return f.Limit > 0 && seen >= f.Limit }
 	flush := func() error {
 		rs, err := s.fetchRequests(ctx, batch)
 		batch = batch[:0]
@@ -311,9 +325,16 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 			return err
 		}
 		for _, r := range rs {
-			if r != nil && f.Matches(r) && !full() {
-				out = append(out, *r)
+			if r == nil || !f.Matches(r) || full() {
+				continue
 			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := fn(*r); err != nil {
+				return err
+			}
+			seen++
 		}
 		return nil
 	}
@@ -325,7 +346,7 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 		batch = append(batch, indexHit{id: e.str("Id"), timeKey: rk[len(prefix):][:timeKeyLen]})
 		need := fetchParallel * 4
 		if f.Limit > 0 {
-			need = min(need, f.Limit-len(out))
+			need = min(need, f.Limit-seen)
 		}
 		if len(batch) >= need {
 			if err := flush(); err != nil {
@@ -337,10 +358,7 @@ func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Re
 	if err == nil && len(batch) > 0 {
 		err = flush()
 	}
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
+	return err
 }
 
 // indexHit is an index row that passed the service's filter.

@@ -273,12 +273,9 @@ func (s *Store) scan(ctx context.Context, c *aztables.Client, filter string, top
 	}
 	n := int32(size)
 	pager := c.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter, Top: &n})
-	for first := true; pager.More(); first = false {
-		if !first {
-			// Paced background work (the sweep) yields between pages.
-			if err := jit.Pause(ctx); err != nil {
-				return err
-			}
+	for pager.More() {
+		if err := ctx.Err(); err != nil {
+			return err
 		}
 		page, err := pager.NextPage(ctx)
 		if err != nil {
