@@ -8,28 +8,30 @@ import (
 	"time"
 )
 
-// fakePacer is a pacer on a hand-moved clock that records its sleeps.
-func fakePacer(share float64) (*pacer, *time.Time, *[]time.Duration) {
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+// fakePacer is a pacer on a hand-moved CPU clock that records its sleeps.
+// While it sleeps, other work of the process uses cpuWhileAsleep.
+func fakePacer(share float64, cpuWhileAsleep time.Duration) (*pacer, *time.Duration, *[]time.Duration) {
+	var cpu time.Duration
 	var slept []time.Duration
-	p := &pacer{share: share, now: func() time.Time { return now },
+	p := &pacer{share: share, cpu: func() time.Duration { return cpu },
 		sleep: func(ctx context.Context, d time.Duration) error {
 			slept = append(slept, d)
-			now = now.Add(d)
+			cpu += cpuWhileAsleep
 			return ctx.Err()
 		}}
-	return p, &now, &slept
+	return p, &cpu, &slept
 }
 
-// step is one item of a fake iterator: the time it takes to fetch, and
-// the time the work on it takes.
+// step is one item of a fake iterator: the CPU time its fetch costs (a
+// page decoded, or built by the simulator in this process; a wait on
+// Azure costs none), and the CPU time of the work on it.
 type step struct{ fetch, busy time.Duration }
 
-// scanSteps is an iterator on the hand-moved clock now: for each step it
-// spends fetch, then calls fn, which spends busy.
-func scanSteps(now *time.Time, steps []step, fn func(step) error) error {
+// scanSteps is an iterator on the CPU clock cpu: for each step it spends
+// fetch, then calls fn, which spends busy.
+func scanSteps(cpu *time.Duration, steps []step, fn func(step) error) error {
 	for _, s := range steps {
-		*now = now.Add(s.fetch)
+		*cpu += s.fetch
 		if err := fn(s); err != nil {
 			return err
 		}
@@ -37,35 +39,36 @@ func scanSteps(now *time.Time, steps []step, fn func(step) error) error {
 	return nil
 }
 
-// TestPacerKeepsItsShare: the pacer sleeps for the work's own time times
-// (1-share)/share once minBusy has piled up, at most maxPause at a time,
-// and never counts the time the iterator spends fetching.
+// TestPacerKeepsItsShare: the pacer sleeps for the CPU time used since its
+// last sleep times (1-share)/share once minBusy has piled up, at most
+// maxPause at a time; the fetch's CPU counts, waiting costs none, and CPU
+// used while it sleeps is not held against the work.
 func TestPacerKeepsItsShare(t *testing.T) {
 	ctx := context.Background()
-	p, now, slept := fakePacer(0.25)
+	p, cpu, slept := fakePacer(0.25, time.Second)
 	steps := []step{
-		{2 * time.Second, 10 * time.Millisecond},
-		{2 * time.Second, 20 * time.Millisecond},
-		{2 * time.Second, 0},
+		{0, 10 * time.Millisecond},                     // a fetch that waited on Azure: only the work counts
+		{20 * time.Millisecond, 20 * time.Millisecond}, // a page decoded here: both count
+		{0, 0},
 		{0, 5 * time.Second},
-		{2 * time.Second, 3 * time.Millisecond}, // cheap items pile up...
-		{2 * time.Second, 4 * time.Millisecond},
-		{2 * time.Second, 3 * time.Millisecond}, // ...to minBusy
-		{2 * time.Second, time.Millisecond},     // left over at the end: no sleep
+		{0, 3 * time.Millisecond}, // cheap items pile up...
+		{0, 4 * time.Millisecond},
+		{0, 3 * time.Millisecond}, // ...to minBusy
+		{0, time.Millisecond},     // left over at the end: no sleep
 	}
 	var worked []time.Duration
-	err := scanSteps(now, steps, paced(ctx, p, func(s step) error {
+	err := scanSteps(cpu, steps, paced(ctx, p, func(s step) error {
 		worked = append(worked, s.busy)
-		*now = now.Add(s.busy)
+		*cpu += s.busy
 		return nil
 	}))
 	if err != nil || len(worked) != len(steps) {
 		t.Fatalf("scan: %v after %d steps", err, len(worked))
 	}
 	// Busy a quarter of the time: three times as long asleep as busy, but
-	// never more than maxPause (a long wait on Azure is not CPU). The
-	// seconds the iterator spends fetching would make every sleep maxPause.
-	want := []time.Duration{30 * time.Millisecond, 60 * time.Millisecond, maxPause, 30 * time.Millisecond}
+	// never more than maxPause. The second of CPU used by others during
+	// each sleep would make every sleep maxPause if it counted.
+	want := []time.Duration{30 * time.Millisecond, 120 * time.Millisecond, maxPause, 30 * time.Millisecond}
 	if len(*slept) != len(want) {
 		t.Fatalf("slept %v, want %v", *slept, want)
 	}
@@ -76,11 +79,23 @@ func TestPacerKeepsItsShare(t *testing.T) {
 	}
 }
 
+// TestPacerYieldsToRequests: CPU that requests use while the work runs
+// counts as busy, so the work sleeps longer while requests are busy.
+func TestPacerYieldsToRequests(t *testing.T) {
+	idle, cpu, sleptIdle := fakePacer(0.5, 0)
+	_ = paced(context.Background(), idle, func(d time.Duration) error { *cpu += d; return nil })(20 * time.Millisecond)
+	busy, cpu2, sleptBusy := fakePacer(0.5, 0)
+	_ = paced(context.Background(), busy, func(d time.Duration) error { *cpu2 += 2 * d; return nil })(20 * time.Millisecond) // requests on the other core
+	if len(*sleptIdle) != 1 || len(*sleptBusy) != 1 || (*sleptBusy)[0] != 2*(*sleptIdle)[0] {
+		t.Errorf("slept %v alone and %v beside busy requests, want twice as long beside them", *sleptIdle, *sleptBusy)
+	}
+}
+
 func TestPacerOffSleepsNever(t *testing.T) {
 	for _, share := range []float64{0, 1} {
-		p, now, slept := fakePacer(share)
-		err := scanSteps(now, []step{{0, time.Second}, {0, time.Second}}, paced(context.Background(), p, func(s step) error {
-			*now = now.Add(s.busy)
+		p, cpu, slept := fakePacer(share, 0)
+		err := scanSteps(cpu, []step{{0, time.Second}, {0, time.Second}}, paced(context.Background(), p, func(s step) error {
+			*cpu += s.busy
 			return nil
 		}))
 		if err != nil || len(*slept) != 0 {
@@ -96,11 +111,11 @@ func TestPacerOffSleepsNever(t *testing.T) {
 // sleep; a cancelled context stops the iterator at the next item.
 func TestPacedStops(t *testing.T) {
 	ctx := context.Background()
-	p, now, slept := fakePacer(0.5)
+	p, cpu, slept := fakePacer(0.5, 0)
 	stop := errors.New("stop")
 	calls := 0
-	err := scanSteps(now, []step{{0, time.Second}, {0, time.Second}, {0, time.Second}}, paced(ctx, p, func(s step) error {
-		*now = now.Add(s.busy)
+	err := scanSteps(cpu, []step{{0, time.Second}, {0, time.Second}, {0, time.Second}}, paced(ctx, p, func(s step) error {
+		*cpu += s.busy
 		if calls++; calls == 2 {
 			return stop
 		}
@@ -111,9 +126,9 @@ func TestPacedStops(t *testing.T) {
 	}
 
 	cctx, cancel := context.WithCancel(ctx)
-	p, now, _ = fakePacer(0.5)
+	p, cpu, _ = fakePacer(0.5, 0)
 	calls = 0
-	err = scanSteps(now, []step{{0, 0}, {0, 0}, {0, 0}}, paced(cctx, p, func(step) error {
+	err = scanSteps(cpu, []step{{0, 0}, {0, 0}, {0, 0}}, paced(cctx, p, func(step) error {
 		calls++
 		cancel()
 		return nil

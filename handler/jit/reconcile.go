@@ -90,10 +90,19 @@ func (s *Reconciler) viewOf(ctx context.Context, reqs []Request) (*view, error) 
 // read one by one.
 func (s *Reconciler) Reconcile(ctx context.Context) (SweepReport, error) {
 	var rep SweepReport
+	// Most drift is repaired at once by events; this is the backstop, and
+	// on a large estate it is long: it paces itself (the listings it is
+	// handed and its work on each NSG) by the process's CPU time, not by
+	// the time it waits on Azure, so that it does not take the CPU from
+	// requests.
+	var pace *pacer
+	if share := s.cfg.ReconcileShare; share > 0 && share < 1 {
+		pace = newPacer(share)
+	}
 	// One listing of the active requests serves the sweep and the view:
 	// the sweep only closes ended grants, which the view treats as ended.
-	// The closes are not paced: access must end on time.
-	reqs, err := s.sweepList(ctx)
+	// The closes themselves are not paced: access must end on time.
+	reqs, err := s.sweepList(ctx, pace)
 	if err != nil {
 		return rep, err
 	}
@@ -106,14 +115,6 @@ func (s *Reconciler) Reconcile(ctx context.Context) (SweepReport, error) {
 	v, err := s.viewOf(ctx, reqs)
 	if err != nil {
 		return rep, errors.Join(append(errs, err)...)
-	}
-	// Most drift is repaired at once by events; this is the backstop, and
-	// on a large estate it is long: it paces its work on each NSG, not the
-	// time the listing waits on ARM, so that it does not take the CPU from
-	// requests.
-	var pace *pacer
-	if share := s.cfg.ReconcileShare; share > 0 && share < 1 {
-		pace = newPacer(share)
 	}
 	listedAt := s.now()  // what the listing shows is as of its start
 	var listed []NSGInfo // ids only: finishAllDeletions needs no rules

@@ -45,11 +45,12 @@ type Config struct {
 	// GET /vms before it is read again; resource events drop it at once.
 	// DefaultInventoryTTL when zero.
 	InventoryTTL time.Duration
-	// ReconcileShare is the share of wall time Reconcile may be busy: it
-	// times its own work on each NSG the NSG listing hands it (not the
-	// time the listing waits on ARM) and pauses between them (at most 1 s
-	// at a time), so that a large estate does not take the CPU from
-	// requests. Ended grants are closed before the drift repair; the closes
+	// ReconcileShare is the share of the time Reconcile may keep the
+	// process busy: it counts the process's CPU time (not the time it
+	// waits on Azure) while it lists active requests and NSGs and works on
+	// each NSG, and pauses between items (at most 1 s at a time), so that
+	// a large estate does not take the CPU from requests. Ended grants are
+	// closed between the listing and the drift repair; the closes
 	// themselves are not paced. 0 or 1 means no pauses.
 	ReconcileShare float64
 	// Deployment names this deployment in the marker of every rule it

@@ -214,7 +214,7 @@ const sweepParallel = 8
 // be gone. It runs at start-up and periodically, so access ends even when
 // a close operation was lost.
 func (s *Reconciler) Sweep(ctx context.Context) (closed int, err error) {
-	reqs, err := s.sweepList(ctx)
+	reqs, err := s.sweepList(ctx, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -222,8 +222,9 @@ func (s *Reconciler) Sweep(ctx context.Context) (closed int, err error) {
 }
 
 // sweepList completes the audit trail, expires pending requests that
-// waited too long and lists the active ones.
-func (s *Reconciler) sweepList(ctx context.Context) ([]Request, error) {
+// waited too long and lists the active ones, paced by pace (nil: not
+// paced).
+func (s *Reconciler) sweepList(ctx context.Context, pace *pacer) ([]Request, error) {
 	if n, err := s.store.RecoverAudit(ctx); err != nil {
 		s.cfg.Log.Warn().Err(err).Int("completed", n).Msg("completing the audit trail failed; the next sweep retries")
 	} else if n > 0 {
@@ -235,7 +236,11 @@ func (s *Reconciler) sweepList(ctx context.Context) ([]Request, error) {
 	if _, err := s.expirePending(ctx); err != nil {
 		s.cfg.Log.Warn().Err(err).Msg("expiring pending requests failed; the next sweep retries")
 	}
-	reqs, err := s.store.ListRequests(ctx, RequestFilter{Statuses: []string{RequestActive}})
+	var reqs []Request
+	err := s.store.ScanRequests(ctx, RequestFilter{Statuses: []string{RequestActive}}, paced(ctx, pace, func(r Request) error {
+		reqs = append(reqs, r)
+		return nil
+	}))
 	if err != nil {
 		return nil, fmt.Errorf("listing active requests: %w", err)
 	}
