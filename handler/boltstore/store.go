@@ -458,15 +458,7 @@ func (s *Store) UpdateRequest(ctx context.Context, r jit.Request, events ...jit.
 // ListRequests returns the requests that match f, newest StartTime first,
 // ties in ascending id order: what ScanRequests hands out.
 func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Request, error) {
-	var rs []jit.Request
-	err := s.ScanRequests(ctx, f, func(r jit.Request) error {
-		rs = append(rs, r)
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return rs, nil
+	return jit.Collect(func(fn func(jit.Request) error) error { return s.ScanRequests(ctx, f, fn) })
 }
 
 // ScanRequests calls fn for each request that matches f, newest StartTime

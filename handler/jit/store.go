@@ -180,3 +180,13 @@ type AuditFilter struct {
 	After Position  // only those after this one (a continuation)
 	Limit int       // at most this many; 0 = no limit
 }
+
+// Collect returns in order what scan hands its function: a store's list
+// built on its scan (ListRequests on ScanRequests).
+func Collect[T any](scan func(fn func(T) error) error) ([]T, error) {
+	var out []T
+	if err := scan(func(x T) error { out = append(out, x); return nil }); err != nil {
+		return nil, err
+	}
+	return out, nil
+}

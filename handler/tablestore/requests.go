@@ -261,15 +261,7 @@ func sameIndexRow(a, b entity) bool {
 // ListRequests returns the requests that match f, newest StartTime first,
 // ties in ascending id order: what ScanRequests hands out.
 func (s *Store) ListRequests(ctx context.Context, f jit.RequestFilter) ([]jit.Request, error) {
-	var out []jit.Request
-	err := s.ScanRequests(ctx, f, func(r jit.Request) error {
-		out = append(out, r)
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
+	return jit.Collect(func(fn func(jit.Request) error) error { return s.ScanRequests(ctx, f, fn) })
 }
 
 // ScanRequests calls fn for each request that matches f, newest StartTime
