@@ -305,25 +305,30 @@ func vmTaken(vm, policy string) error {
 // PutNSGState merges st into the stored state of its NSG (jit.NSGState.Merge)
 // in one write transaction, so concurrent writers never make it older. The
 // state keeps the id as its first writer spelled it.
-func (s *Store) PutNSGState(ctx context.Context, st jit.NSGState) error {
+func (s *Store) PutNSGState(ctx context.Context, st jit.NSGState) (jit.NSGState, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return jit.NSGState{}, err
 	}
 	if st.ID == "" {
-		return jit.Errorf(jit.EINVALID, "NSG id is required")
+		return jit.NSGState{}, jit.Errorf(jit.EINVALID, "NSG id is required")
 	}
 	st = utcNSGState(st)
 	key := []byte(strings.ToLower(st.ID))
-	return s.db.Batch(func(tx *bbolt.Tx) error {
+	var prev jit.NSGState
+	err := s.db.Batch(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketNSGStates)
-		var stored jit.NSGState
+		prev = jit.NSGState{} // Batch may run this again
 		if old := b.Get(key); old != nil {
-			if err := decode(old, &stored); err != nil {
+			if err := decode(old, &prev); err != nil {
 				return err
 			}
 		}
-		return put(b, key, stored.Merge(st))
+		return put(b, key, prev.Merge(st))
 	})
+	if err != nil {
+		return jit.NSGState{}, err
+	}
+	return prev, nil
 }
 
 // ListNSGStates returns every NSG state, ordered by lower-case id.

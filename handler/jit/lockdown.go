@@ -285,7 +285,6 @@ func namesOf(c RuleChange) func(string) bool {
 func (s *Core) recordNSG(ctx context.Context, nsgID string, ap Applied, ld *lockdown, pols []Policy) {
 	now := s.now()
 	st := s.stateOf(nsgID, ap.Rules, ap.Missing, now)
-	var before []NSGState
 	changedDeny := false
 	for _, names := range [][]string{ap.Created, ap.Updated, ap.Removed} {
 		for _, n := range names {
@@ -294,20 +293,13 @@ func (s *Core) recordNSG(ctx context.Context, nsgID string, ap Applied, ld *lock
 			}
 		}
 	}
-	if changedDeny {
-		// What the state said before, to audit per VM what changed.
-		before, _ = s.store.ListNSGStates(ctx)
-	}
-	if err := s.store.PutNSGState(ctx, st); err != nil {
-		s.cfg.Log.Warn().Err(err).Str("nsg", nsgID).Msg("recording the NSG's state failed; the next sweep records it")
-	}
-	if changedDeny {
-		var prev NSGState
-		for _, b := range before {
-			if SameID(b.ID, nsgID) {
-				prev = b
-			}
-		}
+	// The state stored before is what the lockdown's audit compares with,
+	// per VM. When it cannot be stored, the next sweep finds the same
+	// change between the stored state and the NSG, and audits it.
+	prev, err := s.store.PutNSGState(ctx, st)
+	if err != nil {
+		s.cfg.Log.Warn().Err(err).Str("nsg", nsgID).Msg("recording the NSG's state failed; the next sweep records and audits it")
+	} else if changedDeny {
 		s.auditLockdownChanges(ctx, pols, nsgID, prev, st)
 	}
 	if ld != nil {
@@ -318,7 +310,7 @@ func (s *Core) recordNSG(ctx context.Context, nsgID string, ap Applied, ld *lock
 // recordNSGFailure keeps why a change to the NSG failed, for the VM states.
 func (s *Core) recordNSGFailure(ctx context.Context, nsgID string, cause error) {
 	st := NSGState{ID: nsgID, Error: clip(ErrorMessage(cause)+": "+errorText(cause), 500), ErrorAt: s.now()}
-	if err := s.store.PutNSGState(ctx, st); err != nil {
+	if _, err := s.store.PutNSGState(ctx, st); err != nil {
 		s.cfg.Log.Warn().Err(err).Str("nsg", nsgID).Msg("recording the NSG's failure failed")
 	}
 }

@@ -4,11 +4,15 @@ package jit_test
 // domain's fakes and the clock the test moves.
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"jitaccess/handler/jit"
+	"jitaccess/handler/memstore"
 )
 
 // forged is an operation on the request's only grant and NSG.
@@ -283,4 +287,55 @@ func (n *memNet) writeCount() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.writes
+}
+
+// statesFailing is a store whose NSG states cannot be written while fail
+// is set.
+type statesFailing struct {
+	jit.Store
+	fail bool
+}
+
+func (s *statesFailing) PutNSGState(ctx context.Context, st jit.NSGState) (jit.NSGState, error) {
+	if s.fail {
+		return jit.NSGState{}, jit.Errorf(jit.EUNAVAILABLE, "the store is away (injected)")
+	}
+	return s.Store.PutNSGState(ctx, st)
+}
+
+// TestLockdownAuditedWhenItsStateIsNot: a lockdown written to the NSG whose
+// state could not be recorded is audited by the next sweep, once.
+func TestLockdownAuditedWhenItsStateIsNot(t *testing.T) {
+	d := &domain{t: t, store: memstore.New(), net: &memNet{owner: jit.Owner{Deployment: jit.DefaultDeployment}}, q: &recQueue{}, clock: &clock{now: t0}}
+	st := &statesFailing{Store: d.store, fail: true}
+	core := jit.NewCore(st, d.net, jit.Config{MinDuration: time.Minute, Subscriptions: []string{dsub}, Now: d.clock.Now, Log: zerolog.Nop()})
+	d.api, d.worker = jit.NewAPI(core, d.q), jit.NewApplier(core)
+	d.rec = jit.NewReconciler(d.api, d.worker)
+	if _, err := d.api.PutPolicy(t.Context(), admin, jit.Policy{Name: "p", VMs: []jit.VMPolicy{{ID: dvm, Ports: []jit.PortRule{anyPort}}}}, ""); err != nil {
+		t.Fatal(err)
+	}
+	d.deliver("")
+	lockdowns := func() int {
+		n := 0
+		_ = d.store.ScanAudit(t.Context(), jit.AuditFilter{}, func(ev jit.AuditEvent) error {
+			if ev.Action == jit.AuditLockdown && ev.VM == dvm {
+				n++
+			}
+			return nil
+		})
+		return n
+	}
+	if n := lockdowns(); n != 0 {
+		t.Fatalf("%d lockdown events before the state was recorded, want none yet", n)
+	}
+	st.fail = false
+	for range 2 {
+		d.clock.Add(time.Minute)
+		if _, err := d.rec.Reconcile(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := lockdowns(); n != 1 {
+		t.Errorf("%d lockdown events after two sweeps, want 1", n)
+	}
 }

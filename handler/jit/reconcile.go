@@ -159,7 +159,7 @@ func (s *Reconciler) ReconcileNSG(ctx context.Context, nsgID string) (SweepRepor
 	rules, err := s.net.ListRules(ctx, nsgID)
 	if ErrorCode(err) == ENOTFOUND {
 		// Deleted: nothing left to open or close there.
-		if perr := s.store.PutNSGState(ctx, NSGState{ID: nsgID, SeenAt: listedAt, Missing: true}); perr != nil {
+		if _, perr := s.store.PutNSGState(ctx, NSGState{ID: nsgID, SeenAt: listedAt, Missing: true}); perr != nil {
 			return rep, perr
 		}
 		return rep, nil
@@ -443,7 +443,9 @@ func (s *Core) sameRule(have, want SecurityRule) bool {
 }
 
 // noteNSG records what a listing showed of an NSG that needed no write,
-// when it differs from its stored state.
+// when it differs from its stored state, and audits a lockdown that began
+// or ended since the state stored: one whose write was made but whose
+// state could not be recorded then (recordNSG audits the others).
 func (s *Reconciler) noteNSG(ctx context.Context, v *view, st NSGState) {
 	n := st
 	if old, ok := v.states[strings.ToLower(n.ID)]; ok && !old.Failing() && sameState(old, st) && !v.changedSince(n.ID, old.SeenAt) {
@@ -454,9 +456,12 @@ func (s *Reconciler) noteNSG(ctx context.Context, v *view, st NSGState) {
 			return // an NSG JIT has nothing to do with
 		}
 	}
-	if err := s.store.PutNSGState(ctx, st); err != nil {
+	prev, err := s.store.PutNSGState(ctx, st)
+	if err != nil {
 		s.cfg.Log.Warn().Err(err).Str("nsg", n.ID).Msg("recording the NSG's state failed")
+		return
 	}
+	s.auditLockdownChanges(ctx, v.policies, n.ID, prev, st)
 }
 
 // changedSince reports whether a policy with a VM behind the NSG changed

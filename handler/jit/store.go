@@ -42,8 +42,9 @@ type Store interface {
 	// case-insensitively): the seen part (SeenAt, Missing, Deny, Ahead)
 	// and the failure part (Error, ErrorAt) each keep the later of the
 	// stored and the given one (the given one on a tie), so writers that
-	// race never make the state older.
-	PutNSGState(ctx context.Context, st NSGState) error
+	// race never make the state older. It returns the state stored
+	// before (zero when there was none), which the merge started from.
+	PutNSGState(ctx context.Context, st NSGState) (NSGState, error)
 	// ListNSGStates returns the state of every NSG the service has seen.
 	ListNSGStates(ctx context.Context) ([]NSGState, error)
 

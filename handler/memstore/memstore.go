@@ -238,20 +238,21 @@ func (s *Store) DeletePolicy(ctx context.Context, name, etag string, events ...j
 }
 
 // PutNSGState merges st into the stored state of its NSG.
-func (s *Store) PutNSGState(ctx context.Context, st jit.NSGState) error {
+func (s *Store) PutNSGState(ctx context.Context, st jit.NSGState) (jit.NSGState, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return jit.NSGState{}, err
 	}
 	if st.ID == "" {
-		return jit.Errorf(jit.EINVALID, "NSG id is required")
+		return jit.NSGState{}, jit.Errorf(jit.EINVALID, "NSG id is required")
 	}
 	st.SeenAt, st.ErrorAt = st.SeenAt.UTC(), st.ErrorAt.UTC()
 	st = decode[jit.NSGState](encode(st))
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	key := strings.ToLower(st.ID)
-	s.states[key] = s.states[key].Merge(st)
-	return nil
+	prev := s.states[key]
+	s.states[key] = prev.Merge(st)
+	return prev, nil
 }
 
 // ListNSGStates returns every NSG's state, by lower-case id.

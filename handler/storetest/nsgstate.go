@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -60,11 +61,13 @@ func listStates(t *testing.T, s jit.Store) []jit.NSGState {
 	return sts
 }
 
-func putState(t *testing.T, s jit.Store, st jit.NSGState) {
+func putState(t *testing.T, s jit.Store, st jit.NSGState) jit.NSGState {
 	t.Helper()
-	if err := s.PutNSGState(context.Background(), st); err != nil {
+	prev, err := s.PutNSGState(context.Background(), st)
+	if err != nil {
 		t.Fatalf("PutNSGState(%s): %v", st.ID, err)
 	}
+	return prev
 }
 
 func testNSGStateRoundTrip(t *testing.T, s jit.Store) {
@@ -78,7 +81,9 @@ func testNSGStateRoundTrip(t *testing.T, s jit.Store) {
 		Error: "ARM said: 429 \"Too Many Requests\"\n", ErrorAt: base.Add(time.Minute),
 	}
 	missing := jit.NSGState{ID: nsgSubnet, SeenAt: base.Add(time.Second), Missing: true}
-	putState(t, s, big)
+	if prev := putState(t, s, big); !reflect.DeepEqual(prev, jit.NSGState{}) {
+		t.Errorf("PutNSGState of a new NSG returned %+v as the state before, want none", prev)
+	}
 	putState(t, s, missing)
 	sts := listStates(t, s)
 	if len(sts) != 2 {
@@ -94,7 +99,8 @@ func testNSGStateRoundTrip(t *testing.T, s jit.Store) {
 	if ps, err := s.ListPolicies(context.Background()); err != nil || len(ps) != 0 {
 		t.Errorf("ListPolicies after storing NSG states = %d policies, %v; want none", len(ps), err)
 	}
-	assertCode(t, "PutNSGState without id", s.PutNSGState(context.Background(), jit.NSGState{SeenAt: base}), jit.EINVALID)
+	_, err := s.PutNSGState(context.Background(), jit.NSGState{SeenAt: base})
+	assertCode(t, "PutNSGState without id", err, jit.EINVALID)
 }
 
 // testNSGStateMerge puts parts of one NSG's state in turn; each step says
@@ -128,8 +134,10 @@ func testNSGStateMerge(t *testing.T, s jit.Store) {
 		{"both parts, one older", both(40, "e", 2, "older"), both(40, "e", 30, "bang")},
 		{"missing NSG", jit.NSGState{ID: nsgNIC, SeenAt: at(50), Missing: true}, jit.NSGState{ID: nsgNIC, SeenAt: at(50), Missing: true, Error: "bang", ErrorAt: at(30)}},
 	}
+	var before jit.NSGState // what each write finds stored, and returns
 	for _, step := range steps {
-		putState(t, s, step.put)
+		assertEqual(t, step.name+": the state before", putState(t, s, step.put), before)
+		before = step.want
 		sts := listStates(t, s)
 		if len(sts) != 1 {
 			t.Fatalf("%s: ListNSGStates = %d states, want 1", step.name, len(sts))
@@ -185,7 +193,7 @@ func testNSGStateConcurrent(t *testing.T, s jit.Store) {
 	for w := range workers {
 		wg.Go(func() {
 			for k := range rounds {
-				if err := s.PutNSGState(context.Background(), write(k, w)); err != nil {
+				if _, err := s.PutNSGState(context.Background(), write(k, w)); err != nil {
 					t.Errorf("PutNSGState: %v", err)
 				}
 			}

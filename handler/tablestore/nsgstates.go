@@ -31,14 +31,16 @@ func nsgRow(id string) string { return vmKey(id) }
 // that got in between makes it start over, so no writer's later part is
 // lost. A merge that changes nothing writes nothing. The state keeps the
 // id as its first writer spelled it.
-func (s *Store) PutNSGState(ctx context.Context, st jit.NSGState) error {
+func (s *Store) PutNSGState(ctx context.Context, st jit.NSGState) (jit.NSGState, error) {
 	if st.ID == "" {
-		return jit.Errorf(jit.EINVALID, "NSG id is required")
+		return jit.NSGState{}, jit.Errorf(jit.EINVALID, "NSG id is required")
 	}
 	st.SeenAt = st.SeenAt.UTC()
 	st.ErrorAt = st.ErrorAt.UTC()
-	return s.mergeRow(ctx, nsgPartition, nsgRow(st.ID), "NSG state", func(old entity, exists bool) (entity, error) {
+	var prev jit.NSGState
+	err := s.mergeRow(ctx, nsgPartition, nsgRow(st.ID), "NSG state", func(old entity, exists bool) (entity, error) {
 		var stored jit.NSGState
+		defer func() { prev = stored }() // of the last round, the one written
 		if exists {
 			if err := old.payload(&stored); err != nil {
 				return nil, err
@@ -52,6 +54,10 @@ func (s *Store) PutNSGState(ctx context.Context, st jit.NSGState) error {
 	}, func() error {
 		return jit.Errorf(jit.EUNAVAILABLE, "the state of NSG %s is being changed by many writers at once: try again", st.ID)
 	})
+	if err != nil {
+		return jit.NSGState{}, err
+	}
+	return prev, nil
 }
 
 // mergeRow reads row (pk, rk) of the policies table, lets merge make the
