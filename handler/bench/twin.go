@@ -973,19 +973,24 @@ func (b *bench) twinClose(ctx context.Context, d deployment, lat time.Duration) 
 	c.set("left", float64(left))
 	c.set("p50Seconds", p50.Seconds())
 	c.set("p99Seconds", p99.Seconds())
-	if left == 0 {
+	switch {
+	case len(everOpen) == 0:
+		// Nothing to close, so nothing measured: said plainly, never as
+		// "all gone" or a share of the bound.
+		c.Summary = fmt.Sprintf("NOTHING MEASURED: none of %d opened, by the end or in the %s after it; %d writes, %d refused", len(acc), patience, closePhase.Writes, closePhase.refused())
+	case left == 0:
 		c.set("allSeconds", allAt.Seconds())
 		c.Summary = fmt.Sprintf("all %d that opened gone %.1f s after the end (p50 %.1f s); %d writes, %d refused", len(everOpen), allAt.Seconds(), p50.Seconds(), closePhase.Writes, closePhase.refused())
-	} else {
+	default:
 		c.Summary = fmt.Sprintf("%d of %d that opened STILL OPEN %s after the end; %d writes, %d refused", left, len(everOpen), patience, closePhase.Writes, closePhase.refused())
 	}
-	if openAtEnd < len(acc) {
+	if openAtEnd < len(acc) && len(everOpen) > 0 {
 		c.Summary += fmt.Sprintf("; only %d of %d had opened by the end", openAtEnd, len(acc))
 	}
 	if len(late) > 0 {
 		c.Summary += fmt.Sprintf("; %d OPENED AFTER THEIR END (%d of them closed again)", len(late), countIn(late, gone))
 	}
-	if lat > 0 {
+	if lat > 0 && len(everOpen) > 0 {
 		c.compareBound(budgetBound(spec.VMs, lat), allAt, left == 0, patience)
 	}
 	// Per grant, from the initiate to the close.
