@@ -300,7 +300,7 @@ func (s *Core) recordNSG(ctx context.Context, nsgID string, ap Applied, ld *lock
 	if err != nil {
 		s.cfg.Log.Warn().Err(err).Str("nsg", nsgID).Msg("recording the NSG's state failed; the next sweep records and audits it")
 	} else if changedDeny {
-		s.auditLockdownChanges(ctx, pols, nsgID, prev, st)
+		s.auditLockdownChanges(ctx, pols, nsgID, prev, prev.Merge(st))
 	}
 	if ld != nil {
 		s.finishDeletionsAt(ctx, pols, nsgID, st)

@@ -461,7 +461,9 @@ func (s *Reconciler) noteNSG(ctx context.Context, v *view, st NSGState) {
 		s.cfg.Log.Warn().Err(err).Str("nsg", n.ID).Msg("recording the NSG's state failed")
 		return
 	}
-	s.auditLockdownChanges(ctx, v.policies, n.ID, prev, st)
+	// Compared with what is stored now: a listing older than the stored
+	// state (a lockdown written while this sweep ran) changed nothing.
+	s.auditLockdownChanges(ctx, v.policies, n.ID, prev, prev.Merge(st))
 }
 
 // changedSince reports whether a policy with a VM behind the NSG changed
