@@ -110,14 +110,7 @@ func TestWorkerPlan(t *testing.T) {
 			if got := d.net.writeCount() - before; got != tc.writes {
 				t.Errorf("%d NSG writes, want %d", got, tc.writes)
 			}
-			if d.net.allows() != tc.rule {
-				t.Errorf("allow rule in the NSG %v, want %v", d.net.allows(), tc.rule)
-			}
-			if tc.status != "" {
-				if got := d.status(op.RequestID); got != tc.status {
-					t.Errorf("status %s, want %s", got, tc.status)
-				}
-			}
+			d.expect(tc.rule, op.RequestID, tc.status)
 		})
 	}
 }
@@ -234,14 +227,7 @@ func TestReconcilePlan(t *testing.T) {
 			if rep != tc.want {
 				t.Errorf("report %+v, want %+v", rep, tc.want)
 			}
-			if d.net.allows() != tc.rule {
-				t.Errorf("allow rule in the NSG %v, want %v", d.net.allows(), tc.rule)
-			}
-			if tc.status != "" {
-				if got := d.status(r.ID); got != tc.status {
-					t.Errorf("status %s, want %s", got, tc.status)
-				}
-			}
+			d.expect(tc.rule, r.ID, tc.status)
 			if tc.check != nil {
 				if msg := tc.check(d); msg != "" {
 					t.Error(msg)
@@ -256,6 +242,20 @@ func TestReconcilePlan(t *testing.T) {
 				t.Errorf("second sweep %+v, want nothing done", again)
 			}
 		})
+	}
+}
+
+// expect checks whether an allow rule is in the NSG and, when status is
+// not empty, request id's status (request/grant).
+func (d *domain) expect(rule bool, id, status string) {
+	d.t.Helper()
+	if d.net.allows() != rule {
+		d.t.Errorf("allow rule in the NSG %v, want %v", d.net.allows(), rule)
+	}
+	if status != "" {
+		if got := d.status(id); got != status {
+			d.t.Errorf("status %s, want %s", got, status)
+		}
 	}
 }
 
